@@ -1,0 +1,162 @@
+"""Head importance I_h = E_x |dL(x)/d xi_h| (Michel et al. 2019), from one forward+backward pass.
+
+Two estimators, both over the same pass:
+- "token" (default; the authors' code): |sum_d context_h,t,d * dL/dcontext_h,t,d| per
+  query token t, summed over non-padding tokens and divided by their count;
+- "batch" (the Hugging Face bertology script): |dL/d xi_h| per batch, summed and
+  divided by the token count.
+Scores are then divided by each layer's L2 norm unless ``normalize`` is off.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import atomic_write_json
+from .data import batches, encode_batch, task_of
+from .errors import HeadpruneError
+from .gates import HeadGates
+from .inventory import HeadInventory, build_inventory
+
+METHODS = ("token", "batch")
+
+
+@dataclass
+class HeadScores:
+    """Importance of every original head: kind -> layer -> list over original heads (None = removed)."""
+
+    scores: dict[str, dict[int, list[float | None]]]
+    method: str
+    normalized: bool
+    examples: int
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return {
+            "method": self.method,
+            "normalized": self.normalized,
+            "examples": self.examples,
+            "scores": {k: {str(i): v for i, v in sorted(layers.items())} for k, layers in self.scores.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadScores":
+        """Returns scores parsed from ``to_dict`` output."""
+        scores = {k: {int(i): v for i, v in layers.items()} for k, layers in data["scores"].items()}
+        return cls(scores, data.get("method", "token"), data.get("normalized", True), data.get("examples", 0))
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the scores as JSON atomically; returns the path."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadScores":
+        """Returns scores read from a JSON file written by ``save``; raises HeadpruneError if unreadable."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError as error:
+            raise HeadpruneError(f"scores file '{path}' does not exist", "create it with 'headprune score'") from error
+        except (json.JSONDecodeError, KeyError, AttributeError, ValueError) as error:
+            raise HeadpruneError(f"scores file '{path}' is not a headprune scores file", "create it with 'headprune score'") from error
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Returns the summed loss of a batch: classification cross-entropy or token cross-entropy (teacher forcing)."""
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels if model.config.is_encoder_decoder else None).logits
+    if model.config.is_encoder_decoder:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def query_masks(batch: dict[str, torch.Tensor], seq2seq: bool) -> dict[str, torch.Tensor]:
+    """Returns the 0/1 masks of real (non-padding) query tokens on each side of the model."""
+    masks = {"encoder": batch["attention_mask"]}
+    if seq2seq:
+        masks["decoder"] = (batch["labels"] != -100).long()
+    return masks
+
+
+@contextmanager
+def _frozen_parameters(model):
+    # Only gradients w.r.t. the gates are needed: skipping weight gradients keeps
+    # scoring at about the cost of one forward+backward pass.
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def compute_importance(model, tokenizer, examples: list[dict], *, method: str = "token", normalize: bool = True,
+                       batch_size: int = 16, removed: dict | None = None, max_length: int = 128,
+                       progress: Callable[[int], None] | None = None) -> HeadScores:
+    """Returns the importance of every head, scored over ``examples`` (never the evaluation split).
+
+    ``removed`` masks those original heads first (for re-scoring during iterative
+    pruning); ``progress`` is called with the number of examples done per batch.
+    """
+    if method not in METHODS:
+        raise HeadpruneError(f"unknown importance method '{method}'", f"use one of: {', '.join(METHODS)}")
+    inventory = build_inventory(model)
+    seq2seq = model.config.is_encoder_decoder
+    task = task_of(model)
+    side = {layer.kind.name: layer.kind.query_side for layer in inventory.layers}
+    totals = {key: torch.zeros(len(layer.kept)) for layer in inventory.layers
+              if layer.kept for key in [(layer.kind.name, layer.index)]}
+    tokens = {"encoder": 0, "decoder": 0}
+    masks: dict[str, torch.Tensor] = {}
+
+    def per_token(key, context, gated):
+        mask = masks[side[key[0]]].to(context.dtype)
+        context = context.detach()
+
+        def accumulate(grad):
+            contribution = (context * grad).sum(-1).abs() * mask[..., None]
+            totals[key].add_(contribution.sum(dim=tuple(range(contribution.dim() - 1))))
+
+        gated.register_hook(accumulate)
+
+    gates = HeadGates(inventory, requires_grad=True, on_context=per_token if method == "token" else None)
+    if removed:
+        gates.mask(removed)
+    model.eval()
+    with _frozen_parameters(model), gates:
+        for chunk in batches(examples, batch_size):
+            batch = encode_batch(tokenizer, chunk, task, model.config, max_length)
+            masks.update(query_masks(batch, seq2seq))
+            for name, mask in masks.items():
+                tokens[name] += int(mask.sum())
+            batch_loss(model, batch).backward()
+            if method == "batch":
+                for key, gate in gates.values.items():
+                    totals[key].add_(gate.grad.abs())
+            gates.zero_grad()
+            if progress:
+                progress(len(chunk))
+    return _as_scores(inventory, totals, tokens, side, method, normalize, len(examples))
+
+
+def _as_scores(inventory: HeadInventory, totals, tokens, side, method, normalize, count) -> HeadScores:
+    scores: dict[str, dict[int, list[float | None]]] = {}
+    for layer in inventory.layers:
+        key = (layer.kind.name, layer.index)
+        row: list[float | None] = [None] * layer.original_heads
+        if layer.kept:
+            values = totals[key] / max(tokens[side[key[0]]], 1)
+            if normalize:
+                values = values / values.norm(p=2).clamp_min(1e-20)
+            for head, value in zip(layer.kept, values.tolist()):
+                row[head] = value
+        scores.setdefault(layer.kind.name, {})[layer.index] = row
+    return HeadScores(scores, method, normalize, count)

@@ -1,0 +1,1 @@
+"""headprune's serving side: the embedded Triton server, clients, benchmarks, reports and the CLI."""

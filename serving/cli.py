@@ -1,0 +1,77 @@
+"""The ``headprune`` command line: a thin layer over the exporter and serving libraries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from exporter.errors import HeadpruneError
+
+from .progress import console, stdout  # noqa: F401  (re-exported for the command modules)
+
+
+def _quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def friendly_errors(command):
+    """Turns a HeadpruneError into a two-line message and exit code 2, without a traceback."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HeadpruneError as error:
+            console.print(f"[red]error:[/red] {escape(error.message)}", highlight=False, soft_wrap=True)
+            if error.fix:
+                console.print(f"[yellow]  fix:[/yellow] {escape(error.fix)}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def data_options(command):
+    """Adds the data file column overrides shared by every command that reads examples."""
+    for role in ("target", "source", "label", "text-pair", "text"):
+        command = click.option(f"--{role}-column", default=None, metavar="NAME",
+                               help=f"Column holding the '{role.replace('-', '_')}' role (default: {role.replace('-', '_')}).")(command)
+    return command
+
+
+def columns_from(kwargs: dict) -> dict[str, str]:
+    """Returns the role -> column mapping given by the --*-column options."""
+    roles = ("text", "text_pair", "label", "source", "target")
+    return {role: kwargs.pop(f"{role}_column") for role in roles if kwargs.get(f"{role}_column")}
+
+
+def emit(data: dict, as_json: bool, human: str) -> None:
+    """Prints JSON on stdout with --json, otherwise the human text."""
+    click.echo(json.dumps(data, indent=2) if as_json else human)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="headprune")
+def main():
+    """headprune: remove the attention heads a transformer does not need, export it
+    to ONNX, serve it with Triton, and measure what it gained.
+
+    \b
+    Typical flow:
+      headprune heads MODEL_DIR
+      headprune score MODEL_DIR --data score.jsonl --out scores.json
+      headprune prune MODEL_DIR --scores scores.json --fraction 0.3 --out pruned/
+      headprune export pruned/ --repo model_repo --name pruned30
+      headprune compare --repo model_repo --baseline base --candidate pruned30 --data eval.jsonl --out reports/x
+    """
+    _quiet_libraries()
+
+
+from . import commands_core  # noqa: E402,F401  (registers the commands on ``main``)

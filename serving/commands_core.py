@@ -1,0 +1,208 @@
+"""CLI commands over the pruning core: heads, score, prune, ablate, best-heads, curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from exporter.atomic import atomic_write_json
+from exporter.checkpoint import checkpoint_hash, load_model, load_tokenizer, save_pruned
+from exporter.data import read_examples, task_of
+from exporter.errors import HeadpruneError
+from exporter.experiments import best_head_per_layer, pruning_curve, single_head_ablation
+from exporter.inventory import build_inventory
+from exporter.plan import HeadPlan, plan_from_scores
+from exporter.quality import Evaluator
+from exporter.scoring import METHODS, HeadScores, compute_importance
+from exporter.shrink import apply_plan
+
+from .cli import columns_from, data_options, emit, friendly_errors, main, stdout
+from .plots import plot_curves
+from .progress import progress_bar
+
+model_dir_argument = click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
+def _tokenizer_or_fail(model_dir: Path):
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None:
+        raise HeadpruneError(f"'{model_dir}' has no tokenizer files", "save the tokenizer into the model folder (tokenizer.save_pretrained)")
+    return tokenizer
+
+
+def score_with_progress(model, tokenizer, examples, method: str, normalize: bool, batch_size: int,
+                        removed: dict | None = None, label: str = "scoring heads") -> HeadScores:
+    """Returns importance scores computed under a progress bar."""
+    with progress_bar(label, len(examples)) as advance:
+        return compute_importance(model, tokenizer, examples, method=method, normalize=normalize,
+                                  batch_size=batch_size, removed=removed, progress=advance)
+
+
+def scores_record(scores: HeadScores, model_dir: Path, data: Path, seed: int) -> dict:
+    """Returns the scores file content: the scores plus the signature of how they were made."""
+    return {**scores.to_dict(), "signature": {"model": str(model_dir), "weights": checkpoint_hash(model_dir),
+                                              "data": str(data), "seed": seed}}
+
+
+@main.command()
+@model_dir_argument
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+@friendly_errors
+def heads(model_dir: Path, as_json: bool):
+    """Print the attention-head inventory of MODEL_DIR: types, layers, heads per layer, head size,
+    and the attention parameters' share of all parameters."""
+    model = load_model(model_dir)
+    summary = build_inventory(model).summary(model)
+    if as_json:
+        emit(summary, True, "")
+        return
+    table = Table(title=f"{model_dir} ({summary['family']}, {summary['model_type']})")
+    for column in ("attention type", "layers", "heads per layer", "head size"):
+        table.add_column(column)
+    for kind, info in summary["attention_types"].items():
+        table.add_row(kind, str(info["layers"]), " ".join(map(str, info["heads_per_layer"])), str(info["head_size"]))
+    stdout.print(table)
+    click.echo(f"heads: {summary['heads']} of {summary['original_heads']} original; attention parameters: "
+               f"{summary['attention_parameters']:,} of {summary['parameters']:,} ({100 * summary['attention_share']:.1f} %)")
+
+
+def scoring_options(command):
+    """Adds the options that control importance scoring."""
+    command = click.option("--method", type=click.Choice(METHODS), default="token", show_default=True,
+                           help="'token': the authors' per-token |.| (default); 'batch': per-batch |dL/dgate| (bertology).")(command)
+    command = click.option("--no-normalize", is_flag=True, help="Skip the per-layer L2 normalisation of scores.")(command)
+    return click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))(command)
+
+
+@main.command()
+@model_dir_argument
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Scoring data (JSONL/CSV/TSV); never the evaluation split.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the scores JSON.")
+@click.option("--max-examples", type=click.IntRange(1), default=None, help="Score on a seeded random subset of this size.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sub-sampling examples.")
+@scoring_options
+@data_options
+@friendly_errors
+def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_normalize, batch_size, seed, **columns):
+    """Compute the importance I_h of every head of MODEL_DIR (one forward+backward pass over --data)."""
+    model = load_model(model_dir)
+    examples = read_examples(data, task_of(model), columns_from(columns), max_examples, seed)
+    scores = score_with_progress(model, _tokenizer_or_fail(model_dir), examples, method, not no_normalize, batch_size)
+    atomic_write_json(out, scores_record(scores, model_dir, data, seed))
+    click.echo(f"scored {scores.examples} examples ({method} method) -> {out}")
+
+
+@main.command()
+@model_dir_argument
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the pruned checkpoint.")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="JSON plan: type -> layer -> heads to remove.")
+@click.option("--scores", "scores_file", type=click.Path(path_type=Path), help="Scores JSON from 'headprune score'.")
+@click.option("--fraction", type=float, help="With --scores: share of all heads to remove, in [0, 1).")
+@click.option("--per-type", is_flag=True, help="With --scores: rank within each attention type instead of globally.")
+@click.option("--min-heads-per-layer", default=0, show_default=True, help="With --scores: never leave a layer with fewer heads.")
+@friendly_errors
+def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type, min_heads_per_layer):
+    """Structurally remove heads from MODEL_DIR and write a pruned checkpoint to --out.
+
+    Either --plan FILE, or --scores FILE with --fraction F. Pruning an already pruned
+    checkpoint composes: head indices always refer to the original model."""
+    if bool(plan_file) == bool(scores_file):
+        raise HeadpruneError("prune needs exactly one of --plan or --scores", "pass --plan FILE, or --scores FILE --fraction F")
+    model = load_model(model_dir)
+    inventory = build_inventory(model)
+    if plan_file:
+        plan = HeadPlan.load(plan_file)
+    else:
+        if fraction is None:
+            raise HeadpruneError("--scores needs --fraction", "pass the share of heads to remove, e.g. --fraction 0.3")
+        plan = plan_from_scores(HeadScores.load(scores_file).scores, fraction, per_type=per_type,
+                                min_heads_per_layer=min_heads_per_layer, already=HeadPlan.of_model(inventory))
+    before = sum(p.numel() for p in model.parameters())
+    inventory = apply_plan(model, plan)
+    after = sum(p.numel() for p in model.parameters())
+    save_pruned(model, load_tokenizer(model_dir), out, source=model_dir)
+    click.echo(f"kept {inventory.kept_head_count()} of {inventory.original_head_count()} heads; "
+               f"parameters {before:,} -> {after:,}; wrote {out}")
+
+
+def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, columns, batch_size: int = 64):
+    model = load_model(model_dir)
+    tokenizer = _tokenizer_or_fail(model_dir)
+    examples = read_examples(eval_data, task_of(model), columns, max_examples, seed)
+    return model, tokenizer, Evaluator(model, tokenizer, examples, batch_size=batch_size)
+
+
+def experiment_options(command):
+    """Adds the evaluation options shared by the experiment commands."""
+    command = click.option("--eval-data", required=True, type=click.Path(path_type=Path), help="Evaluation data.")(command)
+    command = click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")(command)
+    command = click.option("--seed", default=0, show_default=True)(command)
+    command = click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON result file.")(command)
+    return command
+
+
+@main.command()
+@model_dir_argument
+@experiment_options
+@data_options
+@friendly_errors
+def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
+    """Single-head ablation: the metric with each head of MODEL_DIR removed alone."""
+    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns))
+    inventory = build_inventory(model)
+    with progress_bar("ablating heads", inventory.kept_head_count()) as advance:
+        result = single_head_ablation(evaluator, inventory, tick=advance)
+    atomic_write_json(out, result)
+    deltas = [d for layers in result["delta"].values() for row in layers.values() for d in row]
+    click.echo(f"baseline {result['metric']} {result['baseline']:.4f}; heads changing it by more than 0.5 points: "
+               f"{sum(abs(d) > 0.005 for d in deltas)} of {len(deltas)} -> {out}")
+
+
+@main.command("best-heads")
+@model_dir_argument
+@experiment_options
+@data_options
+@friendly_errors
+def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
+    """Reduce each layer of MODEL_DIR to its best single head, one layer at a time."""
+    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns))
+    inventory = build_inventory(model)
+    with progress_bar("one head per layer", inventory.kept_head_count()) as advance:
+        result = best_head_per_layer(evaluator, inventory, tick=advance)
+    atomic_write_json(out, result)
+    for kind, layers in result["layers"].items():
+        for layer, row in layers.items():
+            click.echo(f"{kind} layer {layer}: best head {row['best_head']}, {result['metric']} {row['metric']:.4f} "
+                       f"({row['delta']:+.4f})")
+
+
+@main.command()
+@model_dir_argument
+@click.option("--score-data", required=True, type=click.Path(path_type=Path), help="Data for importance scores.")
+@experiment_options
+@click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5), help="Share of heads pruned per step.")
+@click.option("--rescore", is_flag=True, help="Recompute importance before every step.")
+@click.option("--per-type", is_flag=True, help="Rank heads within each attention type.")
+@scoring_options
+@data_options
+@friendly_errors
+def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed, out: Path, step, rescore,
+          per_type, method, no_normalize, batch_size, **columns):
+    """Iterative pruning curve: the metric at 0, step, 2 step, ... of heads pruned by importance.
+
+    Writes the curve as JSON to --out and a plot next to it (same name, .png)."""
+    columns = columns_from(columns)
+    model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns)
+    score_examples = read_examples(score_data, task_of(model), columns, None, seed)
+    inventory = build_inventory(model)
+    score = lambda removed: compute_importance(model, tokenizer, score_examples, method=method,  # noqa: E731
+                                               normalize=not no_normalize, batch_size=batch_size, removed=removed)
+    with progress_bar("pruning curve", int(round(1 / step))) as advance:
+        result = pruning_curve(evaluator, inventory, score, step=step, rescore=rescore, per_type=per_type, tick=advance)
+    atomic_write_json(out, result)
+    plot_curves({"re-scored" if rescore else "scored once": result}, Path(out).with_suffix(".png"))
+    for point in result["points"]:
+        click.echo(f"{100 * point['fraction']:5.1f} % pruned ({point['pruned_heads']:3d} heads): "
+                   f"{result['metric']} {point['metric']:.4f}")

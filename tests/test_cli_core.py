@@ -1,0 +1,108 @@
+"""The core CLI commands end to end, and a clear error (no traceback) for every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import write_jsonl
+from serving.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_heads_json_describes_the_inventory(bert_dir, marian_dir):
+    summary = json.loads(run("heads", bert_dir, "--json").output)
+    assert summary["attention_types"]["encoder"]["heads_per_layer"] == [4, 4, 4]
+    assert 0 < summary["attention_share"] < 1
+    kinds = json.loads(run("heads", marian_dir, "--json").output)["attention_types"]
+    assert list(kinds) == ["encoder", "decoder", "cross"]
+
+
+def test_score_prune_and_heads_chain(bert_dir, cls_data, tmp_path):
+    assert run("score", bert_dir, "--data", cls_data, "--out", tmp_path / "s.json", "--max-examples", 20).exit_code == 0
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["examples"] == 20 and scores["method"] == "token" and scores["signature"]["weights"]
+    assert run("prune", bert_dir, "--scores", tmp_path / "s.json", "--fraction", 0.5, "--out", tmp_path / "p").exit_code == 0
+    assert json.loads(run("heads", tmp_path / "p", "--json").output)["heads"] == 6
+    # Pruning the pruned checkpoint further composes: 0.75 of the original 12 heads.
+    assert run("prune", tmp_path / "p", "--scores", tmp_path / "s.json", "--fraction", 0.75, "--out", tmp_path / "q").exit_code == 0
+    assert json.loads(run("heads", tmp_path / "q", "--json").output)["heads"] == 3
+
+
+def test_curve_ablation_and_best_heads(bert_dir, cls_data, tmp_path):
+    result = run("curve", bert_dir, "--score-data", cls_data, "--eval-data", cls_data, "--out", tmp_path / "c.json",
+                 "--step", 0.25, "--rescore")
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert [p["pruned_heads"] for p in curve["points"]] == [0, 3, 6, 9]
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run("ablate", bert_dir, "--eval-data", cls_data, "--out", tmp_path / "a.json").exit_code == 0
+    ablation = json.loads((tmp_path / "a.json").read_text())
+    assert [len(row) for row in ablation["delta"]["encoder"].values()] == [4, 4, 4]
+    assert run("best-heads", bert_dir, "--eval-data", cls_data, "--out", tmp_path / "b.json").exit_code == 0
+    best = json.loads((tmp_path / "b.json").read_text())
+    assert all(0 <= row["best_head"] < 4 for row in best["layers"]["encoder"].values())
+
+
+def test_translation_curve_reports_bleu(marian_dir, mt_data, tmp_path):
+    result = run("curve", marian_dir, "--score-data", mt_data, "--eval-data", mt_data, "--out", tmp_path / "c.json",
+                 "--step", 0.5, "--per-type")
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert curve["metric"] == "bleu" and curve["points"][1]["pruned_heads"] == 12
+
+
+@pytest.fixture()
+def gpt2_dir(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=16)).save_pretrained(tmp_path / "gpt2")
+    return tmp_path / "gpt2"
+
+
+def bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
+    (tmp_path / "broken.json").write_text("{encoder: [1,")
+    (tmp_path / "layer.json").write_text(json.dumps({"encoder": {"9": [0]}}))
+    (tmp_path / "head.json").write_text(json.dumps({"encoder": {"0": [17]}}))
+    (tmp_path / "shape.json").write_text(json.dumps({"encoder": [1, 2]}))
+    write_jsonl(tmp_path / "nolabel.jsonl", [{"sentence": "the movie", "y": 1}])
+    write_jsonl(tmp_path / "badlabel.jsonl", [{"text": "the movie", "label": "meh"}])
+    (tmp_path / "s.json").write_text(json.dumps({"scores": {"encoder": {"0": [0.1, 0.2, 0.3, 0.4]}}}))
+    out = tmp_path / "out"
+    return [
+        (["heads", gpt2_dir], "not supported"),
+        (["heads", tmp_path], "no config.json"),
+        (["prune", bert_dir, "--plan", tmp_path / "broken.json", "--out", out], "not valid JSON"),
+        (["prune", bert_dir, "--plan", tmp_path / "missing.json", "--out", out], "does not exist"),
+        (["prune", bert_dir, "--plan", tmp_path / "layer.json", "--out", out], "layer 9"),
+        (["prune", bert_dir, "--plan", tmp_path / "head.json", "--out", out], "[17]"),
+        (["prune", bert_dir, "--plan", tmp_path / "shape.json", "--out", out], "must map layer indices"),
+        (["prune", bert_dir, "--scores", tmp_path / "s.json", "--fraction", 1.0, "--out", out], "outside [0, 1)"),
+        (["prune", bert_dir, "--scores", tmp_path / "s.json", "--fraction", -0.2, "--out", out], "outside [0, 1)"),
+        (["prune", bert_dir, "--out", out], "exactly one of"),
+        (["score", bert_dir, "--data", tmp_path / "nolabel.jsonl", "--out", out], "lacks text"),
+        (["score", bert_dir, "--data", tmp_path / "badlabel.jsonl", "--out", out], "label 'meh'"),
+        (["score", bert_dir, "--data", tmp_path / "none.jsonl", "--out", out], "does not exist"),
+        (["score", bert_dir, "--data", tmp_path / "broken.json", "--out", out], "not valid JSON"),
+    ]
+
+
+def test_every_bad_input_gets_a_clear_error(bert_dir, cls_data, gpt2_dir, tmp_path):
+    for args, message in bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "fix:" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "out").exists()
+
+
+def test_column_overrides(bert_dir, tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"sentence": "the movie was fun", "y": "positive"}] * 4)
+    result = run("score", bert_dir, "--data", tmp_path / "d.jsonl", "--text-column", "sentence", "--label-column", "y",
+                 "--out", tmp_path / "s.json")
+    assert result.exit_code == 0 and json.loads((tmp_path / "s.json").read_text())["examples"] == 4

@@ -1,0 +1,51 @@
+"""Tiny random-weight Hugging Face models with real tokenizers, built offline for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (BertConfig, BertForSequenceClassification, BertTokenizerFast, MarianConfig,
+                          MarianMTModel, PreTrainedTokenizerFast)
+
+WORDS = ("the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
+         "not really quite long short dull bright dark slow fast el la una pelicula buena mala muy es fue").split()
+
+
+def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
+              model_type: str = "bert") -> Path:
+    """Saves a tiny random BERT sequence classifier (2 labels) with a WordPiece tokenizer; returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * heads * head_size,
+                        max_position_embeddings=64, num_labels=2, id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1}, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_marian(path: Path, seed: int = 0, layers: int = 2, heads: int = 4, d_model: int = 32) -> Path:
+    """Saves a tiny random Marian translation model with a word-level tokenizer; returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = MarianConfig(vocab_size=len(vocab), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                          encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
+                          decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                          decoder_start_token_id=0, forced_eos_token_id=1)
+    model = MarianMTModel(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
