@@ -1,0 +1,1 @@
+"""Python-backend model sources that the exporter copies into Triton model versions."""

@@ -1,0 +1,141 @@
+"""Writing a classifier into a Triton model repository.
+
+Layout: ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/<version>/model.onnx``,
+plus a text front end: ``<name>_tokenizer`` (Python), ``<name>_labels`` (Python)
+and the ensemble ``<name>_text`` (TEXT in, LOGITS and LABEL out). A version is
+built in a hidden folder and renamed into place only after it validated, so
+Triton never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .atomic import atomic_dir, atomic_write_json
+from .checkpoint import checkpoint_hash, load_model, load_tokenizer
+from .errors import HeadpruneError
+from .inventory import build_inventory
+from .onnx_export import Validation, export_classifier_onnx, require_valid, validate_onnx
+from .plan import HeadPlan
+from .triton_config import (DeploymentOptions, classifier_config, labels_config, text_ensemble_config,
+                            tokenizer_config, write_config)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how well it matched the PyTorch model."""
+
+    name: str
+    version: int
+    model_path: Path
+    validation: Validation
+    fused_attention: int | None
+    text_model: str
+    heads: int
+    original_heads: int
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
+                "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
+                "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads}
+
+
+def _next_version(folder: Path) -> int:
+    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.exists() else []
+    return max(versions, default=0) + 1
+
+
+def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
+    target = model_folder / str(version)
+    model_folder.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = model_folder / f".old-{version}"
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    staged.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _python_model(repo: Path, name: str, source: str, config, extra=None) -> None:
+    with atomic_dir(repo / name) as staging:
+        version = staging / "1"
+        version.mkdir()
+        (version / "model.py").write_text(resources.files("exporter.triton_models").joinpath(source).read_text())
+        if extra:
+            extra(version)
+        write_config(config, staging)
+
+
+def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
+                         atol: float = 1e-4, optimize: bool = False,
+                         options: DeploymentOptions = DeploymentOptions()) -> ExportResult:
+    """Exports the classifier in ``model_dir`` into the Triton repository ``repo``; returns what was written.
+
+    Raises HeadpruneError (and writes nothing) when the model is not a classifier,
+    the name is unusable, or the ONNX file fails validation.
+    """
+    if not NAME_PATTERN.match(name):
+        raise HeadpruneError(f"model name '{name}' is not usable in a Triton repository",
+                             "use letters, digits, '_', '-' and '.', starting with a letter or digit")
+    if version is not None and version < 1:
+        raise HeadpruneError(f"version {version} is not a positive integer", "pass --version 1 or higher")
+    model_dir, repo = Path(model_dir), Path(repo)
+    model = load_model(model_dir)
+    if model.config.is_encoder_decoder or not hasattr(model, "classifier") and "ForSequenceClassification" not in type(model).__name__:
+        raise HeadpruneError(f"'{model_dir}' is not a sequence classifier ({type(model).__name__})",
+                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None or not tokenizer.is_fast:
+        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
+                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
+    inventory = build_inventory(model)
+    model_folder = repo / name
+    version = version or _next_version(model_folder)
+    repo.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=repo))
+    try:
+        names = export_classifier_onnx(model, staged / "model.onnx")
+        validation = validate_onnx(model, staged / "model.onnx", names, atol)
+        require_valid(validation, "the exported ONNX model")
+        fused = None
+        if optimize:
+            from .onnx_optimize import optimize_attention
+
+            fused, validation = optimize_attention(model, inventory, staged / "model.onnx", names, atol)
+        atomic_write_json(staged / "validation.json", {**validation.to_dict(), "fused_attention": fused})
+        parameters = {
+            "head_plan": json.dumps(HeadPlan.of_model(inventory).to_dict()),
+            "heads": f"{inventory.kept_head_count()}/{inventory.original_head_count()}",
+            "source_checkpoint": str(model_dir.resolve()),
+            "weights_sha256": checkpoint_hash(model_dir),
+            "vocab_size": str(model.config.vocab_size),
+            "max_abs_diff": f"{validation.max_abs_diff:.3g}",
+        }
+        config = classifier_config(name, names, model.config.num_labels, options, parameters)
+        target = _install_version(model_folder, version, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    write_config(config, model_folder)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    _python_model(repo, f"{name}_tokenizer", "tokenizer.py", tokenizer_config(f"{name}_tokenizer", names, options, tokenizer.pad_token_id, tokenizer.pad_token),
+                  extra=lambda folder: tokenizer.save_pretrained(folder / "tokenizer"))
+    _python_model(repo, f"{name}_labels", "labels.py", labels_config(f"{name}_labels", id2label, options))
+    with atomic_dir(repo / f"{name}_text") as staging:
+        (staging / "1").mkdir()
+        write_config(text_ensemble_config(f"{name}_text", f"{name}_tokenizer", name, f"{name}_labels", names,
+                                          model.config.num_labels, options), staging)
+    return ExportResult(name, version, target / "model.onnx", validation, fused, f"{name}_text",
+                        inventory.kept_head_count(), inventory.original_head_count())

@@ -1,0 +1,111 @@
+"""A Python-based Triton backend named "onnxruntime".
+
+Installed as ``<backend-dir>/onnxruntime/model.py``, Triton uses it for every model
+whose config says ``backend: "onnxruntime"``: the same model repository that a stock
+Triton container serves with its native ONNX Runtime backend. It runs the version's
+ONNX file with onnxruntime (CUDA or TensorRT provider on GPU instances), honours the
+config's inputs and outputs, and batches requests of equal shape together.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+NUMPY_TYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16,
+               "TYPE_BOOL": np.bool_}
+
+
+def _parameter(config, key, default=None):
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _providers(config, kind, device_id):
+    if kind != "GPU":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    providers = []
+    accelerators = config.get("optimization", {}).get("execution_accelerators", {}).get("gpu_execution_accelerator", [])
+    for accelerator in accelerators:
+        if accelerator.get("name") == "tensorrt" and "TensorrtExecutionProvider" in available:
+            options = {"device_id": device_id}
+            if accelerator.get("parameters", {}).get("precision_mode") == "FP16":
+                options["trt_fp16_enable"] = True
+            providers.append(("TensorrtExecutionProvider", options))
+    if "CUDAExecutionProvider" in available:
+        providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    return providers + ["CPUExecutionProvider"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.config = json.loads(args["model_config"])
+        filename = self.config.get("default_model_filename") or "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        options = ort.SessionOptions()
+        threads = _parameter(self.config, "intra_op_threads")
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        providers = _providers(self.config, args["model_instance_kind"], int(args["model_instance_device_id"]))
+        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        self.inputs = [(spec["name"], NUMPY_TYPES[spec["data_type"]], len(spec["dims"])) for spec in self.config["input"]]
+        self.outputs = [spec["name"] for spec in self.config["output"]]
+        self.batched = self.config.get("max_batch_size", 0) > 0
+        vocab = _parameter(self.config, "vocab_size")
+        self.vocab_size = int(vocab) if vocab else None
+
+    def _read(self, request):
+        arrays = {}
+        for name, dtype, rank in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise ValueError(f"input '{name}' is missing")
+            array = tensor.as_numpy()
+            if array.dtype != dtype or array.ndim != rank + int(self.batched):
+                raise ValueError(f"input '{name}' must be {np.dtype(dtype).name} with rank {rank + int(self.batched)}, "
+                                 f"got {array.dtype} with shape {list(array.shape)}")
+            if name == "input_ids" and self.vocab_size and array.size and (array.min() < 0 or array.max() >= self.vocab_size):
+                raise ValueError(f"input_ids must lie in [0, {self.vocab_size}); got values in "
+                                 f"[{array.min()}, {array.max()}]")
+            arrays[name] = array
+        shapes = {a.shape for a in arrays.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"inputs must share one shape, got {sorted(map(list, shapes))}")
+        return arrays
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}
+        for index, request in enumerate(requests):
+            try:
+                arrays = self._read(request)
+            except ValueError as error:
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+                continue
+            key = tuple((name, array.shape[1:]) for name, array in arrays.items())
+            groups.setdefault(key, []).append((index, arrays))
+        for members in groups.values():
+            self._run_group(members, responses)
+        return responses
+
+    def _run_group(self, members, responses):
+        # Requests of equal shape run as one batch, as Triton's native backend would.
+        names = [name for name, _, _ in self.inputs]
+        feed = {name: np.concatenate([arrays[name] for _, arrays in members]) for name in names}
+        try:
+            results = self.session.run(self.outputs, feed)
+        except Exception as error:  # onnxruntime raises its own exception types
+            for index, _ in members:
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+            return
+        start = 0
+        for index, arrays in members:
+            size = len(next(iter(arrays.values())))
+            tensors = [pb_utils.Tensor(name, result[start:start + size]) for name, result in zip(self.outputs, results)]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start += size
+
+    def finalize(self):
+        self.session = None
