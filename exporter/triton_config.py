@@ -66,38 +66,19 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
     return config
 
 
-def tokenizer_config(name: str, outputs: list[str], options: DeploymentOptions, pad_id: int,
-                     pad_token: str) -> pb.ModelConfig:
-    """Returns the config of the Python tokenizer model: UTF-8 TEXT in, token tensors out."""
+def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str],
+                options: DeploymentOptions, pad_id: int, pad_token: str) -> pb.ModelConfig:
+    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT in, LOGITS and LABEL out."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
     config.input.append(_tensor(pb.ModelInput, "TEXT", STRING, [1]))
-    config.output.extend(_tensor(pb.ModelOutput, n, INT64, [-1]) for n in outputs)
+    config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
+    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
     _instances(config, DeploymentOptions(instances=options.instances))
-    _parameters(config, {"max_length": str(options.max_length), "pad_id": str(pad_id), "pad_token": pad_token})
-    return config
-
-
-def labels_config(name: str, id2label: dict[int, str], options: DeploymentOptions) -> pb.ModelConfig:
-    """Returns the config of the Python model mapping logits to label names."""
-    config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
-    config.input.append(_tensor(pb.ModelInput, "logits", FP32, [len(id2label)]))
-    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
-    _instances(config, DeploymentOptions())
-    _parameters(config, {"id2label": json.dumps({str(k): v for k, v in id2label.items()})})
-    return config
-
-
-def text_ensemble_config(name: str, tokenizer: str, classifier: str, labels: str, inputs: list[str],
-                         num_labels: int, options: DeploymentOptions) -> pb.ModelConfig:
-    """Returns the ensemble TEXT -> tokenizer -> classifier -> labels, with LOGITS and LABEL outputs."""
-    config = pb.ModelConfig(name=name, platform="ensemble", max_batch_size=options.max_batch_size)
-    config.input.append(_tensor(pb.ModelInput, "TEXT", STRING, [1]))
-    config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [num_labels]))
-    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
-    steps = config.ensemble_scheduling.step
-    steps.add(model_name=tokenizer, model_version=-1, input_map={"TEXT": "TEXT"}, output_map={n: n for n in inputs})
-    steps.add(model_name=classifier, model_version=-1, input_map={n: n for n in inputs}, output_map={"logits": "LOGITS"})
-    steps.add(model_name=labels, model_version=-1, input_map={"logits": "LOGITS"}, output_map={"LABEL": "LABEL"})
+    _parameters(config, {
+        "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
+        "pad_id": str(pad_id), "pad_token": pad_token,
+        "id2label": json.dumps({str(k): v for k, v in id2label.items()}),
+    })
     return config
 
 

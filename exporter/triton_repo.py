@@ -1,8 +1,8 @@
 """Writing a classifier into a Triton model repository.
 
 Layout: ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/<version>/model.onnx``,
-plus a text front end: ``<name>_tokenizer`` (Python), ``<name>_labels`` (Python)
-and the ensemble ``<name>_text`` (TEXT in, LOGITS and LABEL out). A version is
+plus the text front end ``<name>_text``: a Python (BLS) model that tokenises raw
+strings, calls ``<name>`` and returns LOGITS and LABEL. A version is
 built in a hidden folder and renamed into place only after it validated, so
 Triton never sees a half-written version.
 """
@@ -23,8 +23,7 @@ from .errors import HeadpruneError
 from .inventory import build_inventory
 from .onnx_export import Validation, export_classifier_onnx, require_valid, validate_onnx
 from .plan import HeadPlan
-from .triton_config import (DeploymentOptions, classifier_config, labels_config, text_ensemble_config,
-                            tokenizer_config, write_config)
+from .triton_config import DeploymentOptions, classifier_config, text_config, write_config
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -68,13 +67,12 @@ def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
     return target
 
 
-def _python_model(repo: Path, name: str, source: str, config, extra=None) -> None:
+def _write_text_model(repo: Path, name: str, config, tokenizer) -> None:
     with atomic_dir(repo / name) as staging:
         version = staging / "1"
         version.mkdir()
-        (version / "model.py").write_text(resources.files("exporter.triton_models").joinpath(source).read_text())
-        if extra:
-            extra(version)
+        (version / "model.py").write_text(resources.files("exporter.triton_models").joinpath("text.py").read_text())
+        tokenizer.save_pretrained(version / "tokenizer")
         write_config(config, staging)
 
 
@@ -130,12 +128,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         raise
     write_config(config, model_folder)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    _python_model(repo, f"{name}_tokenizer", "tokenizer.py", tokenizer_config(f"{name}_tokenizer", names, options, tokenizer.pad_token_id, tokenizer.pad_token),
-                  extra=lambda folder: tokenizer.save_pretrained(folder / "tokenizer"))
-    _python_model(repo, f"{name}_labels", "labels.py", labels_config(f"{name}_labels", id2label, options))
-    with atomic_dir(repo / f"{name}_text") as staging:
-        (staging / "1").mkdir()
-        write_config(text_ensemble_config(f"{name}_text", f"{name}_tokenizer", name, f"{name}_labels", names,
-                                          model.config.num_labels, options), staging)
+    text = text_config(f"{name}_text", name, names, id2label, options, tokenizer.pad_token_id, tokenizer.pad_token)
+    _write_text_model(repo, f"{name}_text", text, tokenizer)
     return ExportResult(name, version, target / "model.onnx", validation, fused, f"{name}_text",
                         inventory.kept_head_count(), inventory.original_head_count())

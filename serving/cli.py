@@ -75,3 +75,4 @@ def main():
 
 
 from . import commands_core  # noqa: E402,F401  (registers the commands on ``main``)
+from . import commands_serving  # noqa: E402,F401

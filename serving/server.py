@@ -182,13 +182,21 @@ class TritonServer:
             except ProcessLookupError:
                 pass
         if self.process is not None:
-            try:  # stubs share the session: make sure none outlives the server
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self._kill_group(self.process.pid)
         if self._backends is not None:
             shutil.rmtree(self._backends, ignore_errors=True)
             self._backends = None
+
+    @staticmethod
+    def _kill_group(group: int, timeout: float = 10.0) -> None:
+        # Backend stubs share the server's process group: none may outlive it.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -1,0 +1,70 @@
+"""Triton Python model (BLS): raw UTF-8 strings in, logits and label names out.
+
+Tokenises with the checkpoint's fast tokenizer (``tokenizer/tokenizer.json`` in this
+version) using the ``tokenizers`` library (same normalisation, special tokens,
+padding and truncation as transformers, without importing transformers into the
+backend stub), sends the tensors to the tensor-level ONNX model named in the
+config, and maps the highest logit to its label name. Each request's texts are
+padded together. Bad text (empty, not UTF-8) gets an error naming the problem.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
+def _error(message):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], "tokenizer", "tokenizer.json")
+        self.tokenizer = Tokenizer.from_file(path)
+        self.tokenizer.enable_truncation(int(parameters["max_length"]))
+        self.tokenizer.enable_padding(pad_id=int(parameters["pad_id"]), pad_token=parameters["pad_token"])
+        self.classifier = parameters["classifier"]
+        self.inputs = json.loads(parameters["classifier_inputs"])
+        id2label = json.loads(parameters["id2label"])
+        self.labels = np.array([id2label[str(i)].encode() for i in range(len(id2label))], dtype=object)
+
+    def _texts(self, request):
+        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+        texts = []
+        for value in raw:
+            try:
+                text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"TEXT must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
+            if not text.strip():
+                raise ValueError("TEXT must not be empty")
+            texts.append(text)
+        return texts
+
+    def _classify(self, texts):
+        encodings = self.tokenizer.encode_batch(texts)
+        tensors = [pb_utils.Tensor(name, np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
+                   for name in self.inputs]
+        response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=["logits"],
+                                             inputs=tensors).exec()
+        if response.has_error():
+            raise RuntimeError(f"model '{self.classifier}': {response.error().message()}")
+        logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
+        labels = self.labels[logits.argmax(-1)].reshape(-1, 1)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._classify(self._texts(request)))
+            except (ValueError, RuntimeError) as error:
+                responses.append(_error(str(error)))
+        return responses

@@ -1,0 +1,91 @@
+"""A small client over tritonclient (HTTP or gRPC) for tensors and raw text, with clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from exporter.errors import HeadpruneError
+
+PROTOCOLS = ("http", "grpc")
+NUMPY_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
+                   np.dtype(np.object_): "BYTES"}
+
+
+class TritonClient:
+    """Talks to one Triton server; every failure becomes a HeadpruneError naming the model or URL."""
+
+    def __init__(self, url: str, protocol: str = "http", timeout: float = 60.0):
+        if protocol not in PROTOCOLS:
+            raise HeadpruneError(f"protocol '{protocol}' is unknown", "use http or grpc")
+        self.url, self.protocol = url, protocol
+        self.module = httpclient if protocol == "http" else grpcclient
+        kwargs = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
+        self.client = self.module.InferenceServerClient(url, **kwargs)
+
+    def _call(self, model: str | None, function, *args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except InferenceServerException as error:
+            message = error.message() or str(error)
+            if model and ("unknown model" in message or "is not found" in message):
+                raise HeadpruneError(f"Triton at {self.url} has no ready model '{model}' ({message})",
+                                     "list the served models with 'headprune models', or export the model first") from error
+            raise HeadpruneError(f"Triton at {self.url} rejected the request{f' to {model!r}' if model else ''}: {message}",
+                                 "check the inputs against the model's config.pbtxt") from error
+        except Exception as error:  # connection refused, reset, timeouts: the server is unreachable
+            raise HeadpruneError(f"cannot reach Triton at {self.url} ({type(error).__name__}: {error})",
+                                 "start it with 'headprune serve' or pass the right --url") from error
+
+    def is_ready(self) -> bool:
+        """Returns True when the server answers and is ready."""
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception:
+            return False
+
+    def models(self) -> list[dict]:
+        """Returns the repository index: name, version and state of every model."""
+        index = self._call(None, self.client.get_model_repository_index)
+        if self.protocol == "grpc":
+            return [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+        return index
+
+    def config(self, model: str) -> dict:
+        """Returns a model's configuration as JSON data."""
+        if self.protocol == "grpc":
+            return self._call(model, self.client.get_model_config, model, as_json=True)["config"]
+        return self._call(model, self.client.get_model_config, model)
+
+    def infer(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Returns the named outputs of one inference request."""
+        inputs = []
+        for name, array in arrays.items():
+            datatype = NUMPY_TO_TRITON.get(array.dtype)
+            if datatype is None:
+                raise HeadpruneError(f"input '{name}' has dtype {array.dtype}, which headprune does not send",
+                                     "send int64, int32, float32 or strings")
+            tensor = self.module.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        requested = [self.module.InferRequestedOutput(name) for name in outputs]
+        result = self._call(model, self.client.infer, model, inputs, outputs=requested)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    def classify_text(self, model: str, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Returns (logits, label names) for raw texts sent to a ``<name>_text`` model."""
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        out = self.infer(model, {"TEXT": array}, ["LOGITS", "LABEL"])
+        return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
+
+    def statistics(self, model: str) -> dict:
+        """Returns Triton's cumulative inference statistics of a model (counts and nanoseconds)."""
+        if self.protocol == "grpc":
+            return self._call(model, self.client.get_inference_statistics, model, as_json=True)
+        return self._call(model, self.client.get_inference_statistics, model)
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self.client.close()
