@@ -67,8 +67,14 @@ def random_inputs(model, names: list[str], batch: int, seq: int, seed: int) -> d
 
 
 def export_classifier_onnx(model, path: str | Path) -> list[str]:
-    """Writes ``model`` (put in eval mode first) to ``path`` as ONNX; returns its input names."""
+    """Writes ``model`` (put in eval mode first) to ``path`` as ONNX; returns its input names.
+
+    Attention is exported in its eager form (same math as SDPA), the pattern ONNX
+    Runtime's attention fusion recognises.
+    """
     model.eval()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
     names = input_names(model)
     example = random_inputs(model, names, *EXPORT_SHAPE, seed=0)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
@@ -79,6 +85,7 @@ def export_classifier_onnx(model, path: str | Path) -> list[str]:
         torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
                           input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
                           dynamo=False)
+    model.set_attn_implementation(previous)
     return names
 
 

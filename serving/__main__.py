@@ -1,0 +1,5 @@
+"""``python -m serving`` runs the headprune CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The export, serve, models and classify commands, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from serving.cli import main
+from serving.server import free_port
+
+
+def test_export_serve_classify_and_stop(bert_dir, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "repo"), "--name", "demo", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["validation"]["passed"]
+    bad = runner.invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "repo"), "--name", "bad name"])
+    assert bad.exit_code == 2 and "not usable" in bad.output
+    ports = [free_port() for _ in range(3)]
+    command = [sys.executable, "-m", "serving", "serve", "--repo", str(tmp_path / "repo"), "--http-port", str(ports[0]),
+               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "t.log")]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = server.stdout.readline()
+        assert "Triton is ready" in line and f"127.0.0.1:{ports[0]}" in line, line
+        listed = runner.invoke(main, ["models", "--url", f"127.0.0.1:{ports[1]}", "--protocol", "grpc", "--json"])
+        assert {m["name"] for m in json.loads(listed.output)["models"]} == {"demo", "demo_text"}
+        answer = runner.invoke(main, ["classify", "--model", "demo_text", "--url", f"127.0.0.1:{ports[0]}", "--json",
+                                      "the movie was great", "bad plot"])
+        rows = json.loads(answer.output)["results"]
+        assert [r["label"] in ("negative", "positive") for r in rows] == [True, True]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Triton stopped." in output
+    time.sleep(0.2)
+    gone = subprocess.run(["pgrep", "-f", str(tmp_path / "repo")], capture_output=True)
+    assert gone.stdout.strip() == b""
+
+
+def test_classify_without_a_server_says_what_to_do():
+    result = CliRunner().invoke(main, ["classify", "--model", "m_text", "--url", f"127.0.0.1:{free_port()}", "hi"])
+    assert result.exit_code == 2 and "cannot reach Triton" in result.output and "headprune serve" in result.output

@@ -1,0 +1,76 @@
+"""ONNX export and attention fusion of pruned classifiers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnxruntime.transformers import optimizer
+
+from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
+from exporter.onnx_export import export_classifier_onnx, random_inputs, validate_onnx
+from exporter.onnx_optimize import fused_head_counts
+from exporter.triton_repo import export_to_repository
+
+UNEVEN = {"encoder": {0: [0], 1: [0, 1, 2], 2: [0, 1, 2, 3]}}  # heads left: 3, 1, 0
+
+
+@pytest.fixture(scope="module")
+def uneven_dir(bert_dir, tmp_path_factory):
+    model = load_model(bert_dir)
+    apply_plan(model, HeadPlan(UNEVEN))
+    return save_pruned(model, load_tokenizer(bert_dir), tmp_path_factory.mktemp("uneven") / "m", source=bert_dir)
+
+
+def test_export_matches_pytorch_on_new_shapes_and_keeps_dynamic_axes(uneven_dir, tmp_path):
+    model = load_model(uneven_dir)
+    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    assert not model.training
+    assert validate_onnx(model, tmp_path / "m.onnx", names).max_abs_diff <= 1e-5
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"]] * len(names)
+
+
+def test_optimize_fuses_each_layer_with_its_real_head_count(uneven_dir, tmp_path):
+    result = export_to_repository(uneven_dir, tmp_path / "repo", "m", optimize=True)
+    kept = [len(layer.kept) for layer in build_inventory(load_model(uneven_dir)).layers]
+    assert kept == [3, 1, 0]
+    assert fused_head_counts(result.model_path) == [3, 1] and result.fused_attention == 2
+    assert result.validation.max_abs_diff <= 1e-4
+    stored = json.loads((result.model_path.parent / "validation.json").read_text())
+    assert stored["fused_attention"] == 2 and stored["passed"]
+
+
+def test_fusing_with_the_configs_head_count_would_be_wrong(tmp_path, bert_dir):
+    # Why the per-layer fusion exists: one global count silently breaks pruned layers.
+    model = load_model(bert_dir)
+    apply_plan(model, HeadPlan({"encoder": {1: [0, 1]}}))  # 4, 2, 4 heads of size 8
+    with torch.no_grad():  # peaked attention, as in a trained model; near-uniform attention hides head splits
+        for layer in build_inventory(model).layers:
+            layer.module("query").weight.mul_(100)
+            layer.module("key").weight.mul_(100)
+    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    naive = optimizer.optimize_model(str(tmp_path / "m.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
+    naive.save_model_to_file(str(tmp_path / "naive.onnx"))
+    assert fused_head_counts(tmp_path / "naive.onnx")[1] != 2
+    naive_diff = validate_onnx(model, tmp_path / "naive.onnx", names).max_abs_diff
+    ours = export_to_repository(save_pruned(model, load_tokenizer(bert_dir), tmp_path / "p"), tmp_path / "repo", "m",
+                                optimize=True)
+    assert fused_head_counts(ours.model_path) == [4, 2, 4]
+    # The naive graph fails the default export check; ours is orders of magnitude closer.
+    assert naive_diff > 1e-4 and naive_diff > 1000 * ours.validation.max_abs_diff
+
+
+def test_optimized_model_serves_the_same_logits(uneven_dir, tmp_path):
+    plain = export_to_repository(uneven_dir, tmp_path / "repo", "plain")
+    fused = export_to_repository(uneven_dir, tmp_path / "repo", "fused", optimize=True)
+    model = load_model(uneven_dir)
+    feed = random_inputs(model, ["input_ids", "attention_mask", "token_type_ids"], 4, 17, seed=3)
+    a = ort.InferenceSession(str(plain.model_path)).run(["logits"], feed)[0]
+    b = ort.InferenceSession(str(fused.model_path)).run(["logits"], feed)[0]
+    with torch.no_grad():
+        c = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
+    assert np.abs(a - b).max() <= 1e-4 and np.abs(b - c).max() <= 1e-4
