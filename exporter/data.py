@@ -72,7 +72,7 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
     return examples
 
 
-def _label_id(label, label2id: dict[str, int], num_labels: int) -> int:
+def label_id(label, label2id: dict[str, int], num_labels: int) -> int:
     if isinstance(label, str) and label in label2id:
         return label2id[label]
     try:
@@ -94,7 +94,7 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
         batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
         label2id = {str(k): v for k, v in (config.label2id or {}).items()}
-        batch["labels"] = torch.tensor([_label_id(e["label"], label2id, config.num_labels) for e in examples])
+        batch["labels"] = torch.tensor([label_id(e["label"], label2id, config.num_labels) for e in examples])
         return dict(batch)
     batch = tokenizer([e["source"] for e in examples], text_target=[e["target"] for e in examples], padding=True,
                       truncation=True, max_length=max_length, return_tensors="pt")

@@ -1,0 +1,235 @@
+"""Pruned vs unpruned deployments, measured through Triton: quality, latency, throughput, server breakdown."""
+
+from __future__ import annotations
+
+import itertools
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporter.data import batches, label_id, read_examples
+from exporter.errors import HeadpruneError
+from exporter.quality import accuracy
+
+from .client import TritonClient
+from .deployment import DeploymentFacts, describe_deployment
+from .journal import Journal
+from .loadgen import run_window
+from .server import TritonServer, free_port
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+Progress = Callable[[str, int], Callable[[int], None]] | None
+
+
+@dataclass
+class CompareSettings:
+    """Everything that defines a comparison; part of every report's signature."""
+
+    repo: Path
+    baseline: str
+    candidates: list[str]
+    data: Path
+    out: Path
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    seq_len: int = 128
+    protocol: str = "http"
+    url: str | None = None
+    trials: int = 3
+    warmup: int = 5
+    requests: int = 30
+    max_windows: int = 4
+    stability: float = 0.05
+    max_drop: float | None = None
+    max_examples: int | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    scores: Path | None = None
+    seed: int = 0
+
+    @property
+    def deployments(self) -> list[str]:
+        """Returns the baseline followed by the candidates."""
+        return [self.baseline, *self.candidates]
+
+    def signature(self) -> dict:
+        """Returns the settings that change the numbers (compared on --resume)."""
+        keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
+                "requests", "max_windows", "stability", "max_examples", "seed")
+        data = asdict(self)
+        return {key: data[key] for key in keys} | {"data": str(self.data)}
+
+    def check(self) -> None:
+        """Raises HeadpruneError for settings that cannot work."""
+        if not self.candidates:
+            raise HeadpruneError("compare needs at least one --candidate", "pass --candidate NAME")
+        if len(set(self.deployments)) != len(self.deployments):
+            raise HeadpruneError("a deployment is named twice among --baseline/--candidate", "name each model once")
+        for name, values in (("--batch-sizes", self.batch_sizes), ("--concurrency", self.concurrency)):
+            if not values or min(values) < 1:
+                raise HeadpruneError(f"{name} needs positive integers, got {values}", f"pass e.g. {name} 1,4,16")
+        if self.trials < 1 or self.requests < 1 or self.seq_len < 2:
+            raise HeadpruneError("--trials and --requests must be >= 1 and --seq-len >= 2", "pass larger values")
+
+
+@contextmanager
+def _server_url(settings: CompareSettings) -> Iterator[str]:
+    if settings.url:
+        yield settings.url
+        return
+    server = TritonServer(settings.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=settings.out / "triton.log")
+    with server:
+        yield server.http_url if settings.protocol == "http" else server.grpc_url
+
+
+def _stage_totals(statistics: dict, name: str) -> dict[str, tuple[int, int]]:
+    for entry in statistics.get("model_stats", []):
+        if entry.get("name") == name:
+            stats = entry.get("inference_stats", {})
+            return {s: (int(stats.get(s, {}).get("count", 0)), int(stats.get(s, {}).get("ns", 0))) for s in STAGES}
+    return {s: (0, 0) for s in STAGES}
+
+
+def server_breakdown(before: dict, after: dict, name: str) -> dict[str, float]:
+    """Returns Triton's mean time per request (µs) in each stage between two statistics snapshots."""
+    first, second = _stage_totals(before, name), _stage_totals(after, name)
+    breakdown = {}
+    for stage in STAGES:
+        count = second[stage][0] - first[stage][0]
+        breakdown[f"{stage}_us"] = (second[stage][1] - first[stage][1]) / count / 1000 if count else 0.0
+    return breakdown
+
+
+def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Returns fixed random int64 inputs of shape (batch, seq_len) for one deployment."""
+    rng = np.random.default_rng(seed)
+    arrays = {"input_ids": rng.integers(1, facts.vocab_size, size=(batch, seq_len), dtype=np.int64),
+              "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
+              "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64)}
+    return {name: arrays[name] for name in facts.inputs}
+
+
+class Comparison:
+    """One comparison run: measures into the journal, cell by cell, skipping what is already there."""
+
+    def __init__(self, settings: CompareSettings, resume: bool = False, progress: Progress = None):
+        settings.check()
+        self.settings = settings
+        self.journal = Journal(settings.out / "measurements.jsonl")
+        self.progress = progress or (lambda label, total: (lambda n=1: None))
+        self.facts = {name: describe_deployment(settings.repo, name, settings.seq_len) for name in settings.deployments}
+        for name, facts in self.facts.items():
+            too_big = [b for b in settings.batch_sizes if b > facts.max_batch_size]
+            if too_big:
+                raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {facts.max_batch_size} of '{name}'",
+                                     f"re-export with --max-batch-size {max(settings.batch_sizes)} or drop those sizes")
+            if settings.seq_len > facts.max_positions:
+                raise HeadpruneError(f"--seq-len {settings.seq_len} exceeds the {facts.max_positions} positions of '{name}'",
+                                     f"pass --seq-len {facts.max_positions} or less")
+        self._start_journal(resume)
+
+    def _start_journal(self, resume: bool) -> None:
+        records = self.journal.records()
+        signature = self.settings.signature()
+        if resume and records:
+            if records[0].get("signature") != signature:
+                raise HeadpruneError(f"'{self.journal.path}' was measured with other settings",
+                                     "rerun with the same options, or without --resume to start over")
+            return
+        self.journal.reset()
+        self.journal.append({"kind": "start", "signature": signature, "started": time.time()})
+
+    def _done(self) -> set[tuple]:
+        keys = set()
+        for r in self.journal.records():
+            if r["kind"] == "quality":
+                keys.add(("quality", r["deployment"]))
+            elif r["kind"] == "latency":
+                keys.add(("latency", r["deployment"], r["batch_size"], r["concurrency"], r["trial"]))
+        return keys
+
+    def run(self) -> list[dict]:
+        """Measures every missing cell; returns all journal records. Triton is started unless settings.url is set."""
+        done = self._done()
+        measured = 0
+        with _server_url(self.settings) as url:
+            client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
+            self.server = client().client.get_server_metadata()
+            try:
+                measured += self._quality(client(), done)
+                measured += self._latency(client, done)
+            except HeadpruneError as error:
+                raise HeadpruneError(f"{error.message} (the {len(done) + measured} measurements made so far are kept in "
+                                     f"{self.journal.path})", f"{error.fix}; then rerun with --resume") from error
+        return self.journal.records()
+
+    def _quality(self, client: TritonClient, done: set) -> int:
+        settings = self.settings
+        examples = read_examples(settings.data, "classification", settings.columns, settings.max_examples, settings.seed)
+        todo = [name for name in settings.deployments if ("quality", name) not in done]
+        advance = self.progress("quality through Triton", len(todo) * len(examples))
+        for name in todo:
+            facts = self.facts[name]
+            predictions, labels = [], []
+            for chunk in batches(examples, 16):
+                logits, _ = client.classify_text(f"{name}_text", [str(e["text"]) for e in chunk])
+                predictions += logits.argmax(-1).tolist()
+                labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
+                advance(len(chunk))
+            score = accuracy(predictions, labels)
+            self.journal.append({"kind": "quality", "deployment": name, **score.to_dict()})
+        return len(todo)
+
+    def _latency(self, make_client, done: set) -> int:
+        settings = self.settings
+        cells = list(itertools.product(settings.batch_sizes, settings.concurrency))
+        total = settings.trials * len(cells) * len(settings.deployments)
+        advance = self.progress("latency (interleaved trials)", total)
+        count = 0
+        names = settings.deployments
+        for trial in range(settings.trials):
+            for index, (batch, concurrency) in enumerate(cells):
+                # Rotate the order so no deployment always runs first (warm caches, thermal drift).
+                shift = (trial + index) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    if ("latency", name, batch, concurrency, trial) not in done:
+                        self.journal.append(self._measure(make_client, name, batch, concurrency, trial))
+                        count += 1
+                    advance(1)
+        return count
+
+    def _measure(self, make_client, name: str, batch: int, concurrency: int, trial: int) -> dict:
+        settings = self.settings
+        arrays = latency_inputs(self.facts[name], batch, settings.seq_len, settings.seed)
+        run_window(make_client, name, arrays, ["logits"], concurrency, max(settings.warmup, 1))
+        stats_client = make_client()
+        before = stats_client.statistics(name)
+        windows = [run_window(make_client, name, arrays, ["logits"], concurrency, settings.requests)]
+        while len(windows) < settings.max_windows:
+            previous, latest = np.median(windows[-1].latencies_ms), None
+            windows.append(run_window(make_client, name, arrays, ["logits"], concurrency, settings.requests))
+            latest = np.median(windows[-1].latencies_ms)
+            if abs(latest - previous) <= settings.stability * previous:
+                break
+        after = stats_client.statistics(name)
+        stats_client.close()
+        final = windows[-1]
+        return {"kind": "latency", "deployment": name, "batch_size": batch, "concurrency": concurrency, "trial": trial,
+                "windows": len(windows), "latencies_ms": final.latencies_ms, "wall_s": final.wall_s,
+                "throughput": final.throughput, "server": server_breakdown(before, after, name), "time": time.time()}
+
+    def environment(self) -> dict:
+        """Returns machine, library and server versions for the report signature."""
+        from importlib.metadata import version
+
+        libraries = {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
+                                              "sacrebleu", "numpy")}
+        server = self.server if isinstance(self.server, dict) else {"name": self.server.name, "version": self.server.version}
+        return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+                "libraries": libraries, "server": {"name": server.get("name"), "version": server.get("version")}}

@@ -1,0 +1,146 @@
+"""headprune compare on tiny models with the real Triton server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
+from exporter.data import read_examples
+from exporter.errors import HeadpruneError
+from exporter.quality import Evaluator
+from exporter.triton_repo import export_to_repository
+from serving.cli import main
+from serving.compare import CompareSettings, Comparison
+from serving.report import build_report, write_report
+from serving.server import TritonServer, free_port
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def repo(bert_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    export_to_repository(bert_dir, root / "repo", "base")
+    for name, plan in (("p25", {"encoder": {0: [0], 1: [1], 2: [2]}}), ("p50", {"encoder": {0: [0, 1], 1: [1, 2], 2: [2, 3]}})):
+        model = load_model(bert_dir)
+        apply_plan(model, HeadPlan(plan))
+        export_to_repository(save_pruned(model, load_tokenizer(bert_dir), root / name, source=bert_dir), root / "repo", name)
+    return root / "repo"
+
+
+def settings_for(repo, data, out, **extra) -> CompareSettings:
+    values = dict(repo=repo, baseline="base", candidates=["p25", "p50"], data=data, out=out, batch_sizes=[1, 4],
+                  concurrency=[1, 2], seq_len=24, trials=2, requests=12, max_windows=2, warmup=2)
+    return CompareSettings(**(values | extra))
+
+
+@pytest.mark.slow
+def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, workdir):
+    scores = workdir / "scores-for-compare.json"
+    assert CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(cls_data), "--out", str(scores)]).exit_code == 0
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p25", "--candidate", "p50",
+        "--data", str(cls_data), "--out", str(out), "--batch-sizes", "1,4", "--concurrency", "1,2", "--seq-len", "24",
+        "--trials", "2", "--requests", "12", "--max-windows", "2", "--max-drop", "100", "--scores", str(scores)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["complete"] and len(report["cells"]) == 3 * 2 * 2
+    for cell in report["cells"]:
+        assert cell["p50"] <= cell["p90"] <= cell["p95"] <= cell["p99"]
+        assert cell["throughput_min"] <= cell["throughput"] <= cell["throughput_max"]
+        # Little's law for a closed loop: throughput ~ concurrency * batch / mean latency.
+        expected = cell["concurrency"] * cell["batch_size"] / (cell["mean"] / 1000)
+        assert 0.4 <= cell["throughput"] / expected <= 1.15, cell
+        assert cell["server"]["compute_infer_us"] > 0
+    examples = read_examples(cls_data, "classification")
+    for name, folder in (("base", bert_dir), ("p25", repo.parent / "p25"), ("p50", repo.parent / "p50")):
+        model = load_model(folder)
+        in_process = Evaluator(model, load_tokenizer(folder), examples)().value
+        assert report["deployments"][name]["quality"]["value"] == pytest.approx(in_process, abs=1e-9)
+    facts = report["deployments"]
+    assert facts["p50"]["heads"] == 6 and facts["p50"]["parameters"] < facts["p25"]["parameters"] < facts["base"]["parameters"]
+    predicted = {s["candidate"]: s["predicted"] for s in report["speedups"]}
+    assert 1 < predicted["p25"] < predicted["p50"]
+    assert report["verdict"]["best"] in ("p25", "p50")
+    markdown = (out / "report.md").read_text().splitlines()
+    assert markdown[1].startswith("**Verdict:**") and "p50" in markdown[3] and "batch 4" in markdown[3]
+    assert (out / "latency.csv").read_text().count("\n") == 1 + 12
+    for png in ("latency_vs_batch", "throughput_vs_concurrency", "quality_vs_latency", "quality_vs_pruned", "head_importance"):
+        assert (out / f"{png}.png").read_bytes()[:8] == PNG
+    (out / "report.md").unlink()
+    (out / "latency_vs_batch.png").unlink()
+    again = CliRunner().invoke(main, ["report", str(out)])
+    assert again.exit_code == 0 and (out / "report.md").read_text().splitlines() == markdown
+    assert (out / "latency_vs_batch.png").exists()
+
+
+class Interrupt:
+    """A progress callback that raises KeyboardInterrupt (or runs an action) after n latency cells."""
+
+    def __init__(self, after: int, action=None):
+        self.after, self.action, self.seen = after, action, 0
+
+    def __call__(self, label, total):
+        def advance(n=1):
+            if label.startswith("latency"):
+                self.seen += n
+                if self.seen == self.after:
+                    if self.action is None:
+                        raise KeyboardInterrupt
+                    self.action()
+        return advance
+
+
+@pytest.mark.slow
+def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
+    settings = settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=1)
+    with pytest.raises(KeyboardInterrupt):
+        Comparison(settings, progress=Interrupt(after=3)).run()
+    resumed = Comparison(settings, resume=True)
+    first = [r for r in resumed.journal.records() if r["kind"] == "latency"]
+    assert len(first) == 3
+    partial = build_report(settings, resumed.facts, resumed.journal.records(), {"machine": {}, "libraries": {}, "server": {}})
+    assert not partial["complete"]
+    records = resumed.run()
+    latency = [r for r in records if r["kind"] == "latency"]
+    assert len(latency) == 2 * 2 * 2 and latency[:3] == first
+    assert len({(r["deployment"], r["batch_size"], r["concurrency"]) for r in latency}) == 8
+    assert sum(r["kind"] == "quality" for r in records) == 2
+    with pytest.raises(HeadpruneError, match="other settings"):
+        Comparison(settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=2), resume=True)
+
+
+@pytest.mark.slow
+def test_dead_server_mid_run_gives_a_clear_error_and_keeps_measurements(repo, cls_data, tmp_path):
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server.start()
+    try:
+        settings = settings_for(repo, cls_data, tmp_path / "d", url=server.http_url, candidates=["p25"], trials=1)
+        comparison = Comparison(settings, progress=Interrupt(after=2, action=server.stop))
+        with pytest.raises(HeadpruneError) as raised:
+            comparison.run()
+    finally:
+        server.stop()
+    assert "cannot reach Triton" in str(raised.value) and "--resume" in str(raised.value)
+    assert sum(r["kind"] == "latency" for r in comparison.journal.records()) == 2
+    report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment())
+    write_report(report, tmp_path / "d")
+    assert "INCOMPLETE" in (tmp_path / "d" / "report.md").read_text().splitlines()[3]
+
+
+def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
+    cases = [
+        (dict(batch_sizes=[1, 128]), "max_batch_size"),
+        (dict(seq_len=500), "positions"),
+        (dict(candidates=[]), "at least one"),
+        (dict(candidates=["base"]), "named twice"),
+        (dict(candidates=["nope"]), "does not exist"),
+        (dict(concurrency=[0]), "positive"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(HeadpruneError, match=message):
+            Comparison(settings_for(repo, cls_data, tmp_path / "x", **extra))
