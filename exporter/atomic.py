@@ -20,6 +20,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging.chmod(0o755)
     try:
         yield staging
     except BaseException:
@@ -34,6 +35,19 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask_mode() -> int:
+    # mkstemp creates files 0600; outputs should get the usual umask-based mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Gives a finished temporary file the usual permissions and renames it over ``path``."""
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Writes ``text`` to ``path`` through a temporary file and a rename; returns the path."""
     path = Path(path)
@@ -42,7 +56,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -77,3 +77,4 @@ def main():
 from . import commands_core  # noqa: E402,F401  (registers the commands on ``main``)
 from . import commands_serving  # noqa: E402,F401
 from . import commands_compare  # noqa: E402,F401
+from . import commands_demo  # noqa: E402,F401

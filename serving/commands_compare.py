@@ -53,7 +53,9 @@ class _Bars:
 @click.option("--url", default=None, help="HOST:PORT of a running Triton (default: start the embedded server).")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--trials", default=3, show_default=True, help="Interleaved trials per cell.")
-@click.option("--requests", default=30, show_default=True, help="Requests per measurement window.")
+@click.option("--requests", default=10, show_default=True, help="Least requests per measurement window.")
+@click.option("--examples", default=256, show_default=True,
+              help="Least examples per window: large batches send fewer requests than small ones.")
 @click.option("--max-windows", default=4, show_default=True, help="Windows per cell until p50 is stable (1 = fixed count).")
 @click.option("--warmup", default=5, show_default=True, help="Warm-up requests per cell.")
 @click.option("--max-drop", type=float, default=None, help="Name the fastest candidate within X points of quality.")
@@ -63,7 +65,7 @@ class _Bars:
 @data_options
 @friendly_errors
 def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, protocol, trials, requests,
-            max_windows, warmup, max_drop, max_examples, scores, resume, **columns):
+            examples, max_windows, warmup, max_drop, max_examples, scores, resume, **columns):
     """Compare pruned deployments against the baseline, through Triton: accuracy, latency
     percentiles and throughput per batch size and concurrency, Triton's time breakdown, and
     static facts. Writes report.md, report.json, latency.csv and PNG plots to --out.
@@ -71,7 +73,8 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
     Results are written as they are measured: Ctrl-C keeps them and --resume continues."""
     settings = CompareSettings(repo=repo, baseline=baseline, candidates=list(candidates), data=data, out=out,
                                batch_sizes=batch_sizes, concurrency=concurrency, seq_len=seq_len, protocol=protocol,
-                               url=url, trials=trials, warmup=warmup, requests=requests, max_windows=max_windows,
+                               url=url, trials=trials, warmup=warmup, requests=requests, examples=examples,
+                               max_windows=max_windows,
                                max_drop=max_drop, max_examples=max_examples, columns=columns_from(columns), scores=scores)
     bars = _Bars()
     comparison = Comparison(settings, resume=resume, progress=bars)

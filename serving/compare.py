@@ -42,7 +42,8 @@ class CompareSettings:
     url: str | None = None
     trials: int = 3
     warmup: int = 5
-    requests: int = 30
+    requests: int = 10
+    examples: int = 256
     max_windows: int = 4
     stability: float = 0.05
     max_drop: float | None = None
@@ -59,7 +60,7 @@ class CompareSettings:
     def signature(self) -> dict:
         """Returns the settings that change the numbers (compared on --resume)."""
         keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
-                "requests", "max_windows", "stability", "max_examples", "seed")
+                "requests", "examples", "max_windows", "stability", "max_examples", "seed")
         data = asdict(self)
         return {key: data[key] for key in keys} | {"data": str(self.data)}
 
@@ -176,7 +177,7 @@ class Comparison:
         for name in todo:
             facts = self.facts[name]
             predictions, labels = [], []
-            for chunk in batches(examples, 16):
+            for chunk in batches(examples, min(16, facts.max_batch_size)):
                 logits, _ = client.classify_text(f"{name}_text", [str(e["text"]) for e in chunk])
                 predictions += logits.argmax(-1).tolist()
                 labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
@@ -203,16 +204,21 @@ class Comparison:
                     advance(1)
         return count
 
+    def requests_per_window(self, batch: int) -> int:
+        """Returns how many requests a window sends: enough for ``examples`` examples, at least ``requests``."""
+        return max(self.settings.requests, -(-self.settings.examples // batch))
+
     def _measure(self, make_client, name: str, batch: int, concurrency: int, trial: int) -> dict:
         settings = self.settings
         arrays = latency_inputs(self.facts[name], batch, settings.seq_len, settings.seed)
-        run_window(make_client, name, arrays, ["logits"], concurrency, max(settings.warmup, 1))
+        count = self.requests_per_window(batch)
+        run_window(make_client, name, arrays, ["logits"], concurrency, max(1, min(settings.warmup, count)))
         stats_client = make_client()
         before = stats_client.statistics(name)
-        windows = [run_window(make_client, name, arrays, ["logits"], concurrency, settings.requests)]
+        windows = [run_window(make_client, name, arrays, ["logits"], concurrency, count)]
         while len(windows) < settings.max_windows:
-            previous, latest = np.median(windows[-1].latencies_ms), None
-            windows.append(run_window(make_client, name, arrays, ["logits"], concurrency, settings.requests))
+            previous = np.median(windows[-1].latencies_ms)
+            windows.append(run_window(make_client, name, arrays, ["logits"], concurrency, count))
             latest = np.median(windows[-1].latencies_ms)
             if abs(latest - previous) <= settings.stability * previous:
                 break

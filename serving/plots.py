@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
+from exporter.atomic import publish
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -18,7 +20,7 @@ def save_figure(figure, path: str | Path) -> Path:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False) as tmp:
         figure.savefig(tmp.name, dpi=120, bbox_inches="tight")
     plt.close(figure)
-    Path(tmp.name).replace(path)
+    publish(tmp.name, path)
     return path
 
 

@@ -102,11 +102,12 @@ def verdict(report: dict) -> dict:
     eligible = [c for c in candidates if limit is None or (points[c] is not None and points[c] >= -limit)]
     speed = {c: _mean_speedup(report, c) for c in candidates}
     best = max(eligible, key=lambda c: speed[c], default=None)
+    unit = "point" if limit == 1 else "points"
     if best is None:
-        text = f"no candidate stays within {limit:g} points of {report['baseline']}'s quality; keep {report['baseline']}."
+        text = f"no candidate stays within {limit:g} {unit} of {report['baseline']}'s quality; keep {report['baseline']}."
     else:
         delta = points[best]
-        within = f" within {limit:g} points of {report['baseline']}" if limit is not None else ""
+        within = f" within {limit:g} {unit} of {report['baseline']}" if limit is not None else ""
         quality = f"{delta:+.2f} points" if delta is not None else "quality not measured"
         text = (f"{best} is the fastest candidate{within}: {speed[best]:.2f}x {report['baseline']}'s throughput "
                 f"(geometric mean over batch sizes, lowest concurrency), {quality}.")
@@ -124,7 +125,7 @@ def render_markdown(report: dict) -> str:
     """Returns report.md: the verdict in the first five lines, then every table."""
     base = report["baseline"]
     lowest = min((c["concurrency"] for c in report["cells"]), default=1)
-    lines = [f"# headprune: {report['title']}", f"**Verdict:** {report['verdict']['text']}"]
+    lines = [f"# headprune: {report['title']}", f"**Verdict:** {verdict(report)['text']}"]
     for name in report["candidates"]:
         entry, delta = report["deployments"][name], _quality_points(report, name)
         speed = ", ".join(f"batch {s['batch_size']} {Speedup(s['ratio'], s['spread'], s['significant']).format()}"

@@ -33,7 +33,7 @@ def repo(bert_dir, tmp_path_factory):
 
 def settings_for(repo, data, out, **extra) -> CompareSettings:
     values = dict(repo=repo, baseline="base", candidates=["p25", "p50"], data=data, out=out, batch_sizes=[1, 4],
-                  concurrency=[1, 2], seq_len=24, trials=2, requests=12, max_windows=2, warmup=2)
+                  concurrency=[1, 2], seq_len=24, trials=2, requests=12, examples=12, max_windows=2, warmup=2)
     return CompareSettings(**(values | extra))
 
 
@@ -45,7 +45,7 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     result = CliRunner().invoke(main, [
         "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p25", "--candidate", "p50",
         "--data", str(cls_data), "--out", str(out), "--batch-sizes", "1,4", "--concurrency", "1,2", "--seq-len", "24",
-        "--trials", "2", "--requests", "12", "--max-windows", "2", "--max-drop", "100", "--scores", str(scores)])
+        "--trials", "2", "--requests", "12", "--examples", "12", "--max-windows", "2", "--max-drop", "100", "--scores", str(scores)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] and len(report["cells"]) == 3 * 2 * 2

@@ -1,0 +1,46 @@
+"""The demo pipeline end to end on a reduced budget: real MiniLM weights, real data, the real server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exporter import load_model, load_tokenizer
+from exporter.data import read_examples
+from exporter.quality import Evaluator
+from serving.assets import default_cache
+from serving.demo import DemoBudget, prepare_data, run_demo
+from serving.results import render_results, tolerated_share
+
+SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, ablation_examples=40, curve_step=0.25,
+                   batch_sizes=[1, 4], concurrency=[1], trials=1, requests=3, examples=8, rescore_examples=100, seq_len=32)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_on_real_weights(tmp_path):
+    cache = default_cache()
+    bars = lambda label, total: (lambda n=1: None)  # noqa: E731
+    lines = []
+    path = run_demo(cache, tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL, bars, lines.append)
+    report = json.loads((tmp_path / "reports" / "report.json").read_text())
+    assert report["complete"] and path.read_text().splitlines()[1].startswith("**Verdict:**")
+    assert [e["heads"] for e in report["deployments"].values()] == [72, 50, 36]  # 30 % of 72 rounds to 22
+    # The served baseline gives exactly the in-process accuracy of the fine-tuned checkpoint.
+    model_dir = report["demo"]["model"]
+    eval_file = prepare_data(cache, SMALL)["eval"]
+    in_process = Evaluator(load_model(model_dir), load_tokenizer(model_dir), read_examples(eval_file, "classification"))()
+    served = report["deployments"]["minilm"]["quality"]
+    assert served["value"] == pytest.approx(in_process.value, abs=1e-9) and served["examples"] == 200
+    assert served["value"] > 0.6  # real weights learn the task even on this budget
+    experiments = report["experiments"]
+    assert [p["pruned_heads"] for p in experiments["curves"]["once"]["points"]] == [0, 18, 36, 54]
+    assert experiments["curves"]["once"]["points"][0]["metric"] == pytest.approx(in_process.value)
+    assert sum(len(r) for r in experiments["ablation"]["delta"]["encoder"].values()) == 72
+    for cell in report["cells"]:
+        assert cell["p50"] <= cell["p99"] and cell["throughput"] > 0
+    predicted = {s["candidate"]: s["predicted"] for s in report["speedups"]}
+    assert 1 < predicted["minilm_pruned30"] < predicted["minilm_pruned50"] < 1.3
+    results = render_results(report)
+    assert "Single-head ablation" in results and 0 <= tolerated_share(experiments["curves"]["once"]) < 1
+    assert any("fine-tuned classifier" in line for line in lines)
