@@ -29,6 +29,16 @@ def single_head_ablation(evaluator: Evaluator, inventory: HeadInventory, tick: T
     return {"metric": evaluator().metric, "baseline": baseline, "delta": heads}
 
 
+def heads_changing(ablation: dict, points: float = 0.5) -> tuple[int, int]:
+    """Returns (heads whose removal alone moves the metric by more than ``points``, all heads) of an ablation.
+
+    Points are percentage points for accuracy and BLEU points for BLEU.
+    """
+    scale = 100 if ablation["metric"] == "accuracy" else 1
+    deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
+    return sum(abs(scale * d) > points for d in deltas), len(deltas)
+
+
 def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:
     """Returns, per layer, the metric when the layer keeps only its best single head (the paper's Table 2)."""
     baseline = evaluator().value

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import sacrebleu
 import torch
+from torch import nn
 
 from .data import batches, encode_batch, task_of
 from .gates import HeadGates
-from .inventory import build_inventory
+from .inventory import build_inventory, get_path
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,31 @@ def accuracy(predictions: list[int], labels: list[int]) -> QualityScore:
     return QualityScore("accuracy", correct / max(len(labels), 1), len(labels))
 
 
+class _Replay(nn.Module):
+    """Stands in for a layer whose input and weights are unchanged: returns its recorded outputs in order."""
+
+    def __init__(self, outputs: list):
+        super().__init__()
+        self.outputs, self.position = outputs, 0
+
+    def forward(self, *args, **kwargs):
+        output = self.outputs[self.position]
+        self.position += 1
+        return output
+
+
 class Evaluator:
     """Evaluates one model on one example set, repeatedly, under different head masks.
 
     Batches are tokenised once (sorted by length to waste little on padding), so an
-    ablation that evaluates dozens of masks pays for tokenisation only once.
+    ablation that evaluates dozens of masks pays for tokenisation only once. With
+    ``replay`` (single-stack models, classification), the outputs of every layer in
+    the unmasked run are recorded, and a mask whose heads all sit in layer l or above
+    replays layers below l instead of computing them again.
     """
 
     def __init__(self, model, tokenizer, examples: list[dict], batch_size: int = 64, max_length: int = 128,
-                 max_new_tokens: int = 64):
+                 max_new_tokens: int = 64, replay: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task_of(model)
@@ -63,12 +81,49 @@ class Evaluator:
         self.batches = [encode_batch(tokenizer, chunk, self.task, model.config, max_length)
                         for chunk in batches(ordered, batch_size)]
         self.references = [e.get("target") for e in ordered]
-        self.gates = HeadGates(build_inventory(model))
+        self.inventory = build_inventory(model)
+        self.gates = HeadGates(self.inventory)
+        single_stack = len(self.inventory.family.kinds) == 1
+        self.stack = get_path(model.base_model, self.inventory.family.kinds[0].layers) if replay and single_stack else None
+        self.recorded: list[list] | None = None
+
+    def _first_masked_layer(self, removed: dict) -> int:
+        layers = [int(i) for heads in removed.values() for i, h in heads.items() if h]
+        return min(layers, default=0)
+
+    @contextmanager
+    def _replaying(self, removed: dict):
+        first = self._first_masked_layer(removed) if self.stack is not None and self.recorded else 0
+        originals = [self.stack[i] for i in range(first)] if first else []
+        for i in range(first):
+            self.stack[i] = _Replay(self.recorded[i])
+        try:
+            yield
+        finally:
+            for i, layer in enumerate(originals):
+                self.stack[i] = layer
+
+    @contextmanager
+    def _recording(self):
+        if self.stack is None or self.recorded is not None:
+            yield
+            return
+        recorded: list[list] = [[] for _ in self.stack]
+        handles = [layer.register_forward_hook(lambda m, a, out, i=i: recorded[i].append(out))
+                   for i, layer in enumerate(self.stack)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.recorded = recorded
 
     def __call__(self, removed: dict | None = None, progress: Callable[[int], None] | None = None) -> QualityScore:
         """Returns the quality with the given original heads masked (none by default)."""
-        self.gates.mask(removed or {})
-        with torch.inference_mode(), self.gates:
+        removed = removed or {}
+        self.gates.mask(removed)
+        record = self._recording() if not removed else nullcontext()
+        with torch.inference_mode(), self.gates, record, self._replaying(removed):
             if self.task == "classification":
                 predictions, labels = [], []
                 for batch in self.batches:

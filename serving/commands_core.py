@@ -11,7 +11,7 @@ from exporter.atomic import atomic_write_json
 from exporter.checkpoint import checkpoint_hash, load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples, task_of
 from exporter.errors import HeadpruneError
-from exporter.experiments import best_head_per_layer, pruning_curve, single_head_ablation
+from exporter.experiments import best_head_per_layer, heads_changing, pruning_curve, single_head_ablation
 from exporter.inventory import build_inventory
 from exporter.plan import HeadPlan, plan_from_scores
 from exporter.quality import Evaluator
@@ -127,11 +127,11 @@ def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type
                f"parameters {before:,} -> {after:,}; wrote {out}")
 
 
-def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, columns, batch_size: int = 64):
+def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, columns, replay: bool = False):
     model = load_model(model_dir)
     tokenizer = _tokenizer_or_fail(model_dir)
     examples = read_examples(eval_data, task_of(model), columns, max_examples, seed)
-    return model, tokenizer, Evaluator(model, tokenizer, examples, batch_size=batch_size)
+    return model, tokenizer, Evaluator(model, tokenizer, examples, replay=replay)
 
 
 def experiment_options(command):
@@ -143,6 +143,17 @@ def experiment_options(command):
     return command
 
 
+def _per_head_experiment(experiment, label: str, model_dir: Path, eval_data: Path, max_examples, seed, out: Path,
+                         columns: dict) -> dict:
+    """Runs an experiment that evaluates once per head, under a progress bar; writes and returns its result."""
+    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns), replay=True)
+    inventory = build_inventory(model)
+    with progress_bar(label, inventory.kept_head_count()) as advance:
+        result = experiment(evaluator, inventory, tick=advance)
+    atomic_write_json(out, result)
+    return result
+
+
 @main.command()
 @model_dir_argument
 @experiment_options
@@ -150,14 +161,11 @@ def experiment_options(command):
 @friendly_errors
 def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
     """Single-head ablation: the metric with each head of MODEL_DIR removed alone."""
-    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns))
-    inventory = build_inventory(model)
-    with progress_bar("ablating heads", inventory.kept_head_count()) as advance:
-        result = single_head_ablation(evaluator, inventory, tick=advance)
-    atomic_write_json(out, result)
-    deltas = [d for layers in result["delta"].values() for row in layers.values() for d in row]
+    result = _per_head_experiment(single_head_ablation, "ablating heads", model_dir, eval_data, max_examples, seed, out,
+                                  columns)
+    moved, total = heads_changing(result)
     click.echo(f"baseline {result['metric']} {result['baseline']:.4f}; heads changing it by more than 0.5 points: "
-               f"{sum(abs(d) > 0.005 for d in deltas)} of {len(deltas)} -> {out}")
+               f"{moved} of {total} -> {out}")
 
 
 @main.command("best-heads")
@@ -167,11 +175,8 @@ def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **co
 @friendly_errors
 def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
     """Reduce each layer of MODEL_DIR to its best single head, one layer at a time."""
-    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns))
-    inventory = build_inventory(model)
-    with progress_bar("one head per layer", inventory.kept_head_count()) as advance:
-        result = best_head_per_layer(evaluator, inventory, tick=advance)
-    atomic_write_json(out, result)
+    result = _per_head_experiment(best_head_per_layer, "one head per layer", model_dir, eval_data, max_examples, seed,
+                                  out, columns)
     for kind, layers in result["layers"].items():
         for layer, row in layers.items():
             click.echo(f"{kind} layer {layer}: best head {row['best_head']}, {result['metric']} {row['metric']:.4f} "

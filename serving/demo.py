@@ -98,7 +98,7 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, budget:
         curves["rescored" if rescore else "once"] = pruning_curve(evaluator, inventory, score, budget.curve_step,
                                                                   rescore=rescore, tick=advance)
     plot_curves({"scored once": curves["once"], "re-scored": curves["rescored"]}, out / "curve.png")
-    small = Evaluator(model, tokenizer, eval_examples[: budget.ablation_examples])
+    small = Evaluator(model, tokenizer, eval_examples[: budget.ablation_examples], replay=True)
     advance = bar(f"single-head ablation ({len(small.references)} sentences)", inventory.kept_head_count())
     ablation = single_head_ablation(small, inventory, tick=advance)
     advance = bar(f"best head per layer ({len(small.references)} sentences)", inventory.kept_head_count())

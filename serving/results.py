@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from exporter.experiments import heads_changing
+
 from .latency import Speedup
 from .report import verdict
 
@@ -53,10 +55,10 @@ def render_results(report: dict) -> str:
         "",
     ]
     deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
-    moved = sum(abs(d) > 0.005 for d in deltas)
+    moved, total = heads_changing(ablation)
     lines += [
         f"Baseline accuracy {100 * ablation['baseline']:.2f} %. Removing one head alone changes accuracy by more than "
-        f"0.5 points for **{moved} of {len(deltas)}** heads (largest drop {100 * min(deltas):+.2f}, largest gain "
+        f"0.5 points for **{moved} of {total}** heads (largest drop {100 * min(deltas):+.2f}, largest gain "
         f"{100 * max(deltas):+.2f} points); one sentence is {100 / ex['ablation_examples']:.2f} points here. "
         "The paper: most heads can be removed alone with no significant change.",
         "",

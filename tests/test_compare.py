@@ -52,10 +52,14 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     for cell in report["cells"]:
         assert cell["p50"] <= cell["p90"] <= cell["p95"] <= cell["p99"]
         assert cell["throughput_min"] <= cell["throughput"] <= cell["throughput_max"]
-        # Little's law for a closed loop: throughput ~ concurrency * batch / mean latency.
-        expected = cell["concurrency"] * cell["batch_size"] / (cell["mean"] / 1000)
-        assert 0.4 <= cell["throughput"] / expected <= 1.15, cell
         assert cell["server"]["compute_infer_us"] > 0
+    windows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    for window in (w for w in windows if w["kind"] == "latency"):
+        # Little's law for a closed loop: C clients busy for the whole window at most, so
+        # throughput <= C * batch / mean latency, and not far below it.
+        mean_s = sum(window["latencies_ms"]) / len(window["latencies_ms"]) / 1000
+        ratio = window["throughput"] / (window["concurrency"] * window["batch_size"] / mean_s)
+        assert 0.3 <= ratio <= 1.0 + 1e-6, window
     examples = read_examples(cls_data, "classification")
     for name, folder in (("base", bert_dir), ("p25", repo.parent / "p25"), ("p50", repo.parent / "p50")):
         model = load_model(folder)
