@@ -51,7 +51,7 @@ def main() -> None:
         "scoring (token)": lambda: compute_importance(model, tokenizer, examples, method="token", batch_size=args.batch_size),
         "scoring (batch)": lambda: compute_importance(model, tokenizer, examples, method="batch", batch_size=args.batch_size),
     }
-    for name, run in runs.items():
+    for run in runs.values():
         run()  # warm-up
     for _ in range(args.trials):
         for name, run in runs.items():

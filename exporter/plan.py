@@ -132,7 +132,7 @@ def plan_from_scores(scores: dict[str, dict[int, list[float | None]]], fraction:
                     elif head not in plan.heads(kind, layer):
                         candidates.append((value, kind, layer, head))
         done = sum(len(plan.heads(k, i)) for k, layers in group.items() for i in layers)
-        for value, kind, layer, head in sorted(candidates):
+        for _, kind, layer, head in sorted(candidates):
             if done >= target:
                 break
             if len(group[kind][layer]) - len(plan.heads(kind, layer)) <= min_heads_per_layer:

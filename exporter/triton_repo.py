@@ -91,7 +91,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         raise HeadpruneError(f"version {version} is not a positive integer", "pass --version 1 or higher")
     model_dir, repo = Path(model_dir), Path(repo)
     model = load_model(model_dir)
-    if model.config.is_encoder_decoder or not hasattr(model, "classifier") and "ForSequenceClassification" not in type(model).__name__:
+    if model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification"):
         raise HeadpruneError(f"'{model_dir}' is not a sequence classifier ({type(model).__name__})",
                              "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
     tokenizer = load_tokenizer(model_dir)

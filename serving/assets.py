@@ -9,7 +9,6 @@ into place; a second run finds the folder and does nothing.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import random
@@ -134,8 +133,3 @@ def write_splits(examples: list[dict], folder: Path, sizes: dict[str, int], seed
         start += size
         paths[name] = atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in chunk))
     return paths
-
-
-def sha256_text(text: str) -> str:
-    """Returns the hex SHA-256 of a string."""
-    return hashlib.sha256(text.encode()).hexdigest()

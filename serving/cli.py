@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from functools import wraps
-from pathlib import Path
 
 import click
 from rich.markup import escape

@@ -86,8 +86,7 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
     finally:
         bars.close()
     records = comparison.journal.records()
-    environment = comparison.environment() if hasattr(comparison, "server") else {"machine": {}, "libraries": {}, "server": {}}
-    report = build_report(settings, comparison.facts, records, environment, ["headprune", *sys.argv[1:]])
+    report = build_report(settings, comparison.facts, records, comparison.environment(), ["headprune", *sys.argv[1:]])
     path = write_report(report, out)
     if isinstance(failure, KeyboardInterrupt):
         click.echo(f"interrupted: what was measured is kept in {out} (report marked incomplete); "

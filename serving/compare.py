@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -123,6 +124,7 @@ class Comparison:
         self.settings = settings
         self.journal = Journal(settings.out / "measurements.jsonl")
         self.progress = progress or (lambda label, total: (lambda n=1: None))
+        self.server: dict | None = None  # Triton's metadata, once a run reached the server
         self.facts = {name: describe_deployment(settings.repo, name, settings.seq_len) for name in settings.deployments}
         for name, facts in self.facts.items():
             too_big = [b for b in settings.batch_sizes if b > facts.max_batch_size]
@@ -160,7 +162,8 @@ class Comparison:
         measured = 0
         with _server_url(self.settings) as url:
             client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
-            self.server = client().client.get_server_metadata()
+            metadata = client().client.get_server_metadata()
+            self.server = metadata if isinstance(metadata, dict) else {"name": metadata.name, "version": metadata.version}
             try:
                 measured += self._quality(client(), done)
                 measured += self._latency(client, done)
@@ -235,7 +238,7 @@ class Comparison:
 
         libraries = {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
                                               "sacrebleu", "numpy")}
-        server = self.server if isinstance(self.server, dict) else {"name": self.server.name, "version": self.server.version}
+        server = self.server or {}
         return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+                            "cpus": os.cpu_count(), "python": platform.python_version()},
                 "libraries": libraries, "server": {"name": server.get("name"), "version": server.get("version")}}

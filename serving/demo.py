@@ -14,6 +14,7 @@ from pathlib import Path
 from exporter.atomic import atomic_write_json
 from exporter.checkpoint import load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples
+from exporter.errors import HeadpruneError
 from exporter.experiments import best_head_per_layer, pruning_curve, single_head_ablation
 from exporter.finetune import finetune
 from exporter.inventory import build_inventory
@@ -159,8 +160,6 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
 
 def demo_results(report_dir: Path) -> dict:
     """Returns report.json of a demo run (raises if it is not one)."""
-    from exporter.errors import HeadpruneError
-
     report = json.loads((Path(report_dir) / "report.json").read_text())
     if "experiments" not in report:
         raise HeadpruneError(f"'{report_dir}' is a compare report, not a demo report", "run 'headprune demo' first")

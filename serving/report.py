@@ -175,7 +175,7 @@ def render_markdown(report: dict) -> str:
     env = report["environment"]
     lines += ["", "## Signature", "", f"- command: `{' '.join(report['command'])}`", f"- created: {report['created']}",
               f"- settings: `{json.dumps(report['signature'])}`",
-              f"- weights: " + ", ".join(f"{n} {e['weights_sha256']}" for n, e in report["deployments"].items()),
+              "- weights: " + ", ".join(f"{n} {e['weights_sha256']}" for n, e in report["deployments"].items()),
               f"- machine: {env['machine']}", f"- libraries: {env['libraries']}", f"- server: {env['server']}", ""]
     return "\n".join(lines)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import write_jsonl
+from exporter import load_model
 from serving.cli import main
 
 
@@ -106,3 +108,16 @@ def test_column_overrides(bert_dir, tmp_path):
     result = run("score", bert_dir, "--data", tmp_path / "d.jsonl", "--text-column", "sentence", "--label-column", "y",
                  "--out", tmp_path / "s.json")
     assert result.exit_code == 0 and json.loads((tmp_path / "s.json").read_text())["examples"] == 4
+
+
+def test_finetune_writes_a_loadable_classifier(bert_dir, cls_data, tmp_path):
+    result = run("finetune", bert_dir, "--data", cls_data, "--out", tmp_path / "ft", "--epochs", 1, "--batch-size", 16)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert record["examples"] == 64 and record["final_loss"] > 0
+    summary = json.loads(run("heads", tmp_path / "ft", "--json").output)
+    assert summary["heads"] == 12
+    model = load_model(tmp_path / "ft")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    before = load_model(bert_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))

@@ -107,7 +107,7 @@ def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
     resumed = Comparison(settings, resume=True)
     first = [r for r in resumed.journal.records() if r["kind"] == "latency"]
     assert len(first) == 3
-    partial = build_report(settings, resumed.facts, resumed.journal.records(), {"machine": {}, "libraries": {}, "server": {}})
+    partial = build_report(settings, resumed.facts, resumed.journal.records(), resumed.environment())
     assert not partial["complete"]
     records = resumed.run()
     latency = [r for r in records if r["kind"] == "latency"]

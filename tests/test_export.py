@@ -74,3 +74,18 @@ def test_optimized_model_serves_the_same_logits(uneven_dir, tmp_path):
     with torch.no_grad():
         c = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
     assert np.abs(a - b).max() <= 1e-4 and np.abs(b - c).max() <= 1e-4
+
+
+def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_path):
+    from exporter.errors import HeadpruneError
+    from exporter.triton_config import DeploymentOptions, read_config
+
+    options = DeploymentOptions(kind="gpu", tensorrt=True, instances=2, max_batch_size=32, queue_delay_us=500)
+    export_to_repository(bert_dir, tmp_path / "repo", "gpu", options=options)
+    config = read_config(tmp_path / "repo" / "gpu" / "config.pbtxt")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, 1)]  # KIND_GPU
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 500
+    with pytest.raises(HeadpruneError, match="--kind gpu"):
+        DeploymentOptions(tensorrt=True)

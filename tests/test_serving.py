@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -130,7 +131,7 @@ def test_every_generated_config_parses_with_tritons_schema(deployment):
     assert [i.name for i in pruned.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert list(pruned.input[0].dims) == [-1] and list(pruned.output[0].dims) == [2]
     assert pruned.dynamic_batching.max_queue_delay_microseconds == 100
-    assert HeadPlan.from_dict(__import__("json").loads(pruned.parameters["head_plan"].string_value)).count() == 7
+    assert HeadPlan.from_dict(json.loads(pruned.parameters["head_plan"].string_value)).count() == 7
     text = configs["pruned_text"]
     assert text.backend == "python" and text.parameters["classifier"].string_value == "pruned"
     assert [o.name for o in text.output] == ["LOGITS", "LABEL"]

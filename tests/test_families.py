@@ -1,0 +1,51 @@
+"""Every family headprune claims to support: masked == shrunk on a tiny random model of each architecture."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from exporter import HeadGates, HeadPlan, apply_plan, build_inventory
+from exporter.families import supported_model_types
+
+ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+               max_position_embeddings=40)
+SEQ2SEQ = dict(vocab_size=50, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40)
+ARCHITECTURES = {
+    "bert": ("BertConfig", "BertForSequenceClassification", ENCODER),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", ENCODER),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", ENCODER | {"embedding_size": 32}),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", ENCODER),
+    "camembert": ("CamembertConfig", "CamembertForSequenceClassification", ENCODER),
+    "marian": ("MarianConfig", "MarianMTModel", SEQ2SEQ | {"decoder_start_token_id": 0, "pad_token_id": 0}),
+    "bart": ("BartConfig", "BartForConditionalGeneration", SEQ2SEQ),
+    "mbart": ("MBartConfig", "MBartForConditionalGeneration", SEQ2SEQ),
+}
+
+
+def test_every_supported_type_is_tested():
+    assert sorted(ARCHITECTURES) == supported_model_types()
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_masked_equals_shrunk(model_type):
+    config_name, model_name, values = ARCHITECTURES[model_type]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval()
+    inventory = build_inventory(model)
+    plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.kinds}
+    ids = torch.randint(3, 50, (2, 7))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if model.config.is_encoder_decoder:
+        inputs["decoder_input_ids"] = torch.randint(3, 50, (2, 5))
+    with torch.no_grad(), HeadGates(inventory).mask(plan):
+        masked = model(**inputs).logits
+    shrunk = copy.deepcopy(model)
+    apply_plan(shrunk, HeadPlan(plan))
+    with torch.no_grad():
+        assert (masked - shrunk(**inputs).logits).abs().max().item() <= 1e-5
+    assert build_inventory(shrunk).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.kinds)
