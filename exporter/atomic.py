@@ -15,11 +15,17 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yields an empty temporary folder that replaces ``target`` when the block succeeds."""
+def atomic_dir(target: str | Path, staging_parent: str | Path | None = None) -> Iterator[Path]:
+    """Yields an empty temporary folder that replaces ``target`` when the block succeeds.
+
+    The temporary folder (and the replaced one, until deleted) live in
+    ``staging_parent`` (default: beside ``target``), which must be on the same file system.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    parent = Path(staging_parent) if staging_parent else target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     staging.chmod(0o755)
     try:
         yield staging
@@ -28,7 +34,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
     old = None
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = parent / f".{target.name}.old-{os.getpid()}"
         target.rename(old)
     staging.rename(target)
     if old is not None:

@@ -48,6 +48,12 @@ class ExportResult:
                 "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads}
 
 
+def staging_area(repo: Path) -> Path:
+    """Returns the folder beside ``repo`` where versions are built: Triton tries to load every
+    folder inside a repository, hidden ones included, so nothing half-written may appear there."""
+    return repo.resolve().parent / f".{repo.resolve().name}.staging"
+
+
 def _next_version(folder: Path) -> int:
     versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.exists() else []
     return max(versions, default=0) + 1
@@ -58,8 +64,7 @@ def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
     model_folder.mkdir(parents=True, exist_ok=True)
     old = None
     if target.exists():
-        old = model_folder / f".old-{version}"
-        shutil.rmtree(old, ignore_errors=True)
+        old = staged.parent / f"{staged.name}.old"
         target.rename(old)
     staged.rename(target)
     if old is not None:
@@ -68,7 +73,7 @@ def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
 
 
 def _write_text_model(repo: Path, name: str, config, tokenizer) -> None:
-    with atomic_dir(repo / name) as staging:
+    with atomic_dir(repo / name, staging_area(repo)) as staging:
         version = staging / "1"
         version.mkdir()
         (version / "model.py").write_text(resources.files("exporter.triton_models").joinpath("text.py").read_text())
@@ -102,7 +107,9 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     model_folder = repo / name
     version = version or _next_version(model_folder)
     repo.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=repo))
+    staging_area(repo).mkdir(exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_area(repo)))
+    staged.chmod(0o755)
     try:
         names = export_classifier_onnx(model, staged / "model.onnx")
         validation = validate_onnx(model, staged / "model.onnx", names, atol)

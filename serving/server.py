@@ -163,9 +163,10 @@ class TritonServer:
     def failure_reason(self) -> str:
         """Returns the model-load errors (or last error lines) from the server log."""
         text = Path(self.log_file).read_text(errors="replace") if self.log_file and Path(self.log_file).exists() else ""
-        reasons = re.findall(r"failed to load '([^']+)'[^\n]*?: (.*)", text)
+        # Triton says either "failed to load 'm' version 1: why" or "failed to load model 'm': why".
+        reasons = dict(re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M))
         if reasons:
-            return "; ".join(f"model '{name}': {why.strip()}" for name, why in reasons)
+            return "; ".join(f"model '{name}': {why.strip()[:300]}" for name, why in reasons.items())
         errors = [line for line in text.splitlines() if line.startswith("E") and "nvml" not in line.lower()
                   and "dcgm" not in line.lower()]
         return errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]

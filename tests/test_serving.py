@@ -15,7 +15,7 @@ from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_prun
 from exporter.errors import HeadpruneError
 from exporter.onnx_export import random_inputs
 from exporter.triton_config import DeploymentOptions, read_config
-from exporter.triton_repo import export_to_repository
+from exporter.triton_repo import export_to_repository, staging_area
 from serving.client import PROTOCOLS, TritonClient
 from serving.server import TritonServer, free_port
 
@@ -165,9 +165,15 @@ def test_taken_port_and_broken_model_are_reported(bert_dir, tmp_path):
 def test_failed_export_writes_nothing(bert_dir, tmp_path):
     with pytest.raises(HeadpruneError, match="tolerance"):
         export_to_repository(bert_dir, tmp_path / "repo", "strict", atol=0.0)
+    # Triton would try to load any folder in the repository, hidden ones too.
     assert list((tmp_path / "repo").iterdir()) == []
+    assert list(staging_area(tmp_path / "repo").iterdir()) == []
     first = export_to_repository(bert_dir, tmp_path / "repo", "m")
     with pytest.raises(HeadpruneError):
         export_to_repository(bert_dir, tmp_path / "repo", "m", atol=0.0)
     assert sorted(p.name for p in (tmp_path / "repo" / "m").iterdir()) == ["1", "config.pbtxt"]
     assert first.version == 1 and export_to_repository(bert_dir, tmp_path / "repo", "m").version == 2
+    replaced = export_to_repository(bert_dir, tmp_path / "repo", "m", version=1)
+    assert replaced.version == 1 and replaced.model_path.exists()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m", "m_text"]
+    assert list(staging_area(tmp_path / "repo").iterdir()) == []
