@@ -116,6 +116,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         require_valid(validation, "the exported ONNX model")
         fused = None
         if optimize:
+            # Deferred: onnxruntime.transformers is slow to import and only --optimize needs it.
             from .onnx_optimize import optimize_attention
 
             fused, validation = optimize_attention(model, inventory, staged / "model.onnx", names, atol)

@@ -46,6 +46,13 @@ class TritonClient:
         except Exception:
             return False
 
+    def server_metadata(self) -> dict:
+        """Returns the server's name and version."""
+        metadata = self._call(None, self.client.get_server_metadata)
+        if isinstance(metadata, dict):
+            return {"name": metadata.get("name"), "version": metadata.get("version")}
+        return {"name": metadata.name, "version": metadata.version}
+
     def models(self) -> list[dict]:
         """Returns the repository index: name, version and state of every model."""
         index = self._call(None, self.client.get_model_repository_index)

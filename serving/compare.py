@@ -162,9 +162,8 @@ class Comparison:
         measured = 0
         with _server_url(self.settings) as url:
             client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
-            metadata = client().client.get_server_metadata()
-            self.server = metadata if isinstance(metadata, dict) else {"name": metadata.name, "version": metadata.version}
             try:
+                self.server = client().server_metadata()
                 measured += self._quality(client(), done)
                 measured += self._latency(client, done)
             except HeadpruneError as error:

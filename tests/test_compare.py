@@ -148,3 +148,11 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
     for extra, message in cases:
         with pytest.raises(HeadpruneError, match=message):
             Comparison(settings_for(repo, cls_data, tmp_path / "x", **extra))
+
+
+def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
+    result = CliRunner().invoke(main, [
+        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
+        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
+    assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "down" / "report.json").exists()  # an (empty, incomplete) report is still written
