@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from exporter.errors import HeadpruneError
 
-from .progress import console, stdout  # noqa: F401  (re-exported for the command modules)
+from .progress import console
 
 
 def _quiet_libraries() -> None:

@@ -18,9 +18,9 @@ from exporter.quality import Evaluator
 from exporter.scoring import METHODS, HeadScores, compute_importance
 from exporter.shrink import apply_plan
 
-from .cli import columns_from, data_options, emit, friendly_errors, main, stdout
+from .cli import columns_from, data_options, emit, friendly_errors, main
 from .plots import plot_curves
-from .progress import progress_bar
+from .progress import progress_bar, stdout
 
 model_dir_argument = click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 
