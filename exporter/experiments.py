@@ -17,7 +17,8 @@ Tick = Callable[[], None] | None
 
 def single_head_ablation(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:
     """Returns the metric with each head removed alone, and its change from the unmasked model."""
-    baseline = evaluator().value
+    unmasked = evaluator()
+    baseline = unmasked.value
     heads: dict[str, dict[str, list[float]]] = {}
     for layer in inventory.layers:
         deltas = []
@@ -26,7 +27,7 @@ def single_head_ablation(evaluator: Evaluator, inventory: HeadInventory, tick: T
             if tick:
                 tick()
         heads.setdefault(layer.kind.name, {})[str(layer.index)] = deltas
-    return {"metric": evaluator().metric, "baseline": baseline, "delta": heads}
+    return {"metric": unmasked.metric, "baseline": baseline, "delta": heads}
 
 
 def heads_changing(ablation: dict, points: float = 0.5) -> tuple[int, int]:
@@ -41,7 +42,8 @@ def heads_changing(ablation: dict, points: float = 0.5) -> tuple[int, int]:
 
 def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:
     """Returns, per layer, the metric when the layer keeps only its best single head (the paper's Table 2)."""
-    baseline = evaluator().value
+    unmasked = evaluator()
+    baseline = unmasked.value
     layers: dict[str, dict[str, dict]] = {}
     for layer in inventory.layers:
         results = []
@@ -54,7 +56,7 @@ def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, tick: Ti
         layers.setdefault(layer.kind.name, {})[str(layer.index)] = {
             "best_head": head, "metric": value, "delta": value - baseline,
         }
-    return {"metric": evaluator().metric, "baseline": baseline, "layers": layers}
+    return {"metric": unmasked.metric, "baseline": baseline, "layers": layers}
 
 
 def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[dict | None], HeadScores],
@@ -68,6 +70,7 @@ def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callabl
     plan = HeadPlan()
     scores = score(None)
     points = []
+    metric = None
     steps = int(round(1 / step))
     for i in range(steps):
         fraction = round(i * step, 6)
@@ -77,8 +80,9 @@ def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callabl
             scores = score(plan.removed)
         plan = plan_from_scores(scores.scores, fraction, per_type=per_type, already=plan)
         quality = evaluator(plan.removed)
+        metric = quality.metric
         points.append({"fraction": fraction, "pruned_heads": plan.count(), "metric": quality.value,
                        "plan": plan.to_dict()})
         if tick:
             tick()
-    return {"metric": evaluator().metric, "rescore": rescore, "per_type": per_type, "step": step, "points": points}
+    return {"metric": metric, "rescore": rescore, "per_type": per_type, "step": step, "points": points}

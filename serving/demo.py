@@ -47,6 +47,7 @@ class DemoBudget:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     concurrency: list[int] = field(default_factory=lambda: [1, 4])
     trials: int = 2
+    warmup: int = 1
     requests: int = 4
     examples: int = 64
     rescore_examples: int = 500
@@ -147,7 +148,8 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     say("6-7/8 serve with Triton and compare the deployments")
     settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,
                                batch_sizes=budget.batch_sizes, concurrency=budget.concurrency, seq_len=budget.seq_len,
-                               trials=budget.trials, requests=budget.requests, examples=budget.examples, max_windows=1,
+                               trials=budget.trials, warmup=budget.warmup, requests=budget.requests,
+                               examples=budget.examples, max_windows=1,
                                max_drop=1.0,
                                scores=out / "scores.json")
     comparison = Comparison(settings, progress=bar)
