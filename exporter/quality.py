@@ -67,7 +67,8 @@ class Evaluator:
     ablation that evaluates dozens of masks pays for tokenisation only once. With
     ``replay`` (single-stack models, classification), the outputs of every layer in
     the unmasked run are recorded, and a mask whose heads all sit in layer l or above
-    replays layers below l instead of computing them again.
+    replays layers below l instead of computing them again. Results are memoised by
+    mask: the model must not change while an Evaluator uses it.
     """
 
     def __init__(self, model, tokenizer, examples: list[dict], batch_size: int = 64, max_length: int = 128,
@@ -86,6 +87,7 @@ class Evaluator:
         single_stack = len(self.inventory.family.kinds) == 1
         self.stack = get_path(model.base_model, self.inventory.family.kinds[0].layers) if replay and single_stack else None
         self.recorded: list[list] | None = None
+        self._results: dict[frozenset, QualityScore] = {}
 
     def _first_masked_layer(self, removed: dict) -> int:
         layers = [int(i) for heads in removed.values() for i, h in heads.items() if h]
@@ -121,6 +123,13 @@ class Evaluator:
     def __call__(self, removed: dict | None = None, progress: Callable[[int], None] | None = None) -> QualityScore:
         """Returns the quality with the given original heads masked (none by default)."""
         removed = removed or {}
+        key = frozenset((kind, int(layer), head) for kind, layers in removed.items()
+                        for layer, heads in layers.items() for head in heads)
+        if key not in self._results:
+            self._results[key] = self._evaluate(removed, progress)
+        return self._results[key]
+
+    def _evaluate(self, removed: dict, progress: Callable[[int], None] | None) -> QualityScore:
         self.gates.mask(removed)
         record = self._recording() if not removed else nullcontext()
         with torch.inference_mode(), self.gates, record, self._replaying(removed):

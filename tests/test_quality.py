@@ -32,8 +32,11 @@ def test_replay_gives_the_logits_of_a_full_evaluation(bert_dir, cls_data):
     assert single_head_ablation(fast, inventory) == single_head_ablation(full, inventory)
     calls = []
     fast.stack[0].register_forward_hook(lambda *a: calls.append(1))
-    fast({"encoder": {2: [1]}})
+    fast({"encoder": {2: [1, 2]}})
     assert calls == []  # layer 0 was replayed, not computed
-    fast({"encoder": {0: [1]}})
+    fast({"encoder": {0: [1, 2]}})
     assert calls  # a mask in layer 0 computes it
+    calls.clear()
+    assert fast({"encoder": {0: [1, 2]}}) is fast({"encoder": {"0": [1, 2]}})  # memoised, whatever the key type
+    assert calls == []
     assert all(fast.stack[i] is layer.layer for i, layer in enumerate(inventory.layers))
