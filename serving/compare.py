@@ -162,13 +162,16 @@ class Comparison:
         measured = 0
         with _server_url(self.settings) as url:
             client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
+            main = client()
             try:
-                self.server = client().server_metadata()
-                measured += self._quality(client(), done)
+                self.server = main.server_metadata()
+                measured += self._quality(main, done)
                 measured += self._latency(client, done)
             except HeadpruneError as error:
                 raise HeadpruneError(f"{error.message} (the {len(done) + measured} measurements made so far are kept in "
                                      f"{self.journal.path})", f"{error.fix}; then rerun with --resume") from error
+            finally:
+                main.close()
         return self.journal.records()
 
     def _quality(self, client: TritonClient, done: set) -> int:
