@@ -112,8 +112,7 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
     seq2seq = model.config.is_encoder_decoder
     task = task_of(model)
     side = {layer.kind.name: layer.kind.query_side for layer in inventory.layers}
-    totals = {key: torch.zeros(len(layer.kept)) for layer in inventory.layers
-              if layer.kept for key in [(layer.kind.name, layer.index)]}
+    totals = {(layer.kind.name, layer.index): torch.zeros(len(layer.kept)) for layer in inventory.layers if layer.kept}
     tokens = {"encoder": 0, "decoder": 0}
     masks: dict[str, torch.Tensor] = {}
 
