@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from .inventory import HeadInventory
 from .plan import HeadPlan, plan_from_scores
-from .quality import Evaluator
+from .quality import Evaluator, in_points
 from .scoring import HeadScores
 
 Tick = Callable[[], None] | None
@@ -35,9 +35,8 @@ def heads_changing(ablation: dict, points: float = 0.5) -> tuple[int, int]:
 
     Points are percentage points for accuracy and BLEU points for BLEU.
     """
-    scale = 100 if ablation["metric"] == "accuracy" else 1
     deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
-    return sum(abs(scale * d) > points for d in deltas), len(deltas)
+    return sum(abs(in_points(ablation["metric"], d)) > points for d in deltas), len(deltas)
 
 
 def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:

@@ -79,13 +79,15 @@ def export_classifier_onnx(model, path: str | Path) -> list[str]:
     example = random_inputs(model, names, *EXPORT_SHAPE, seed=0)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # The wrapper must be in eval mode too: export restores its mode afterwards, recursively.
-        torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
-                          input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=OPSET,
-                          dynamo=False)
-    model.set_attn_implementation(previous)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The wrapper must be in eval mode too: export restores its mode afterwards, recursively.
+            torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names),
+                              str(path), input_names=names, output_names=["logits"], dynamic_axes=axes,
+                              opset_version=OPSET, dynamo=False)
+    finally:
+        model.set_attn_implementation(previous)
     return names
 
 

@@ -15,6 +15,11 @@ from .gates import HeadGates
 from .inventory import build_inventory, get_path
 
 
+def in_points(metric: str, value: float) -> float:
+    """Returns a metric value (or change) on its reporting scale: accuracy in percent points, BLEU as is."""
+    return 100 * value if metric == "accuracy" else value
+
+
 @dataclass(frozen=True)
 class QualityScore:
     """One quality measurement: metric name, value (higher is better), example count, signature."""
@@ -26,7 +31,7 @@ class QualityScore:
 
     def format(self) -> str:
         """Returns the score as one human-readable line."""
-        value = f"{100 * self.value:.2f} %" if self.metric == "accuracy" else f"{self.value:.2f}"
+        value = f"{in_points(self.metric, self.value):.2f}" + (" %" if self.metric == "accuracy" else "")
         return f"{self.metric} {value} on {self.examples} examples" + (f" ({self.signature})" if self.signature else "")
 
     def to_dict(self) -> dict:

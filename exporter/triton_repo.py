@@ -54,9 +54,9 @@ def staging_area(repo: Path) -> Path:
     return repo.resolve().parent / f".{repo.resolve().name}.staging"
 
 
-def _next_version(folder: Path) -> int:
-    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.exists() else []
-    return max(versions, default=0) + 1
+def model_versions(folder: Path) -> list[int]:
+    """Returns the version numbers (numeric subfolders) of a model folder, none if it does not exist."""
+    return [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
 
 
 def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
@@ -105,7 +105,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                              "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
     inventory = build_inventory(model)
     model_folder = repo / name
-    version = version or _next_version(model_folder)
+    version = version or max(model_versions(model_folder), default=0) + 1
     repo.mkdir(parents=True, exist_ok=True)
     staging_area(repo).mkdir(exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=staging_area(repo)))

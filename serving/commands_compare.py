@@ -24,7 +24,7 @@ def int_list(text: str) -> list[int]:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,4,16") from error
 
 
-class _Bars:
+class PhaseBars:
     """One rich progress bar per phase, opened when the phase starts."""
 
     def __init__(self):
@@ -76,7 +76,7 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
                                url=url, trials=trials, warmup=warmup, requests=requests, examples=examples,
                                max_windows=max_windows,
                                max_drop=max_drop, max_examples=max_examples, columns=columns_from(columns), scores=scores)
-    bars = _Bars()
+    bars = PhaseBars()
     comparison = Comparison(settings, resume=resume, progress=bars)
     failure: BaseException | None = None
     try:

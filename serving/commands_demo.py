@@ -14,7 +14,7 @@ from exporter.finetune import finetune as finetune_model
 
 from .assets import DEMO_ASSETS, default_cache, fetch_asset
 from .cli import friendly_errors, main
-from .commands_compare import _Bars
+from .commands_compare import PhaseBars
 from .demo import DemoBudget, demo_results, run_demo
 from .progress import progress_bar
 from .results import render_results
@@ -67,7 +67,7 @@ def demo(cache, out, repo, reports):
     """The main job: fine-tune MiniLM on movie reviews (cached), reproduce the paper's experiments,
     prune 30 % and 50 % of the heads, export, serve with Triton, compare, and report."""
     started = time.monotonic()
-    bars = _Bars()
+    bars = PhaseBars()
     try:
         path = run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo)
     finally:

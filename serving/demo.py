@@ -55,6 +55,10 @@ class DemoBudget:
     seed: int = 0
 
 
+# The budget's fields that are CompareSettings fields of the same name.
+LATENCY_BUDGET = ("batch_sizes", "concurrency", "trials", "warmup", "requests", "examples", "seq_len", "seed")
+
+
 def prepare_data(cache: Path, budget: DemoBudget) -> dict[str, Path]:
     """Returns the train/score/eval split files, written once per budget into the cache."""
     sizes = {"train": budget.train, "score": budget.score, "eval": budget.eval}
@@ -146,12 +150,9 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     say("5/8 prune and export to the Triton repository " + str(repo))
     candidates = prune_and_export(model_dir, experiments["scores"], out, repo, budget)
     say("6-7/8 serve with Triton and compare the deployments")
+    latency = {name: getattr(budget, name) for name in LATENCY_BUDGET}
     settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,
-                               batch_sizes=budget.batch_sizes, concurrency=budget.concurrency, seq_len=budget.seq_len,
-                               trials=budget.trials, warmup=budget.warmup, requests=budget.requests,
-                               examples=budget.examples, max_windows=1,
-                               max_drop=1.0,
-                               scores=out / "scores.json")
+                               max_windows=1, max_drop=1.0, scores=out / "scores.json", **latency)
     comparison = Comparison(settings, progress=bar)
     records = comparison.run()
     report = build_report(settings, comparison.facts, records, comparison.environment(), ["headprune", "demo"])

@@ -11,6 +11,7 @@ from exporter.errors import HeadpruneError
 from exporter.flops import flops_per_example
 from exporter.inventory import build_inventory
 from exporter.triton_config import read_config
+from exporter.triton_repo import model_versions
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DeploymentFacts:
 
 def latest_version(folder: Path) -> int:
     """Returns the highest numbered version folder of a model; raises HeadpruneError if none."""
-    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    versions = model_versions(folder)
     if not versions:
         raise HeadpruneError(f"model '{folder.name}' has no version in '{folder.parent}'",
                              f"export it with 'headprune export MODEL_DIR --repo {folder.parent} --name {folder.name}'")

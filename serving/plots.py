@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib
 
 from exporter.atomic import publish
+from exporter.quality import in_points
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -73,7 +74,7 @@ def _quality_value(entry: dict) -> float | None:
     q = entry.get("quality")
     if not q:
         return None
-    return 100 * q["value"] if q["metric"] == "accuracy" else q["value"]
+    return in_points(q["metric"], q["value"])
 
 
 def _scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str, path: Path,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from exporter.atomic import atomic_write_json, atomic_write_text
 from exporter.errors import HeadpruneError
+from exporter.quality import in_points
 
 from . import plots
 from .compare import STAGES, CompareSettings
@@ -84,8 +85,7 @@ def _quality_points(report: dict, name: str) -> float | None:
     q, b = report["deployments"][name]["quality"], report["deployments"][report["baseline"]]["quality"]
     if not q or not b:
         return None
-    scale = 100 if q["metric"] == "accuracy" else 1
-    return scale * (q["value"] - b["value"])
+    return in_points(q["metric"], q["value"] - b["value"])
 
 
 def _mean_speedup(report: dict, name: str) -> float:
