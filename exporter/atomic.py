@@ -13,15 +13,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import HeadpruneError
+
+
+def refuse_existing(target: str | Path, overwrite: bool) -> None:
+    """Raises HeadpruneError when ``target`` exists and is not an empty folder, unless ``overwrite``."""
+    target = Path(target)
+    if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    raise HeadpruneError(f"output '{target}' already exists and is not empty; nothing was written",
+                         "choose another output folder, or allow replacing it (--overwrite on the command line)")
+
 
 @contextmanager
-def atomic_dir(target: str | Path, staging_parent: str | Path | None = None) -> Iterator[Path]:
+def atomic_dir(target: str | Path, staging_parent: str | Path | None = None, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty temporary folder that replaces ``target`` when the block succeeds.
 
+    An existing non-empty ``target`` is refused (HeadpruneError) unless ``overwrite``.
     The temporary folder (and the replaced one, until deleted) live in
     ``staging_parent`` (default: beside ``target``), which must be on the same file system.
     """
     target = Path(target)
+    refuse_existing(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     parent = Path(staging_parent) if staging_parent else target.parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,11 @@ def checkpoint_hash(path: str | Path) -> str:
     return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()[:16]
 
 
-def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: str | Path | None = None) -> Path:
-    """Writes ``model`` (pruned or not) as a pruned checkpoint folder, atomically; returns the folder."""
+def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: str | Path | None = None,
+                overwrite: bool = False) -> Path:
+    """Writes ``model`` (pruned or not) as a pruned checkpoint folder, atomically; returns the folder.
+
+    An existing non-empty ``out_dir`` is refused unless ``overwrite``."""
     from .inventory import build_inventory
 
     plan = HeadPlan.of_model(build_inventory(model))
@@ -132,7 +135,7 @@ def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: 
     if source is not None:
         record["source"] = {"path": str(source), "weights": checkpoint_hash(source)}
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as staging:
+    with atomic_dir(out_dir, overwrite=overwrite) as staging:
         model.config.save_pretrained(staging)
         save_safetensors_from(model, str(staging / WEIGHTS_FILE))
         if tokenizer is not None:

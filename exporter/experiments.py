@@ -1,6 +1,8 @@
 """The paper's experiments, run with head masks on an in-process model.
 
 Each returns JSON-ready data; the metric comes from an ``Evaluator`` (accuracy or BLEU).
+Every change from the unmasked model carries a paired test's p-value (McNemar for
+accuracy, paired bootstrap for BLEU) on the same examples.
 """
 
 from __future__ import annotations
@@ -9,58 +11,79 @@ from collections.abc import Callable
 
 from .inventory import HeadInventory
 from .plan import HeadPlan, plan_from_scores
-from .quality import Evaluator, in_points
+from .quality import Evaluator
 from .scoring import HeadScores
+from .significance import ALPHA, paired_p_value
 
 Tick = Callable[[], None] | None
 
 
 def single_head_ablation(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:
-    """Returns the metric with each head removed alone, and its change from the unmasked model."""
+    """Returns the metric with each head removed alone: its change from the unmasked model and the p-value."""
     unmasked = evaluator()
-    baseline = unmasked.value
-    heads: dict[str, dict[str, list[float]]] = {}
+    deltas: dict[str, dict[str, list[float]]] = {}
+    p_values: dict[str, dict[str, list[float]]] = {}
     for layer in inventory.layers:
-        deltas = []
+        row, p_row = [], []
         for head in layer.kept:
-            deltas.append(evaluator({layer.kind.name: {layer.index: [head]}}).value - baseline)
+            masked = evaluator(HeadPlan({layer.kind.name: {layer.index: [head]}}))
+            row.append(masked.value - unmasked.value)
+            p_row.append(paired_p_value(unmasked.metric, unmasked.per_example, masked.per_example))
             if tick:
                 tick()
-        heads.setdefault(layer.kind.name, {})[str(layer.index)] = deltas
-    return {"metric": unmasked.metric, "baseline": baseline, "delta": heads}
+        deltas.setdefault(layer.kind.name, {})[str(layer.index)] = row
+        p_values.setdefault(layer.kind.name, {})[str(layer.index)] = p_row
+    return {"metric": unmasked.metric, "baseline": unmasked.value, "examples": unmasked.examples, "alpha": ALPHA,
+            "delta": deltas, "p_value": p_values}
 
 
-def heads_changing(ablation: dict, points: float = 0.5) -> tuple[int, int]:
-    """Returns (heads whose removal alone moves the metric by more than ``points``, all heads) of an ablation.
-
-    Points are percentage points for accuracy and BLEU points for BLEU.
-    """
-    deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
-    return sum(abs(in_points(ablation["metric"], d)) > points for d in deltas), len(deltas)
+def heads_changing(ablation: dict) -> tuple[int, int]:
+    """Returns (heads whose removal alone changes the metric significantly, all heads) of an ablation."""
+    p_values = [p for layers in ablation["p_value"].values() for row in layers.values() for p in row]
+    return sum(p < ablation["alpha"] for p in p_values), len(p_values)
 
 
 def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, tick: Tick = None) -> dict:
-    """Returns, per layer, the metric when the layer keeps only its best single head (the paper's Table 2)."""
+    """Returns, per layer, the metric when the layer keeps only its best single head (the paper's Table 2),
+    with the change's p-value."""
     unmasked = evaluator()
-    baseline = unmasked.value
     layers: dict[str, dict[str, dict]] = {}
     for layer in inventory.layers:
         results = []
         for keep in layer.kept:
             others = [h for h in layer.kept if h != keep]
-            results.append((evaluator({layer.kind.name: {layer.index: others}}).value, keep))
+            results.append((evaluator(HeadPlan({layer.kind.name: {layer.index: others}})), keep))
             if tick:
                 tick()
-        value, head = max(results)
+        quality, head = max(results, key=lambda pair: (pair[0].value, pair[1]))
         layers.setdefault(layer.kind.name, {})[str(layer.index)] = {
-            "best_head": head, "metric": value, "delta": value - baseline,
+            "best_head": head, "metric": quality.value, "delta": quality.value - unmasked.value,
+            "p_value": paired_p_value(unmasked.metric, unmasked.per_example, quality.per_example),
         }
-    return {"metric": unmasked.metric, "baseline": baseline, "layers": layers}
+    return {"metric": unmasked.metric, "baseline": unmasked.value, "examples": unmasked.examples, "alpha": ALPHA,
+            "layers": layers}
 
 
-def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[dict | None], HeadScores],
+def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = False) -> list[float]:
+    """Returns the shares of heads a pruning curve visits: 0, step, 2 step, ... and, last, the largest
+    share that leaves at least one head (in each attention type with ``per_type``)."""
+    per_kind = [sum(layer.original_heads for layer in inventory.of_kind(kind)) for kind in inventory.kinds]
+    sizes = [size for size in per_kind if size] if per_type else [inventory.original_head_count()]
+    last = min((size - 1) / size for size in sizes)
+    fractions = []
+    i = 0
+    while i * step < last - 1e-9:
+        fractions.append(round(i * step, 6))
+        i += 1
+    # The last regular step may already prune as many heads as the end point does.
+    if any(round(fractions[-1] * size) < round(last * size) for size in sizes):
+        fractions.append(last)
+    return fractions
+
+
+def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[HeadPlan | None], HeadScores],
                   step: float = 0.1, rescore: bool = False, per_type: bool = False, tick: Tick = None) -> dict:
-    """Returns the metric at 0, step, 2*step, ... (< 1) of heads pruned by ascending importance.
+    """Returns the metric at each of ``curve_fractions`` of heads pruned by ascending importance.
 
     ``score(removed)`` returns importance with ``removed`` masked; it is called once,
     or before every step with ``rescore``. Pruning is iterative: each step removes
@@ -70,15 +93,11 @@ def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callabl
     scores = score(None)
     points = []
     metric = None
-    steps = int(round(1 / step))
-    for i in range(steps):
-        fraction = round(i * step, 6)
-        if fraction >= 1:
-            break
+    for i, fraction in enumerate(curve_fractions(step, inventory, per_type)):
         if rescore and i > 0:
-            scores = score(plan.removed)
+            scores = score(plan)
         plan = plan_from_scores(scores.scores, fraction, per_type=per_type, already=plan)
-        quality = evaluator(plan.removed)
+        quality = evaluator(plan)
         metric = quality.metric
         points.append({"fraction": fraction, "pruned_heads": plan.count(), "metric": quality.value,
                        "plan": plan.to_dict()})

@@ -7,7 +7,11 @@ paths: ``layers`` from the model's ``base_model``, the rest from one layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
 
 from .errors import HeadpruneError
 
@@ -20,6 +24,10 @@ class AttentionKind:
     layer loses every head); ``output`` is the projection that mixes the heads,
     whose input is (..., heads * head_size). ``query_side`` names the token mask
     ("encoder" or "decoder") that covers this attention's query positions.
+    ``headless_cache``, if set, is called by a layer left with zero heads with the
+    arguments its attention module would have received, and must leave the model's
+    KV cache as that module would have (the model may read lengths from it); None
+    when this attention never sees a cache.
     """
 
     name: str
@@ -34,6 +42,7 @@ class AttentionKind:
     head_size_attr: str
     width_attr: str | None
     query_side: str
+    headless_cache: Callable[..., None] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,32 @@ def _bert_kind() -> AttentionKind:
     )
 
 
+def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=None, cache=None,
+                        attention_mask=None, past_key_values=None, **kwargs) -> None:
+    """Updates a bart-family KV cache for a headless attention layer exactly where BartAttention would.
+
+    Marian, BART and mBART take the position of the next decoder token from the length of decoder
+    layer 0's self-attention cache, so a headless self-attention layer appends one entry per new
+    token, and a headless cross-attention layer writes one per source token once and marks itself
+    updated. The entries are placeholders (one head of width 1) that nothing reads: zero-head states
+    would not do, as DynamicLayer reports the length of a cache holding no elements as 0.
+    """
+    cache = cache if cache is not None else past_key_values  # the real forward still accepts the old name
+    if cache is None:
+        return
+    cross = key_value_states is not None
+    layer_cache = cache
+    if isinstance(cache, EncoderDecoderCache):
+        if cross and cache.is_updated.get(attention.layer_idx):
+            return
+        layer_cache = cache.cross_attention_cache if cross else cache.self_attention_cache
+    states = key_value_states if cross else hidden_states
+    placeholder = states.new_zeros(states.shape[0], 1, states.shape[1], 1)
+    layer_cache.update(placeholder, placeholder, attention.layer_idx, kwargs=kwargs)
+    if cross and isinstance(cache, EncoderDecoderCache):
+        cache.is_updated[attention.layer_idx] = True
+
+
 def _bart_kind(name: str, stack: str, module: str, config_heads: str, query_side: str) -> AttentionKind:
     return AttentionKind(
         name=name,
@@ -77,6 +112,7 @@ def _bart_kind(name: str, stack: str, module: str, config_heads: str, query_side
         head_size_attr="head_dim",
         width_attr=None,
         query_side=query_side,
+        headless_cache=bart_headless_cache,
     )
 
 

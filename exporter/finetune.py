@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, refuse_existing
 from .checkpoint import load_tokenizer
 from .data import batches, encode_batch
 from .errors import HeadpruneError
@@ -32,13 +32,16 @@ def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, ke
 
 def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, labels: list[str] | None = None,
              epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4, max_length: int = 64, seed: int = 0,
-             freeze_embeddings: bool = True, progress: Callable[[int], None] | None = None) -> Path:
+             freeze_embeddings: bool = True, overwrite: bool = False,
+             progress: Callable[[int], None] | None = None) -> Path:
     """Trains a classification head and the encoder of ``base_dir`` on ``examples``; returns ``out``.
 
     ``labels`` are the label names (default: sorted names found in the data). The
     word-embedding table is frozen by default: most of a small model's parameters,
-    little of its accuracy, and most of the optimizer's time on CPU.
+    little of its accuracy, and most of the optimizer's time on CPU. An existing
+    non-empty ``out`` is refused before training unless ``overwrite``.
     """
+    refuse_existing(out, overwrite)
     if not examples:
         raise HeadpruneError("no training examples", "pass a non-empty training file")
     labels = labels or sorted({str(e["label"]) for e in examples})
@@ -49,7 +52,7 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
     rng = random.Random(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        use_safetensors=True, trust_remote_code=False)
+        use_safetensors=True, trust_remote_code=False, ignore_mismatched_sizes=True)
     if freeze_embeddings:
         model.base_model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -76,7 +79,7 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
     record = {"base": str(base_dir), "examples": len(examples), "epochs": epochs, "batch_size": batch_size,
               "learning_rate": learning_rate, "max_length": max_length, "seed": seed,
               "freeze_embeddings": freeze_embeddings, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1)}
-    with atomic_dir(out) as staging:
+    with atomic_dir(out, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")

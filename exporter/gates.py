@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from .inventory import HeadInventory
+from .plan import HeadPlan
 
 LayerKey = tuple[str, int]
 ContextCallback = Callable[[LayerKey, torch.Tensor, torch.Tensor], None]
@@ -37,14 +38,15 @@ class HeadGates:
         }
         self._handles: list = []
 
-    def mask(self, removed: dict[str, dict[int, list[int]]]) -> "HeadGates":
-        """Sets the gates of the given original heads to 0 and all others to 1; returns self."""
+    def mask(self, plan: HeadPlan | dict | None) -> "HeadGates":
+        """Sets the gates of the plan's original heads to 0 and all others to 1; returns self."""
+        plan = HeadPlan.of(plan)
         with torch.no_grad():
             for layer in self.inventory.layers:
                 key = (layer.kind.name, layer.index)
                 if key not in self.values:
                     continue
-                drop = set(removed.get(layer.kind.name, {}).get(layer.index, ()))
+                drop = plan.heads(layer.kind.name, layer.index)
                 self.values[key].copy_(torch.tensor([0.0 if h in drop else 1.0 for h in layer.kept]))
         return self
 

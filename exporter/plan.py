@@ -16,6 +16,12 @@ class HeadPlan:
 
     removed: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        # Layer keys from JSON are strings: normalise once here so that "0" and 0 name the same layer.
+        self.removed = {kind: {int(layer): sorted(set(heads)) for layer, heads in layers.items() if heads}
+                        for kind, layers in self.removed.items()}
+        self.removed = {kind: layers for kind, layers in self.removed.items() if layers}
+
     @classmethod
     def from_dict(cls, data: object, source: str = "plan") -> "HeadPlan":
         """Returns a plan parsed from JSON-shaped data; raises HeadpruneError naming what is malformed."""
@@ -36,6 +42,12 @@ class HeadPlan:
                 if heads:
                     removed.setdefault(kind, {})[int(layer)] = sorted(set(heads))
         return cls(removed)
+
+    @classmethod
+    def of(cls, value: "HeadPlan | dict | None") -> "HeadPlan":
+        """Returns ``value`` as a plan: a plan itself, a type -> layer -> heads mapping (string or integer
+        layer keys), or None for the empty plan."""
+        return value if isinstance(value, HeadPlan) else cls(dict(value or {}))
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadPlan":

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sacrebleu
 import torch
 from torch import nn
 
 from .data import batches, encode_batch, task_of
+from .errors import HeadpruneError
 from .gates import HeadGates
 from .inventory import build_inventory, get_path
+from .plan import HeadPlan
 
 
 def in_points(metric: str, value: float) -> float:
@@ -22,12 +24,17 @@ def in_points(metric: str, value: float) -> float:
 
 @dataclass(frozen=True)
 class QualityScore:
-    """One quality measurement: metric name, value (higher is better), example count, signature."""
+    """One quality measurement: metric name, value (higher is better), example count, signature.
+
+    ``per_example`` holds what paired significance tests need, in example order: 1/0
+    correctness for accuracy, sacrebleu's sufficient statistics per sentence for BLEU.
+    """
 
     metric: str
     value: float
     examples: int
     signature: str = ""
+    per_example: tuple = field(default=(), compare=False, repr=False)
 
     def format(self) -> str:
         """Returns the score as one human-readable line."""
@@ -43,13 +50,15 @@ def bleu(hypotheses: list[str], references: list[str]) -> QualityScore:
     """Returns corpus BLEU (sacrebleu defaults) with sacrebleu's signature."""
     metric = sacrebleu.metrics.BLEU()
     score = metric.corpus_score(hypotheses, [references])
-    return QualityScore("bleu", score.score, len(hypotheses), str(metric.get_signature()))
+    # Per-sentence sufficient statistics (what corpus BLEU sums), for paired bootstrap tests.
+    statistics = tuple(tuple(row) for row in metric._extract_corpus_statistics(hypotheses, [references]))
+    return QualityScore("bleu", score.score, len(hypotheses), str(metric.get_signature()), statistics)
 
 
 def accuracy(predictions: list[int], labels: list[int]) -> QualityScore:
     """Returns the share of predictions equal to their labels."""
-    correct = sum(int(p == t) for p, t in zip(predictions, labels))
-    return QualityScore("accuracy", correct / max(len(labels), 1), len(labels))
+    correct = tuple(int(p == t) for p, t in zip(predictions, labels))
+    return QualityScore("accuracy", sum(correct) / max(len(labels), 1), len(labels), per_example=correct)
 
 
 class _Replay(nn.Module):
@@ -81,6 +90,10 @@ class Evaluator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task_of(model)
+        if self.task == "regression":
+            raise HeadpruneError("quality of a regression head (num_labels=1) is not measured by headprune: "
+                                 "it evaluates accuracy for classifiers and BLEU for translation models",
+                                 "score and prune it (importance uses squared error), then evaluate it with your own metric")
         self.max_new_tokens = max_new_tokens
         key = "text" if self.task == "classification" else "source"
         ordered = sorted(examples, key=lambda e: len(str(e[key])))
@@ -94,13 +107,10 @@ class Evaluator:
         self.recorded: list[list] | None = None
         self._results: dict[frozenset, QualityScore] = {}
 
-    def _first_masked_layer(self, removed: dict) -> int:
-        layers = [int(i) for heads in removed.values() for i, h in heads.items() if h]
-        return min(layers, default=0)
-
     @contextmanager
-    def _replaying(self, removed: dict):
-        first = self._first_masked_layer(removed) if self.stack is not None and self.recorded else 0
+    def _replaying(self, plan: HeadPlan):
+        masked_layers = [layer for layers in plan.removed.values() for layer in layers]
+        first = min(masked_layers, default=0) if self.stack is not None and self.recorded else 0
         originals = [self.stack[i] for i in range(first)] if first else []
         for i in range(first):
             self.stack[i] = _Replay(self.recorded[i])
@@ -125,19 +135,20 @@ class Evaluator:
                 handle.remove()
         self.recorded = recorded
 
-    def __call__(self, removed: dict | None = None, progress: Callable[[int], None] | None = None) -> QualityScore:
+    def __call__(self, removed: HeadPlan | dict | None = None,
+                 progress: Callable[[int], None] | None = None) -> QualityScore:
         """Returns the quality with the given original heads masked (none by default)."""
-        removed = removed or {}
-        key = frozenset((kind, int(layer), head) for kind, layers in removed.items()
+        plan = HeadPlan.of(removed)
+        key = frozenset((kind, layer, head) for kind, layers in plan.removed.items()
                         for layer, heads in layers.items() for head in heads)
         if key not in self._results:
-            self._results[key] = self._evaluate(removed, progress)
+            self._results[key] = self._evaluate(plan, progress)
         return self._results[key]
 
-    def _evaluate(self, removed: dict, progress: Callable[[int], None] | None) -> QualityScore:
-        self.gates.mask(removed)
-        record = self._recording() if not removed else nullcontext()
-        with torch.inference_mode(), self.gates, record, self._replaying(removed):
+    def _evaluate(self, plan: HeadPlan, progress: Callable[[int], None] | None) -> QualityScore:
+        self.gates.mask(plan)
+        record = self._recording() if not plan.removed else nullcontext()
+        with torch.inference_mode(), self.gates, record, self._replaying(plan):
             if self.task == "classification":
                 predictions, labels = [], []
                 for batch in self.batches:

@@ -6,6 +6,11 @@ Two estimators, both over the same pass:
 - "batch" (the Hugging Face bertology script): |dL/d xi_h| per batch, summed and
   divided by the token count.
 Scores are then divided by each layer's L2 norm unless ``normalize`` is off.
+
+When heads are masked (re-scoring during iterative pruning), a masked head is gone:
+its importance is 0 and it does not enter its layer's norm. The bertology script
+instead keeps the (non-zero) score the gate's gradient gives a masked head and
+normalises over all heads; ``masked_in_norm=True`` reproduces that.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from .data import batches, encode_batch, task_of
 from .errors import HeadpruneError
 from .gates import HeadGates
 from .inventory import HeadInventory, build_inventory
+from .plan import HeadPlan
 
 METHODS = ("token", "batch")
 
@@ -68,11 +74,15 @@ class HeadScores:
 
 
 def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Returns the summed loss of a batch: classification cross-entropy or token cross-entropy (teacher forcing)."""
+    """Returns the summed loss of a batch: classification cross-entropy, squared error for a regression
+    head, or token cross-entropy (teacher forcing) for translation."""
     labels = batch["labels"]
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels if model.config.is_encoder_decoder else None).logits
-    if model.config.is_encoder_decoder:
+    task = task_of(model)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels if task == "translation" else None).logits
+    if task == "translation":
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    if task == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
@@ -99,12 +109,14 @@ def _frozen_parameters(model):
 
 
 def compute_importance(model, tokenizer, examples: list[dict], *, method: str = "token", normalize: bool = True,
-                       batch_size: int = 16, removed: dict | None = None, max_length: int = 128,
-                       progress: Callable[[int], None] | None = None) -> HeadScores:
+                       batch_size: int = 16, removed: HeadPlan | dict | None = None, max_length: int = 128,
+                       masked_in_norm: bool = False, progress: Callable[[int], None] | None = None) -> HeadScores:
     """Returns the importance of every head, scored over ``examples`` (never the evaluation split).
 
     ``removed`` masks those original heads first (for re-scoring during iterative
-    pruning); ``progress`` is called with the number of examples done per batch.
+    pruning): they score 0 and stay out of their layer's norm, unless
+    ``masked_in_norm`` (the bertology script's behaviour); ``progress`` is called with
+    the number of examples done per batch.
     """
     if method not in METHODS:
         raise HeadpruneError(f"unknown importance method '{method}'", f"use one of: {', '.join(METHODS)}")
@@ -126,9 +138,8 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
 
         gated.register_hook(accumulate)
 
-    gates = HeadGates(inventory, requires_grad=True, on_context=per_token if method == "token" else None)
-    if removed:
-        gates.mask(removed)
+    masked = HeadPlan.of(removed)
+    gates = HeadGates(inventory, requires_grad=True, on_context=per_token if method == "token" else None).mask(masked)
     model.eval()
     with _frozen_parameters(model), gates:
         for chunk in batches(examples, batch_size):
@@ -143,7 +154,17 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
             gates.zero_grad()
             if progress:
                 progress(len(chunk))
+    if not masked_in_norm:
+        _zero_masked(inventory, totals, masked)
     return _as_scores(inventory, totals, tokens, side, method, normalize, len(examples))
+
+
+def _zero_masked(inventory: HeadInventory, totals: dict, masked: HeadPlan) -> None:
+    for layer in inventory.layers:
+        drop = masked.heads(layer.kind.name, layer.index)
+        for position, head in enumerate(layer.kept):
+            if head in drop:
+                totals[(layer.kind.name, layer.index)][position] = 0.0
 
 
 def _as_scores(inventory: HeadInventory, totals, tokens, side, method, normalize, count) -> HeadScores:
@@ -154,6 +175,7 @@ def _as_scores(inventory: HeadInventory, totals, tokens, side, method, normalize
         if layer.kept:
             values = totals[key] / max(tokens[side[key[0]]], 1)
             if normalize:
+                # Zeroed (masked) heads add nothing to the norm.
                 values = values / values.norm(p=2).clamp_min(1e-20)
             for head, value in zip(layer.kept, values.tolist()):
                 row[head] = value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
@@ -34,19 +36,26 @@ class HeadlessAttention(nn.Module):
     When the family's output projection lives inside the attention module it is
     kept here under the same name (as a BiasOnly); otherwise the hidden states are
     passed on to the (BiasOnly) projection outside, which only reads their shape.
+    ``cache_hook`` (the attention kind's ``headless_cache``) keeps the model's KV
+    cache as the replaced module would have left it, for layer ``layer_idx``.
     """
 
     def __init__(self, head_size_attr: str, head_size: int, head_count_attr: str,
-                 inner_output: str | None = None, output: nn.Module | None = None):
+                 inner_output: str | None = None, output: nn.Module | None = None,
+                 layer_idx: int | None = None, cache_hook: Callable[..., None] | None = None):
         super().__init__()
         setattr(self, head_size_attr, head_size)
         setattr(self, head_count_attr, 0)
         setattr(self, KEPT_ATTR, [])
+        self.layer_idx = layer_idx
+        self._cache_hook = cache_hook
         self._inner_output = inner_output
         if inner_output:
             setattr(self, inner_output, output)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        if self._cache_hook is not None:
+            self._cache_hook(self, hidden_states, *args, **kwargs)
         if self._inner_output:
             return getattr(self, self._inner_output)(hidden_states), None
         return hidden_states, None
@@ -63,7 +72,9 @@ def shrink_layer(layer: AttentionLayer, keep: list[int]) -> None:
     if not keep:
         bias_only = BiasOnly(output.out_features, output.bias)
         inner = kind.output[len(kind.attention) + 1:] if kind.output.startswith(kind.attention + ".") else None
-        headless = HeadlessAttention(kind.head_size_attr, layer.head_size, kind.head_count_attr, inner, bias_only)
+        layer_idx = getattr(layer.module("attention"), "layer_idx", None)
+        headless = HeadlessAttention(kind.head_size_attr, layer.head_size, kind.head_count_attr, inner, bias_only,
+                                     layer_idx, kind.headless_cache)
         set_path(layer.layer, kind.attention, headless)
         if inner is None:
             set_path(layer.layer, kind.output, bias_only)

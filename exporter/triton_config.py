@@ -68,11 +68,14 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
 
 def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str],
                 options: DeploymentOptions, pad_id: int, pad_token: str) -> pb.ModelConfig:
-    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT in, LOGITS and LABEL out."""
+    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT, optional TEXT_PAIR in; LOGITS, LABEL out."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
     config.input.append(_tensor(pb.ModelInput, "TEXT", STRING, [1]))
+    config.input.append(pb.ModelInput(name="TEXT_PAIR", data_type=STRING, dims=[1], optional=True))
     config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
     config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
+    # Concurrent requests then reach one execute() together, like the classifier's.
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, {
         "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),

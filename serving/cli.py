@@ -9,6 +9,7 @@ from functools import wraps
 import click
 from rich.markup import escape
 
+from exporter.data import ROLES
 from exporter.errors import HeadpruneError
 
 from .progress import console
@@ -38,17 +39,26 @@ def friendly_errors(command):
 
 
 def data_options(command):
-    """Adds the data file column overrides shared by every command that reads examples."""
-    for role in ("target", "source", "label", "text-pair", "text"):
-        command = click.option(f"--{role}-column", default=None, metavar="NAME",
-                               help=f"Column holding the '{role.replace('-', '_')}' role (default: {role.replace('-', '_')}).")(command)
+    """Adds the data file options shared by every command that reads examples: column names and encoding."""
+    command = click.option("--encoding", default="utf-8", show_default=True,
+                           help="Text encoding of the data files (e.g. latin-1).")(command)
+    for role in reversed(ROLES):
+        option = role.replace("_", "-")
+        command = click.option(f"--{option}-column", default=None, metavar="NAME",
+                               help=f"Column holding the '{role}' role (default: {role}).")(command)
     return command
 
 
-def columns_from(kwargs: dict) -> dict[str, str]:
-    """Returns the role -> column mapping given by the --*-column options."""
-    roles = ("text", "text_pair", "label", "source", "target")
-    return {role: kwargs.pop(f"{role}_column") for role in roles if kwargs.get(f"{role}_column")}
+def data_source(kwargs: dict) -> dict:
+    """Returns read_examples' ``columns`` and ``encoding`` arguments, taken out of the data options' values."""
+    columns = {role: kwargs.pop(f"{role}_column") for role in ROLES if kwargs.get(f"{role}_column")}
+    for role in ROLES:
+        kwargs.pop(f"{role}_column", None)
+    return {"columns": columns, "encoding": kwargs.pop("encoding", "utf-8")}
+
+
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace an existing non-empty --out (refused otherwise; replaced atomically).")
 
 
 def emit(data: dict, as_json: bool, human: str) -> None:

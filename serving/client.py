@@ -14,6 +14,11 @@ NUMPY_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.
                    np.dtype(np.object_): "BYTES"}
 
 
+def _strings(texts: list[str]) -> np.ndarray:
+    """Returns texts as a [rows, 1] array of UTF-8 bytes, the shape of a ``<name>_text`` string input."""
+    return np.array([[t.encode("utf-8")] for t in texts], dtype=object).reshape(len(texts), 1)
+
+
 class TritonClient:
     """Talks to one Triton server; every failure becomes a HeadpruneError naming the model or URL."""
 
@@ -81,10 +86,16 @@ class TritonClient:
         result = self._call(model, self.client.infer, model, inputs, outputs=requested)
         return {name: result.as_numpy(name) for name in outputs}
 
-    def classify_text(self, model: str, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-        """Returns (logits, label names) for raw texts sent to a ``<name>_text`` model."""
-        array = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
-        out = self.infer(model, {"TEXT": array}, ["LOGITS", "LABEL"])
+    def classify_text(self, model: str, texts: list[str],
+                      pairs: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Returns (logits, label names) for raw texts, or (text, pair) sentence pairs, sent to a ``<name>_text`` model."""
+        arrays = {"TEXT": _strings(texts)}
+        if pairs is not None:
+            if len(pairs) != len(texts):
+                raise HeadpruneError(f"{len(pairs)} text pairs were given for {len(texts)} texts",
+                                     "give exactly one second segment (text_pair) per text")
+            arrays["TEXT_PAIR"] = _strings(pairs)
+        out = self.infer(model, arrays, ["LOGITS", "LABEL"])
         return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
 
     def statistics(self, model: str) -> dict:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from exporter.atomic import refuse_existing
 from exporter.errors import HeadpruneError
 
-from .cli import columns_from, data_options, friendly_errors, main
+from .cli import data_options, data_source, friendly_errors, main, overwrite_option
 from .client import PROTOCOLS
 from .compare import CompareSettings, Comparison
 from .progress import progress_bar
@@ -62,20 +63,24 @@ class PhaseBars:
 @click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")
 @click.option("--scores", type=click.Path(exists=True, path_type=Path), default=None, help="Scores JSON for the importance heat map.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; measured cells are not measured again.")
+@overwrite_option
 @data_options
 @friendly_errors
 def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, protocol, trials, requests,
-            examples, max_windows, warmup, max_drop, max_examples, scores, resume, **columns):
+            examples, max_windows, warmup, max_drop, max_examples, scores, resume, overwrite, **options):
     """Compare pruned deployments against the baseline, through Triton: accuracy, latency
     percentiles and throughput per batch size and concurrency, Triton's time breakdown, and
     static facts. Writes report.md, report.json, latency.csv and PNG plots to --out.
 
-    Results are written as they are measured: Ctrl-C keeps them and --resume continues."""
+    Results are written as they are measured: Ctrl-C keeps them and --resume continues. An existing
+    non-empty --out is refused unless --resume or --overwrite."""
+    refuse_existing(out, overwrite or resume)
     settings = CompareSettings(repo=repo, baseline=baseline, candidates=list(candidates), data=data, out=out,
                                batch_sizes=batch_sizes, concurrency=concurrency, seq_len=seq_len, protocol=protocol,
                                url=url, trials=trials, warmup=warmup, requests=requests, examples=examples,
                                max_windows=max_windows,
-                               max_drop=max_drop, max_examples=max_examples, columns=columns_from(columns), scores=scores)
+                               max_drop=max_drop, max_examples=max_examples, scores=scores,
+                               **data_source(options))
     bars = PhaseBars()
     comparison = Comparison(settings, resume=resume, progress=bars)
     failure: BaseException | None = None

@@ -7,18 +7,19 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from exporter.atomic import atomic_write_json
+from exporter.atomic import atomic_write_json, refuse_existing
 from exporter.checkpoint import checkpoint_hash, load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples, task_of
 from exporter.errors import HeadpruneError
-from exporter.experiments import best_head_per_layer, heads_changing, pruning_curve, single_head_ablation
+from exporter.experiments import (best_head_per_layer, curve_fractions, heads_changing, pruning_curve,
+                                  single_head_ablation)
 from exporter.inventory import build_inventory
 from exporter.plan import HeadPlan, plan_from_scores
 from exporter.quality import Evaluator
 from exporter.scoring import METHODS, HeadScores, compute_importance
 from exporter.shrink import apply_plan
 
-from .cli import columns_from, data_options, emit, friendly_errors, main
+from .cli import data_options, data_source, emit, friendly_errors, main, overwrite_option
 from .plots import plot_curves
 from .progress import progress_bar, stdout
 
@@ -85,10 +86,10 @@ def scoring_options(command):
 @scoring_options
 @data_options
 @friendly_errors
-def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_normalize, batch_size, seed, **columns):
+def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_normalize, batch_size, seed, **options):
     """Compute the importance I_h of every head of MODEL_DIR (one forward+backward pass over --data)."""
     model = load_model(model_dir)
-    examples = read_examples(data, task_of(model), columns_from(columns), max_examples, seed)
+    examples = read_examples(data, task_of(model), max_examples=max_examples, seed=seed, **data_source(options))
     scores = score_with_progress(model, _tokenizer_or_fail(model_dir), examples, method, not no_normalize, batch_size)
     atomic_write_json(out, scores_record(scores, model_dir, data, seed))
     click.echo(f"scored {scores.examples} examples ({method} method) -> {out}")
@@ -102,14 +103,16 @@ def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_norma
 @click.option("--fraction", type=float, help="With --scores: share of all heads to remove, in [0, 1).")
 @click.option("--per-type", is_flag=True, help="With --scores: rank within each attention type instead of globally.")
 @click.option("--min-heads-per-layer", default=0, show_default=True, help="With --scores: never leave a layer with fewer heads.")
+@overwrite_option
 @friendly_errors
-def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type, min_heads_per_layer):
+def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type, min_heads_per_layer, overwrite):
     """Structurally remove heads from MODEL_DIR and write a pruned checkpoint to --out.
 
     Either --plan FILE, or --scores FILE with --fraction F. Pruning an already pruned
     checkpoint composes: head indices always refer to the original model."""
     if bool(plan_file) == bool(scores_file):
         raise HeadpruneError("prune needs exactly one of --plan or --scores", "pass --plan FILE, or --scores FILE --fraction F")
+    refuse_existing(out, overwrite)
     model = load_model(model_dir)
     inventory = build_inventory(model)
     if plan_file:
@@ -122,15 +125,15 @@ def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type
     before = sum(p.numel() for p in model.parameters())
     inventory = apply_plan(model, plan)
     after = sum(p.numel() for p in model.parameters())
-    save_pruned(model, load_tokenizer(model_dir), out, source=model_dir)
+    save_pruned(model, load_tokenizer(model_dir), out, source=model_dir, overwrite=overwrite)
     click.echo(f"kept {inventory.kept_head_count()} of {inventory.original_head_count()} heads; "
                f"parameters {before:,} -> {after:,}; wrote {out}")
 
 
-def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, columns, replay: bool = False):
+def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, source: dict, replay: bool = False):
     model = load_model(model_dir)
     tokenizer = _tokenizer_or_fail(model_dir)
-    examples = read_examples(eval_data, task_of(model), columns, max_examples, seed)
+    examples = read_examples(eval_data, task_of(model), max_examples=max_examples, seed=seed, **source)
     return model, tokenizer, Evaluator(model, tokenizer, examples, replay=replay)
 
 
@@ -144,9 +147,9 @@ def experiment_options(command):
 
 
 def _per_head_experiment(experiment, label: str, model_dir: Path, eval_data: Path, max_examples, seed, out: Path,
-                         columns: dict) -> dict:
+                         options: dict) -> dict:
     """Runs an experiment that evaluates once per head, under a progress bar; writes and returns its result."""
-    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns_from(columns), replay=True)
+    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, data_source(options), replay=True)
     inventory = build_inventory(model)
     with progress_bar(label, inventory.kept_head_count()) as advance:
         result = experiment(evaluator, inventory, tick=advance)
@@ -159,13 +162,14 @@ def _per_head_experiment(experiment, label: str, model_dir: Path, eval_data: Pat
 @experiment_options
 @data_options
 @friendly_errors
-def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
-    """Single-head ablation: the metric with each head of MODEL_DIR removed alone."""
+def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **options):
+    """Single-head ablation: the metric with each head of MODEL_DIR removed alone, and whether the change
+    is significant (paired test: McNemar for accuracy, paired bootstrap for BLEU)."""
     result = _per_head_experiment(single_head_ablation, "ablating heads", model_dir, eval_data, max_examples, seed, out,
-                                  columns)
+                                  options)
     moved, total = heads_changing(result)
-    click.echo(f"baseline {result['metric']} {result['baseline']:.4f}; heads changing it by more than 0.5 points: "
-               f"{moved} of {total} -> {out}")
+    click.echo(f"baseline {result['metric']} {result['baseline']:.4f} on {result['examples']} examples; heads whose "
+               f"removal changes it significantly (p < {result['alpha']}): {moved} of {total} -> {out}")
 
 
 @main.command("best-heads")
@@ -173,14 +177,16 @@ def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **co
 @experiment_options
 @data_options
 @friendly_errors
-def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **columns):
+def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **options):
     """Reduce each layer of MODEL_DIR to its best single head, one layer at a time."""
     result = _per_head_experiment(best_head_per_layer, "one head per layer", model_dir, eval_data, max_examples, seed,
-                                  out, columns)
+                                  out, options)
     for kind, layers in result["layers"].items():
         for layer, row in layers.items():
+            mark = "*" if row["p_value"] < result["alpha"] else " "
             click.echo(f"{kind} layer {layer}: best head {row['best_head']}, {result['metric']} {row['metric']:.4f} "
-                       f"({row['delta']:+.4f})")
+                       f"({row['delta']:+.4f}{mark} p={row['p_value']:.3g})")
+    click.echo(f"* significant at p < {result['alpha']} (paired test on {result['examples']} examples) -> {out}")
 
 
 @main.command()
@@ -190,21 +196,26 @@ def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, 
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5), help="Share of heads pruned per step.")
 @click.option("--rescore", is_flag=True, help="Recompute importance before every step.")
 @click.option("--per-type", is_flag=True, help="Rank heads within each attention type.")
+@click.option("--masked-in-norm", is_flag=True,
+              help="With --rescore: keep masked heads' gradient scores in their layer's L2 norm, as the bertology "
+                   "script does (default: a masked head scores 0 and stays out of the norm).")
 @scoring_options
 @data_options
 @friendly_errors
 def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed, out: Path, step, rescore,
-          per_type, method, no_normalize, batch_size, **columns):
-    """Iterative pruning curve: the metric at 0, step, 2 step, ... of heads pruned by importance.
+          per_type, masked_in_norm, method, no_normalize, batch_size, **options):
+    """Iterative pruning curve: the metric at 0, step, 2 step, ... of heads pruned by importance, ending at
+    the largest share that leaves one head.
 
     Writes the curve as JSON to --out and a plot next to it (same name, .png)."""
-    columns = columns_from(columns)
-    model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, columns)
-    score_examples = read_examples(score_data, task_of(model), columns, None, seed)
+    source = data_source(options)
+    model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, source)
+    score_examples = read_examples(score_data, task_of(model), seed=seed, **source)
     inventory = build_inventory(model)
     score = lambda removed: compute_importance(model, tokenizer, score_examples, method=method,  # noqa: E731
-                                               normalize=not no_normalize, batch_size=batch_size, removed=removed)
-    with progress_bar("pruning curve", int(round(1 / step))) as advance:
+                                               normalize=not no_normalize, batch_size=batch_size, removed=removed,
+                                               masked_in_norm=masked_in_norm)
+    with progress_bar("pruning curve", len(curve_fractions(step, inventory, per_type))) as advance:
         result = pruning_curve(evaluator, inventory, score, step=step, rescore=rescore, per_type=per_type, tick=advance)
     atomic_write_json(out, result)
     plot_curves({"re-scored" if rescore else "scored once": result}, Path(out).with_suffix(".png"))

@@ -13,7 +13,7 @@ from exporter.data import read_examples
 from exporter.finetune import finetune as finetune_model
 
 from .assets import DEMO_ASSETS, default_cache, fetch_asset
-from .cli import friendly_errors, main
+from .cli import data_options, data_source, friendly_errors, main, overwrite_option
 from .commands_compare import PhaseBars
 from .demo import DemoBudget, demo_results, run_demo
 from .progress import progress_bar
@@ -46,13 +46,17 @@ def assets(cache, wheels):
 @click.option("--learning-rate", default=1e-4, show_default=True)
 @click.option("--max-length", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@overwrite_option
+@data_options
 @friendly_errors
-def finetune(model_dir, data, out, epochs, batch_size, learning_rate, max_length, seed):
-    """Fine-tune MODEL_DIR (encoder + a new classification head) on --data, on CPU, with a fixed seed."""
-    examples = read_examples(data, "classification")
+def finetune(model_dir, data, out, epochs, batch_size, learning_rate, max_length, seed, overwrite, **options):
+    """Fine-tune MODEL_DIR (encoder + a new classification head) on --data, on CPU, with a fixed seed.
+
+    The labels are the sorted distinct values of the label column (any number of classes)."""
+    examples = read_examples(data, "classification", **data_source(options))
     with progress_bar("fine-tuning", epochs * len(examples)) as advance:
         finetune_model(model_dir, examples, out, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                       max_length=max_length, seed=seed, progress=advance)
+                       max_length=max_length, seed=seed, overwrite=overwrite, progress=advance)
     click.echo(f"wrote {out}")
 
 

@@ -59,7 +59,10 @@ def server_options(command):
 @main.command()
 @click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
 @server_options
-@click.option("--allow-model-control", is_flag=True, help="Let clients load and unload models (explicit mode).")
+@click.option("--allow-model-control", is_flag=True,
+              help="Let clients load and unload models (explicit mode). WARNING: any client that reaches the port "
+                   "can then load models, including model files sent in the request (a Python model), and so run any code "
+                   "in the server.")
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="Where Triton's log goes.")
 @friendly_errors
 def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_control, log_file):

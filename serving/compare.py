@@ -50,6 +50,7 @@ class CompareSettings:
     max_drop: float | None = None
     max_examples: int | None = None
     columns: dict[str, str] = field(default_factory=dict)
+    encoding: str = "utf-8"
     scores: Path | None = None
     seed: int = 0
 
@@ -176,19 +177,24 @@ class Comparison:
 
     def _quality(self, client: TritonClient, done: set) -> int:
         settings = self.settings
-        examples = read_examples(settings.data, "classification", settings.columns, settings.max_examples, settings.seed)
+        examples = read_examples(settings.data, "classification", settings.columns, settings.max_examples, settings.seed,
+                                 settings.encoding)
         todo = [name for name in settings.deployments if ("quality", name) not in done]
         advance = self.progress("quality through Triton", len(todo) * len(examples))
         for name in todo:
             facts = self.facts[name]
             predictions, labels = [], []
             for chunk in batches(examples, min(16, facts.max_batch_size)):
-                logits, _ = client.classify_text(f"{name}_text", [str(e["text"]) for e in chunk])
+                # Pair tasks send both texts: the served front end tokenises them as the model was trained.
+                pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
+                logits, _ = client.classify_text(f"{name}_text", [str(e["text"]) for e in chunk], pairs)
                 predictions += logits.argmax(-1).tolist()
                 labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
                 advance(len(chunk))
             score = accuracy(predictions, labels)
-            self.journal.append({"kind": "quality", "deployment": name, **score.to_dict()})
+            # Per-example correctness: the report tests each candidate's change with a paired test.
+            self.journal.append({"kind": "quality", "deployment": name, **score.to_dict(),
+                                 "per_example": list(score.per_example)})
         return len(todo)
 
     def _latency(self, make_client, done: set) -> int:

@@ -7,6 +7,7 @@ Every step is a library call; ``run_demo`` only sequences them under a budget.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +16,12 @@ from exporter.atomic import atomic_write_json
 from exporter.checkpoint import load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples
 from exporter.errors import HeadpruneError
-from exporter.experiments import best_head_per_layer, pruning_curve, single_head_ablation
+from exporter.experiments import best_head_per_layer, curve_fractions, pruning_curve, single_head_ablation
 from exporter.finetune import finetune
 from exporter.inventory import build_inventory
 from exporter.plan import plan_from_scores
 from exporter.quality import Evaluator
-from exporter.scoring import compute_importance
+from exporter.scoring import HeadScores, compute_importance
 from exporter.shrink import apply_plan
 from exporter.triton_config import DeploymentOptions
 from exporter.triton_repo import export_to_repository
@@ -41,15 +42,14 @@ class DemoBudget:
     score: int = 1000
     eval: int = 1000
     epochs: int = 2
-    ablation_examples: int = 300
     curve_step: float = 0.1
     prune_levels: tuple[float, ...] = (0.3, 0.5)
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     concurrency: list[int] = field(default_factory=lambda: [1, 4])
-    trials: int = 2
+    trials: int = 3
     warmup: int = 1
-    requests: int = 4
-    examples: int = 64
+    requests: int = 6
+    examples: int = 128
     rescore_examples: int = 500
     seq_len: int = 128
     seed: int = 0
@@ -81,6 +81,12 @@ def finetuned_model(cache: Path, train_file: Path, budget: DemoBudget, bar: Bar)
                     seed=budget.seed, progress=advance)
 
 
+# The demo's pruning curves: label -> (re-score before each step, keep masked heads in the layer norm).
+CURVES = {"once": (False, False), "rescored": (True, False), "rescored_bertology": (True, True)}
+CURVE_LABELS = {"once": "importance once", "rescored": "re-scored (masked heads score 0)",
+                "rescored_bertology": "re-scored, masked heads in the norm (bertology)"}
+
+
 def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, budget: DemoBudget, bar: Bar) -> dict:
     """Runs the paper's experiments in-process (masking); returns their JSON results, also written to ``out``."""
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
@@ -90,33 +96,39 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, budget:
     advance = bar("importance scores", len(score_examples))
     scores = compute_importance(model, tokenizer, score_examples, progress=advance)
     scores.save(out / "scores.json")
-    evaluator = Evaluator(model, tokenizer, eval_examples)
+    # One evaluator for every experiment: results are memoised by mask, and replaying unchanged
+    # layers makes the per-head experiments affordable on the whole evaluation split.
+    evaluator = Evaluator(model, tokenizer, eval_examples, replay=True)
     rescore_examples = score_examples[: budget.rescore_examples]
 
-    def score(removed):
-        # The first scores use the whole scoring split; re-scoring (9 times) a seeded part of it.
-        return scores if removed is None else compute_importance(model, tokenizer, rescore_examples, removed=removed)
-
     curves = {}
-    for rescore in (False, True):
-        steps = int(round(1 / budget.curve_step))
-        advance = bar(f"pruning curve ({'re-scored' if rescore else 'scored once'})", steps)
-        curves["rescored" if rescore else "once"] = pruning_curve(evaluator, inventory, score, budget.curve_step,
-                                                                  rescore=rescore, tick=advance)
-    plot_curves({"scored once": curves["once"], "re-scored": curves["rescored"]}, out / "curve.png")
-    small = Evaluator(model, tokenizer, eval_examples[: budget.ablation_examples], replay=True)
-    advance = bar(f"single-head ablation ({len(small.references)} sentences)", inventory.kept_head_count())
-    ablation = single_head_ablation(small, inventory, tick=advance)
-    advance = bar(f"best head per layer ({len(small.references)} sentences)", inventory.kept_head_count())
-    best = best_head_per_layer(small, inventory, tick=advance)
-    results = {"scores": scores.to_dict(), "curves": curves, "ablation": ablation, "best_head_per_layer": best,
-               "ablation_examples": len(small.references), "eval_examples": len(eval_examples),
-               "score_examples": len(score_examples), "rescore_examples": len(rescore_examples)}
+    for name, (rescore, masked_in_norm) in CURVES.items():
+        def score(removed, masked_in_norm=masked_in_norm):
+            # The first scores use the whole scoring split; re-scoring a seeded part of it.
+            return scores if removed is None else compute_importance(model, tokenizer, rescore_examples, removed=removed,
+                                                                     masked_in_norm=masked_in_norm)
+
+        advance = bar(f"pruning curve ({CURVE_LABELS[name]})", len(curve_fractions(budget.curve_step, inventory)))
+        curves[name] = pruning_curve(evaluator, inventory, score, budget.curve_step, rescore=rescore, tick=advance)
+        curves[name]["label"] = CURVE_LABELS[name]
+    plot_curves({curve["label"]: curve for curve in curves.values()}, out / "curve.png")
+    timings = {}
+    per_head = {"ablation": (single_head_ablation, "single-head ablation"),
+                "best_head_per_layer": (best_head_per_layer, "best head per layer")}
+    results = {}
+    for key, (experiment, label) in per_head.items():
+        advance = bar(f"{label} ({len(eval_examples)} sentences)", inventory.kept_head_count())
+        started = time.monotonic()
+        results[key] = experiment(evaluator, inventory, tick=advance)
+        timings[key] = time.monotonic() - started
+    results = {"scores": scores.to_dict(), "curves": curves, **results, "seconds": timings,
+               "eval_examples": len(eval_examples), "score_examples": len(score_examples),
+               "rescore_examples": len(rescore_examples)}
     atomic_write_json(out / "experiments.json", results)
     return results
 
 
-def prune_and_export(model_dir: Path, scores: dict, out: Path, repo: Path, budget: DemoBudget) -> list[str]:
+def prune_and_export(model_dir: Path, scores: HeadScores, out: Path, repo: Path, budget: DemoBudget) -> list[str]:
     """Prunes at each budget level, exports baseline and pruned models into ``repo``; returns candidate names."""
     options = DeploymentOptions(max_batch_size=max(budget.batch_sizes))
     export_to_repository(model_dir, repo, "minilm", options=options)
@@ -124,9 +136,9 @@ def prune_and_export(model_dir: Path, scores: dict, out: Path, repo: Path, budge
     for level in budget.prune_levels:
         name = f"minilm_pruned{round(100 * level)}"
         model = load_model(model_dir)
-        apply_plan(model, plan_from_scores({k: {int(i): v for i, v in layers.items()}
-                                            for k, layers in scores["scores"].items()}, level))
-        folder = save_pruned(model, load_tokenizer(model_dir), out / name, source=model_dir)
+        apply_plan(model, plan_from_scores(scores.scores, level))
+        # The demo's own output folder: re-running the demo replaces it.
+        folder = save_pruned(model, load_tokenizer(model_dir), out / name, source=model_dir, overwrite=True)
         export_to_repository(folder, repo, name, options=options)
         names.append(name)
     return names
@@ -148,7 +160,7 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     say("3-4/8 importance, pruning curves, single-head ablation, best head per layer")
     experiments = run_experiments(model_dir, splits, out, budget, bar)
     say("5/8 prune and export to the Triton repository " + str(repo))
-    candidates = prune_and_export(model_dir, experiments["scores"], out, repo, budget)
+    candidates = prune_and_export(model_dir, HeadScores.from_dict(experiments["scores"]), out, repo, budget)
     say("6-7/8 serve with Triton and compare the deployments")
     latency = {name: getattr(budget, name) for name in LATENCY_BUDGET}
     settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,

@@ -1,22 +1,24 @@
-"""What a served model is: its static facts, read from the repository and its source checkpoint."""
+"""What a served model is: its static facts, read from the model repository alone.
+
+Facts come from the description that export wrote next to the served version
+(``<version>/deployment.json``) and from the model's config: no PyTorch, no
+original checkpoint.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from exporter.checkpoint import load_model
+from exporter.description import flops_at, read_description
 from exporter.errors import HeadpruneError
-from exporter.flops import flops_per_example
-from exporter.inventory import build_inventory
 from exporter.triton_config import read_config
 from exporter.triton_repo import model_versions
 
 
 @dataclass
 class DeploymentFacts:
-    """Static facts of one deployment: sizes, heads, FLOPs, provenance."""
+    """Static facts of one deployment (the version Triton serves): sizes, heads, FLOPs, provenance."""
 
     name: str
     version: int
@@ -37,6 +39,7 @@ class DeploymentFacts:
     vocab_size: int
     max_batch_size: int
     max_positions: int
+    max_length: int = 0
 
     @property
     def pruned_share(self) -> float:
@@ -48,8 +51,8 @@ class DeploymentFacts:
         return {**asdict(self), "pruned_share": self.pruned_share}
 
 
-def latest_version(folder: Path) -> int:
-    """Returns the highest numbered version folder of a model; raises HeadpruneError if none."""
+def served_version(folder: Path) -> int:
+    """Returns the version Triton serves under the default policy (the highest); raises HeadpruneError if none."""
     versions = model_versions(folder)
     if not versions:
         raise HeadpruneError(f"model '{folder.name}' has no version in '{folder.parent}'",
@@ -58,29 +61,19 @@ def latest_version(folder: Path) -> int:
 
 
 def describe_deployment(repo: str | Path, name: str, seq_len: int) -> DeploymentFacts:
-    """Returns the static facts of model ``name`` in ``repo`` (reads its config and source checkpoint)."""
+    """Returns the static facts of the served version of model ``name`` in ``repo``."""
     folder = Path(repo) / name
     config = read_config(folder / "config.pbtxt")
-    parameters = {k: v.string_value for k, v in config.parameters.items()}
-    source = parameters.get("source_checkpoint")
-    if not source or not Path(source).is_dir():
-        raise HeadpruneError(f"the source checkpoint of '{name}' ({source}) is not available",
-                             "compare models exported by 'headprune export' on this machine")
-    version = latest_version(folder)
-    model = load_model(source)
-    inventory = build_inventory(model)
-    summary = inventory.summary(model)
+    version = served_version(folder)
+    described = read_description(folder / str(version))
     return DeploymentFacts(
-        name=name, version=version, source_checkpoint=source, weights_sha256=parameters.get("weights_sha256", ""),
-        head_plan=json.loads(parameters.get("head_plan", "{}")), heads=summary["heads"],
-        original_heads=summary["original_heads"],
-        heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
-        parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
+        name=name, version=version, source_checkpoint=described["source_checkpoint"],
+        weights_sha256=described["weights_sha256"], head_plan=described["head_plan"], heads=described["heads"],
+        original_heads=described["original_heads"], heads_per_layer=described["heads_per_layer"],
+        parameters=described["parameters"], attention_parameters=described["attention_parameters"],
         onnx_bytes=(folder / str(version) / (config.default_model_filename or "model.onnx")).stat().st_size,
-        flops_per_example=flops_per_example(model, inventory, seq_len), seq_len=seq_len,
-        inputs=[i.name for i in config.input],
-        id2label={str(k): v for k, v in model.config.id2label.items()},
-        label2id={str(k): int(v) for k, v in model.config.label2id.items()},
-        vocab_size=model.config.vocab_size, max_batch_size=config.max_batch_size,
-        max_positions=getattr(model.config, "max_position_embeddings", 0) or 1 << 30,
+        flops_per_example=flops_at(described["flops"], seq_len), seq_len=seq_len,
+        inputs=described["inputs"], id2label=described["id2label"], label2id=described["label2id"],
+        vocab_size=described["vocab_size"], max_batch_size=config.max_batch_size,
+        max_positions=described["max_positions"] or 1 << 30, max_length=described["max_length"],
     )

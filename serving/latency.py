@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+TAIL = 90  # percentiles above this one are reported only where the samples support them
+LEVEL = 95  # confidence level (%) of the speedup intervals
+REPLICATES = 2000
+_CHUNK = 2_000_000  # resampled latencies held in memory at once
+
+
+def min_samples(q: float) -> int:
+    """Returns the fewest samples that support percentile ``q``: at least one sample beyond it, n * (1 - q/100) >= 1."""
+    return math.ceil(round(100 / (100 - q), 9))
+
+
+def supported(q: float, n: int) -> bool:
+    """Returns whether ``n`` samples support percentile ``q`` (p95 needs 20, p99 needs 100)."""
+    return n >= min_samples(q)
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency percentiles and mean (ms) and throughput (examples/s) with its spread over trials."""
+    """Latency percentiles and mean (ms), throughput (examples/s, mean over trials and its range), sample counts.
+
+    A percentile above p90 is None where ``requests`` does not support it (see ``supported``).
+    """
 
     p50: float
     p90: float
-    p95: float
-    p99: float
+    p95: float | None
+    p99: float | None
     mean: float
     throughput: float
     throughput_min: float
@@ -27,44 +44,125 @@ class LatencyStats:
 
     @classmethod
     def from_trials(cls, latencies_ms: list[list[float]], throughputs: list[float]) -> "LatencyStats":
-        """Returns stats pooling the latencies of all trials; throughput is the median over trials."""
+        """Returns stats pooling the latencies of all trials; throughput is the mean over trials."""
         pooled = np.concatenate([np.asarray(t, dtype=float) for t in latencies_ms])
-        p50, p90, p95, p99 = (float(np.percentile(pooled, p)) for p in PERCENTILES)
-        return cls(p50, p90, p95, p99, float(pooled.mean()), float(statistics.median(throughputs)),
-                   float(min(throughputs)), float(max(throughputs)), int(pooled.size), len(throughputs))
-
-    @property
-    def spread(self) -> float:
-        """Returns the relative spread of throughput over trials: (max - min) / median."""
-        return (self.throughput_max - self.throughput_min) / self.throughput if self.throughput else 0.0
+        n = int(pooled.size)
+        p50, p90, p95, p99 = (float(np.percentile(pooled, q)) if q <= TAIL or supported(q, n) else None
+                              for q in PERCENTILES)
+        return cls(p50, p90, p95, p99, float(pooled.mean()), float(np.mean(throughputs)),
+                   float(min(throughputs)), float(max(throughputs)), n, len(throughputs))
 
     def format(self) -> str:
-        """Returns a one-line summary."""
-        return (f"p50 {self.p50:.2f} ms  p90 {self.p90:.2f}  p95 {self.p95:.2f}  p99 {self.p99:.2f}  "
-                f"mean {self.mean:.2f}  {self.throughput:.1f} ex/s (±{100 * self.spread / 2:.0f} %)")
+        """Returns a one-line summary; an unsupported percentile shows as '–'."""
+        p = {q: "–" if v is None else f"{v:.2f}" for q, v in zip(PERCENTILES, (self.p50, self.p90, self.p95, self.p99))}
+        return (f"p50 {p[50]} ms  p90 {p[90]}  p95 {p[95]}  p99 {p[99]}  mean {self.mean:.2f}  "
+                f"{self.throughput:.1f} ex/s (range {self.throughput_min:.1f}-{self.throughput_max:.1f})  "
+                f"n={self.requests} requests, {self.trials} trial{'s' if self.trials != 1 else ''}")
 
     def to_dict(self) -> dict:
-        """Returns JSON-ready data."""
+        """Returns JSON-ready data (None for an unsupported percentile)."""
         return asdict(self)
+
+
+def bootstrap_throughput(latencies_ms: list[list[float]], throughputs: list[float], rng: np.random.Generator,
+                         replicates: int = REPLICATES) -> np.ndarray:
+    """Returns ``replicates`` hierarchical bootstrap draws of a cell's throughput (mean over trials).
+
+    Each draw resamples the trials with replacement, then the requests within each drawn trial. A closed loop's
+    throughput is inversely proportional to its mean latency, so a resampled trial's throughput is its measured
+    throughput * mean(latencies) / mean(resampled latencies).
+    """
+    trials = [np.asarray(t, dtype=float) for t in latencies_ms]
+    scale = np.asarray(throughputs, dtype=float) * np.array([t.mean() for t in trials])
+    picked = rng.integers(0, len(trials), size=(replicates, len(trials)))  # which trial fills each slot
+    resampled = np.empty(picked.shape)
+    for index, values in enumerate(trials):
+        slots = np.flatnonzero(picked == index)
+        step = max(1, _CHUNK // values.size)
+        for start in range(0, slots.size, step):
+            chosen = slots[start:start + step]
+            resampled.flat[chosen] = values[rng.integers(0, values.size, size=(chosen.size, values.size))].mean(axis=1)
+    return (scale[picked] / resampled).mean(axis=1)
 
 
 @dataclass(frozen=True)
 class Speedup:
-    """Candidate vs baseline throughput in one cell, with whether it exceeds the measured spread."""
+    """Candidate vs baseline throughput with its 95 % bootstrap interval and the samples behind it.
+
+    For a mean over cells the trials are the fewest in any cell and the requests the total.
+    """
 
     ratio: float
-    spread: float
-    significant: bool | None
+    ci_low: float
+    ci_high: float
+    baseline_trials: int
+    candidate_trials: int
+    baseline_requests: int
+    candidate_requests: int
 
     @classmethod
-    def between(cls, baseline: LatencyStats, candidate: LatencyStats) -> "Speedup":
-        """Returns candidate throughput / baseline throughput; significant when the change exceeds both spreads."""
-        ratio = candidate.throughput / baseline.throughput if baseline.throughput else float("nan")
-        spread = max(baseline.spread, candidate.spread)
-        significant = None if min(baseline.trials, candidate.trials) < 2 else abs(ratio - 1) > spread
-        return cls(ratio, spread, significant)
+    def between(cls, baseline: LatencyStats, candidate: LatencyStats, baseline_draws: np.ndarray,
+                candidate_draws: np.ndarray) -> "Speedup":
+        """Returns candidate / baseline throughput, its interval from the two cells' bootstrap draws."""
+        ratio = candidate.throughput / baseline.throughput if baseline.throughput else math.nan
+        return cls.from_draws(ratio, ratios(baseline_draws, candidate_draws), baseline.trials, candidate.trials,
+                              baseline.requests, candidate.requests)
+
+    @classmethod
+    def from_draws(cls, ratio: float, draws: np.ndarray, baseline_trials: int, candidate_trials: int,
+                   baseline_requests: int, candidate_requests: int) -> "Speedup":
+        """Returns the speedup with the percentile interval of its bootstrap draws."""
+        tail = (100 - LEVEL) / 2
+        finite = draws[np.isfinite(draws)]
+        low, high = (float(v) for v in np.percentile(finite, [tail, 100 - tail])) if finite.size else (math.nan,) * 2
+        return cls(float(ratio), low, high, baseline_trials, candidate_trials, baseline_requests, candidate_requests)
+
+    @classmethod
+    def geometric_mean(cls, speedups: list["Speedup"], draws: list[np.ndarray]) -> "Speedup":
+        """Returns the geometric mean of independent speedups, its interval from their draws taken together."""
+        ratio = math.exp(np.mean(np.log([s.ratio for s in speedups])))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_draws = np.exp(np.log(np.stack(draws)).mean(axis=0))
+        return cls.from_draws(ratio, mean_draws, min(s.baseline_trials for s in speedups),
+                              min(s.candidate_trials for s in speedups), sum(s.baseline_requests for s in speedups),
+                              sum(s.candidate_requests for s in speedups))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Speedup":
+        """Returns the speedup stored by ``to_dict`` (extra keys are ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    @property
+    def significant(self) -> bool:
+        """Returns whether the 95 % interval excludes 1.0 (no change)."""
+        return not (self.ci_low <= 1.0 <= self.ci_high) and not math.isnan(self.ci_low)
+
+    @property
+    def trials(self) -> int:
+        """Returns the fewest trials behind either side."""
+        return min(self.baseline_trials, self.candidate_trials)
 
     def format(self) -> str:
-        """Returns e.g. '1.17x' or '1.02x (n.s.)'."""
-        mark = {True: "", False: " (n.s.)", None: " (1 trial)"}[self.significant]
-        return f"{self.ratio:.2f}x{mark}"
+        """Returns e.g. '1.23x [1.15–1.31]', '1.02x [0.95–1.08] (n.s.)' or '1.23x [1.15–1.31] (1 trial)'."""
+        notes = ([] if self.significant else ["n.s."]) + (["1 trial"] if self.trials < 2 else [])
+        interval = f"[{_bound(self.ci_low)}–{_bound(self.ci_high)}]"
+        return f"{self.ratio:.2f}x {interval}" + (f" ({', '.join(notes)})" if notes else "")
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data, with ``significant``."""
+        return {**asdict(self), "significant": self.significant}
+
+
+def _bound(value: float) -> str:
+    """Returns an interval bound with 2 decimals, more where 2 would show 1.00 for a bound that is not 1."""
+    for digits in (2, 3, 4):
+        text = f"{value:.{digits}f}"
+        if float(text) != 1.0 or value == 1.0:
+            break
+    return text
+
+
+def ratios(baseline_draws: np.ndarray, candidate_draws: np.ndarray) -> np.ndarray:
+    """Returns candidate / baseline draw by draw (nan where the baseline drew 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(baseline_draws > 0, candidate_draws / np.where(baseline_draws > 0, baseline_draws, 1), np.nan)

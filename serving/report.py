@@ -12,15 +12,19 @@ import json
 import math
 import sys
 import time
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 from exporter.atomic import atomic_write_json, atomic_write_text
 from exporter.errors import HeadpruneError
 from exporter.quality import in_points
+from exporter.significance import ALPHA, paired_p_value
 
 from . import plots
 from .compare import STAGES, CompareSettings
-from .latency import LatencyStats, Speedup
+from .latency import PERCENTILES, TAIL, LatencyStats, Speedup, bootstrap_throughput, min_samples, ratios
 
 
 def _cells(records: list[dict]) -> dict[tuple, list[dict]]:
@@ -31,34 +35,42 @@ def _cells(records: list[dict]) -> dict[tuple, list[dict]]:
     return cells
 
 
+def _generator(seed: int, name: str, batch: int, concurrency: int) -> np.random.Generator:
+    """Returns the bootstrap generator of one cell: the same draws whatever else the report holds."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), batch, concurrency])
+
+
 def build_report(settings: CompareSettings, facts: dict, records: list[dict], environment: dict,
                  command: list[str] | None = None) -> dict:
     """Returns the full report data: signature, environment, facts, quality, cell stats, speedups, verdict."""
     quality = {r["deployment"]: r for r in records if r["kind"] == "quality"}
     cells = []
     stats: dict[tuple, LatencyStats] = {}
-    for (name, batch, concurrency), trials in sorted(_cells(records).items()):
-        cell = LatencyStats.from_trials([t["latencies_ms"] for t in trials], [t["throughput"] for t in trials])
-        stats[(name, batch, concurrency)] = cell
+    draws: dict[tuple, np.ndarray] = {}
+    for key, trials in sorted(_cells(records).items()):
+        name, batch, concurrency = key
+        latencies, throughputs = [t["latencies_ms"] for t in trials], [t["throughput"] for t in trials]
+        stats[key] = cell = LatencyStats.from_trials(latencies, throughputs)
+        draws[key] = bootstrap_throughput(latencies, throughputs, _generator(settings.seed, *key))
         server = {f"{s}_us": sum(t["server"][f"{s}_us"] for t in trials) / len(trials) for s in STAGES}
         cells.append({"deployment": name, "batch_size": batch, "concurrency": concurrency, **cell.to_dict(),
                       "server": server})
     speedups = []
+    measured: dict[str, list[tuple[int, Speedup, np.ndarray]]] = {}
     base_flops = facts[settings.baseline].flops_per_example
     for name in settings.candidates:
         for batch in settings.batch_sizes:
             for concurrency in settings.concurrency:
                 key_b, key_c = (settings.baseline, batch, concurrency), (name, batch, concurrency)
                 if key_b in stats and key_c in stats:
-                    speedup = Speedup.between(stats[key_b], stats[key_c])
+                    speedup = Speedup.between(stats[key_b], stats[key_c], draws[key_b], draws[key_c])
+                    measured.setdefault(name, []).append((concurrency, speedup, ratios(draws[key_b], draws[key_c])))
                     speedups.append({"candidate": name, "batch_size": batch, "concurrency": concurrency,
-                                     "ratio": speedup.ratio, "spread": speedup.spread,
-                                     "significant": speedup.significant,
-                                     "predicted": base_flops / facts[name].flops_per_example})
+                                     **speedup.to_dict(), "predicted": base_flops / facts[name].flops_per_example})
     deployments = {}
     for name in settings.deployments:
         entry = facts[name].to_dict()
-        entry["quality"] = quality.get(name)
+        entry["quality"] = _paired_quality(quality.get(name), quality.get(settings.baseline), name == settings.baseline)
         deployments[name] = entry
     report = {
         "title": f"{', '.join(settings.candidates)} vs {settings.baseline}",
@@ -72,6 +84,7 @@ def build_report(settings: CompareSettings, facts: dict, records: list[dict], en
         "deployments": deployments,
         "cells": cells,
         "speedups": speedups,
+        "mean_speedups": _mean_speedups(measured),
         "complete": len(cells) == len(settings.deployments) * len(settings.batch_sizes) * len(settings.concurrency)
                     and all(c["trials"] == settings.trials for c in cells),
     }
@@ -81,6 +94,16 @@ def build_report(settings: CompareSettings, facts: dict, records: list[dict], en
     return report
 
 
+def _paired_quality(measured: dict | None, baseline: dict | None, is_baseline: bool) -> dict | None:
+    """Returns a quality record without its per-example results, plus the paired test's p-value against the baseline."""
+    if measured is None:
+        return None
+    entry = {k: v for k, v in measured.items() if k not in ("per_example", "kind", "deployment")}
+    if not is_baseline and baseline and measured.get("per_example") and baseline.get("per_example"):
+        entry["p_value"] = paired_p_value(measured["metric"], baseline["per_example"], measured["per_example"])
+    return entry
+
+
 def _quality_points(report: dict, name: str) -> float | None:
     q, b = report["deployments"][name]["quality"], report["deployments"][report["baseline"]]["quality"]
     if not q or not b:
@@ -88,30 +111,54 @@ def _quality_points(report: dict, name: str) -> float | None:
     return in_points(q["metric"], q["value"] - b["value"])
 
 
-def _mean_speedup(report: dict, name: str) -> float:
-    lowest = min(s["concurrency"] for s in report["speedups"]) if report["speedups"] else 1
-    ratios = [s["ratio"] for s in report["speedups"] if s["candidate"] == name and s["concurrency"] == lowest]
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else float("nan")
+def _mean_speedups(measured: dict[str, list[tuple[int, Speedup, np.ndarray]]]) -> dict[str, dict]:
+    """Returns per candidate the geometric mean speedup over batch sizes at the lowest concurrency measured."""
+    if not measured:
+        return {}
+    lowest = min(concurrency for rows in measured.values() for concurrency, _, _ in rows)
+    means = {}
+    for name, rows in measured.items():
+        chosen = [(speedup, draws) for concurrency, speedup, draws in rows if concurrency == lowest]
+        if chosen:
+            mean = Speedup.geometric_mean([s for s, _ in chosen], [d for _, d in chosen])
+            means[name] = {"concurrency": lowest, "cells": len(chosen), **mean.to_dict()}
+    return means
+
+
+def _significance(speedup: Speedup) -> str:
+    if not speedup.significant:
+        return "not significantly different from 1: the interval includes it"
+    return f"significantly {'faster' if speedup.ratio > 1 else 'slower'}: the interval excludes 1"
 
 
 def verdict(report: dict) -> dict:
-    """Returns the verdict: the fastest candidate (within --max-drop points of quality, if given)."""
-    candidates = report["candidates"]
+    """Returns the verdict: the fastest candidate (within --max-drop points of quality, if given), and whether its
+    speedup is significant."""
+    candidates, base = report["candidates"], report["baseline"]
     limit = report.get("max_drop")
     points = {c: _quality_points(report, c) for c in candidates}
     eligible = [c for c in candidates if limit is None or (points[c] is not None and points[c] >= -limit)]
-    speed = {c: _mean_speedup(report, c) for c in candidates}
-    best = max(eligible, key=lambda c: speed[c], default=None)
+    means = {c: Speedup.from_dict(m) for c, m in report.get("mean_speedups", {}).items()}
+    speed = {c: means[c].ratio if c in means else math.nan for c in candidates}
+    best = max(eligible, key=lambda c: -math.inf if math.isnan(speed[c]) else speed[c], default=None)
     unit = "point" if limit == 1 else "points"
+    significant = None
     if best is None:
-        text = f"no candidate stays within {limit:g} {unit} of {report['baseline']}'s quality; keep {report['baseline']}."
+        text = f"no candidate stays within {limit:g} {unit} of {base}'s quality; keep {base}."
     else:
         delta = points[best]
-        within = f" within {limit:g} {unit} of {report['baseline']}" if limit is not None else ""
+        within = f" within {limit:g} {unit} of {base}" if limit is not None else ""
         quality = f"{delta:+.2f} points" if delta is not None else "quality not measured"
-        text = (f"{best} is the fastest candidate{within}: {speed[best]:.2f}x {report['baseline']}'s throughput "
-                f"(geometric mean over batch sizes, lowest concurrency), {quality}.")
-    return {"best": best, "max_drop": limit, "text": text, "mean_speedup": speed}
+        if best in means:
+            mean = means[best]
+            significant = mean.significant
+            throughput = (f"{mean.format()} {base}'s throughput (geometric mean over batch sizes at concurrency "
+                          f"{report['mean_speedups'][best]['concurrency']}, 95 % bootstrap interval; "
+                          f"{_significance(mean)})")
+        else:
+            throughput = "throughput not measured"
+        text = f"{best} is the fastest candidate{within}: {throughput}, {quality}."
+    return {"best": best, "max_drop": limit, "text": text, "mean_speedup": speed, "significant": significant}
 
 
 def _quality_text(entry: dict) -> str:
@@ -128,35 +175,52 @@ def render_markdown(report: dict) -> str:
     lines = [f"# headprune: {report['title']}", f"**Verdict:** {verdict(report)['text']}"]
     for name in report["candidates"]:
         entry, delta = report["deployments"][name], _quality_points(report, name)
-        speed = ", ".join(f"batch {s['batch_size']} {Speedup(s['ratio'], s['spread'], s['significant']).format()}"
+        speed = ", ".join(f"batch {s['batch_size']} {Speedup.from_dict(s).format()}"
                           for s in report["speedups"] if s["candidate"] == name and s["concurrency"] == lowest)
         change = f" ({delta:+.2f} points)" if delta is not None else ""
         lines.append(f"- **{name}** ({100 * entry['pruned_share']:.0f} % of heads pruned): {_quality_text(entry)}{change}; "
                      f"throughput vs {base} at concurrency {lowest}: {speed or 'not measured'}")
     sig = report["signature"]
+    requests, trials = (_count_range([c[k] for c in report["cells"]]) for k in ("requests", "trials"))
     lines.append(f"Measured through Triton over {sig['protocol'].upper()}, sequence length {sig['seq_len']}, "
-                 f"{sig['trials']} interleaved trials{'' if report['complete'] else ' (INCOMPLETE: interrupted run)'}; "
-                 "n.s. = change smaller than the spread between trials.")
-    lines += ["", "## Quality", "", "| deployment | heads | quality | change (points) |", "|---|---|---|---|"]
+                 f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
+                 f"{'' if report['complete'] else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
+                 "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
+                 f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}.")
+    lines += ["", "## Quality", "", "| deployment | heads | quality | change (points) | p (paired test) |",
+              "|---|---|---|---|---|"]
     for name, entry in report["deployments"].items():
         delta = _quality_points(report, name)
+        p_value = (entry["quality"] or {}).get("p_value")
+        mark = "*" if p_value is not None and p_value < ALPHA else ""
         lines.append(f"| {name} | {entry['heads']}/{entry['original_heads']} | {_quality_text(entry)} | "
-                     f"{'' if name == base or delta is None else f'{delta:+.2f}'} |")
+                     f"{'' if name == base or delta is None else f'{delta:+.2f}{mark}'} | "
+                     f"{'' if p_value is None else f'{p_value:.2g}'} |")
+    lines += ["", f"\\* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for BLEU, "
+              "on the same examples)."]
     q = report["deployments"][base]["quality"]
     if q and q.get("signature"):
         lines += ["", f"Metric signature: `{q['signature']}`"]
     lines += ["", "## Latency and throughput", "",
-              "| deployment | batch | concurrency | p50 ms | p90 | p95 | p99 | mean | examples/s | spread |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| deployment | batch | concurrency | requests | trials | p50 ms | p90 | p95 | p99 | mean | examples/s | "
+              "range over trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cells"]:
-        lines.append(f"| {c['deployment']} | {c['batch_size']} | {c['concurrency']} | {c['p50']:.2f} | {c['p90']:.2f} | "
-                     f"{c['p95']:.2f} | {c['p99']:.2f} | {c['mean']:.2f} | {c['throughput']:.1f} | "
+        percentiles = " | ".join("–" if c[f"p{q}"] is None else f"{c[f'p{q}']:.2f}" for q in PERCENTILES)
+        lines.append(f"| {c['deployment']} | {c['batch_size']} | {c['concurrency']} | {c['requests']} | {c['trials']} | "
+                     f"{percentiles} | {c['mean']:.2f} | {c['throughput']:.1f} | "
                      f"{c['throughput_min']:.1f}-{c['throughput_max']:.1f} |")
+    if any(c[f"p{q}"] is None for c in report["cells"] for q in PERCENTILES):
+        lines += ["", "– too few requests for this percentile: " + ", ".join(
+            f"p{q} needs at least {min_samples(q)}" for q in PERCENTILES if q > TAIL) +
+            " (a percentile q needs n·(1 − q/100) ≥ 1, at least one request beyond it)."]
     lines += ["", "## Speedup: measured vs predicted from FLOPs", "",
-              "| candidate | batch | concurrency | measured | predicted (FLOPs) |", "|---|---|---|---|---|"]
+              "Measured: candidate / baseline throughput [95 % bootstrap interval]; n.s. = the interval includes 1.0.", "",
+              "| candidate | batch | concurrency | requests (baseline/candidate) | trials (baseline/candidate) | "
+              "measured | predicted (FLOPs) |", "|---|---|---|---|---|---|---|"]
     for s in report["speedups"]:
         lines.append(f"| {s['candidate']} | {s['batch_size']} | {s['concurrency']} | "
-                     f"{Speedup(s['ratio'], s['spread'], s['significant']).format()} | {s['predicted']:.2f}x |")
+                     f"{s['baseline_requests']}/{s['candidate_requests']} | {s['baseline_trials']}/{s['candidate_trials']} | "
+                     f"{Speedup.from_dict(s).format()} | {s['predicted']:.2f}x |")
     lines += ["", "## Where the time goes (Triton statistics, µs per request)", "",
               "| deployment | batch | concurrency | queue | compute input | compute infer | compute output |",
               "|---|---|---|---|---|---|---|"]
@@ -180,8 +244,14 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _count_range(values: list[int]) -> str:
+    """Returns '12' or '12–48' for the counts of the cells ('0' for none)."""
+    low, high = min(values, default=0), max(values, default=0)
+    return str(low) if low == high else f"{low}–{high}"
+
+
 def latency_csv(report: dict) -> str:
-    """Returns latency.csv: one row per deployment, batch size and concurrency."""
+    """Returns latency.csv: one row per deployment, batch size and concurrency (an unsupported percentile is empty)."""
     buffer = io.StringIO()
     fields = ["deployment", "batch_size", "concurrency", "p50", "p90", "p95", "p99", "mean", "throughput",
               "throughput_min", "throughput_max", "requests", "trials"] + [f"{s}_us" for s in STAGES]
@@ -218,6 +288,10 @@ def render_report(folder: str | Path) -> Path:
         raise HeadpruneError(f"'{folder}' has no report.json", "run 'headprune compare --out FOLDER' first") from error
     except json.JSONDecodeError as error:
         raise HeadpruneError(f"'{folder / 'report.json'}' is damaged ({error.msg})", "re-run 'headprune compare'") from error
+    if "mean_speedups" not in report:
+        raise HeadpruneError(f"'{folder / 'report.json'}' was written by an older headprune (no speedup intervals)",
+                             "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
+                             "measurements.jsonl without measuring again")
     atomic_write_text(folder / "latency.csv", latency_csv(report))
     plots.plot_report(report, folder, plot_names(report))
     return atomic_write_text(folder / "report.md", render_markdown(report))

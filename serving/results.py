@@ -27,6 +27,7 @@ def render_results(report: dict) -> str:
     curves, ablation, best = ex["curves"], ex["ablation"], ex["best_head_per_layer"]
     base = report["baseline"]
     budget = report["demo"]["budget"]
+    seconds = ex.get("seconds", {})
     lines = [
         "# Results on real weights",
         "",
@@ -39,50 +40,67 @@ def render_results(report: dict) -> str:
         "",
         "![pruning curve](curve.png)",
         "",
-        "| heads pruned | accuracy, importance once | accuracy, re-scored each step |",
-        "|---|---|---|",
+        "Three ways to choose the heads: importance computed once; re-computed before each step with the heads "
+        "already masked scoring 0 and left out of their layer's L2 norm (the default); and re-computed with masked "
+        "heads keeping their gradient score inside the norm, as the Hugging Face bertology script does.",
+        "",
+        "| heads pruned | " + " | ".join(f"accuracy, {curve['label']}" for curve in curves.values()) + " |",
+        "|---|" + "---|" * len(curves),
     ]
-    for once, again in zip(curves["once"]["points"], curves["rescored"]["points"]):
-        lines.append(f"| {100 * once['fraction']:.0f} % | {100 * once['metric']:.2f} % | {100 * again['metric']:.2f} % |")
-    once, again = tolerated_share(curves["once"]), tolerated_share(curves["rescored"])
+    rows = zip(*(curve["points"] for curve in curves.values()))
+    for points in rows:
+        lines.append(f"| {100 * points[0]['fraction']:.1f} % ({points[0]['pruned_heads']}) | "
+                     + " | ".join(f"{100 * p['metric']:.2f} %" for p in points) + " |")
+    shares = ", ".join(f"**{100 * tolerated_share(curve):.0f} %** {curve['label']}" for curve in curves.values())
     lines += [
         "",
-        f"Heads that can go with at most 1 point of accuracy lost: **{100 * once:.0f} %** with importance computed once, "
-        f"**{100 * again:.0f} %** re-scored before each step. The paper: about 40 % for BERT-base on MNLI; the classic "
-        "transformers 4.x tooling reaches 40 % (once) and 50 % (re-scored) on this same model and data.",
-        "",
-        f"## Single-head ablation ({ex['ablation_examples']} sentences)",
+        f"Heads that can go with at most 1 point of accuracy lost: {shares}. The paper: about 40 % for BERT-base on MNLI.",
         "",
     ]
-    deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
     moved, total = heads_changing(ablation)
+    deltas = [d for layers in ablation["delta"].values() for row in layers.values() for d in row]
+    alpha = ablation["alpha"]
+    took = f" ({seconds['ablation'] / 60:.1f} minutes)" if "ablation" in seconds else ""
     lines += [
-        f"Baseline accuracy {100 * ablation['baseline']:.2f} %. Removing one head alone changes accuracy by more than "
-        f"0.5 points for **{moved} of {total}** heads (largest drop {100 * min(deltas):+.2f}, largest gain "
-        f"{100 * max(deltas):+.2f} points); one sentence is {100 / ex['ablation_examples']:.2f} points here. "
-        "The paper: most heads can be removed alone with no significant change.",
+        f"## Single-head ablation ({ablation['examples']} sentences){took}",
+        "",
+        f"Baseline accuracy {100 * ablation['baseline']:.2f} %. Removing one head alone changes accuracy "
+        f"significantly (exact McNemar test on the same sentences, p < {alpha}) for **{moved} of {total}** heads; "
+        f"the largest drop is {100 * min(deltas):+.2f} and the largest gain {100 * max(deltas):+.2f} points. "
+        "The paper: most heads can be removed alone with no significant change. * marks p < " f"{alpha}.",
         "",
         "| layer | change per head (points) |",
         "|---|---|",
     ]
     for layer, row in ablation["delta"]["encoder"].items():
-        lines.append(f"| {layer} | {' '.join(f'{100 * d:+.1f}' for d in row)} |")
-    lines += ["", "## Each layer reduced to its best single head", "", "| layer | best head | accuracy | change (points) |",
-              "|---|---|---|---|"]
+        marks = ablation["p_value"]["encoder"][layer]
+        lines.append(f"| {layer} | " + " ".join(f"{100 * d:+.1f}{'*' if p < alpha else ''}" for d, p in zip(row, marks))
+                     + " |")
+    took = f" ({seconds['best_head_per_layer'] / 60:.1f} minutes)" if "best_head_per_layer" in seconds else ""
+    lines += ["", f"## Each layer reduced to its best single head ({best['examples']} sentences){took}", "",
+              "| layer | best head | accuracy | change (points) | p (McNemar) |", "|---|---|---|---|---|"]
     for layer, row in best["layers"]["encoder"].items():
-        lines.append(f"| {layer} | {row['best_head']} | {100 * row['metric']:.2f} % | {100 * row['delta']:+.2f} |")
+        mark = "*" if row["p_value"] < alpha else ""
+        lines.append(f"| {layer} | {row['best_head']} | {100 * row['metric']:.2f} % | {100 * row['delta']:+.2f}{mark} | "
+                     f"{row['p_value']:.2g} |")
+    changed = sum(row["p_value"] < alpha for row in best["layers"]["encoder"].values())
+    lines += ["", f"Layers whose reduction to one head changes accuracy significantly: **{changed} of "
+              f"{len(best['layers']['encoder'])}**.", ""]
     lines += ["", "## Served speedup at 50 % of heads pruned", ""]
     fifty = next((c for c in report["candidates"] if abs(report["deployments"][c]["pruned_share"] - 0.5) < 0.01), None)
     if fifty:
         lowest = min(s["concurrency"] for s in report["speedups"])
         lines += [f"`{fifty}` vs `{base}` through Triton on {report['environment']['machine'].get('cpus')} CPU cores, "
                   f"sequence length {report['signature']['seq_len']}, concurrency {lowest}:", "",
-                  "| batch | measured | predicted from FLOPs | paper (GPU) |", "|---|---|---|---|"]
+                  "| batch | measured [95 % bootstrap interval] | requests, trials per side | predicted from FLOPs | "
+                  "paper (GPU) |", "|---|---|---|---|---|"]
         for s in report["speedups"]:
             if s["candidate"] == fifty and s["concurrency"] == lowest:
-                measured = Speedup(s["ratio"], s["spread"], s["significant"])
+                measured = Speedup.from_dict(s)
                 paper = PAPER_SPEEDUP.get(s["batch_size"])
                 lines.append(f"| {s['batch_size']} | {100 * (s['ratio'] - 1):+.1f} % ({measured.format()}) | "
+                             f"{s['baseline_requests']}/{s['candidate_requests']}, "
+                             f"{s['baseline_trials']}/{s['candidate_trials']} | "
                              f"{100 * (s['predicted'] - 1):+.1f} % | {'' if paper is None else f'+{paper} %'} |")
     quality = {n: report["deployments"][n]["quality"] for n in [base, *report["candidates"]]}
     lines += ["", "Served accuracy: " + ", ".join(f"{n} {100 * q['value']:.2f} %" for n, q in quality.items() if q) + ".",

@@ -132,7 +132,8 @@ class TritonServer:
             _check_port(self.host, port, flag)
         self._backends = self._backend_dir()
         if self.log_file is None:
-            self.log_file = Path(tempfile.gettempdir()) / f"headprune-triton-{os.getpid()}-{self.http_port}.log"
+            # A private folder: a fixed name in the shared temp folder could be pre-created or linked by another user.
+            self.log_file = Path(tempfile.mkdtemp(prefix="headprune-triton-")) / "triton.log"
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "w")
         self.process = subprocess.Popen(self.command(self._backends), stdout=log, stderr=subprocess.STDOUT,

@@ -49,9 +49,22 @@ def test_failed_save_keeps_the_previous_checkpoint(bert_dir, tmp_path, monkeypat
 
     monkeypatch.setattr("exporter.checkpoint.save_safetensors_from", explode)
     with pytest.raises(RuntimeError):
-        save_pruned(model, tokenizer, tmp_path / "out")
+        save_pruned(model, tokenizer, tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_existing_output_is_refused_unless_overwrite(bert_dir, tmp_path):
+    model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(HeadpruneError, match="already exists"):
+        save_pruned(model, tokenizer, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    save_pruned(model, tokenizer, tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "head_plan.json").exists() and not (tmp_path / "out" / "notes.txt").exists()
+    (tmp_path / "empty").mkdir()
+    save_pruned(model, tokenizer, tmp_path / "empty")  # an empty folder is no loss
 
 
 def test_damaged_checkpoint_is_reported(bert_dir, tmp_path):

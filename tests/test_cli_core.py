@@ -43,11 +43,18 @@ def test_curve_ablation_and_best_heads(bert_dir, cls_data, tmp_path):
                  "--step", 0.25, "--rescore")
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "c.json").read_text())
-    assert [p["pruned_heads"] for p in curve["points"]] == [0, 3, 6, 9]
+    # 0, 25, 50, 75 % and, last, the largest share that leaves one head (11 of 12).
+    assert [p["pruned_heads"] for p in curve["points"]] == [0, 3, 6, 9, 11]
+    uneven = run("curve", bert_dir, "--score-data", cls_data, "--eval-data", cls_data, "--out", tmp_path / "u.json",
+                 "--step", 0.3)
+    assert uneven.exit_code == 0, uneven.output
+    assert [p["pruned_heads"] for p in json.loads((tmp_path / "u.json").read_text())["points"]] == [0, 4, 7, 11]
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert run("ablate", bert_dir, "--eval-data", cls_data, "--out", tmp_path / "a.json").exit_code == 0
     ablation = json.loads((tmp_path / "a.json").read_text())
     assert [len(row) for row in ablation["delta"]["encoder"].values()] == [4, 4, 4]
+    assert [len(row) for row in ablation["p_value"]["encoder"].values()] == [4, 4, 4]
+    assert all(0 < p <= 1 for row in ablation["p_value"]["encoder"].values() for p in row)
     assert run("best-heads", bert_dir, "--eval-data", cls_data, "--out", tmp_path / "b.json").exit_code == 0
     best = json.loads((tmp_path / "b.json").read_text())
     assert all(0 <= row["best_head"] < 4 for row in best["layers"]["encoder"].values())
@@ -59,6 +66,8 @@ def test_translation_curve_reports_bleu(marian_dir, mt_data, tmp_path):
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "c.json").read_text())
     assert curve["metric"] == "bleu" and curve["points"][1]["pruned_heads"] == 12
+    # Ends at the largest share leaving one head in each of the three types of 8 heads: 7 of 8 per type.
+    assert curve["points"][-1]["pruned_heads"] == 21
 
 
 @pytest.fixture()
@@ -108,6 +117,37 @@ def test_column_overrides(bert_dir, tmp_path):
     result = run("score", bert_dir, "--data", tmp_path / "d.jsonl", "--text-column", "sentence", "--label-column", "y",
                  "--out", tmp_path / "s.json")
     assert result.exit_code == 0 and json.loads((tmp_path / "s.json").read_text())["examples"] == 4
+
+
+def test_finetune_reads_a_three_class_latin1_csv_with_its_own_column_names(bert_dir, tmp_path):
+    rows = [("positive", "un film très réussi"), ("negative", "the plot was dull"), ("neutral", "a film, à voir")] * 6
+    (tmp_path / "d.csv").write_bytes(("sentiment,text\n" + "".join(f"{a},\"{b}\"\n" for a, b in rows)).encode("latin-1"))
+    plain = CliRunner().invoke(main, ["finetune", str(bert_dir), "--data", str(tmp_path / "d.csv"), "--out",
+                                      str(tmp_path / "ft"), "--label-column", "sentiment"])
+    assert plain.exit_code == 2 and "Traceback" not in plain.output, plain.output
+    assert "not valid utf-8: line 2" in plain.output and "--encoding latin-1" in plain.output
+    missing = CliRunner().invoke(main, ["finetune", str(bert_dir), "--data", str(tmp_path / "d.csv"), "--out",
+                                        str(tmp_path / "ft"), "--encoding", "latin-1"])
+    assert missing.exit_code == 2 and "--label-column NAME" in missing.output and "'sentiment'" in missing.output
+    result = run("finetune", bert_dir, "--data", tmp_path / "d.csv", "--out", tmp_path / "ft", "--label-column",
+                 "sentiment", "--encoding", "latin-1", "--epochs", 1)
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "ft").config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    again = CliRunner().invoke(main, ["finetune", str(bert_dir), "--data", str(tmp_path / "d.csv"), "--out",
+                                      str(tmp_path / "ft"), "--label-column", "sentiment", "--encoding", "latin-1"])
+    assert again.exit_code == 2 and "already exists" in again.output and "--overwrite" in again.output
+
+
+def test_prune_refuses_an_existing_output_unless_overwrite(bert_dir, tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"encoder": {"0": [1]}}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    refused = CliRunner().invoke(main, ["prune", str(bert_dir), "--plan", str(tmp_path / "plan.json"), "--out",
+                                        str(tmp_path / "out")])
+    assert refused.exit_code == 2 and "already exists" in refused.output
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    replaced = run("prune", bert_dir, "--plan", tmp_path / "plan.json", "--out", tmp_path / "out", "--overwrite")
+    assert replaced.exit_code == 0 and json.loads(run("heads", tmp_path / "out", "--json").output)["heads"] == 11
 
 
 def test_finetune_writes_a_loadable_classifier(bert_dir, cls_data, tmp_path):

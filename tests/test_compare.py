@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+from conftest import sentences, write_jsonl
+from tiny_models import center_decision
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples
 from exporter.errors import HeadpruneError
 from exporter.quality import Evaluator
+from exporter.triton_config import DeploymentOptions
 from exporter.triton_repo import export_to_repository
 from serving.cli import main
 from serving.compare import CompareSettings, Comparison
@@ -25,9 +29,11 @@ def repo(bert_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     export_to_repository(bert_dir, root / "repo", "base")
     for name, plan in (("p25", {"encoder": {0: [0], 1: [1], 2: [2]}}), ("p50", {"encoder": {0: [0, 1], 1: [1, 2], 2: [2, 3]}})):
-        model = load_model(bert_dir)
+        model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
         apply_plan(model, HeadPlan(plan))
-        export_to_repository(save_pruned(model, load_tokenizer(bert_dir), root / name, source=bert_dir), root / "repo", name)
+        # Pruning a random model shifts every margin one way: re-centre so each deployment predicts both classes.
+        center_decision(model, tokenizer, sentences(200, seed=100))
+        export_to_repository(save_pruned(model, tokenizer, root / name, source=bert_dir), root / "repo", name)
     return root / "repo"
 
 
@@ -45,31 +51,35 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     result = CliRunner().invoke(main, [
         "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p25", "--candidate", "p50",
         "--data", str(cls_data), "--out", str(out), "--batch-sizes", "1,4", "--concurrency", "1,2", "--seq-len", "24",
-        "--trials", "2", "--requests", "12", "--examples", "12", "--max-windows", "2", "--max-drop", "100", "--scores", str(scores)])
+        "--trials", "2", "--requests", "12", "--examples", "12", "--max-windows", "2", "--max-drop", "0", "--scores", str(scores)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] and len(report["cells"]) == 3 * 2 * 2
     for cell in report["cells"]:
-        assert cell["p50"] <= cell["p90"] <= cell["p95"] <= cell["p99"]
-        assert cell["throughput_min"] <= cell["throughput"] <= cell["throughput_max"]
         assert cell["server"]["compute_infer_us"] > 0
+        assert cell["trials"] == 2 and cell["p99"] is None  # 2 windows of 12 requests cannot support a p99
     windows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
     for window in (w for w in windows if w["kind"] == "latency"):
-        # Little's law for a closed loop: C clients busy for the whole window at most, so
-        # throughput <= C * batch / mean latency, and not far below it.
-        mean_s = sum(window["latencies_ms"]) / len(window["latencies_ms"]) / 1000
-        ratio = window["throughput"] / (window["concurrency"] * window["batch_size"] / mean_s)
-        assert 0.3 <= ratio <= 1.0 + 1e-6, window
+        assert len(window["latencies_ms"]) == 12 and window["windows"] in (1, 2)
     examples = read_examples(cls_data, "classification")
+    accuracies = {}
     for name, folder in (("base", bert_dir), ("p25", repo.parent / "p25"), ("p50", repo.parent / "p50")):
-        model = load_model(folder)
-        in_process = Evaluator(model, load_tokenizer(folder), examples)().value
+        model, tokenizer = load_model(folder), load_tokenizer(folder)
+        in_process = Evaluator(model, tokenizer, examples)().value
         assert report["deployments"][name]["quality"]["value"] == pytest.approx(in_process, abs=1e-9)
+        with torch.no_grad():
+            predicted = model(**tokenizer([e["text"] for e in examples], padding=True, return_tensors="pt")).logits.argmax(-1)
+        assert set(predicted.tolist()) == {0, 1}, name  # a classifier predicting one class proves little
+        accuracies[name] = in_process
+    assert len(set(accuracies.values())) > 1  # pruning changed some predictions: the comparison can tell deployments apart
     facts = report["deployments"]
     assert facts["p50"]["heads"] == 6 and facts["p50"]["parameters"] < facts["p25"]["parameters"] < facts["base"]["parameters"]
+    assert {name: facts[name]["version"] for name in facts} == {"base": 1, "p25": 1, "p50": 1}
     predicted = {s["candidate"]: s["predicted"] for s in report["speedups"]}
     assert 1 < predicted["p25"] < predicted["p50"]
-    assert report["verdict"]["best"] in ("p25", "p50")
+    # --max-drop 0: only a candidate at least as accurate as the baseline may win.
+    eligible = [c for c in ("p25", "p50") if accuracies[c] >= accuracies["base"]]
+    assert (report["verdict"]["best"] is None) == (not eligible) and report["verdict"]["best"] in eligible + [None]
     markdown = (out / "report.md").read_text().splitlines()
     assert markdown[1].startswith("**Verdict:**") and "p50" in markdown[3] and "batch 4" in markdown[3]
     assert (out / "latency.csv").read_text().count("\n") == 1 + 12
@@ -156,3 +166,38 @@ def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
         "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
     assert (tmp_path / "down" / "report.json").exists()  # an (empty, incomplete) report is still written
+
+
+@pytest.mark.slow
+def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, tmp_path):
+    """Pairs and the model's token limit reach the served text model: served == in-process on a pair task."""
+    model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
+    texts, pairs = sentences(48, seed=7, low=5, high=9), sentences(48, seed=8, low=5, high=9)
+    max_length = 12  # shorter than most pairs: truncation must match too
+    with torch.no_grad():
+        predicted = model(**tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
+                                      return_tensors="pt")).logits.argmax(-1).tolist()
+    rows = [{"text": t, "text_pair": p, "label": model.config.id2label[(y + (i % 5 == 0)) % 2]}
+            for i, (t, p, y) in enumerate(zip(texts, pairs, predicted))]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    options = DeploymentOptions(max_length=max_length)
+    export_to_repository(bert_dir, tmp_path / "repo", "base", options=options)
+    model_p = load_model(bert_dir)
+    apply_plan(model_p, HeadPlan({"encoder": {0: [0, 1], 1: [2]}}))
+    pruned = save_pruned(model_p, tokenizer, tmp_path / "p", source=bert_dir)
+    export_to_repository(pruned, tmp_path / "repo", "p", options=options)
+    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["p"], data=data, out=tmp_path / "r",
+                               batch_sizes=[1], concurrency=[1], seq_len=12, trials=1, requests=2, examples=2,
+                               max_windows=1, warmup=1)
+    comparison = Comparison(settings)
+    served = {r["deployment"]: r["value"] for r in comparison.run() if r["kind"] == "quality"}
+    examples = read_examples(data, "classification")
+    for name, folder in (("base", bert_dir), ("p", pruned)):
+        facts = comparison.facts[name]
+        assert facts.max_length == max_length
+        evaluator = Evaluator(load_model(folder), tokenizer, examples, max_length=facts.max_length)
+        assert served[name] == pytest.approx(evaluator().value, abs=1e-9)
+    # Sending the first texts alone, or not truncating, would give other answers.
+    alone = Evaluator(model, tokenizer, [{k: e[k] for k in ("text", "label")} for e in examples])().value
+    untruncated = Evaluator(model, tokenizer, examples, max_length=64)().value
+    assert served["base"] != alone and served["base"] != untruncated

@@ -50,8 +50,8 @@ def test_fusing_with_the_configs_head_count_would_be_wrong(tmp_path, bert_dir):
     apply_plan(model, HeadPlan({"encoder": {1: [0, 1]}}))  # 4, 2, 4 heads of size 8
     with torch.no_grad():  # peaked attention, as in a trained model; near-uniform attention hides head splits
         for layer in build_inventory(model).layers:
-            layer.module("query").weight.mul_(100)
-            layer.module("key").weight.mul_(100)
+            layer.module("query").weight.mul_(3)
+            layer.module("key").weight.mul_(3)
     names = export_classifier_onnx(model, tmp_path / "m.onnx")
     naive = optimizer.optimize_model(str(tmp_path / "m.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
     naive.save_model_to_file(str(tmp_path / "naive.onnx"))
@@ -89,3 +89,23 @@ def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_pat
     assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 500
     with pytest.raises(HeadpruneError, match="--kind gpu"):
         DeploymentOptions(tensorrt=True)
+
+
+def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, tmp_path):
+    model = load_model(uneven_dir)
+    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    good = validate_onnx(model, tmp_path / "m.onnx", names).max_abs_diff
+    assert good <= 1e-5
+    for damage in ("bias", "rows", "head"):
+        wrong = load_model(uneven_dir)
+        layer = build_inventory(wrong).layers[0]  # 3 heads left: 1, 2, 3
+        with torch.no_grad():
+            if damage == "bias":
+                layer.module("value").bias.zero_()
+            elif damage == "rows":
+                weight = layer.module("query").weight
+                weight[[0, 8]] = weight[[8, 0]]
+            else:  # the output projection reads another head's columns
+                weight = layer.module("output").weight
+                weight[:, :8] = weight[:, 8:16].clone()
+        assert validate_onnx(wrong, tmp_path / "m.onnx", names).max_abs_diff > 100 * 1e-4, damage

@@ -10,6 +10,7 @@ import transformers
 
 from exporter import HeadGates, HeadPlan, apply_plan, build_inventory
 from exporter.families import supported_model_types
+from tiny_models import randomize
 
 ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                max_position_embeddings=40)
@@ -35,7 +36,7 @@ def test_every_supported_type_is_tested():
 def test_masked_equals_shrunk(model_type):
     config_name, model_name, values = ARCHITECTURES[model_type]
     torch.manual_seed(0)
-    model = getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval()
+    model = randomize(getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval())
     inventory = build_inventory(model)
     plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.kinds}
     ids = torch.randint(3, 50, (2, 7))

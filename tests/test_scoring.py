@@ -10,6 +10,7 @@ import torch
 from exporter import HeadGates, HeadPlan, build_inventory, compute_importance, load_model, load_tokenizer, plan_from_scores
 from exporter.data import encode_batch, read_examples, task_of
 from exporter.errors import HeadpruneError
+from exporter.quality import Evaluator
 from exporter.scoring import batch_loss, query_masks
 
 
@@ -91,3 +92,94 @@ def test_plan_validation_names_the_missing_layer_or_head(bert_dir):
         HeadPlan({"encoder": {0: [9]}}).validate(inventory)
     with pytest.raises(HeadpruneError, match="cross"):
         HeadPlan({"cross": {0: [0]}}).validate(inventory)
+
+
+def test_rescoring_gives_masked_heads_zero_and_keeps_them_out_of_the_layer_norm(bert_dir, cls_data):
+    model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
+    examples = read_examples(cls_data, "classification")[:16]
+    masked = HeadPlan({"encoder": {0: [0, 1, 2], 1: [3]}})
+    scores = compute_importance(model, tokenizer, examples, removed=masked)
+    assert scores.scores["encoder"][0][:3] == [0.0, 0.0, 0.0]
+    assert scores.scores["encoder"][0][3] == pytest.approx(1.0)  # the survivor of a layer of 4 with 3 masked
+    assert scores.scores["encoder"][1][3] == 0.0
+    assert sum(v * v for v in scores.scores["encoder"][1]) == pytest.approx(1.0)
+    # The survivors' scores equal the unnormalised ones divided by the survivors' own norm.
+    raw = compute_importance(model, tokenizer, examples, removed=masked, normalize=False)
+    kept = torch.tensor(raw.scores["encoder"][1][:3])
+    assert scores.scores["encoder"][1][:3] == pytest.approx((kept / kept.norm()).tolist(), rel=1e-5)
+    # The bertology behaviour, behind its option: masked heads keep a gradient score and enter the norm.
+    bertology = compute_importance(model, tokenizer, examples, removed=masked, masked_in_norm=True)
+    assert min(bertology.scores["encoder"][0][:3]) > 0
+    assert bertology.scores["encoder"][0][3] < 0.99
+
+
+def test_string_and_integer_layer_keys_mask_the_same_heads(bert_dir, cls_data):
+    model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
+    examples = read_examples(cls_data, "classification")
+    evaluator = Evaluator(model, tokenizer, examples)
+    as_json = evaluator({"encoder": {"0": [0, 1, 2, 3], "1": [0, 1, 2, 3], "2": [0, 1, 2, 3]}})
+    as_ints = Evaluator(model, tokenizer, examples)({"encoder": {0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}})
+    assert as_json.per_example == as_ints.per_example
+    assert as_json.per_example != evaluator().per_example  # masking every head really changed predictions
+    batch = encode_batch(tokenizer, examples[:4], "classification", model.config)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        with HeadGates(build_inventory(model)).mask({"encoder": {"1": [2]}}):
+            by_string = model(**inputs).logits
+        with HeadGates(build_inventory(model)).mask(HeadPlan({"encoder": {1: [2]}})):
+            by_int = model(**inputs).logits
+        unmasked = model(**inputs).logits
+    assert torch.equal(by_string, by_int) and (by_int - unmasked).abs().max() > 1e-3
+
+
+def test_token_estimator_equals_an_independent_per_token_gradient(bert_dir, cls_data):
+    """I_h by the definition: a separate gate per (example, token, head), |dL/dgate| summed over real tokens."""
+    model = load_model(bert_dir).double()
+    tokenizer = load_tokenizer(bert_dir)
+    examples = read_examples(cls_data, "classification")[:8]
+    scores = compute_importance(model, tokenizer, examples, normalize=False, batch_size=3)
+    batch = encode_batch(tokenizer, examples, "classification", model.config)
+    inventory = build_inventory(model)
+    gates, handles = {}, []
+    for layer in inventory.layers:
+        def pre_hook(module, args, index=layer.index, heads=len(layer.kept)):
+            hidden = args[0]
+            gate = torch.ones(*hidden.shape[:-1], heads, 1, dtype=hidden.dtype, requires_grad=True)
+            gates[index] = gate
+            return ((hidden.reshape(*hidden.shape[:-1], heads, -1) * gate).reshape(hidden.shape),)
+        handles.append(layer.module("output").register_forward_pre_hook(pre_hook))
+    try:
+        batch_loss(model, batch).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = batch["attention_mask"].double()
+    for index, gate in gates.items():
+        expected = (gate.grad[..., 0].abs() * mask[..., None]).sum((0, 1)) / mask.sum()
+        assert scores.scores["encoder"][index] == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_regression_heads_score_with_squared_error(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from conftest import sentences
+    from tiny_models import randomize
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
+                        num_labels=1)
+    model = randomize(BertForSequenceClassification(config).eval())
+    tokenizer = load_tokenizer(_tiny_tokenizer_dir(tmp_path))
+    examples = [{"text": text, "label": str(0.5 * i)} for i, text in enumerate(sentences(12, seed=4))]
+    scores = compute_importance(model, tokenizer, examples, normalize=False)
+    assert min(v for row in scores.scores["encoder"].values() for v in row) > 0
+    with pytest.raises(HeadpruneError, match="regression"):
+        Evaluator(model, tokenizer, examples)
+    with pytest.raises(HeadpruneError, match="not a number"):
+        compute_importance(model, tokenizer, [{"text": "the movie", "label": "good"}])
+
+
+def _tiny_tokenizer_dir(tmp_path):
+    from tiny_models import make_bert
+
+    return make_bert(tmp_path / "tokenizer-source")

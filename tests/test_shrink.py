@@ -86,3 +86,43 @@ def test_pruning_a_pruned_model_composes(bert_dir, first, second):
     with torch.no_grad():
         assert torch.equal(twice(**batch).logits, once(**batch).logits)
     assert HeadPlan.of_model(build_inventory(twice)).removed == HeadPlan(first).merged(HeadPlan(second)).removed
+
+
+TOLERANCE = 1e-5  # the tolerance of the masked == shrunk checks above
+
+
+def _shrunk_logits(path, plan, damage=None):
+    model, batch = model_and_batch(path)
+    shrunk = copy.deepcopy(model)
+    apply_plan(shrunk, HeadPlan(plan))
+    if damage:
+        with torch.no_grad():
+            damage(build_inventory(shrunk))
+    with torch.no_grad():
+        return shrunk(**batch).logits
+
+
+def _drop_biases(inventory):
+    for layer in inventory.layers:
+        for role in ("query", "key", "value"):
+            layer.module(role).bias.zero_()
+
+
+def _swap_rows(inventory):
+    value = inventory.layers[1].module("value").weight
+    value[[0, 9]] = value[[9, 0]]
+
+
+@pytest.mark.parametrize("path_fixture", ["bert_dir", "marian_dir"])
+def test_the_equality_check_fails_far_above_tolerance_on_broken_shrinking(request, path_fixture):
+    path = request.getfixturevalue(path_fixture)
+    model, batch = model_and_batch(path)
+    inventory = build_inventory(model)
+    plan = {kind: {0: [1, 2], 1: [0]} for kind in inventory.kinds}
+    wrong_head = {kind: {0: [1, 3], 1: [0]} for kind in inventory.kinds}
+    with torch.no_grad(), HeadGates(inventory).mask(plan):
+        masked = model(**batch).logits
+    assert (masked - _shrunk_logits(path, plan)).abs().max() <= TOLERANCE
+    for broken in (_shrunk_logits(path, wrong_head), _shrunk_logits(path, plan, _drop_biases),
+                   _shrunk_logits(path, plan, _swap_rows)):
+        assert (masked - broken).abs().max() > 1000 * TOLERANCE

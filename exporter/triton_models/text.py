@@ -5,7 +5,10 @@ version) using the ``tokenizers`` library (same normalisation, special tokens,
 padding and truncation as transformers, without importing transformers into the
 backend stub), sends the tensors to the tensor-level ONNX model named in the
 config, and maps the highest logit to its label name. Each request's texts are
-padded together. Bad text (empty, not UTF-8) gets an error naming the problem.
+padded together. The optional TEXT_PAIR input (one second segment per TEXT row)
+tokenises sentence pairs the way transformers' ``tokenizer(texts, pairs)`` does. Bad
+text (empty, not UTF-8) gets an error naming the problem, and only the request that
+holds it fails: every request gets its own answer.
 """
 
 import json
@@ -35,21 +38,36 @@ class TritonPythonModel:
         id2label = json.loads(parameters["id2label"])
         self.labels = np.array([id2label[str(i)].encode() for i in range(len(id2label))], dtype=object)
 
-    def _texts(self, request):
-        raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+    def _strings(self, request, name):
+        """Returns the decoded rows of the string input ``name``, or None when the request lacks it."""
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
         texts = []
-        for value in raw:
+        for row, value in enumerate(tensor.as_numpy().reshape(-1)):
             try:
                 text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             except UnicodeDecodeError as error:
-                raise ValueError(f"TEXT must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
+                raise ValueError(f"{name} row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
             if not text.strip():
-                raise ValueError("TEXT must not be empty")
+                raise ValueError(f"{name} row {row} must not be empty")
             texts.append(text)
         return texts
 
-    def _classify(self, texts):
-        encodings = self.tokenizer.encode_batch(texts)
+    def _inputs(self, request):
+        """Returns what to tokenise: the texts, or (text, text_pair) tuples when TEXT_PAIR is sent."""
+        texts = self._strings(request, "TEXT")
+        if texts is None:
+            raise ValueError("input TEXT is missing")
+        pairs = self._strings(request, "TEXT_PAIR")
+        if pairs is None:
+            return texts
+        if len(pairs) != len(texts):
+            raise ValueError(f"TEXT_PAIR has {len(pairs)} rows but TEXT has {len(texts)}; send one pair per text")
+        return list(zip(texts, pairs))
+
+    def _classify(self, inputs):
+        encodings = self.tokenizer.encode_batch(inputs)
         tensors = [pb_utils.Tensor(name, np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
                    for name in self.inputs]
         response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=["logits"],
@@ -64,7 +82,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                responses.append(self._classify(self._texts(request)))
+                responses.append(self._classify(self._inputs(request)))
             except (ValueError, RuntimeError) as error:
                 responses.append(_error(str(error)))
+            except Exception as error:  # anything else still fails this request only
+                responses.append(_error(f"cannot classify this request ({type(error).__name__}: {error})"))
         return responses

@@ -5,6 +5,8 @@ whose config says ``backend: "onnxruntime"``: the same model repository that a s
 Triton container serves with its native ONNX Runtime backend. It runs the version's
 ONNX file with onnxruntime (CUDA or TensorRT provider on GPU instances), honours the
 config's inputs and outputs, and batches requests of equal shape together.
+Every integer input is range-checked against the model's ``input_ranges`` parameter,
+and one bad request never fails the others batched with it.
 """
 
 import json
@@ -20,6 +22,32 @@ NUMPY_TYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.f
 
 def _parameter(config, key, default=None):
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _input_ranges(config):
+    """Returns {input name: (low, high)}, the half-open range of each integer input the model accepts."""
+    text = _parameter(config, "input_ranges")
+    if text:
+        return {name: (int(low), int(high)) for name, (low, high) in json.loads(text).items()}
+    # Repositories exported before input_ranges existed only recorded the vocabulary size.
+    vocab = _parameter(config, "vocab_size")
+    return {"input_ids": (0, int(vocab))} if vocab else {}
+
+
+def _check_range(name, array, low, high):
+    """Raises ValueError naming the input, its allowed range and the values received outside it."""
+    if not array.size or not np.issubdtype(array.dtype, np.integer):
+        return
+    bad = array[(array < low) | (array >= high)]
+    if bad.size:
+        values = np.unique(bad)
+        shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise ValueError(f"{name} must lie in [{low}, {high}); received {shown} "
+                         f"({bad.size} of {array.size} values out of range)")
+
+
+def _error_response(error):
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
 
 
 def _providers(config, kind, device_id):
@@ -53,8 +81,7 @@ class TritonPythonModel:
         self.inputs = [(spec["name"], NUMPY_TYPES[spec["data_type"]], len(spec["dims"])) for spec in self.config["input"]]
         self.outputs = [spec["name"] for spec in self.config["output"]]
         self.batched = self.config.get("max_batch_size", 0) > 0
-        vocab = _parameter(self.config, "vocab_size")
-        self.vocab_size = int(vocab) if vocab else None
+        self.ranges = _input_ranges(self.config)
 
     def _read(self, request):
         arrays = {}
@@ -66,9 +93,8 @@ class TritonPythonModel:
             if array.dtype != dtype or array.ndim != rank + int(self.batched):
                 raise ValueError(f"input '{name}' must be {np.dtype(dtype).name} with rank {rank + int(self.batched)}, "
                                  f"got {array.dtype} with shape {list(array.shape)}")
-            if name == "input_ids" and self.vocab_size and array.size and (array.min() < 0 or array.max() >= self.vocab_size):
-                raise ValueError(f"input_ids must lie in [0, {self.vocab_size}); got values in "
-                                 f"[{array.min()}, {array.max()}]")
+            if name in self.ranges:
+                _check_range(name, array, *self.ranges[name])
             arrays[name] = array
         shapes = {a.shape for a in arrays.values()}
         if len(shapes) > 1:
@@ -81,8 +107,8 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             try:
                 arrays = self._read(request)
-            except ValueError as error:
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+            except Exception as error:  # whatever one request holds, it must not fail the others
+                responses[index] = _error_response(error)
                 continue
             key = tuple((name, array.shape[1:]) for name, array in arrays.items())
             groups.setdefault(key, []).append((index, arrays))
@@ -97,8 +123,12 @@ class TritonPythonModel:
         try:
             results = self.session.run(self.outputs, feed)
         except Exception as error:  # onnxruntime raises its own exception types
-            for index, _ in members:
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+            if len(members) == 1:
+                responses[members[0][0]] = _error_response(error)
+                return
+            # Run each request alone so that only the one that fails gets the error.
+            for member in members:
+                self._run_group([member], responses)
             return
         start = 0
         for index, arrays in members:
