@@ -2,7 +2,7 @@
 
 Both are measured side by side, in interleaved trials, on a MiniLM-sized random BERT
 (6 layers x 12 heads, d=384) so the ratio is about the method, not about machine noise.
-Run: .venv/bin/python benchmarks/scoring_cost.py [--examples 256] [--trials 5]
+Run from the repository root: .venv/bin/python -m benchmarks.scoring_cost [--examples 256] [--trials 5]
 """
 
 from __future__ import annotations
@@ -10,20 +10,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from tiny_models import WORDS, make_bert  # noqa: E402
-
-from exporter import compute_importance, load_model, load_tokenizer  # noqa: E402
-from exporter.data import batches, encode_batch  # noqa: E402
-from exporter.scoring import batch_loss  # noqa: E402
+from exporter import compute_importance, load_model, load_tokenizer
+from exporter.data import batches, encode_batch
+from exporter.pruning.scoring import batch_loss
+from tests.helpers import WORDS, make_bert
 
 
 def plain_pass(model, tokenizer, examples, batch_size):

@@ -1,17 +1,29 @@
-"""headprune's exporter: from a trained Hugging Face model to pruned checkpoints, ONNX files and Triton models."""
+"""headprune's exporter: from a trained Hugging Face model to pruned checkpoints, ONNX files and Triton models.
 
-from .checkpoint import load_model, load_pruned, load_tokenizer, save_pruned
-from .errors import HeadpruneError
-from .families import FAMILIES, family_for
-from .gates import HeadGates
-from .inventory import HeadInventory, build_inventory
-from .plan import HeadPlan, plan_from_scores
-from .quality import Evaluator, QualityScore
-from .scoring import HeadScores, compute_importance
-from .shrink import apply_plan
+The stages live in sub-packages: ``pruning`` (families, inventory, gates, scoring,
+plans, shrinking, checkpoints), ``evaluation`` (quality, experiments, fine-tuning),
+``onnx`` (export, fusion) and ``triton`` (configs, repository, descriptions). The
+names below are loaded on first use, so importing ``exporter.errors`` or the Triton
+config helpers does not import torch.
+"""
 
-__all__ = [
-    "FAMILIES", "Evaluator", "HeadGates", "HeadInventory", "HeadPlan", "HeadScores", "HeadpruneError",
-    "QualityScore", "apply_plan", "build_inventory", "compute_importance", "family_for", "load_model",
-    "load_pruned", "load_tokenizer", "plan_from_scores", "save_pruned",
-]
+from importlib import import_module
+
+_NAMES = {
+    "load_model": "exporter.pruning.checkpoint", "load_pruned": "exporter.pruning.checkpoint",
+    "load_tokenizer": "exporter.pruning.checkpoint", "save_pruned": "exporter.pruning.checkpoint",
+    "HeadpruneError": "exporter.errors", "FAMILIES": "exporter.pruning.families", "family_for": "exporter.pruning.families",
+    "HeadGates": "exporter.pruning.gates", "HeadInventory": "exporter.pruning.inventory",
+    "build_inventory": "exporter.pruning.inventory", "HeadPlan": "exporter.pruning.plan",
+    "plan_from_scores": "exporter.pruning.plan", "Evaluator": "exporter.evaluation.quality",
+    "QualityScore": "exporter.evaluation.metrics", "HeadScores": "exporter.pruning.scores",
+    "compute_importance": "exporter.pruning.scoring", "apply_plan": "exporter.pruning.shrink",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module 'exporter' has no attribute {name!r}")
+    return getattr(import_module(_NAMES[name]), name)

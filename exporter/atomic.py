@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import HeadpruneError
+from exporter.errors import HeadpruneError
 
 
 def refuse_existing(target: str | Path, overwrite: bool) -> None:
@@ -22,7 +22,7 @@ def refuse_existing(target: str | Path, overwrite: bool) -> None:
     if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
     raise HeadpruneError(f"output '{target}' already exists and is not empty; nothing was written",
-                         "choose another output folder, or allow replacing it (--overwrite on the command line)")
+                         "choose another output folder, or allow replacing it (`overwrite`)")
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Example files (JSONL, CSV, TSV) and their conversion into model batches."""
+"""Example files (JSONL, CSV, TSV) and their conversion into model batches (torch is loaded only to encode)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import json
 import random
 from pathlib import Path
 
-import torch
-
-from .errors import HeadpruneError
+from exporter.errors import HeadpruneError
 
 # Canonical column roles per task; users may map them to other column names.
 REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target")}
@@ -36,7 +34,7 @@ def _text(path: Path, encoding: str) -> str:
         line = raw[:error.start].count(b"\n") + 1
         raise HeadpruneError(
             f"data file '{path}' is not valid {encoding}: line {line} holds the byte {raw[error.start:error.start + 1]!r}",
-            "convert the file to UTF-8, or name its encoding (e.g. --encoding latin-1)",
+            "convert the file to UTF-8, or name its encoding (`encoding` latin-1, for example)",
         ) from error
 
 
@@ -81,10 +79,10 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
     names = {role: columns.get(role, role) for role in REQUIRED[task] + OPTIONAL[task]}
     missing = [f"{role} (column '{names[role]}')" for role in REQUIRED[task] if names[role] not in rows[0]]
     if missing:
-        flags = " ".join(f"--{role.replace('_', '-')}-column NAME" for role in REQUIRED[task] if names[role] not in rows[0])
+        flags = ", ".join(f"`{role}_column`" for role in REQUIRED[task] if names[role] not in rows[0])
         raise HeadpruneError(
             f"data file '{path}' lacks {', '.join(missing)} needed for {task}; it has columns {sorted(rows[0])}",
-            f"rename the columns or map them with {flags}",
+            f"rename the columns, or name the file's column for each role ({flags})",
         )
     examples = [{role: row[name] for role, name in names.items() if name in row} for row in rows]
     if max_examples is not None and max_examples < len(examples):
@@ -116,8 +114,9 @@ def regression_target(label) -> float:
                              "fix the data file's label column") from error
 
 
-def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length: int = 128) -> dict[str, torch.Tensor]:
-    """Returns model inputs (with ``labels``) for a list of canonical examples."""
+def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length: int = 128) -> dict:
+    """Returns model inputs (torch tensors, with ``labels``) for a list of canonical examples."""
+    import torch  # reading data files needs no torch: only encoding does
     if task in ("classification", "regression"):
         pairs = [e["text_pair"] for e in examples] if all("text_pair" in e for e in examples) else None
         batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,

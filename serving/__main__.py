@@ -1,5 +1,5 @@
 """``python -m serving`` runs the headprune CLI."""
 
-from .cli import main
+from serving.cli import main
 
 main()

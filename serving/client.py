@@ -42,7 +42,7 @@ class TritonClient:
                                  "check the inputs against the model's config.pbtxt") from error
         except Exception as error:  # connection refused, reset, timeouts: the server is unreachable
             raise HeadpruneError(f"cannot reach Triton at {self.url} ({type(error).__name__}: {error})",
-                                 "start it with 'headprune serve' or pass the right --url") from error
+                                 "start it with 'headprune serve' or give the right `url`") from error
 
     def is_ready(self) -> bool:
         """Returns True when the server answers and is ready."""
@@ -64,6 +64,12 @@ class TritonClient:
         if self.protocol == "grpc":
             return [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
         return index
+
+    def versions(self, model: str) -> list[str]:
+        """Returns the versions of a model that the server has loaded (its model metadata)."""
+        if self.protocol == "grpc":
+            return list(self._call(model, self.client.get_model_metadata, model, as_json=True).get("versions", []))
+        return list(self._call(model, self.client.get_model_metadata, model).get("versions", []))
 
     def config(self, model: str) -> dict:
         """Returns a model's configuration as JSON data."""

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import random
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+from exporter import load_model, load_tokenizer
+from tests.helpers import make_bert, make_marian, random_sentences, write_jsonl
 
-import torch  # noqa: E402
-
-from exporter import load_model, load_tokenizer  # noqa: E402
-from tiny_models import make_bert, make_marian, random_sentences  # noqa: E402
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    """Writes rows as JSONL; returns the path."""
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-sentences = random_sentences
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
@@ -44,7 +30,7 @@ def marian_dir(workdir) -> Path:
 def cls_data(workdir, bert_dir) -> Path:
     """Sentences labelled by the tiny BERT's own predictions with every sixth label flipped: the model
     separates the data (about 83 % accuracy) and predicts both classes."""
-    texts = sentences(64, seed=1)
+    texts = random_sentences(64, seed=1)
     model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
     with torch.no_grad():
         predicted = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
@@ -55,5 +41,5 @@ def cls_data(workdir, bert_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def mt_data(workdir) -> Path:
-    rows = [{"source": s, "target": t} for s, t in zip(sentences(24, seed=2), sentences(24, 3, 2, 6))]
+    rows = [{"source": s, "target": t} for s, t in zip(random_sentences(24, seed=2), random_sentences(24, 3, 2, 6))]
     return write_jsonl(workdir / "mt.jsonl", rows)

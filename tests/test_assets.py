@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.errors import HeadpruneError
-from serving.assets import MARKER, Asset, fetch_asset, movie_review_examples, write_splits
+from serving.demo.assets import MARKER, Asset, fetch_asset, movie_review_examples, write_splits
 
 TSV = "id\tsentiment\ttext\n1\t2.1\tA gripping film.\n2\t-1.3\tDull and slow.\n3\t0.2\tIt exists.\n4\t-0.5\tMeh.\n"
 
@@ -39,7 +39,7 @@ def test_fetch_from_a_local_registry_folder_is_idempotent(tmp_path, monkeypatch)
     folder = fetch_asset(asset, tmp_path / "cache", find_links=tmp_path / "registry")
     assert (folder / "movieReviewSnippets_GroundTruth.txt").read_text() == TSV
     assert json.loads((folder / MARKER).read_text())["sha256"] == asset.sha256
-    monkeypatch.setattr("serving.assets._download", lambda *a: pytest.fail("second run downloaded again"))
+    monkeypatch.setattr("serving.demo.assets._download", lambda *a: pytest.fail("second run downloaded again"))
     assert fetch_asset(asset, tmp_path / "cache", find_links=tmp_path / "registry") == folder
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["fake-reviews"]
 

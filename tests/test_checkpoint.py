@@ -47,7 +47,7 @@ def test_failed_save_keeps_the_previous_checkpoint(bert_dir, tmp_path, monkeypat
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("exporter.checkpoint.save_safetensors_from", explode)
+    monkeypatch.setattr("exporter.pruning.checkpoint.save_safetensors_from", explode)
     with pytest.raises(RuntimeError):
         save_pruned(model, tokenizer, tmp_path / "out", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before

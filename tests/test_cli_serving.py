@@ -11,7 +11,7 @@ import time
 from click.testing import CliRunner
 
 from serving.cli import main
-from serving.server import free_port
+from serving.server.process import free_port
 
 
 def test_export_serve_classify_and_stop(bert_dir, tmp_path):

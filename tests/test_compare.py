@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import sentences, write_jsonl
-from tiny_models import center_decision
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.data import read_examples
 from exporter.errors import HeadpruneError
-from exporter.quality import Evaluator
-from exporter.triton_config import DeploymentOptions
-from exporter.triton_repo import export_to_repository
+from exporter.evaluation.quality import Evaluator
+from exporter.triton.config import DeploymentOptions, read_config, write_config
+from exporter.triton.repository import export_to_repository
+from serving.benchmark.compare import CompareSettings, Comparison
+from serving.benchmark.deployment import describe_deployment
 from serving.cli import main
-from serving.compare import CompareSettings, Comparison
-from serving.report import build_report, write_report
-from serving.server import TritonServer, free_port
+from serving.report.report import build_report, write_report
+from serving.report.runner import run_comparison
+from serving.server.process import TritonServer, free_port
+from tests.helpers import center_decision, random_sentences, write_jsonl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +34,7 @@ def repo(bert_dir, tmp_path_factory):
         model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
         apply_plan(model, HeadPlan(plan))
         # Pruning a random model shifts every margin one way: re-centre so each deployment predicts both classes.
-        center_decision(model, tokenizer, sentences(200, seed=100))
+        center_decision(model, tokenizer, random_sentences(200, seed=100))
         export_to_repository(save_pruned(model, tokenizer, root / name, source=bert_dir), root / "repo", name)
     return root / "repo"
 
@@ -59,7 +61,7 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
         assert cell["server"]["compute_infer_us"] > 0
         assert cell["trials"] == 2 and cell["p99"] is None  # 2 windows of 12 requests cannot support a p99
     windows = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
-    for window in (w for w in windows if w["kind"] == "latency"):
+    for window in (w for w in windows if w["record"] == "latency"):
         assert len(window["latencies_ms"]) == 12 and window["windows"] in (1, 2)
     examples = read_examples(cls_data, "classification")
     accuracies = {}
@@ -113,19 +115,20 @@ class Interrupt:
 def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
     settings = settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=1)
     with pytest.raises(KeyboardInterrupt):
-        Comparison(settings, progress=Interrupt(after=3)).run()
-    resumed = Comparison(settings, resume=True)
-    first = [r for r in resumed.journal.records() if r["kind"] == "latency"]
+        Comparison(settings, phases=Interrupt(after=3)).run()
+    resumed = Comparison(settings)
+    resumed.prepare(resume=True)
+    first = [r for r in resumed.journal.records() if r["record"] == "latency"]
     assert len(first) == 3
     partial = build_report(settings, resumed.facts, resumed.journal.records(), resumed.environment())
     assert not partial["complete"]
     records = resumed.run()
-    latency = [r for r in records if r["kind"] == "latency"]
+    latency = [r for r in records if r["record"] == "latency"]
     assert len(latency) == 2 * 2 * 2 and latency[:3] == first
     assert len({(r["deployment"], r["batch_size"], r["concurrency"]) for r in latency}) == 8
-    assert sum(r["kind"] == "quality" for r in records) == 2
+    assert sum(r["record"] == "quality" for r in records) == 2
     with pytest.raises(HeadpruneError, match="other settings"):
-        Comparison(settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=2), resume=True)
+        Comparison(settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=2)).prepare(resume=True)
 
 
 @pytest.mark.slow
@@ -134,16 +137,24 @@ def test_dead_server_mid_run_gives_a_clear_error_and_keeps_measurements(repo, cl
     server.start()
     try:
         settings = settings_for(repo, cls_data, tmp_path / "d", url=server.http_url, candidates=["p25"], trials=1)
-        comparison = Comparison(settings, progress=Interrupt(after=2, action=server.stop))
+        comparison = Comparison(settings, phases=Interrupt(after=2, action=server.stop))
         with pytest.raises(HeadpruneError) as raised:
             comparison.run()
     finally:
         server.stop()
     assert "cannot reach Triton" in str(raised.value) and "--resume" in str(raised.value)
-    assert sum(r["kind"] == "latency" for r in comparison.journal.records()) == 2
+    assert sum(r["record"] == "latency" for r in comparison.journal.records()) == 2
     report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment())
     write_report(report, tmp_path / "d")
     assert "INCOMPLETE" in (tmp_path / "d" / "report.md").read_text().splitlines()[3]
+
+
+def test_creating_a_comparison_reads_and_writes_nothing(tmp_path, cls_data):
+    comparison = Comparison(settings_for(tmp_path / "no-repo", cls_data, tmp_path / "fresh"))
+    assert comparison.facts == {} and not (tmp_path / "fresh").exists()
+    with pytest.raises(HeadpruneError, match="does not exist"):
+        comparison.prepare()  # reading the deployments is where a missing repository shows
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
@@ -157,7 +168,7 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
     ]
     for extra, message in cases:
         with pytest.raises(HeadpruneError, match=message):
-            Comparison(settings_for(repo, cls_data, tmp_path / "x", **extra))
+            Comparison(settings_for(repo, cls_data, tmp_path / "x", **extra)).prepare()
 
 
 def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
@@ -172,7 +183,7 @@ def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
 def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, tmp_path):
     """Pairs and the model's token limit reach the served text model: served == in-process on a pair task."""
     model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
-    texts, pairs = sentences(48, seed=7, low=5, high=9), sentences(48, seed=8, low=5, high=9)
+    texts, pairs = random_sentences(48, seed=7, low=5, high=9), random_sentences(48, seed=8, low=5, high=9)
     max_length = 12  # shorter than most pairs: truncation must match too
     with torch.no_grad():
         predicted = model(**tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
@@ -190,7 +201,7 @@ def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, 
                                batch_sizes=[1], concurrency=[1], seq_len=12, trials=1, requests=2, examples=2,
                                max_windows=1, warmup=1)
     comparison = Comparison(settings)
-    served = {r["deployment"]: r["value"] for r in comparison.run() if r["kind"] == "quality"}
+    served = {r["deployment"]: r["value"] for r in comparison.run() if r["record"] == "quality"}
     examples = read_examples(data, "classification")
     for name, folder in (("base", bert_dir), ("p", pruned)):
         facts = comparison.facts[name]
@@ -201,3 +212,29 @@ def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, 
     alone = Evaluator(model, tokenizer, [{k: e[k] for k in ("text", "label")} for e in examples])().value
     untruncated = Evaluator(model, tokenizer, examples, max_length=64)().value
     assert served["base"] != alone and served["base"] != untruncated
+
+
+@pytest.mark.slow
+def test_compare_a_remote_server_from_its_own_descriptions(repo, cls_data, tmp_path):
+    """compare --url against a server whose repository this machine cannot read: the server describes its models."""
+    served = tmp_path / "served"
+    shutil.copytree(repo, served)
+    shutil.copytree(served / "p50", served / "plain")  # a model exported by other means: no description
+    config = read_config(served / "plain" / "config.pbtxt")
+    config.name = "plain"
+    del config.parameters["deployment"]
+    write_config(config, served / "plain")
+    server = TritonServer(served, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with server:
+        settings = settings_for(tmp_path / "not-readable-here", cls_data, tmp_path / "r", url=server.grpc_url,
+                                protocol="grpc", candidates=["p50"], batch_sizes=[1], concurrency=[1], trials=1)
+        run_comparison(settings)
+        report = json.loads((tmp_path / "r" / "report.json").read_text())
+        local = describe_deployment(repo, "p50", seq_len=24)
+        remote = report["deployments"]["p50"]
+        assert (remote["heads"], remote["parameters"], remote["version"]) == (local.heads, local.parameters, 1)
+        assert remote["flops_per_example"] == local.flops_per_example and remote["quality"]["examples"] == 64
+        missing = settings_for(tmp_path / "not-readable-here", cls_data, tmp_path / "m", url=server.http_url,
+                               candidates=["plain"])
+        with pytest.raises(HeadpruneError, match="without a headprune description"):
+            Comparison(missing).prepare()

@@ -9,9 +9,9 @@ import pytest
 
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
-from exporter.triton_config import DeploymentOptions, read_config
-from exporter.triton_repo import export_to_repository
-from serving.deployment import describe_deployment
+from exporter.triton.config import DeploymentOptions, read_config
+from exporter.triton.repository import export_to_repository
+from serving.benchmark.deployment import describe_deployment
 
 
 def _pruned(bert_dir, folder, plan):

@@ -11,9 +11,9 @@ import torch
 from onnxruntime.transformers import optimizer
 
 from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
-from exporter.onnx_export import export_classifier_onnx, random_inputs, validate_onnx
-from exporter.onnx_optimize import fused_head_counts
-from exporter.triton_repo import export_to_repository
+from exporter.onnx.export import export_classifier_onnx, random_inputs, validate_onnx
+from exporter.onnx.fusion import fused_head_counts
+from exporter.triton.repository import export_to_repository
 
 UNEVEN = {"encoder": {0: [0], 1: [0, 1, 2], 2: [0, 1, 2, 3]}}  # heads left: 3, 1, 0
 
@@ -78,7 +78,7 @@ def test_optimized_model_serves_the_same_logits(uneven_dir, tmp_path):
 
 def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_path):
     from exporter.errors import HeadpruneError
-    from exporter.triton_config import DeploymentOptions, read_config
+    from exporter.triton.config import DeploymentOptions, read_config
 
     options = DeploymentOptions(kind="gpu", tensorrt=True, instances=2, max_batch_size=32, queue_delay_us=500)
     export_to_repository(bert_dir, tmp_path / "repo", "gpu", options=options)

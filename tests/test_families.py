@@ -9,8 +9,8 @@ import torch
 import transformers
 
 from exporter import HeadGates, HeadPlan, apply_plan, build_inventory
-from exporter.families import supported_model_types
-from tiny_models import randomize
+from exporter.pruning.families import supported_model_types
+from tests.helpers import randomize
 
 ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                max_position_embeddings=40)
@@ -38,7 +38,7 @@ def test_masked_equals_shrunk(model_type):
     torch.manual_seed(0)
     model = randomize(getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval())
     inventory = build_inventory(model)
-    plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.kinds}
+    plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.attention_types}
     ids = torch.randint(3, 50, (2, 7))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if model.config.is_encoder_decoder:
@@ -49,4 +49,4 @@ def test_masked_equals_shrunk(model_type):
     apply_plan(shrunk, HeadPlan(plan))
     with torch.no_grad():
         assert (masked - shrunk(**inputs).logits).abs().max().item() <= 1e-5
-    assert build_inventory(shrunk).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.kinds)
+    assert build_inventory(shrunk).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.attention_types)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import make_marian
 
 from exporter import HeadGates, HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer
+from tests.helpers import make_marian
 
 SOURCES = ["the movie was great fun", "a bad film"]
 # A decoder prompt of several tokens: the first cached step writes 4 positions at once, so a headless
@@ -22,9 +22,6 @@ SOURCES = ["the movie was great fun", "a bad film"]
 PROMPT = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 10]])
 NEW_TOKENS = 10
 TOLERANCE = 1e-4
-
-_models: dict = {}
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -35,23 +32,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def load_with_inputs(path):
+    """Returns (model, inputs): the model in ``path``, its two source sentences and the decoder prompt."""
+    tokenizer = load_tokenizer(path)
+    inputs = dict(tokenizer(SOURCES, padding=True, return_tensors="pt"))
+    inputs["decoder_input_ids"] = PROMPT
+    return load_model(path), inputs
+
+
 @pytest.fixture(scope="module")
-def marian3_dir(tmp_path_factory):
-    return make_marian(tmp_path_factory.mktemp("generation") / "marian3", seed=3, layers=3)
+def marian2(marian_dir):
+    return load_with_inputs(marian_dir)
 
 
-@pytest.fixture(params=["marian_dir", "marian3_dir"])
-def model_dir(request):
+@pytest.fixture(scope="module")
+def marian3(tmp_path_factory):
+    return load_with_inputs(make_marian(tmp_path_factory.mktemp("generation") / "marian3", seed=3, layers=3))
+
+
+@pytest.fixture(params=["marian2", "marian3"])
+def loaded(request):
     return request.getfixturevalue(request.param)
-
-
-def model_and_inputs(path):
-    if path not in _models:
-        tokenizer = load_tokenizer(path)
-        inputs = dict(tokenizer(SOURCES, padding=True, return_tensors="pt"))
-        inputs["decoder_input_ids"] = PROMPT
-        _models[path] = (load_model(path), inputs)
-    return _models[path]
 
 
 def generate(model, inputs, use_cache: bool = True, num_beams: int = 1):
@@ -79,8 +80,8 @@ def assert_same_generation(expected, actual, what: str) -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=TOLERANCE, msg=lambda m: f"{what}, {name}: {m}")
 
 
-def check_generation(path, plan: dict) -> None:
-    model, inputs = model_and_inputs(path)
+def check_generation(loaded, plan: dict) -> None:
+    model, inputs = loaded
     inventory = build_inventory(model)
     with HeadGates(inventory).mask(plan):
         masked = generate(model, inputs)
@@ -98,9 +99,9 @@ def check_generation(path, plan: dict) -> None:
 def plans(draw, inventory) -> dict:
     """Random head plans; each attention type is now and then left headless in every layer."""
     plan = {}
-    for kind in inventory.kinds:
+    for kind in inventory.attention_types:
         all_headless = draw(st.integers(0, 4)) == 0
-        for layer in inventory.of_kind(kind):
+        for layer in inventory.of_type(kind):
             everything = list(range(layer.original_heads))
             if all_headless or draw(st.integers(0, 2)) == 0:
                 heads = everything
@@ -113,14 +114,13 @@ def plans(draw, inventory) -> dict:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_shrunk_generates_what_masked_generates(model_dir, data):
-    model, _ = model_and_inputs(model_dir)
-    check_generation(model_dir, data.draw(plans(build_inventory(model))))
+def test_shrunk_generates_what_masked_generates(loaded, data):
+    check_generation(loaded, data.draw(plans(build_inventory(loaded[0]))))
 
 
-def headless(model_dir, *kinds: str, layers: tuple[int, ...] | None = None) -> dict:
-    inventory = build_inventory(model_and_inputs(model_dir)[0])
-    return {kind: {layer.index: list(range(layer.original_heads)) for layer in inventory.of_kind(kind)
+def headless(loaded, *kinds: str, layers: tuple[int, ...] | None = None) -> dict:
+    inventory = build_inventory(loaded[0])
+    return {kind: {layer.index: list(range(layer.original_heads)) for layer in inventory.of_type(kind)
                    if layers is None or layer.index in layers} for kind in kinds}
 
 
@@ -133,21 +133,21 @@ def headless(model_dir, *kinds: str, layers: tuple[int, ...] | None = None) -> d
     (("encoder",), None),
     (("encoder", "decoder", "cross"), None),   # no heads left at all
 ])
-def test_headless_layers_generate_what_masked_generates(model_dir, kinds, layers):
-    check_generation(model_dir, headless(model_dir, *kinds, layers=layers))
+def test_headless_layers_generate_what_masked_generates(loaded, kinds, layers):
+    check_generation(loaded, headless(loaded, *kinds, layers=layers))
 
 
-def test_decoder_layer_0_headless_with_other_heads_pruned(marian3_dir):
-    plan = headless(marian3_dir, "decoder", layers=(0,))
+def test_decoder_layer_0_headless_with_other_heads_pruned(marian3):
+    plan = headless(marian3, "decoder", layers=(0,))
     plan["decoder"][2] = [1, 3]
     plan["cross"] = {0: [0], 1: [0, 1, 2, 3]}
     plan["encoder"] = {1: [2]}
-    check_generation(marian3_dir, plan)
+    check_generation(marian3, plan)
 
 
-def test_beam_search_reorders_the_headless_layers_cache(marian3_dir):
-    plan = headless(marian3_dir, "decoder", "cross", layers=(0, 2))
-    model, inputs = model_and_inputs(marian3_dir)
+def test_beam_search_reorders_the_headless_layers_cache(marian3):
+    plan = headless(marian3, "decoder", "cross", layers=(0, 2))
+    model, inputs = marian3
     with HeadGates(build_inventory(model)).mask(plan):
         masked = generate(model, inputs, num_beams=3)
     shrunk_model = copy.deepcopy(model)

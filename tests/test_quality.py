@@ -6,8 +6,8 @@ import torch
 
 from exporter import build_inventory, load_model, load_tokenizer
 from exporter.data import read_examples
-from exporter.experiments import single_head_ablation
-from exporter.quality import Evaluator
+from exporter.evaluation.experiments import single_head_ablation
+from exporter.evaluation.quality import Evaluator
 
 
 def test_replay_gives_the_logits_of_a_full_evaluation(bert_dir, cls_data):

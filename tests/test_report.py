@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from exporter.errors import HeadpruneError
-from serving.compare import CompareSettings
-from serving.latency import Speedup, bootstrap_throughput, min_samples, supported
-from serving.report import build_report, latency_csv, render_markdown, render_report, verdict, write_report
+from serving.benchmark.compare import CompareSettings
+from serving.benchmark.latency import Speedup, bootstrap_throughput, min_samples, supported
+from serving.report.report import build_report, latency_csv, render_markdown, render_report, verdict, write_report
 
 ENVIRONMENT = {"machine": {"platform": "test", "cpus": 1}, "libraries": {}, "server": {"name": "triton", "version": "0"}}
 
@@ -45,7 +45,7 @@ def latency_records(name: str, rng: np.random.Generator, mean_ms: float, request
             for clients in concurrency:
                 latencies = mean_ms * rng.lognormal(-0.3**2 / 2, 0.3, requests)
                 throughput = clients * batch * 1000 / latencies.mean()
-                records.append({"kind": "latency", "deployment": name, "batch_size": batch, "concurrency": clients,
+                records.append({"record": "latency", "deployment": name, "batch_size": batch, "concurrency": clients,
                                 "trial": trial, "windows": 1, "latencies_ms": latencies.tolist(),
                                 "wall_s": requests * batch / throughput, "throughput": throughput,
                                 "server": {f"{s}_us": 10.0 for s in ("queue", "compute_input", "compute_infer",
@@ -54,7 +54,7 @@ def latency_records(name: str, rng: np.random.Generator, mean_ms: float, request
 
 
 def quality(name: str, value: float) -> dict:
-    return {"kind": "quality", "deployment": name, "metric": "accuracy", "value": value, "examples": 1000,
+    return {"record": "quality", "deployment": name, "metric": "accuracy", "value": value, "examples": 1000,
             "signature": ""}
 
 
@@ -64,7 +64,7 @@ def make_report(tmp_path, speeds: dict[str, float], accuracies: dict[str, float]
     rng = np.random.default_rng(seed)
     names = ["base", *speeds]
     accuracies = accuracies or {}
-    records = [{"kind": "start", "signature": {}, "started": 0.0}]
+    records = [{"record": "start", "signature": {}, "started": 0.0}]
     records += [quality(n, accuracies.get(n, 0.9)) for n in names]
     for name in names:
         records += latency_records(name, rng, 10.0 / speeds.get(name, 1.0), requests, trials, batch_sizes, concurrency)
@@ -245,7 +245,7 @@ def test_quality_changes_carry_a_paired_test_and_only_real_ones_are_marked(tmp_p
     base = [1] * 800 + [0] * 200
     worse = [0] * 30 + base[30:]           # 30 examples lost, none gained: significant
     noisy = [0] * 3 + base[3:800] + [1] * 2 + base[802:]  # 3 lost, 2 gained: not significant
-    records = [{"kind": "start", "signature": {}, "started": 0.0}]
+    records = [{"record": "start", "signature": {}, "started": 0.0}]
     for name, correct in (("base", base), ("worse", worse), ("noisy", noisy)):
         records.append({**quality(name, sum(correct) / 1000), "per_example": correct})
     settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["worse", "noisy"],

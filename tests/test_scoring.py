@@ -10,8 +10,8 @@ import torch
 from exporter import HeadGates, HeadPlan, build_inventory, compute_importance, load_model, load_tokenizer, plan_from_scores
 from exporter.data import encode_batch, read_examples, task_of
 from exporter.errors import HeadpruneError
-from exporter.quality import Evaluator
-from exporter.scoring import batch_loss, query_masks
+from exporter.evaluation.quality import Evaluator
+from exporter.pruning.scoring import batch_loss, query_masks
 
 
 @pytest.mark.parametrize("model_fixture,data_fixture", [("bert_dir", "cls_data"), ("marian_dir", "mt_data")])
@@ -28,15 +28,15 @@ def test_importance_equals_finite_difference_of_the_gate(request, model_fixture,
     eps = 1e-4
     with torch.no_grad(), gates:
         for layer in inventory.layers[:: max(1, len(inventory.layers) // 3)]:
-            gate = gates.values[(layer.kind.name, layer.index)]
+            gate = gates.values[(layer.attention_type.name, layer.index)]
             for head in range(len(layer.kept)):
                 gate[head] = 1 + eps
                 up = batch_loss(model, batch).item()
                 gate[head] = 1 - eps
                 down = batch_loss(model, batch).item()
                 gate[head] = 1
-                estimate = abs(up - down) / (2 * eps) / tokens[layer.kind.query_side]
-                assert scores.scores[layer.kind.name][layer.index][head] == pytest.approx(estimate, rel=1e-3, abs=1e-9)
+                estimate = abs(up - down) / (2 * eps) / tokens[layer.attention_type.query_side]
+                assert scores.scores[layer.attention_type.name][layer.index][head] == pytest.approx(estimate, rel=1e-3, abs=1e-9)
 
 
 def test_token_method_bounds_batch_method_and_normalises_per_layer(bert_dir, cls_data):
@@ -162,15 +162,14 @@ def test_token_estimator_equals_an_independent_per_token_gradient(bert_dir, cls_
 def test_regression_heads_score_with_squared_error(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from conftest import sentences
-    from tiny_models import randomize
+    from tests.helpers import random_sentences, randomize
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
                         num_labels=1)
     model = randomize(BertForSequenceClassification(config).eval())
     tokenizer = load_tokenizer(_tiny_tokenizer_dir(tmp_path))
-    examples = [{"text": text, "label": str(0.5 * i)} for i, text in enumerate(sentences(12, seed=4))]
+    examples = [{"text": text, "label": str(0.5 * i)} for i, text in enumerate(random_sentences(12, seed=4))]
     scores = compute_importance(model, tokenizer, examples, normalize=False)
     assert min(v for row in scores.scores["encoder"].values() for v in row) > 0
     with pytest.raises(HeadpruneError, match="regression"):
@@ -180,6 +179,6 @@ def test_regression_heads_score_with_squared_error(tmp_path):
 
 
 def _tiny_tokenizer_dir(tmp_path):
-    from tiny_models import make_bert
+    from tests.helpers import make_bert
 
     return make_bert(tmp_path / "tokenizer-source")

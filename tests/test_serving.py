@@ -14,12 +14,13 @@ import torch
 
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
-from exporter.onnx_export import random_inputs
-from exporter.triton_config import DeploymentOptions, read_config, write_config
-from exporter.triton_repo import export_to_repository, staging_area
+from exporter.onnx.export import random_inputs
+from exporter.triton.config import DeploymentOptions, read_config, write_config
+from exporter.triton.layout import ModelRepository
+from exporter.triton.repository import export_to_repository
 from serving.client import PROTOCOLS, TritonClient
-from serving.server import TritonServer, free_port
-from tiny_models import WORDS
+from serving.server.process import TritonServer, free_port
+from tests.helpers import WORDS
 
 VOCAB = len(WORDS) + 5  # the tiny BERT's vocabulary: 5 special tokens, then WORDS
 
@@ -324,7 +325,7 @@ def test_failed_export_writes_nothing(bert_dir, tmp_path):
         export_to_repository(bert_dir, tmp_path / "repo", "strict", atol=0.0)
     # Triton would try to load any folder in the repository, hidden ones too.
     assert list((tmp_path / "repo").iterdir()) == []
-    assert list(staging_area(tmp_path / "repo").iterdir()) == []
+    assert list(ModelRepository(tmp_path / "repo").staging.iterdir()) == []
     first = export_to_repository(bert_dir, tmp_path / "repo", "m")
     with pytest.raises(HeadpruneError):
         export_to_repository(bert_dir, tmp_path / "repo", "m", atol=0.0)
@@ -333,4 +334,4 @@ def test_failed_export_writes_nothing(bert_dir, tmp_path):
     replaced = export_to_repository(bert_dir, tmp_path / "repo", "m", version=1)
     assert replaced.version == 1 and replaced.model_path.exists()
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m", "m_text"]
-    assert list(staging_area(tmp_path / "repo").iterdir()) == []
+    assert list(ModelRepository(tmp_path / "repo").staging.iterdir()) == []

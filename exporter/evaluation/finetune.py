@@ -1,0 +1,86 @@
+"""Fine-tuning a sequence classifier (head and encoder) on CPU, reproducibly."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from exporter.atomic import atomic_dir, refuse_existing
+from exporter.data import batches, encode_batch
+from exporter.errors import HeadpruneError
+from exporter.pruning.checkpoint import load_tokenizer
+
+
+def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, key: str = "text") -> list[list[dict]]:
+    """Returns shuffled batches of similar-length examples (little padding), in random order."""
+    shuffled = examples[:]
+    rng.shuffle(shuffled)
+    pool = batch_size * 50
+    chunks = []
+    for start in range(0, len(shuffled), pool):
+        window = sorted(shuffled[start:start + pool], key=lambda e: len(str(e[key])))
+        chunks += list(batches(window, batch_size))
+    rng.shuffle(chunks)
+    return chunks
+
+
+def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, labels: list[str] | None = None,
+             epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4, max_length: int = 64, seed: int = 0,
+             freeze_embeddings: bool = True, overwrite: bool = False,
+             progress: Callable[[int], None] | None = None) -> Path:
+    """Trains a classification head and the encoder of ``base_dir`` on ``examples``; returns ``out``.
+
+    ``labels`` are the label names (default: sorted names found in the data). The
+    word-embedding table is frozen by default: most of a small model's parameters,
+    little of its accuracy, and most of the optimizer's time on CPU. An existing
+    non-empty ``out`` is refused before training unless ``overwrite``.
+    """
+    refuse_existing(out, overwrite)
+    if not examples:
+        raise HeadpruneError("no training examples", "pass a non-empty training file")
+    labels = labels or sorted({str(e["label"]) for e in examples})
+    tokenizer = load_tokenizer(base_dir)
+    if tokenizer is None:
+        raise HeadpruneError(f"'{base_dir}' has no tokenizer files", "fine-tune a model folder that includes its tokenizer")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        use_safetensors=True, trust_remote_code=False, ignore_mismatched_sizes=True)
+    if freeze_embeddings:
+        model.base_model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
+    steps = epochs * math.ceil(len(examples) / batch_size)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        for chunk in length_buckets(examples, batch_size, rng):
+            batch = encode_batch(tokenizer, chunk, "classification", model.config, max_length)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if progress:
+                progress(len(chunk))
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    record = {"base": str(base_dir), "examples": len(examples), "epochs": epochs, "batch_size": batch_size,
+              "learning_rate": learning_rate, "max_length": max_length, "seed": seed,
+              "freeze_embeddings": freeze_embeddings, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1)}
+    with atomic_dir(out, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "finetune.json").write_text(json.dumps(record, indent=2) + "\n")
+    return Path(out)

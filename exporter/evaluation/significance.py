@@ -1,0 +1,56 @@
+"""Paired significance tests between two quality measurements of the same examples.
+
+Accuracy: the exact McNemar test on the examples whose correctness differs.
+BLEU: a paired bootstrap over sentences (as sacrebleu's ``--paired-bs``), resampling
+the per-sentence sufficient statistics and recomputing corpus BLEU.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+from exporter.errors import HeadpruneError
+
+ALPHA = 0.01
+
+
+def mcnemar_exact(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """Returns the two-sided exact McNemar p-value for paired 1/0 correctness."""
+    only_first = sum(a and not b for a, b in zip(first, second))
+    only_second = sum(b and not a for a, b in zip(first, second))
+    discordant = only_first + only_second
+    if discordant == 0:
+        return 1.0
+    tail = sum(comb(discordant, k) for k in range(min(only_first, only_second) + 1))
+    return min(1.0, 2 * tail / 2 ** discordant)
+
+
+def paired_bootstrap_bleu(first: tuple, second: tuple, resamples: int = 1000, seed: int = 0) -> float:
+    """Returns the two-sided paired-bootstrap p-value of a corpus BLEU difference."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(a), len(a))
+        differences.append(metric._compute_score_from_stats(list(a[index].sum(0))).score
+                           - metric._compute_score_from_stats(list(b[index].sum(0))).score)
+    differences = np.asarray(differences)
+    return float(min(1.0, 2 * min((differences <= 0).mean(), (differences >= 0).mean())))
+
+
+def paired_p_value(metric: str, first: tuple | list, second: tuple | list) -> float:
+    """Returns the p-value that two measurements of the same examples differ: McNemar for accuracy,
+    paired bootstrap for BLEU. ``first``/``second`` are QualityScore.per_example of each."""
+    if len(first) != len(second) or not first:
+        raise HeadpruneError("a paired test needs per-example results of the same examples on both sides",
+                             "evaluate both on the same data with one Evaluator")
+    if metric == "accuracy":
+        return mcnemar_exact(tuple(first), tuple(second))
+    if metric == "bleu":
+        return paired_bootstrap_bleu(tuple(first), tuple(second))
+    raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy or BLEU")

@@ -1,0 +1,153 @@
+"""Model families, described once as data.
+
+Every stage (inventory, gating, scoring, shrinking, export, reports) reads these
+descriptions instead of special-casing model classes. Paths are dotted attribute
+paths: ``layers`` from the model's ``base_model``, the rest from one layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+from transformers.cache_utils import EncoderDecoderCache
+
+from exporter.errors import HeadpruneError
+
+
+@dataclass(frozen=True)
+class AttentionType:
+    """Where one attention type lives in a layer stack.
+
+    ``attention`` is the module that computes all heads (and is replaced when a
+    layer loses every head); ``output`` is the projection that mixes the heads,
+    whose input is (..., heads * head_size). ``query_side`` names the token mask
+    ("encoder" or "decoder") that covers this attention's query positions.
+    ``headless_cache``, if set, is called by a layer left with zero heads with the
+    arguments its attention module would have received, and must leave the model's
+    KV cache as that module would have (the model may read lengths from it); None
+    when this attention never sees a cache.
+    """
+
+    name: str
+    layers: str
+    attention: str
+    query: str
+    key: str
+    value: str
+    output: str
+    config_heads: str
+    head_count_attr: str
+    head_size_attr: str
+    width_attr: str | None
+    query_side: str
+    headless_cache: Callable[..., None] | None = None
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A family of Hugging Face architectures sharing one attention layout."""
+
+    name: str
+    model_types: tuple[str, ...]
+    attention_types: tuple[AttentionType, ...]
+    seq2seq: bool
+
+
+def _bert_attention() -> AttentionType:
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        attention="attention.self",
+        query="attention.self.query",
+        key="attention.self.key",
+        value="attention.self.value",
+        output="attention.output.dense",
+        config_heads="num_attention_heads",
+        head_count_attr="num_attention_heads",
+        head_size_attr="attention_head_size",
+        width_attr="all_head_size",
+        query_side="encoder",
+    )
+
+
+def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=None, cache=None,
+                        attention_mask=None, past_key_values=None, **kwargs) -> None:
+    """Updates a bart-family KV cache for a headless attention layer exactly where BartAttention would.
+
+    Marian, BART and mBART take the position of the next decoder token from the length of decoder
+    layer 0's self-attention cache, so a headless self-attention layer appends one entry per new
+    token, and a headless cross-attention layer writes one per source token once and marks itself
+    updated. The entries are placeholders (one head of width 1) that nothing reads: zero-head states
+    would not do, as DynamicLayer reports the length of a cache holding no elements as 0.
+    """
+    cache = cache if cache is not None else past_key_values  # the real forward still accepts the old name
+    if cache is None:
+        return
+    cross = key_value_states is not None
+    layer_cache = cache
+    if isinstance(cache, EncoderDecoderCache):
+        if cross and cache.is_updated.get(attention.layer_idx):
+            return
+        layer_cache = cache.cross_attention_cache if cross else cache.self_attention_cache
+    states = key_value_states if cross else hidden_states
+    placeholder = states.new_zeros(states.shape[0], 1, states.shape[1], 1)
+    layer_cache.update(placeholder, placeholder, attention.layer_idx, kwargs=kwargs)
+    if cross and isinstance(cache, EncoderDecoderCache):
+        cache.is_updated[attention.layer_idx] = True
+
+
+def _bart_attention(name: str, stack: str, module: str, config_heads: str, query_side: str) -> AttentionType:
+    return AttentionType(
+        name=name,
+        layers=f"{stack}.layers",
+        attention=module,
+        query=f"{module}.q_proj",
+        key=f"{module}.k_proj",
+        value=f"{module}.v_proj",
+        output=f"{module}.out_proj",
+        config_heads=config_heads,
+        head_count_attr="num_heads",
+        head_size_attr="head_dim",
+        width_attr=None,
+        query_side=query_side,
+        headless_cache=bart_headless_cache,
+    )
+
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily(
+        name="bert-encoder",
+        model_types=("bert", "roberta", "electra", "xlm-roberta", "camembert"),
+        attention_types=(_bert_attention(),),
+        seq2seq=False,
+    ),
+    ModelFamily(
+        name="bart-encoder-decoder",
+        model_types=("marian", "bart", "mbart"),
+        attention_types=(
+            _bart_attention("encoder", "encoder", "self_attn", "encoder_attention_heads", "encoder"),
+            _bart_attention("decoder", "decoder", "self_attn", "decoder_attention_heads", "decoder"),
+            _bart_attention("cross", "decoder", "encoder_attn", "decoder_attention_heads", "decoder"),
+        ),
+        seq2seq=True,
+    ),
+)
+
+
+def supported_model_types() -> list[str]:
+    """Returns every ``config.model_type`` headprune can prune."""
+    return sorted(t for family in FAMILIES for t in family.model_types)
+
+
+def family_for(model_type: str) -> ModelFamily:
+    """Returns the family describing ``model_type``; raises a HeadpruneError listing the supported ones."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    listing = "; ".join(f"{f.name}: {', '.join(f.model_types)}" for f in FAMILIES)
+    raise HeadpruneError(
+        f"model type '{model_type}' is not supported by headprune",
+        f"use a model of a supported family ({listing})",
+    )

@@ -1,0 +1,101 @@
+"""Triton model configurations, built with Triton's own protobuf schema (no string templates)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from exporter.atomic import atomic_write_text
+from exporter.errors import HeadpruneError
+
+INT64, FP32, STRING = pb.TYPE_INT64, pb.TYPE_FP32, pb.TYPE_STRING
+
+
+@dataclass(frozen=True)
+class DeploymentOptions:
+    """How a model is deployed: batching, instances, device kind, accelerator."""
+
+    max_batch_size: int = 64
+    instances: int = 1
+    kind: str = "cpu"
+    queue_delay_us: int = 100
+    tensorrt: bool = False
+    max_length: int = 128
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0:
+            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1, `queue_delay_us` >= 0",
+                                 "pass positive values")
+        if self.kind not in ("cpu", "gpu"):
+            raise HeadpruneError(f"instance kind '{self.kind}' is unknown", "use cpu or gpu")
+        if self.tensorrt and self.kind != "gpu":
+            raise HeadpruneError("`tensorrt` needs GPU instances", "set `kind` to gpu")
+
+
+def _tensor(cls, name: str, data_type: int, dims: list[int]):
+    return cls(name=name, data_type=data_type, dims=dims)
+
+
+def _parameters(config: pb.ModelConfig, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _instances(config: pb.ModelConfig, options: DeploymentOptions) -> None:
+    kind = pb.ModelInstanceGroup.KIND_GPU if options.kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+    config.instance_group.append(pb.ModelInstanceGroup(count=options.instances, kind=kind))
+
+
+def classifier_config(name: str, inputs: list[str], num_labels: int, options: DeploymentOptions,
+                      parameters: dict[str, str]) -> pb.ModelConfig:
+    """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits."""
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size,
+                            default_model_filename="model.onnx")
+    config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
+    config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    _instances(config, options)
+    if options.tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16"
+    _parameters(config, parameters)
+    return config
+
+
+def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str],
+                options: DeploymentOptions, pad_id: int, pad_token: str) -> pb.ModelConfig:
+    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT, optional TEXT_PAIR in; LOGITS, LABEL out."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
+    config.input.append(_tensor(pb.ModelInput, "TEXT", STRING, [1]))
+    config.input.append(pb.ModelInput(name="TEXT_PAIR", data_type=STRING, dims=[1], optional=True))
+    config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
+    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
+    # Concurrent requests then reach one execute() together, like the classifier's.
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    _instances(config, DeploymentOptions(instances=options.instances))
+    _parameters(config, {
+        "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
+        "pad_id": str(pad_id), "pad_token": pad_token,
+        "id2label": json.dumps({str(k): v for k, v in id2label.items()}),
+    })
+    return config
+
+
+def write_config(config: pb.ModelConfig, folder: str | Path) -> Path:
+    """Writes ``config.pbtxt`` in protobuf text format into ``folder`` atomically; returns its path."""
+    return atomic_write_text(Path(folder) / "config.pbtxt", text_format.MessageToString(config))
+
+
+def read_config(path: str | Path) -> pb.ModelConfig:
+    """Returns a ``config.pbtxt`` parsed with Triton's schema; raises HeadpruneError if it does not parse."""
+    path = Path(path)
+    try:
+        return text_format.Parse(path.read_text(), pb.ModelConfig())
+    except FileNotFoundError as error:
+        raise HeadpruneError(f"'{path}' does not exist", "export the model first with 'headprune export'") from error
+    except text_format.ParseError as error:
+        raise HeadpruneError(f"'{path}' is not a valid Triton model config ({error})", "re-export the model") from error

@@ -1,0 +1,78 @@
+"""The layout of a Triton model repository, owned by one small object.
+
+``<root>/<name>/config.pbtxt``, ``<root>/<name>/<version>/model.onnx`` and the
+version's ``deployment.json``; the text front end of model ``name`` is ``<name>_text``.
+Versions are built beside the repository (Triton tries to load every folder inside
+it, hidden ones included) and renamed in. Light to import: no PyTorch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.errors import HeadpruneError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+TEXT_SUFFIX = "_text"
+
+
+def text_model_name(name: str) -> str:
+    """Returns the name of the text front end of model ``name``."""
+    return f"{name}{TEXT_SUFFIX}"
+
+
+def check_name(name: str) -> str:
+    """Returns ``name`` if a Triton repository can hold it; raises HeadpruneError otherwise."""
+    if not NAME_PATTERN.fullmatch(name) or len(name) > 100:
+        raise HeadpruneError(f"model name {name!r} is not usable in a Triton repository",
+                             "use up to 100 letters, digits, '_', '-' and '.', starting with a letter or digit")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelRepository:
+    """A Triton model repository on disk."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def folder(self, name: str) -> Path:
+        """Returns the folder of model ``name``."""
+        return self.root / check_name(name)
+
+    def config_path(self, name: str) -> Path:
+        """Returns the path of a model's config.pbtxt."""
+        return self.folder(name) / CONFIG_FILE
+
+    def versions(self, name: str) -> list[int]:
+        """Returns the version numbers (numeric subfolders) of a model, none if it does not exist."""
+        folder = self.folder(name)
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
+
+    def served_version(self, name: str) -> int:
+        """Returns the version Triton serves under its default policy (the highest); raises HeadpruneError if none."""
+        versions = self.versions(name)
+        if not versions:
+            raise HeadpruneError(f"model '{name}' has no version in '{self.root}'",
+                                 f"export it into that repository under the name '{name}'")
+        return versions[-1]
+
+    def version_folder(self, name: str, version: int) -> Path:
+        """Returns the folder of one version of a model."""
+        return self.folder(name) / str(version)
+
+    def model_file(self, name: str, version: int) -> Path:
+        """Returns the ONNX file of one version of a model."""
+        return self.version_folder(name, version) / MODEL_FILE
+
+    @property
+    def staging(self) -> Path:
+        """Returns the folder beside the repository where versions are built before they are renamed in."""
+        resolved = self.root.resolve()
+        return resolved.parent / f".{resolved.name}.staging"

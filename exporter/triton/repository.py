@@ -1,0 +1,187 @@
+"""Writing a classifier into a Triton model repository.
+
+Each export writes ``<repo>/<name>/<version>/model.onnx`` with its ``deployment.json``,
+the model's ``config.pbtxt``, and the text front end ``<name>_text``: a Python (BLS)
+model that tokenises raw strings, calls ``<name>`` and returns LOGITS and LABEL. A
+version is built beside the repository and renamed into place only after it
+validated, so Triton never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from torch import nn
+
+from exporter.atomic import atomic_dir, atomic_write_json
+from exporter.digest import checkpoint_hash
+from exporter.errors import HeadpruneError
+from exporter.onnx.export import Validation, export_classifier_onnx, require_valid, validate_onnx
+from exporter.pruning.checkpoint import load_model, load_tokenizer
+from exporter.pruning.inventory import HeadInventory, build_inventory
+from exporter.pruning.plan import HeadPlan
+from exporter.triton.config import DeploymentOptions, classifier_config, text_config, write_config
+from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
+from exporter.triton.layout import MODEL_FILE, ModelRepository, check_name, text_model_name
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how well it matched the PyTorch model."""
+
+    name: str
+    version: int
+    model_path: Path
+    validation: Validation
+    fused_attention: int | None
+    text_model: str
+    heads: int
+    original_heads: int
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
+                "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
+                "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads}
+
+
+def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
+    """Returns the valid [low, high) range of each integer input, from the model's vocabulary sizes."""
+    ranges = {"input_ids": [0, config.vocab_size], "attention_mask": [0, 2],
+              "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
+    return {name: ranges[name] for name in names}
+
+
+def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, int]:
+    """Returns (linear, attention): forward FLOPs per example = seq * linear + seq**2 * attention.
+
+    Every linear layer counts 2 * in * out per token (the pooler and classifier too, a
+    slight overcount); each attention layer adds 2 * 2 * heads * head_size per pair of
+    positions, for the scores and the weighted sum. A layer without heads costs nothing there.
+    """
+    linear = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    attention = sum(4 * len(layer.kept) * layer.head_size for layer in inventory.layers)
+    return linear, attention
+
+
+def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_length: int, source: Path,
+                   onnx_bytes: int, validation: dict) -> DeploymentDescription:
+    """Returns the description of an exported classifier."""
+    summary = inventory.summary(model)
+    config = model.config
+    linear, attention = flop_coefficients(model, inventory)
+    return DeploymentDescription(
+        family=summary["family"], model_type=summary["model_type"], source_checkpoint=str(source.resolve()),
+        weights_sha256=checkpoint_hash(source), head_plan=HeadPlan.of_model(inventory).to_dict(),
+        heads=summary["heads"], original_heads=summary["original_heads"],
+        heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
+        parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
+        flops_linear=linear, flops_attention=attention, inputs=inputs, input_ranges=input_ranges(config, inputs),
+        id2label={str(k): v for k, v in config.id2label.items()},
+        label2id={str(k): int(v) for k, v in config.label2id.items()},
+        vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
+        max_positions=getattr(config, "max_position_embeddings", 0) or 0, max_length=max_length,
+        onnx_bytes=onnx_bytes, validation=validation,
+    )
+
+
+def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
+    target = model_folder / str(version)
+    model_folder.mkdir(parents=True, exist_ok=True)
+    old = None
+    if target.exists():
+        old = staged.parent / f"{staged.name}.old"
+        target.rename(old)
+    staged.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _write_text_model(repository: ModelRepository, name: str, config, tokenizer) -> None:
+    with atomic_dir(repository.folder(name), repository.staging, overwrite=True) as staging:
+        version = staging / "1"
+        version.mkdir()
+        (version / "model.py").write_text(resources.files("exporter.triton.models").joinpath("text.py").read_text())
+        tokenizer.save_pretrained(version / "tokenizer")
+        write_config(config, staging)
+
+
+def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]:
+    # The backend reads input_ranges; clients read the description (also from a remote server).
+    return {
+        CONFIG_PARAMETER: description.to_json(),
+        "heads": f"{description.heads}/{description.original_heads}",
+        "source_checkpoint": description.source_checkpoint,
+        "weights_sha256": description.weights_sha256,
+        "vocab_size": str(description.vocab_size),
+        "input_ranges": json.dumps(description.input_ranges),
+        "max_abs_diff": f"{description.validation['max_abs_diff']:.3g}",
+    }
+
+
+def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
+                         atol: float = 1e-4, optimize: bool = False,
+                         options: DeploymentOptions = DeploymentOptions()) -> ExportResult:
+    """Exports the classifier in ``model_dir`` into the Triton repository ``repo``; returns what was written.
+
+    Raises HeadpruneError (and writes nothing) when the model is not a classifier,
+    the name is unusable, or the ONNX file fails validation.
+    """
+    check_name(name)
+    if version is not None and version < 1:
+        raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
+    model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
+    model = load_model(model_dir)
+    if model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification"):
+        raise HeadpruneError(f"'{model_dir}' is not a sequence classifier ({type(model).__name__})",
+                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None or not tokenizer.is_fast:
+        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
+                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
+    inventory = build_inventory(model)
+    positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
+    # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
+    options = replace(options, max_length=min(options.max_length, positions))
+    version = version or max(repository.versions(name), default=0) + 1
+    repository.root.mkdir(parents=True, exist_ok=True)
+    repository.staging.mkdir(exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=repository.staging))
+    staged.chmod(0o755)
+    try:
+        names = export_classifier_onnx(model, staged / MODEL_FILE)
+        validation = validate_onnx(model, staged / MODEL_FILE, names, atol)
+        require_valid(validation, "the exported ONNX model")
+        fused = None
+        if optimize:
+            # Deferred: onnxruntime.transformers is slow to import and only --optimize needs it.
+            from exporter.onnx.fusion import optimize_attention
+
+            fused, validation = optimize_attention(model, inventory, staged / MODEL_FILE, names, atol)
+        checked = {**validation.to_dict(), "fused_attention": fused}
+        atomic_write_json(staged / "validation.json", checked)
+        description = describe_model(model, inventory, inputs=names, max_length=options.max_length, source=model_dir,
+                                     onnx_bytes=(staged / MODEL_FILE).stat().st_size, validation=checked)
+        description.write(staged)
+        config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
+        target = _install_version(repository.folder(name), version, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    # Triton serves the highest version: the configs (and the text front end's tokenizer and
+    # limits) describe that one. Re-exporting an older version must not make them describe a
+    # version that is not served.
+    if version >= repository.served_version(name) or not repository.config_path(name).exists():
+        write_config(config, repository.folder(name))
+        id2label = {int(k): v for k, v in model.config.id2label.items()}
+        text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
+                           tokenizer.pad_token)
+        _write_text_model(repository, text_model_name(name), text, tokenizer)
+    return ExportResult(name, version, target / MODEL_FILE, validation, fused, text_model_name(name),
+                        inventory.kept_head_count(), inventory.original_head_count())

@@ -1,0 +1,277 @@
+"""Pruned vs unpruned deployments, measured through Triton: quality, latency, throughput, server breakdown."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporter.data import batches, label_id, read_examples
+from exporter.errors import HeadpruneError
+from exporter.evaluation.metrics import accuracy
+from exporter.progress import Phases, no_phases
+from exporter.triton.layout import ModelRepository, text_model_name
+from serving.benchmark.deployment import DeploymentFacts, describe_deployment, describe_remote_deployment
+from serving.benchmark.journal import Journal
+from serving.benchmark.loadgen import run_window
+from serving.client import TritonClient
+from serving.server.process import TritonServer, free_port
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class CompareSettings:
+    """Everything that defines a comparison; part of every report's signature."""
+
+    repo: Path
+    baseline: str
+    candidates: list[str]
+    data: Path
+    out: Path
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    seq_len: int = 128
+    protocol: str = "http"
+    url: str | None = None
+    trials: int = 3
+    warmup: int = 5
+    requests: int = 10
+    examples: int = 256
+    max_windows: int = 4
+    stability: float = 0.05
+    max_drop: float | None = None
+    max_examples: int | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    encoding: str = "utf-8"
+    scores: Path | None = None
+    seed: int = 0
+
+    @property
+    def deployments(self) -> list[str]:
+        """Returns the baseline followed by the candidates."""
+        return [self.baseline, *self.candidates]
+
+    def signature(self) -> dict:
+        """Returns the settings that change the numbers (compared on --resume)."""
+        keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
+                "requests", "examples", "max_windows", "stability", "max_examples", "seed")
+        data = asdict(self)
+        return {key: data[key] for key in keys} | {"data": str(self.data)}
+
+    def check(self) -> None:
+        """Raises HeadpruneError for settings that cannot work."""
+        if not self.candidates:
+            raise HeadpruneError("compare needs at least one candidate", "name one (`candidates`)")
+        if len(set(self.deployments)) != len(self.deployments):
+            raise HeadpruneError("a deployment is named twice among `baseline` and `candidates`", "name each model once")
+        for name, values in (("`batch_sizes`", self.batch_sizes), ("`concurrency`", self.concurrency)):
+            if not values or min(values) < 1:
+                raise HeadpruneError(f"{name} needs positive integers, got {values}", f"pass e.g. {name} 1,4,16")
+        if self.trials < 1 or self.requests < 1 or self.seq_len < 2:
+            raise HeadpruneError("`trials` and `requests` must be >= 1 and `seq_len` >= 2", "give larger values")
+
+
+@contextmanager
+def _server_url(settings: CompareSettings) -> Iterator[str]:
+    if settings.url:
+        yield settings.url
+        return
+    server = TritonServer(settings.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=settings.out / "triton.log")
+    with server:
+        yield server.http_url if settings.protocol == "http" else server.grpc_url
+
+
+def _stage_totals(statistics: dict, name: str) -> dict[str, tuple[int, int]]:
+    for entry in statistics.get("model_stats", []):
+        if entry.get("name") == name:
+            stats = entry.get("inference_stats", {})
+            return {s: (int(stats.get(s, {}).get("count", 0)), int(stats.get(s, {}).get("ns", 0))) for s in STAGES}
+    return {s: (0, 0) for s in STAGES}
+
+
+def server_breakdown(before: dict, after: dict, name: str) -> dict[str, float]:
+    """Returns Triton's mean time per request (µs) in each stage between two statistics snapshots."""
+    first, second = _stage_totals(before, name), _stage_totals(after, name)
+    breakdown = {}
+    for stage in STAGES:
+        count = second[stage][0] - first[stage][0]
+        breakdown[f"{stage}_us"] = (second[stage][1] - first[stage][1]) / count / 1000 if count else 0.0
+    return breakdown
+
+
+def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Returns fixed random int64 inputs of shape (batch, seq_len) for one deployment."""
+    rng = np.random.default_rng(seed)
+    arrays = {"input_ids": rng.integers(1, facts.vocab_size, size=(batch, seq_len), dtype=np.int64),
+              "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
+              "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64)}
+    return {name: arrays[name] for name in facts.inputs}
+
+
+class Comparison:
+    """One comparison run: measures into the journal, cell by cell, skipping what is already there.
+
+    Creating one reads and writes nothing; ``prepare`` reads the deployments' facts and
+    opens the journal, and ``run`` measures (preparing first when needed).
+    """
+
+    def __init__(self, settings: CompareSettings, phases: Phases = no_phases):
+        settings.check()
+        self.settings = settings
+        self.journal = Journal(settings.out / "measurements.jsonl")
+        self.phases = phases
+        self.server: dict | None = None  # Triton's metadata, once a run reached the server
+        self.facts: dict[str, DeploymentFacts] = {}
+
+    def prepare(self, resume: bool = False) -> dict[str, DeploymentFacts]:
+        """Reads each deployment's facts, checks the settings against them and opens the journal (a fresh one
+        unless ``resume``); returns the facts. Raises HeadpruneError for settings that cannot work."""
+        settings = self.settings
+        facts = {name: self._describe(name) for name in settings.deployments}
+        for name, fact in facts.items():
+            too_big = [b for b in settings.batch_sizes if b > fact.max_batch_size]
+            if too_big:
+                raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
+                                     f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes")
+            if settings.seq_len > fact.max_positions:
+                raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of "
+                                     f"'{name}'", f"measure at {fact.max_positions} tokens or fewer")
+        self._start_journal(resume)
+        self.facts = facts
+        return facts
+
+    def _describe(self, name: str) -> DeploymentFacts:
+        settings = self.settings
+        if settings.url and not ModelRepository(settings.repo).config_path(name).exists():
+            # A remote server whose repository this machine cannot read describes its models itself.
+            client = TritonClient(settings.url, settings.protocol)
+            try:
+                return describe_remote_deployment(client, name, settings.seq_len)
+            finally:
+                client.close()
+        return describe_deployment(settings.repo, name, settings.seq_len)
+
+    def _start_journal(self, resume: bool) -> None:
+        records = self.journal.records()
+        signature = self.settings.signature()
+        if resume and records:
+            if records[0].get("signature") != signature:
+                raise HeadpruneError(f"'{self.journal.path}' was measured with other settings",
+                                     "rerun with the same settings, or without `resume` to start over")
+            return
+        self.journal.reset()
+        self.journal.append({"record": "start", "signature": signature, "started": time.time()})
+
+    def _done(self) -> set[tuple]:
+        keys = set()
+        for r in self.journal.records():
+            if r["record"] == "quality":
+                keys.add(("quality", r["deployment"]))
+            elif r["record"] == "latency":
+                keys.add(("latency", r["deployment"], r["batch_size"], r["concurrency"], r["trial"]))
+        return keys
+
+    def run(self, resume: bool = False) -> list[dict]:
+        """Measures every missing cell; returns all journal records. Triton is started unless settings.url is set."""
+        if not self.facts:
+            self.prepare(resume)
+        done = self._done()
+        measured = 0
+        with _server_url(self.settings) as url:
+            client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
+            main = client()
+            try:
+                self.server = main.server_metadata()
+                measured += self._quality(main, done)
+                measured += self._latency(client, done)
+            except HeadpruneError as error:
+                raise HeadpruneError(f"{error.message} (the {len(done) + measured} measurements made so far are kept in "
+                                     f"{self.journal.path})", f"{error.fix}; then rerun with `resume`") from error
+            finally:
+                main.close()
+        return self.journal.records()
+
+    def _quality(self, client: TritonClient, done: set) -> int:
+        settings = self.settings
+        examples = read_examples(settings.data, "classification", settings.columns, settings.max_examples, settings.seed,
+                                 settings.encoding)
+        todo = [name for name in settings.deployments if ("quality", name) not in done]
+        advance = self.phases("quality through Triton", len(todo) * len(examples))
+        for name in todo:
+            facts = self.facts[name]
+            predictions, labels = [], []
+            for chunk in batches(examples, min(16, facts.max_batch_size)):
+                # Pair tasks send both texts: the served front end tokenises them as the model was trained.
+                pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
+                logits, _ = client.classify_text(text_model_name(name), [str(e["text"]) for e in chunk], pairs)
+                predictions += logits.argmax(-1).tolist()
+                labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
+                advance(len(chunk))
+            score = accuracy(predictions, labels)
+            # Per-example correctness: the report tests each candidate's change with a paired test.
+            self.journal.append({"record": "quality", "deployment": name, **score.to_dict(),
+                                 "per_example": list(score.per_example)})
+        return len(todo)
+
+    def _latency(self, make_client, done: set) -> int:
+        settings = self.settings
+        cells = list(itertools.product(settings.batch_sizes, settings.concurrency))
+        total = settings.trials * len(cells) * len(settings.deployments)
+        advance = self.phases("latency (interleaved trials)", total)
+        count = 0
+        names = settings.deployments
+        for trial in range(settings.trials):
+            for index, (batch, concurrency) in enumerate(cells):
+                # Rotate the order so no deployment always runs first (warm caches, thermal drift).
+                shift = (trial + index) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    if ("latency", name, batch, concurrency, trial) not in done:
+                        self.journal.append(self._measure(make_client, name, batch, concurrency, trial))
+                        count += 1
+                    advance(1)
+        return count
+
+    def requests_per_window(self, batch: int) -> int:
+        """Returns how many requests a window sends: enough for ``examples`` examples, at least ``requests``."""
+        return max(self.settings.requests, -(-self.settings.examples // batch))
+
+    def _measure(self, make_client, name: str, batch: int, concurrency: int, trial: int) -> dict:
+        settings = self.settings
+        arrays = latency_inputs(self.facts[name], batch, settings.seq_len, settings.seed)
+        count = self.requests_per_window(batch)
+        run_window(make_client, name, arrays, ["logits"], concurrency, max(1, min(settings.warmup, count)))
+        stats_client = make_client()
+        before = stats_client.statistics(name)
+        windows = [run_window(make_client, name, arrays, ["logits"], concurrency, count)]
+        while len(windows) < settings.max_windows:
+            previous = np.median(windows[-1].latencies_ms)
+            windows.append(run_window(make_client, name, arrays, ["logits"], concurrency, count))
+            latest = np.median(windows[-1].latencies_ms)
+            if abs(latest - previous) <= settings.stability * previous:
+                break
+        after = stats_client.statistics(name)
+        stats_client.close()
+        final = windows[-1]
+        return {"record": "latency", "deployment": name, "batch_size": batch, "concurrency": concurrency, "trial": trial,
+                "windows": len(windows), "latencies_ms": final.latencies_ms, "wall_s": final.wall_s,
+                "throughput": final.throughput, "server": server_breakdown(before, after, name), "time": time.time()}
+
+    def environment(self) -> dict:
+        """Returns machine, library and server versions for the report signature."""
+        from importlib.metadata import version
+
+        libraries = {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
+                                              "sacrebleu", "numpy")}
+        server = self.server or {}
+        return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpus": os.cpu_count(), "python": platform.python_version()},
+                "libraries": libraries, "server": {"name": server.get("name"), "version": server.get("version")}}

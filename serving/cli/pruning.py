@@ -1,0 +1,203 @@
+"""CLI commands over the pruning core: heads, score, prune, ablate, best-heads, curve.
+
+Command bodies import the exporter's PyTorch side when they run, so ``--help`` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exporter.pruning.scores import DEFAULT_BATCH_SIZE, DEFAULT_METHOD, METHODS
+from serving.cli.app import data_options, data_source, emit, friendly_errors, main, overwrite_option
+from serving.progress import PhaseBars, progress_bar, stdout
+
+model_dir_argument = click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
+@main.command()
+@model_dir_argument
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
+@friendly_errors
+def heads(model_dir: Path, as_json: bool):
+    """Print the attention-head inventory of MODEL_DIR: types, layers, heads per layer, head size,
+    and the attention parameters' share of all parameters."""
+    from rich.table import Table
+
+    from exporter.pruning.checkpoint import load_model
+    from exporter.pruning.inventory import build_inventory
+
+    model = load_model(model_dir)
+    summary = build_inventory(model).summary(model)
+    if as_json:
+        emit(summary, True, "")
+        return
+    table = Table(title=f"{model_dir} ({summary['family']}, {summary['model_type']})")
+    for column in ("attention type", "layers", "heads per layer", "head size"):
+        table.add_column(column)
+    for attention_type, info in summary["attention_types"].items():
+        table.add_row(attention_type, str(info["layers"]), " ".join(map(str, info["heads_per_layer"])),
+                      str(info["head_size"]))
+    stdout.print(table)
+    click.echo(f"heads: {summary['heads']} of {summary['original_heads']} original; attention parameters: "
+               f"{summary['attention_parameters']:,} of {summary['parameters']:,} ({100 * summary['attention_share']:.1f} %)")
+
+
+def scoring_options(command):
+    """Adds the options that control importance scoring."""
+    command = click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
+                           help="'token': the authors' per-token |.| (default); 'batch': per-batch |dL/dgate| (bertology).")(command)
+    command = click.option("--no-normalize", is_flag=True, help="Skip the per-layer L2 normalisation of scores.")(command)
+    return click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(1))(command)
+
+
+@main.command()
+@model_dir_argument
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Scoring data (JSONL/CSV/TSV); never the evaluation split.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the scores JSON.")
+@click.option("--max-examples", type=click.IntRange(1), default=None, help="Score on a seeded random subset of this size.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sub-sampling examples.")
+@scoring_options
+@data_options
+@friendly_errors
+def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_normalize, batch_size, seed, **options):
+    """Compute the importance I_h of every head of MODEL_DIR (one forward+backward pass over --data)."""
+    from exporter.pruning.scoring import score_checkpoint
+
+    bars = PhaseBars()
+    try:
+        scores = score_checkpoint(model_dir, data, method=method, normalize=not no_normalize, batch_size=batch_size,
+                                  max_examples=max_examples, seed=seed, phases=bars, **data_source(options))
+    finally:
+        bars.close()
+    scores.save(out)
+    click.echo(f"scored {scores.examples} examples ({method} method) -> {out}")
+
+
+@main.command()
+@model_dir_argument
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the pruned checkpoint.")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="JSON plan: type -> layer -> heads to remove.")
+@click.option("--scores", "scores_file", type=click.Path(path_type=Path), help="Scores JSON from 'headprune score'.")
+@click.option("--fraction", type=float, help="With --scores: share of all heads to remove, in [0, 1).")
+@click.option("--per-type", is_flag=True, help="With --scores: rank within each attention type instead of globally.")
+@click.option("--min-heads-per-layer", default=0, show_default=True, help="With --scores: never leave a layer with fewer heads.")
+@overwrite_option
+@friendly_errors
+def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type, min_heads_per_layer, overwrite):
+    """Structurally remove heads from MODEL_DIR and write a pruned checkpoint to --out.
+
+    Either --plan FILE, or --scores FILE with --fraction F. Pruning an already pruned
+    checkpoint composes: head indices always refer to the original model."""
+    from exporter.pruning.plan import HeadPlan
+    from exporter.pruning.prune import prune_checkpoint
+    from exporter.pruning.scores import HeadScores
+
+    result = prune_checkpoint(model_dir, out, plan=HeadPlan.load(plan_file) if plan_file else None,
+                              scores=HeadScores.load(scores_file) if scores_file else None, fraction=fraction,
+                              per_type=per_type, min_heads_per_layer=min_heads_per_layer, overwrite=overwrite)
+    click.echo(result.format())
+
+
+def experiment_options(command):
+    """Adds the evaluation options shared by the experiment commands."""
+    command = click.option("--eval-data", required=True, type=click.Path(path_type=Path), help="Evaluation data.")(command)
+    command = click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")(command)
+    command = click.option("--seed", default=0, show_default=True)(command)
+    command = click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON result file.")(command)
+    return command
+
+
+def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, source: dict, replay: bool = False):
+    from exporter.data import read_examples, task_of
+    from exporter.evaluation.quality import Evaluator
+    from exporter.pruning.checkpoint import load_model, require_tokenizer
+
+    model, tokenizer = load_model(model_dir), require_tokenizer(model_dir)
+    examples = read_examples(eval_data, task_of(model), max_examples=max_examples, seed=seed, **source)
+    return model, tokenizer, Evaluator(model, tokenizer, examples, replay=replay)
+
+
+def _per_head_experiment(name: str, label: str, model_dir: Path, eval_data: Path, max_examples, seed, out: Path,
+                         options: dict):
+    """Runs an experiment that evaluates once per head, under a progress bar; writes and returns its result."""
+    from exporter.atomic import atomic_write_json
+    from exporter.evaluation import experiments
+    from exporter.pruning.inventory import build_inventory
+
+    model, _, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, data_source(options), replay=True)
+    inventory = build_inventory(model)
+    with progress_bar(label, inventory.kept_head_count()) as advance:
+        result = getattr(experiments, name)(evaluator, inventory, progress=advance)
+    atomic_write_json(out, result.to_dict())
+    return result
+
+
+@main.command()
+@model_dir_argument
+@experiment_options
+@data_options
+@friendly_errors
+def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **options):
+    """Single-head ablation: the metric with each head of MODEL_DIR removed alone, and whether the change
+    is significant (paired test: McNemar for accuracy, paired bootstrap for BLEU)."""
+    result = _per_head_experiment("single_head_ablation", "ablating heads", model_dir, eval_data, max_examples, seed,
+                                  out, options)
+    click.echo(f"{result.format()} -> {out}")
+
+
+@main.command("best-heads")
+@model_dir_argument
+@experiment_options
+@data_options
+@friendly_errors
+def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **options):
+    """Reduce each layer of MODEL_DIR to its best single head, one layer at a time."""
+    result = _per_head_experiment("best_head_per_layer", "one head per layer", model_dir, eval_data, max_examples,
+                                  seed, out, options)
+    click.echo(f"{result.format()} -> {out}")
+
+
+@main.command()
+@model_dir_argument
+@click.option("--score-data", required=True, type=click.Path(path_type=Path), help="Data for importance scores.")
+@experiment_options
+@click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5), help="Share of heads pruned per step.")
+@click.option("--rescore", is_flag=True, help="Recompute importance before every step.")
+@click.option("--per-type", is_flag=True, help="Rank heads within each attention type.")
+@click.option("--masked-in-norm", is_flag=True,
+              help="With --rescore: keep masked heads' gradient scores in their layer's L2 norm, as the bertology "
+                   "script does (default: a masked head scores 0 and stays out of the norm).")
+@scoring_options
+@data_options
+@friendly_errors
+def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed, out: Path, step, rescore,
+          per_type, masked_in_norm, method, no_normalize, batch_size, **options):
+    """Iterative pruning curve: the metric at 0, step, 2 step, ... of heads pruned by importance, ending at
+    the largest share that leaves one head.
+
+    Writes the curve as JSON to --out and a plot next to it (same name, .png)."""
+    from exporter.atomic import atomic_write_json
+    from exporter.data import read_examples, task_of
+    from exporter.evaluation.experiments import curve_fractions, pruning_curve
+    from exporter.pruning.inventory import build_inventory
+    from exporter.pruning.scoring import compute_importance
+    from serving.report.plots import plot_curves
+
+    source = data_source(options)
+    model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, source)
+    score_examples = read_examples(score_data, task_of(model), seed=seed, **source)
+    inventory = build_inventory(model)
+
+    def score(removed):
+        return compute_importance(model, tokenizer, score_examples, method=method, normalize=not no_normalize,
+                                  batch_size=batch_size, removed=removed, masked_in_norm=masked_in_norm)
+
+    with progress_bar("pruning curve", len(curve_fractions(step, inventory, per_type))) as advance:
+        result = pruning_curve(evaluator, inventory, score, step=step, rescore=rescore, per_type=per_type,
+                               progress=advance)
+    result.label = "re-scored" if rescore else "importance once"
+    atomic_write_json(out, result.to_dict())
+    plot_curves([result], Path(out).with_suffix(".png"))
+    click.echo(result.format())

@@ -1,0 +1,207 @@
+"""The embedded Triton Inference Server: the real ``tritonserver`` binary from the nvidia-pytriton wheel.
+
+One class owns the process: its command line, environment, backend folder, start,
+readiness wait and stop. Loopback only and no client model control unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import tritonclient.http as httpclient
+
+from exporter.errors import HeadpruneError
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as error:
+        raise HeadpruneError("the nvidia-pytriton package is not installed", "run 'make setup'") from error
+    return Path(pytriton.__file__).parent / "tritonserver"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Returns a TCP port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise HeadpruneError(f"port {port} on {host} is taken ({error.strerror})",
+                                 f"stop whatever listens there or pass another {flag}") from error
+
+
+@dataclass
+class TritonServer:
+    """A tritonserver process serving ``repo``; use as a context manager or call start()/stop()."""
+
+    repo: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    allow_model_control: bool = False
+    log_file: Path | None = None
+    startup_timeout: float = 180.0
+    process: subprocess.Popen | None = field(default=None, init=False)
+    _backends: Path | None = field(default=None, init=False)
+
+    @property
+    def http_url(self) -> str:
+        """Returns HOST:PORT of the HTTP endpoint, as tritonclient expects it."""
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """Returns HOST:PORT of the gRPC endpoint."""
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Returns the URL of the Prometheus metrics page."""
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def _backend_dir(self) -> Path:
+        root = _pytriton_root()
+        folder = Path(tempfile.mkdtemp(prefix="headprune-backends-"))
+        python = folder / "python"
+        python.mkdir()
+        stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+        if not stub.exists():
+            raise HeadpruneError(f"the Triton Python backend has no stub for Python {sys.version_info.major}.{sys.version_info.minor}",
+                                 "use Python 3.8-3.13")
+        # Copies, not links: Triton refuses a backend library that resolves outside its folder.
+        for source in (root / "backends/python/libtriton_python.so", root / "backends/python/triton_python_backend_utils.py", stub):
+            shutil.copy2(source, python / source.name)
+        onnx_backend = folder / "onnxruntime"
+        onnx_backend.mkdir()
+        (onnx_backend / "model.py").write_text(resources.files("serving.server.backends.onnxruntime").joinpath("model.py").read_text())
+        return folder
+
+    def command(self, backends: Path) -> list[str]:
+        """Returns the tritonserver command line."""
+        control = ["--model-control-mode=explicit", "--load-model=*"] if self.allow_model_control else ["--model-control-mode=none"]
+        return [
+            str(_pytriton_root() / "bin" / "tritonserver"),
+            f"--model-repository={Path(self.repo).resolve()}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
+            "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
+            *control,
+        ]
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        libs = Path(_pytriton_root()).parent.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+        # The Python backend stub imports from whichever Python is first on PATH: make it ours.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        return env
+
+    def start(self) -> "TritonServer":
+        """Starts the server and waits until every model is ready; raises HeadpruneError with Triton's reason."""
+        if not Path(self.repo).is_dir():
+            raise HeadpruneError(f"model repository '{self.repo}' does not exist", "export a model into it with 'headprune export'")
+        for port, flag in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"), (self.metrics_port, "--metrics-port")):
+            _check_port(self.host, port, flag)
+        self._backends = self._backend_dir()
+        if self.log_file is None:
+            # A private folder: a fixed name in the shared temp folder could be pre-created or linked by another user.
+            self.log_file = Path(tempfile.mkdtemp(prefix="headprune-triton-")) / "triton.log"
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "w")
+        self.process = subprocess.Popen(self.command(self._backends), stdout=log, stderr=subprocess.STDOUT,
+                                        env=self._environment(), start_new_session=True)
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        client = httpclient.InferenceServerClient(self.http_url)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                reason = self.failure_reason()
+                self.stop()
+                raise HeadpruneError(f"Triton exited while starting: {reason}",
+                                     f"fix the model repository '{self.repo}' (full log: {self.log_file})")
+            try:
+                if client.is_server_ready():
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise HeadpruneError(f"Triton was not ready after {self.startup_timeout:.0f} s",
+                             f"look at its log {self.log_file}")
+
+    def failure_reason(self) -> str:
+        """Returns the model-load errors (or last error lines) from the server log."""
+        text = Path(self.log_file).read_text(errors="replace") if self.log_file and Path(self.log_file).exists() else ""
+        # Triton says either "failed to load 'm' version 1: why" or "failed to load model 'm': why".
+        reasons = dict(re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M))
+        if reasons:
+            return "; ".join(f"model '{name}': {why.strip()[:300]}" for name, why in reasons.items())
+        errors = [line for line in text.splitlines() if line.startswith("E") and "nvml" not in line.lower()
+                  and "dcgm" not in line.lower()]
+        return errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
+
+    def stop(self) -> None:
+        """Stops the server and every process it started (backend stubs included)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            self._kill_group(self.process.pid)
+        if self._backends is not None:
+            shutil.rmtree(self._backends, ignore_errors=True)
+            self._backends = None
+
+    @staticmethod
+    def _kill_group(group: int, timeout: float = 10.0) -> None:
+        # Backend stubs share the server's process group: none may outlive it.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""headprune's test suite; ``tests.helpers`` builds tiny models and data files."""

@@ -1,0 +1,105 @@
+"""Test helpers: tiny random-weight Hugging Face models with real tokenizers, and data files, built offline."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    MarianConfig,
+    MarianMTModel,
+    PreTrainedTokenizerFast,
+)
+
+WORDS = ("the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
+         "not really quite long short dull bright dark slow fast el la una pelicula buena mala muy es fue").split()
+
+
+# Weights this wide make a wrong head, row or bias move outputs by about 0.1-1, orders of
+# magnitude above the checks' tolerances (HF's default std 0.02 moved them by ~1e-5).
+INIT_STD = 0.2
+BIAS_STD = 0.5
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Gives every linear layer weights of std INIT_STD and every bias (linear and LayerNorm) non-zero values; returns the model."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, INIT_STD, generator=generator)
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is not None:
+                module.bias.normal_(0, BIAS_STD, generator=generator)
+    return model
+
+
+def random_sentences(count: int, seed: int, low: int = 3, high: int = 9) -> list[str]:
+    """Returns ``count`` random sentences over the tiny vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(count)]
+
+
+def center_decision(model, tokenizer, texts: list[str]) -> None:
+    """Shifts a binary classifier's output bias so that about half of ``texts`` fall on each side.
+
+    A random model otherwise predicts one class for nearly everything, and accuracy
+    comparisons between deployments would then prove little. The boundary goes into the
+    widest gap between margins near the median, so no text sits on a near-tie.
+    """
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        margins = sorted(set((logits[:, 1] - logits[:, 0]).tolist()))
+        middle = margins[len(margins) // 4: max(len(margins) * 3 // 4, len(margins) // 4 + 2)]
+        low, high = max(zip(middle, middle[1:]), key=lambda pair: pair[1] - pair[0])
+        model.classifier.bias[1] -= (low + high) / 2
+
+
+def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
+              model_type: str = "bert") -> Path:
+    """Saves a tiny random BERT sequence classifier (2 labels) with a WordPiece tokenizer; returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * heads * head_size,
+                        max_position_embeddings=64, num_labels=2, id2label={0: "negative", 1: "positive"},
+                        label2id={"negative": 0, "positive": 1}, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    model = randomize(BertForSequenceClassification(config).eval(), seed)
+    center_decision(model, tokenizer, random_sentences(200, seed=seed + 100))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_marian(path: Path, seed: int = 0, layers: int = 2, heads: int = 4, d_model: int = 32) -> Path:
+    """Saves a tiny random Marian translation model with a word-level tokenizer; returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = MarianConfig(vocab_size=len(vocab), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+                          encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
+                          decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
+                          decoder_start_token_id=0, forced_eos_token_id=1)
+    model = randomize(MarianMTModel(config).eval(), seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Writes rows as JSONL; returns the path."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
