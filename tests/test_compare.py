@@ -142,7 +142,7 @@ def test_dead_server_mid_run_gives_a_clear_error_and_keeps_measurements(repo, cl
             comparison.run()
     finally:
         server.stop()
-    assert "cannot reach Triton" in str(raised.value) and "--resume" in str(raised.value)
+    assert "cannot reach Triton" in str(raised.value) and "rerun with `resume`" in str(raised.value)
     assert sum(r["record"] == "latency" for r in comparison.journal.records()) == 2
     report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment())
     write_report(report, tmp_path / "d")
@@ -176,6 +176,7 @@ def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
         "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
         "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
+    assert "give the right --url" in result.output and "rerun with --resume" in result.output
     assert (tmp_path / "down" / "report.json").exists()  # an (empty, incomplete) report is still written
 
 

@@ -8,12 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 from onnxruntime.transformers import optimizer
 
 from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
 from exporter.onnx.export import export_classifier_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
 from exporter.triton.repository import export_to_repository
+from serving.cli import main
 
 UNEVEN = {"encoder": {0: [0], 1: [0, 1, 2], 2: [0, 1, 2, 3]}}  # heads left: 3, 1, 0
 
@@ -87,8 +89,11 @@ def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_pat
     accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
     assert config.max_batch_size == 32 and config.dynamic_batching.max_queue_delay_microseconds == 500
-    with pytest.raises(HeadpruneError, match="--kind gpu"):
+    with pytest.raises(HeadpruneError, match="set `kind` to gpu"):
         DeploymentOptions(tensorrt=True)
+    # The library names its parameters; the command line shows its own options instead.
+    result = CliRunner().invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "r"), "--name", "g", "--tensorrt"])
+    assert result.exit_code == 2 and "--tensorrt needs GPU instances" in result.output and "set --kind to gpu" in result.output
 
 
 def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -16,6 +15,7 @@ from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_prun
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config, write_config
+from exporter.triton.description import DeploymentDescription
 from exporter.triton.layout import ModelRepository
 from exporter.triton.repository import export_to_repository
 from serving.client import PROTOCOLS, TritonClient
@@ -287,7 +287,9 @@ def test_every_generated_config_parses_with_tritons_schema(deployment):
     assert [i.name for i in pruned.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert list(pruned.input[0].dims) == [-1] and list(pruned.output[0].dims) == [2]
     assert pruned.dynamic_batching.max_queue_delay_microseconds == 100
-    assert HeadPlan.from_dict(json.loads(pruned.parameters["head_plan"].string_value)).count() == 7
+    described = DeploymentDescription.from_config_parameter(pruned.parameters["deployment"].string_value, "pruned")
+    assert HeadPlan.from_dict(described.head_plan).count() == 7 and described.heads == 5
+    assert described == DeploymentDescription.read(deployment["repo"] / "pruned" / "1")
     text = configs["pruned_text"]
     assert text.backend == "python" and text.parameters["classifier"].string_value == "pruned"
     assert [o.name for o in text.output] == ["LOGITS", "LABEL"]

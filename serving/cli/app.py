@@ -22,9 +22,15 @@ from serving.progress import console
 
 
 def _quiet_libraries() -> None:
-    # Read by transformers and huggingface_hub when (and if) a command imports them.
+    # Read by transformers and huggingface_hub when (and if) a command imports them ...
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # ... and applied directly when a caller (a test, a notebook) imported them already.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def as_flags(text: str) -> str:
