@@ -121,7 +121,7 @@ def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
     first = [r for r in resumed.journal.records() if r["record"] == "latency"]
     assert len(first) == 3
     partial = build_report(settings, resumed.facts, resumed.journal.records(), resumed.environment())
-    assert not partial["complete"]
+    assert not partial.complete
     records = resumed.run()
     latency = [r for r in records if r["record"] == "latency"]
     assert len(latency) == 2 * 2 * 2 and latency[:3] == first

@@ -14,8 +14,9 @@ from serving.demo.assets import default_cache
 from serving.demo.pipeline import DemoBudget, prepare_data, run_demo
 from serving.report.results import render_results
 
-SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25,
-                   batch_sizes=[1, 4], concurrency=[1], trials=1, requests=3, examples=8, rescore_examples=100, seq_len=32)
+SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100,
+                   latency={"batch_sizes": [1, 4], "concurrency": [1], "trials": 1, "requests": 3, "examples": 8,
+                            "seq_len": 32, "max_windows": 1})
 
 
 @pytest.mark.slow

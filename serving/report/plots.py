@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 from exporter.atomic import publish
 from exporter.evaluation.metrics import in_points
+
+if TYPE_CHECKING:
+    from serving.report.model import Cell, Report
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,23 +47,25 @@ def plot_curves(curves: list, path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
-def _by_deployment(report: dict, **fixed) -> dict[str, list[dict]]:
-    lines: dict[str, list[dict]] = {}
-    for cell in report["cells"]:
-        if all(cell[k] == v for k, v in fixed.items()):
-            lines.setdefault(cell["deployment"], []).append(cell)
+def _by_deployment(report: Report, x: Callable[[Cell], float], y: Callable[[Cell], float],
+                   **fixed) -> dict[str, list[tuple[float, float]]]:
+    """Returns per deployment the (x, y) points of its cells whose attributes equal ``fixed``."""
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for cell in report.cells:
+        if all(getattr(cell, k) == v for k, v in fixed.items()):
+            lines.setdefault(cell.deployment, []).append((x(cell), y(cell)))
     return lines
 
 
-def _line_plot(lines: dict[str, list[dict]], x: str, y: str, xlabel: str, ylabel: str, title: str, path: Path,
+def _line_plot(lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str, path: Path,
                log_x: bool = True) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
-    for name, cells in lines.items():
-        cells = sorted(cells, key=lambda c: c[x])
-        axis.plot([c[x] for c in cells], [c[y] for c in cells], marker="o", label=name)
+    for name, points in lines.items():
+        points = sorted(points, key=lambda p: p[0])
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     if log_x:
         axis.set_xscale("log", base=2)
-        ticks = sorted({c[x] for cells in lines.values() for c in cells})
+        ticks = sorted({p[0] for points in lines.values() for p in points})
         axis.set_xticks(ticks, [str(t) for t in ticks])
         axis.minorticks_off()
     axis.set_xlabel(xlabel)
@@ -68,13 +75,6 @@ def _line_plot(lines: dict[str, list[dict]], x: str, y: str, xlabel: str, ylabel
     if lines:
         axis.legend()
     return save_figure(figure, path)
-
-
-def _quality_value(entry: dict) -> float | None:
-    q = entry.get("quality")
-    if not q:
-        return None
-    return in_points(q["metric"], q["value"])
 
 
 def _scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str, path: Path,
@@ -109,34 +109,35 @@ def _importance_heatmap(scores: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def plot_report(report: dict, folder: str | Path, names: list[str]) -> list[Path]:
+def plot_report(report: Report, folder: str | Path, names: list[str]) -> list[Path]:
     """Draws the named report plots into ``folder``; returns their paths."""
     folder = Path(folder)
-    concurrency = min((c["concurrency"] for c in report["cells"]), default=1)
-    batch = min((c["batch_size"] for c in report["cells"]), default=1)
-    largest = max((c["batch_size"] for c in report["cells"]), default=1)
-    metric = next((e["quality"]["metric"] for e in report["deployments"].values() if e.get("quality")), "quality")
+    concurrency = report.lowest_concurrency
+    batch = min((c.batch_size for c in report.cells), default=1)
+    largest = max((c.batch_size for c in report.cells), default=1)
+    metric = next((d.quality.metric for d in report.deployments.values() if d.quality), "quality")
     unit = " (%)" if metric == "accuracy" else ""
+    quality = {n: d.quality.points for n, d in report.deployments.items() if d.quality}
     paths = []
     for name in names:
         path = folder / name
         if name == "latency_vs_batch.png":
-            paths.append(_line_plot(_by_deployment(report, concurrency=concurrency), "batch_size", "p50", "batch size",
-                                    "p50 latency (ms)", f"latency vs batch size (concurrency {concurrency})", path))
+            lines = _by_deployment(report, lambda c: c.batch_size, lambda c: c.stats.p50, concurrency=concurrency)
+            paths.append(_line_plot(lines, "batch size", "p50 latency (ms)",
+                                    f"latency vs batch size (concurrency {concurrency})", path))
         elif name == "throughput_vs_concurrency.png":
-            paths.append(_line_plot(_by_deployment(report, batch_size=batch), "concurrency", "throughput",
-                                    "concurrent clients", "examples / s", f"throughput vs concurrency (batch {batch})", path))
+            lines = _by_deployment(report, lambda c: c.concurrency, lambda c: c.stats.throughput, batch_size=batch)
+            paths.append(_line_plot(lines, "concurrent clients", "examples / s",
+                                    f"throughput vs concurrency (batch {batch})", path))
         elif name == "quality_vs_latency.png":
-            cells = {c["deployment"]: c for c in report["cells"] if c["batch_size"] == largest and c["concurrency"] == concurrency}
-            points = [(n, cells[n]["p50"], _quality_value(e)) for n, e in report["deployments"].items()
-                      if n in cells and _quality_value(e) is not None]
+            cells = {c.deployment: c for c in report.cells if c.batch_size == largest and c.concurrency == concurrency}
+            points = [(n, cells[n].stats.p50, quality[n]) for n in report.deployments if n in cells and n in quality]
             paths.append(_scatter(points, f"p50 latency (ms), batch {largest}", f"{metric}{unit}",
                                   "quality vs latency (lower right is worse)", path))
         elif name == "quality_vs_pruned.png":
-            points = [(n, 100 * e["pruned_share"], _quality_value(e)) for n, e in report["deployments"].items()
-                      if _quality_value(e) is not None]
+            points = [(n, 100 * d.pruned_share, quality[n]) for n, d in report.deployments.items() if n in quality]
             paths.append(_scatter(points, "heads pruned (%)", f"{metric}{unit}", f"{metric} vs share of heads pruned",
                                   path, connect=True))
         elif name == "head_importance.png":
-            paths.append(_importance_heatmap(report["scores"], path))
+            paths.append(_importance_heatmap(report.scores, path))
     return paths

@@ -17,8 +17,8 @@ def run_comparison(settings: CompareSettings, *, resume: bool = False, phases: P
     ``settings.out`` and returns report.md's path.
 
     An interruption (Ctrl-C) or a failure mid-run still writes the report of what was measured,
-    marked incomplete, and is then raised again. ``extend`` may add sections to the report data
-    before it is written.
+    marked incomplete, and is then raised again. ``extend`` may add top-level sections to the
+    report before it is written: it receives the report's ``extra`` sections to set them on.
     """
     comparison = Comparison(settings, phases)
     comparison.prepare(resume)
@@ -28,6 +28,6 @@ def run_comparison(settings: CompareSettings, *, resume: bool = False, phases: P
         report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment(),
                               command or sys.argv)
         if extend is not None:
-            extend(report)
+            extend(report.extra)
         path = write_report(report, settings.out)
     return path

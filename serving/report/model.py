@@ -1,0 +1,368 @@
+"""The comparison report as typed data that formats itself: its Markdown, its CSV, its verdict, its plot names.
+
+``Report.to_dict()`` is report.json and ``Report.from_dict`` reads it back, so every
+rendering is made from report.json alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from exporter.evaluation.metrics import in_points
+from exporter.evaluation.significance import ALPHA
+from serving.benchmark.compare import STAGES
+from serving.benchmark.latency import PERCENTILES, TAIL, LatencyStats, Speedup, min_samples
+
+PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A deployment's measured quality on the comparison data, and the paired test's p-value against the baseline."""
+
+    metric: str
+    value: float
+    examples: int
+    signature: str
+    p_value: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Quality | None:
+        """Returns the quality stored by ``to_dict`` (None for none)."""
+        return None if data is None else cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    @property
+    def points(self) -> float:
+        """Returns the value on its reporting scale (accuracy in percent points)."""
+        return in_points(self.metric, self.value)
+
+    def format(self) -> str:
+        """Returns e.g. '86.90 %' for accuracy, 'bleu 27.31' otherwise."""
+        return f"{100 * self.value:.2f} %" if self.metric == "accuracy" else f"{self.metric} {self.value:.2f}"
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data (``p_value`` only where a paired test was made)."""
+        data = asdict(self)
+        if self.p_value is None:
+            del data["p_value"]
+        return data
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment in a report: its static facts as measured (DeploymentFacts.to_dict) and its quality."""
+
+    facts: dict
+    quality: Quality | None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Deployment:
+        """Returns the deployment stored by ``to_dict``."""
+        return cls({k: v for k, v in data.items() if k != "quality"}, Quality.from_dict(data.get("quality")))
+
+    @property
+    def heads(self) -> int:
+        """Returns the attention heads left."""
+        return self.facts["heads"]
+
+    @property
+    def pruned_share(self) -> float:
+        """Returns the share of the original heads removed."""
+        return self.facts["pruned_share"]
+
+    def quality_text(self) -> str:
+        """Returns the quality as the report shows it."""
+        return self.quality.format() if self.quality else "quality not measured"
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data: the facts, then ``quality``."""
+        return {**self.facts, "quality": self.quality.to_dict() if self.quality else None}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One deployment at one batch size and concurrency: latency statistics and Triton's time per stage (µs)."""
+
+    deployment: str
+    batch_size: int
+    concurrency: int
+    stats: LatencyStats
+    server: dict[str, float]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Cell:
+        """Returns the cell stored by ``to_dict``."""
+        stats = LatencyStats(**{f.name: data[f.name] for f in fields(LatencyStats)})
+        return cls(data["deployment"], data["batch_size"], data["concurrency"], stats, data["server"])
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data with the statistics inline."""
+        return {"deployment": self.deployment, "batch_size": self.batch_size, "concurrency": self.concurrency,
+                **self.stats.to_dict(), "server": self.server}
+
+
+@dataclass(frozen=True)
+class CellSpeedup:
+    """A candidate's measured speedup over the baseline in one cell, and the one its FLOPs predict."""
+
+    candidate: str
+    batch_size: int
+    concurrency: int
+    speedup: Speedup
+    predicted: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CellSpeedup:
+        """Returns the speedup stored by ``to_dict``."""
+        return cls(data["candidate"], data["batch_size"], data["concurrency"], Speedup.from_dict(data),
+                   data["predicted"])
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data with the speedup inline."""
+        return {"candidate": self.candidate, "batch_size": self.batch_size, "concurrency": self.concurrency,
+                **self.speedup.to_dict(), "predicted": self.predicted}
+
+
+@dataclass(frozen=True)
+class MeanSpeedup:
+    """A candidate's geometric mean speedup over the batch sizes measured at one concurrency."""
+
+    concurrency: int
+    cells: int
+    speedup: Speedup
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MeanSpeedup:
+        """Returns the mean stored by ``to_dict``."""
+        return cls(data["concurrency"], data["cells"], Speedup.from_dict(data))
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data with the speedup inline."""
+        return {"concurrency": self.concurrency, "cells": self.cells, **self.speedup.to_dict()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The fastest candidate (within ``max_drop`` points of quality, if given), in words, and whether its speedup is
+    significant (None without a measured speedup)."""
+
+    best: str | None
+    max_drop: float | None
+    text: str
+    mean_speedup: dict[str, float]
+    significant: bool | None
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return asdict(self)
+
+
+def _significance(speedup: Speedup) -> str:
+    if not speedup.significant:
+        return "not significantly different from 1: the interval includes it"
+    return f"significantly {'faster' if speedup.ratio > 1 else 'slower'}: the interval excludes 1"
+
+
+def _count_range(values: list[int]) -> str:
+    """Returns '12' or '12–48' for the counts of the cells ('0' for none)."""
+    low, high = min(values, default=0), max(values, default=0)
+    return str(low) if low == high else f"{low}–{high}"
+
+
+# The top-level keys of report.json a Report reads; any other is kept in ``extra``.
+_KEYS = ("title", "created", "command", "signature", "environment", "baseline", "candidates", "max_drop",
+         "deployments", "cells", "speedups", "mean_speedups", "complete", "scores", "verdict")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A comparison of deployments: signature, environment, facts, quality, cell statistics and speedups.
+
+    ``extra`` holds further top-level sections (the demo's experiments), written after the verdict.
+    """
+
+    title: str
+    created: str
+    command: list[str]
+    signature: dict
+    environment: dict
+    baseline: str
+    candidates: list[str]
+    max_drop: float | None
+    deployments: dict[str, Deployment]
+    cells: list[Cell]
+    speedups: list[CellSpeedup]
+    mean_speedups: dict[str, MeanSpeedup]
+    complete: bool
+    scores: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """Returns the report stored by ``to_dict``; its verdict is recomputed from the data."""
+        return cls(
+            title=data["title"], created=data["created"], command=data["command"], signature=data["signature"],
+            environment=data["environment"], baseline=data["baseline"], candidates=data["candidates"],
+            max_drop=data["max_drop"],
+            deployments={name: Deployment.from_dict(entry) for name, entry in data["deployments"].items()},
+            cells=[Cell.from_dict(c) for c in data["cells"]],
+            speedups=[CellSpeedup.from_dict(s) for s in data["speedups"]],
+            mean_speedups={name: MeanSpeedup.from_dict(m) for name, m in data["mean_speedups"].items()},
+            complete=data["complete"], scores=data.get("scores"),
+            extra={k: v for k, v in data.items() if k not in _KEYS})
+
+    def to_dict(self) -> dict:
+        """Returns report.json's data: every field, the verdict, then the extra sections."""
+        data = {
+            "title": self.title, "created": self.created, "command": self.command, "signature": self.signature,
+            "environment": self.environment, "baseline": self.baseline, "candidates": self.candidates,
+            "max_drop": self.max_drop, "deployments": {n: d.to_dict() for n, d in self.deployments.items()},
+            "cells": [c.to_dict() for c in self.cells], "speedups": [s.to_dict() for s in self.speedups],
+            "mean_speedups": {n: m.to_dict() for n, m in self.mean_speedups.items()}, "complete": self.complete,
+        }
+        if self.scores:
+            data["scores"] = self.scores
+        return {**data, "verdict": self.verdict().to_dict(), **self.extra}
+
+    @property
+    def lowest_concurrency(self) -> int:
+        """Returns the lowest concurrency measured (1 for none)."""
+        return min((c.concurrency for c in self.cells), default=1)
+
+    def quality_points(self, name: str) -> float | None:
+        """Returns deployment ``name``'s quality change vs the baseline in points (None where either is unmeasured)."""
+        q, b = self.deployments[name].quality, self.deployments[self.baseline].quality
+        if not q or not b:
+            return None
+        return in_points(q.metric, q.value - b.value)
+
+    def verdict(self) -> Verdict:
+        """Returns the verdict: the fastest candidate (within ``max_drop`` points of quality, if given), and whether
+        its speedup is significant."""
+        candidates, base, limit = self.candidates, self.baseline, self.max_drop
+        points = {c: self.quality_points(c) for c in candidates}
+        eligible = [c for c in candidates if limit is None or (points[c] is not None and points[c] >= -limit)]
+        means = self.mean_speedups
+        speed = {c: means[c].speedup.ratio if c in means else math.nan for c in candidates}
+        best = max(eligible, key=lambda c: -math.inf if math.isnan(speed[c]) else speed[c], default=None)
+        unit = "point" if limit == 1 else "points"
+        significant = None
+        if best is None:
+            text = f"no candidate stays within {limit:g} {unit} of {base}'s quality; keep {base}."
+        else:
+            delta = points[best]
+            within = f" within {limit:g} {unit} of {base}" if limit is not None else ""
+            quality = f"{delta:+.2f} points" if delta is not None else "quality not measured"
+            if best in means:
+                mean = means[best].speedup
+                significant = mean.significant
+                throughput = (f"{mean.format()} {base}'s throughput (geometric mean over batch sizes at concurrency "
+                              f"{means[best].concurrency}, 95 % bootstrap interval; {_significance(mean)})")
+            else:
+                throughput = "throughput not measured"
+            text = f"{best} is the fastest candidate{within}: {throughput}, {quality}."
+        return Verdict(best, limit, text, speed, significant)
+
+    def plot_names(self) -> list[str]:
+        """Returns the PNG files the report has, given its data."""
+        names = list(PLOTS)
+        if len({d.heads for d in self.deployments.values()}) >= 3:
+            names.append("quality_vs_pruned.png")
+        if self.scores:
+            names.append("head_importance.png")
+        return names
+
+    def latency_csv(self) -> str:
+        """Returns latency.csv: one row per deployment, batch size and concurrency (an unsupported percentile is
+        empty)."""
+        buffer = io.StringIO()
+        stats = [f.name for f in fields(LatencyStats)]
+        writer = csv.DictWriter(buffer, fieldnames=["deployment", "batch_size", "concurrency", *stats]
+                                + [f"{s}_us" for s in STAGES])
+        writer.writeheader()
+        for c in self.cells:
+            writer.writerow({"deployment": c.deployment, "batch_size": c.batch_size, "concurrency": c.concurrency,
+                             **c.stats.to_dict(), **c.server})
+        return buffer.getvalue()
+
+    def markdown(self) -> str:
+        """Returns report.md: the verdict in the first five lines, then every table."""
+        base, lowest = self.baseline, self.lowest_concurrency
+        lines = [f"# headprune: {self.title}", f"**Verdict:** {self.verdict().text}"]
+        for name in self.candidates:
+            entry, delta = self.deployments[name], self.quality_points(name)
+            speed = ", ".join(f"batch {s.batch_size} {s.speedup.format()}"
+                              for s in self.speedups if s.candidate == name and s.concurrency == lowest)
+            change = f" ({delta:+.2f} points)" if delta is not None else ""
+            lines.append(f"- **{name}** ({100 * entry.pruned_share:.0f} % of heads pruned): {entry.quality_text()}"
+                         f"{change}; throughput vs {base} at concurrency {lowest}: {speed or 'not measured'}")
+        sig = self.signature
+        requests, trials = (_count_range([getattr(c.stats, k) for c in self.cells]) for k in ("requests", "trials"))
+        lines.append(f"Measured through Triton over {sig['protocol'].upper()}, sequence length {sig['seq_len']}, "
+                     f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
+                     f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
+                     "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
+                     f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}.")
+        lines += ["", "## Quality", "", "| deployment | heads | quality | change (points) | p (paired test) |",
+                  "|---|---|---|---|---|"]
+        for name, entry in self.deployments.items():
+            delta = self.quality_points(name)
+            p_value = entry.quality.p_value if entry.quality else None
+            mark = "*" if p_value is not None and p_value < ALPHA else ""
+            lines.append(f"| {name} | {entry.heads}/{entry.facts['original_heads']} | {entry.quality_text()} | "
+                         f"{'' if name == base or delta is None else f'{delta:+.2f}{mark}'} | "
+                         f"{'' if p_value is None else f'{p_value:.2g}'} |")
+        lines += ["", f"\\* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for "
+                  "BLEU, on the same examples)."]
+        q = self.deployments[base].quality
+        if q and q.signature:
+            lines += ["", f"Metric signature: `{q.signature}`"]
+        lines += ["", "## Latency and throughput", "",
+                  "| deployment | batch | concurrency | requests | trials | p50 ms | p90 | p95 | p99 | mean | examples/s | "
+                  "range over trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in self.cells:
+            s = c.stats
+            values = [getattr(s, f"p{q}") for q in PERCENTILES]
+            percentiles = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
+            lines.append(f"| {c.deployment} | {c.batch_size} | {c.concurrency} | {s.requests} | {s.trials} | "
+                         f"{percentiles} | {s.mean:.2f} | {s.throughput:.1f} | "
+                         f"{s.throughput_min:.1f}-{s.throughput_max:.1f} |")
+        if any(getattr(c.stats, f"p{q}") is None for c in self.cells for q in PERCENTILES):
+            lines += ["", "– too few requests for this percentile: " + ", ".join(
+                f"p{q} needs at least {min_samples(q)}" for q in PERCENTILES if q > TAIL) +
+                " (a percentile q needs n·(1 − q/100) ≥ 1, at least one request beyond it)."]
+        lines += ["", "## Speedup: measured vs predicted from FLOPs", "",
+                  "Measured: candidate / baseline throughput [95 % bootstrap interval]; n.s. = the interval includes 1.0.",
+                  "", "| candidate | batch | concurrency | requests (baseline/candidate) | trials (baseline/candidate) | "
+                  "measured | predicted (FLOPs) |", "|---|---|---|---|---|---|---|"]
+        for s in self.speedups:
+            m = s.speedup
+            lines.append(f"| {s.candidate} | {s.batch_size} | {s.concurrency} | "
+                         f"{m.baseline_requests}/{m.candidate_requests} | {m.baseline_trials}/{m.candidate_trials} | "
+                         f"{m.format()} | {s.predicted:.2f}x |")
+        lines += ["", "## Where the time goes (Triton statistics, µs per request)", "",
+                  "| deployment | batch | concurrency | queue | compute input | compute infer | compute output |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in self.cells:
+            t = c.server
+            lines.append(f"| {c.deployment} | {c.batch_size} | {c.concurrency} | {t['queue_us']:.0f} | "
+                         f"{t['compute_input_us']:.0f} | {t['compute_infer_us']:.0f} | {t['compute_output_us']:.0f} |")
+        lines += ["", "## Static facts", "",
+                  "| deployment | heads per layer | parameters | attention parameters | ONNX MB | GFLOPs/example |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in self.deployments.items():
+            e = entry.facts
+            heads = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in e["heads_per_layer"].items())
+            lines.append(f"| {name} | {heads} | {e['parameters']:,} | {e['attention_parameters']:,} | "
+                         f"{e['onnx_bytes'] / 1e6:.1f} | {e['flops_per_example'] / 1e9:.3f} |")
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in self.plot_names()]
+        env = self.environment
+        lines += ["", "## Signature", "", f"- command: `{' '.join(self.command)}`", f"- created: {self.created}",
+                  f"- settings: `{json.dumps(self.signature)}`",
+                  "- weights: " + ", ".join(f"{n} {e.facts['weights_sha256']}" for n, e in self.deployments.items()),
+                  f"- machine: {env['machine']}", f"- libraries: {env['libraries']}", f"- server: {env['server']}", ""]
+        return "\n".join(lines)
