@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,6 +13,8 @@ from transformers import AutoModelForSequenceClassification, get_linear_schedule
 from exporter.atomic import atomic_dir, refuse_existing
 from exporter.data import batches, encode_batch
 from exporter.errors import HeadpruneError
+from exporter.evaluation.settings import FinetuneSettings
+from exporter.progress import Advance, no_progress
 from exporter.pruning.checkpoint import load_tokenizer
 
 
@@ -31,9 +32,10 @@ def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, ke
 
 
 def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, labels: list[str] | None = None,
-             epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-4, max_length: int = 64, seed: int = 0,
-             freeze_embeddings: bool = True, overwrite: bool = False,
-             progress: Callable[[int], None] | None = None) -> Path:
+             epochs: int = FinetuneSettings.epochs, batch_size: int = FinetuneSettings.batch_size,
+             learning_rate: float = FinetuneSettings.learning_rate, max_length: int = FinetuneSettings.max_length,
+             seed: int = FinetuneSettings.seed, freeze_embeddings: bool = FinetuneSettings.freeze_embeddings,
+             overwrite: bool = False, progress: Advance = no_progress) -> Path:
     """Trains a classification head and the encoder of ``base_dir`` on ``examples``; returns ``out``.
 
     ``labels`` are the label names (default: sorted names found in the data). The
@@ -71,8 +73,7 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            if progress:
-                progress(len(chunk))
+            progress(len(chunk))
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(True)

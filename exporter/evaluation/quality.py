@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from exporter.data import batches, encode_batch, task_of
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import QualityScore, accuracy, bleu
+from exporter.progress import Advance, no_progress
 from exporter.pruning.gates import HeadGates
 from exporter.pruning.inventory import build_inventory, get_path
 from exporter.pruning.plan import HeadPlan
@@ -91,7 +91,7 @@ class Evaluator:
         self.recorded = recorded
 
     def __call__(self, removed: HeadPlan | dict | None = None,
-                 progress: Callable[[int], None] | None = None) -> QualityScore:
+                 progress: Advance = no_progress) -> QualityScore:
         """Returns the quality with the given original heads masked (none by default)."""
         plan = HeadPlan.of(removed)
         key = frozenset((kind, layer, head) for kind, layers in plan.removed.items()
@@ -100,7 +100,7 @@ class Evaluator:
             self._results[key] = self._evaluate(plan, progress)
         return self._results[key]
 
-    def _evaluate(self, plan: HeadPlan, progress: Callable[[int], None] | None) -> QualityScore:
+    def _evaluate(self, plan: HeadPlan, progress: Advance) -> QualityScore:
         self.gates.mask(plan)
         record = self._recording() if not plan.removed else nullcontext()
         with torch.inference_mode(), self.gates, record, self._replaying(plan):
@@ -110,14 +110,12 @@ class Evaluator:
                     logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
                     predictions += logits.argmax(-1).tolist()
                     labels += batch["labels"].tolist()
-                    if progress:
-                        progress(len(batch["labels"]))
+                    progress(len(batch["labels"]))
                 return accuracy(predictions, labels)
             hypotheses = []
             for batch in self.batches:
                 generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                                 max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
                 hypotheses += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-                if progress:
-                    progress(len(batch["input_ids"]))
+                progress(len(batch["input_ids"]))
             return bleu(hypotheses, self.references)

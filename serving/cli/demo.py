@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from serving.cli.app import data_options, data_source, friendly_errors, main, overwrite_option
+from exporter.evaluation.settings import FinetuneSettings
+from serving.cli.app import data_options, data_source, default_of, friendly_errors, main, overwrite_option
 from serving.demo.assets import DEMO_ASSETS, default_cache, fetch_asset
 from serving.progress import PhaseBars, progress_bar
 
@@ -33,11 +34,11 @@ def assets(cache, wheels):
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Training data (JSONL/CSV/TSV, text + label).")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--epochs", default=2, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--learning-rate", default=1e-4, show_default=True)
-@click.option("--max-length", default=64, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=default_of(FinetuneSettings, "epochs"), show_default=True)
+@click.option("--batch-size", default=default_of(FinetuneSettings, "batch_size"), show_default=True)
+@click.option("--learning-rate", default=default_of(FinetuneSettings, "learning_rate"), show_default=True)
+@click.option("--max-length", default=default_of(FinetuneSettings, "max_length"), show_default=True)
+@click.option("--seed", default=default_of(FinetuneSettings, "seed"), show_default=True)
 @overwrite_option
 @data_options
 @friendly_errors

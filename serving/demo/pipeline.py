@@ -13,6 +13,7 @@ from pathlib import Path
 
 from exporter.atomic import atomic_write_json
 from exporter.data import read_examples
+from exporter.digest import checkpoint_hash
 from exporter.evaluation.experiments import best_head_per_layer, curve_fractions, pruning_curve, single_head_ablation
 from exporter.evaluation.finetune import finetune
 from exporter.evaluation.quality import Evaluator
@@ -91,7 +92,8 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, figures
     eval_examples = read_examples(splits["eval"], "classification")
     scores = compute_importance(model, tokenizer, score_examples,
                                 progress=phases("importance scores", len(score_examples)))
-    scores.signature = {"model": str(model_dir), "data": str(splits["score"]), "seed": budget.seed}
+    scores.signature = {"model": str(model_dir), "weights": checkpoint_hash(model_dir), "data": str(splits["score"]),
+                        "seed": budget.seed}
     scores.save(out / "scores.json")
     # One evaluator for every experiment: results are memoised by mask, and replaying unchanged
     # layers makes the per-head experiments affordable on the whole evaluation split.
