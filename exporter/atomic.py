@@ -16,13 +16,17 @@ from pathlib import Path
 from exporter.errors import HeadpruneError
 
 
-def refuse_existing(target: str | Path, overwrite: bool) -> None:
-    """Raises HeadpruneError when ``target`` exists and is not an empty folder, unless ``overwrite``."""
+def refuse_existing(target: str | Path, overwrite: bool, resumable: bool = False) -> None:
+    """Raises HeadpruneError when ``target`` exists and is not an empty folder, unless ``overwrite``.
+
+    ``resumable`` outputs (a comparison's journal) are offered continuing before replacing."""
     target = Path(target)
     if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
+    options = "continue it (`resume`), or replace it and its measurements (`overwrite`)" if resumable else \
+        "or allow replacing it (`overwrite`)"
     raise HeadpruneError(f"output '{target}' already exists and is not empty; nothing was written",
-                         "choose another output folder, or allow replacing it (`overwrite`)")
+                         f"choose another output folder, {options}")
 
 
 @contextmanager
@@ -75,6 +79,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    """Copies ``source`` to ``path`` through a temporary file and a rename; returns the path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -148,6 +148,11 @@ def test_prune_refuses_an_existing_output_unless_overwrite(bert_dir, tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
     replaced = run("prune", bert_dir, "--plan", tmp_path / "plan.json", "--out", tmp_path / "out", "--overwrite")
     assert replaced.exit_code == 0 and json.loads(run("heads", tmp_path / "out", "--json").output)["heads"] == 11
+    # A pruned checkpoint cannot be fine-tuned: its shrunk weights would be re-initialised silently.
+    write_jsonl(tmp_path / "d.jsonl", [{"text": "the movie", "label": "positive"}, {"text": "a film", "label": "negative"}])
+    refused = CliRunner().invoke(main, ["finetune", str(tmp_path / "out"), "--data", str(tmp_path / "d.jsonl"),
+                                        "--out", str(tmp_path / "ft")])
+    assert refused.exit_code == 2 and "pruned checkpoint" in refused.output and not (tmp_path / "ft").exists()
 
 
 def test_finetune_writes_a_loadable_classifier(bert_dir, cls_data, tmp_path):

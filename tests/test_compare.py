@@ -165,6 +165,7 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
         (dict(candidates=["base"]), "named twice"),
         (dict(candidates=["nope"]), "does not exist"),
         (dict(concurrency=[0]), "positive"),
+        (dict(scores=cls_data), "not a headprune scores file"),
     ]
     for extra, message in cases:
         with pytest.raises(HeadpruneError, match=message):
@@ -177,6 +178,10 @@ def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
         "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
     assert "give the right --url" in result.output and "rerun with --resume" in result.output
+    again = CliRunner().invoke(main, [
+        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
+        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
+    assert again.exit_code == 2 and "already exists" in again.output and "continue it (--resume)" in again.output
     assert (tmp_path / "down" / "report.json").exists()  # an (empty, incomplete) report is still written
 
 

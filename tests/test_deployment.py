@@ -56,7 +56,8 @@ def test_facts_need_only_the_repository(bert_dir, tmp_path):
         describe_deployment(tmp_path / "elsewhere", "p", seq_len=32)
 
 
-@pytest.mark.parametrize("name", ["m\n", "m\nx", "../m", "a/b", "", "-m"])
+@pytest.mark.parametrize("name", ["m\n", "m\nx", "../m", "a/b", "", "-m", "x" * 101, "x" * 97])
 def test_unusable_model_names_are_refused(bert_dir, tmp_path, name):
     with pytest.raises(HeadpruneError, match="not usable"):
-        export_to_repository(bert_dir, tmp_path / "repo", name)
+        export_to_repository(bert_dir, tmp_path / "repo", name)  # 97 characters: its _text model's name is too long
+    assert not (tmp_path / "repo").exists()

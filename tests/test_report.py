@@ -275,3 +275,18 @@ def test_report_round_trips_through_its_dict_with_extra_sections_and_scores(tmp_
     assert again.to_dict() == data and again == report
     assert again.markdown() == report.markdown() and again.latency_csv() == report.latency_csv()
     assert again.plot_names() == report.plot_names() and "head_importance.png" in again.plot_names()
+
+
+def test_journals_that_name_the_record_type_kind_still_build_a_report(tmp_path):
+    current = make_report(tmp_path, {"a": 1.3}, requests=30, trials=2, seed=3)
+    rng = np.random.default_rng(3)
+    records = [{"kind": "start", "signature": {}, "started": 0.0}]
+    records += [{"kind": "quality", **{k: v for k, v in quality(n, 0.9).items() if k != "record"}} for n in ("base", "a")]
+    for name, speed in (("base", 1.0), ("a", 1.3)):
+        records += [{"kind": r.pop("record"), **r} for r in latency_records(name, rng, 10.0 / speed, 30, 2)]
+    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["a"], data=tmp_path / "d",
+                               out=tmp_path, batch_sizes=[1, 4], concurrency=[1], trials=2)
+    facts = {n: Facts(n, 12 - 2 * i, 1000 - 100 * i) for i, n in enumerate(("base", "a"))}
+    old = build_report(settings, facts, records, ENVIRONMENT, ["headprune", "compare"]).to_dict()
+    assert len(old["cells"]) == 4 and old["complete"]
+    assert [s["ratio"] for s in old["speedups"]] == [s["ratio"] for s in current.to_dict()["speedups"]]

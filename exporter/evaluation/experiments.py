@@ -16,7 +16,7 @@ from exporter.evaluation.significance import ALPHA, paired_p_value
 from exporter.progress import Advance, no_progress
 from exporter.pruning.inventory import HeadInventory
 from exporter.pruning.plan import HeadPlan, plan_from_scores
-from exporter.pruning.scoring import HeadScores
+from exporter.pruning.scores import HeadScores
 
 
 def single_head_ablation(evaluator: Evaluator, inventory: HeadInventory, progress: Advance = no_progress) -> Ablation:

@@ -15,7 +15,7 @@ from exporter.data import batches, encode_batch
 from exporter.errors import HeadpruneError
 from exporter.evaluation.settings import FinetuneSettings
 from exporter.progress import Advance, no_progress
-from exporter.pruning.checkpoint import load_tokenizer
+from exporter.pruning.checkpoint import PLAN_FILE, load_tokenizer
 
 
 def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, key: str = "text") -> list[list[dict]]:
@@ -47,6 +47,10 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
     if not examples:
         raise HeadpruneError("no training examples", "pass a non-empty training file")
     labels = labels or sorted({str(e["label"]) for e in examples})
+    if (Path(base_dir) / PLAN_FILE).exists():
+        # from_pretrained would re-initialise the shrunk attention weights (their shapes differ from the config).
+        raise HeadpruneError(f"'{base_dir}' is a pruned checkpoint, which fine-tuning cannot load",
+                             "fine-tune the unpruned model, then prune the result")
     tokenizer = load_tokenizer(base_dir)
     if tokenizer is None:
         raise HeadpruneError(f"'{base_dir}' has no tokenizer files", "fine-tune a model folder that includes its tokenizer")

@@ -21,6 +21,7 @@ from exporter.atomic import atomic_dir
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.pruning.families import family_for
+from exporter.pruning.inventory import build_inventory
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.shrink import apply_plan
 
@@ -122,8 +123,6 @@ def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: 
     """Writes ``model`` (pruned or not) as a pruned checkpoint folder, atomically; returns the folder.
 
     An existing non-empty ``out_dir`` is refused unless ``overwrite``."""
-    from exporter.pruning.inventory import build_inventory
-
     plan = HeadPlan.of_model(build_inventory(model))
     record = {"format": FORMAT, "plan": plan.to_dict(), "removed_heads": plan.count()}
     if source is not None:

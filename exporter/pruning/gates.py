@@ -20,7 +20,7 @@ ContextCallback = Callable[[LayerKey, torch.Tensor, torch.Tensor], None]
 class HeadGates:
     """Gates for every kept head of a model, attached while used as a context manager.
 
-    ``values[(kind, layer)]`` is a tensor with one entry per kept head (in kept
+    ``values[(attention_type, layer)]`` is a tensor with one entry per kept head (in kept
     order): 1 keeps the head, 0 masks it, anything in between scales it. With
     ``requires_grad`` the gates collect dL/d(gate) on backward.
     ``on_context(key, context, gated)`` sees each layer's (..., heads, head_size)

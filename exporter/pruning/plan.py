@@ -72,9 +72,9 @@ class HeadPlan:
         """Returns the plan as JSON-ready data (layer keys as strings)."""
         return {kind: {str(i): heads for i, heads in sorted(layers.items())} for kind, layers in self.removed.items()}
 
-    def heads(self, kind: str, layer: int) -> set[int]:
+    def heads(self, attention_type: str, layer: int) -> set[int]:
         """Returns the original heads of one layer that this plan removes."""
-        return set(self.removed.get(kind, {}).get(layer, ()))
+        return set(self.removed.get(attention_type, {}).get(layer, ()))
 
     def count(self) -> int:
         """Returns how many heads the plan removes."""
@@ -133,14 +133,14 @@ def plan_from_scores(scores: HeadScores | dict, fraction: float, *, per_type: bo
     """
     rows = scores.scores if isinstance(scores, HeadScores) else scores
     if not 0 <= fraction < 1:
-        raise HeadpruneError(f"fraction {fraction} is outside [0, 1)", "give a share of heads to prune, e.g. 0.3")
+        raise HeadpruneError(f"fraction {fraction} is outside [0, 1)", "give a share of heads to prune as `fraction`, e.g. 0.3")
     if min_heads_per_layer < 0:
-        raise HeadpruneError(f"minimum heads per layer {min_heads_per_layer} is negative", "give 0 or more")
+        raise HeadpruneError(f"`min_heads_per_layer` {min_heads_per_layer} is negative", "give 0 or more")
     for layers in rows.values():
         for row in layers.values():
             if min_heads_per_layer > len(row):
                 raise HeadpruneError(
-                    f"minimum heads per layer {min_heads_per_layer} exceeds the {len(row)} heads of a layer",
+                    f"`min_heads_per_layer` {min_heads_per_layer} exceeds the {len(row)} heads of a layer",
                     f"give at most {len(row)}",
                 )
     plan = (already or HeadPlan()).copy()

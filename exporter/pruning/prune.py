@@ -40,9 +40,9 @@ def prune_checkpoint(model_dir: str | Path, out: str | Path, *, plan: HeadPlan |
     adds to the heads it already lacks, and a fraction counts the heads already gone.
     """
     if (plan is None) == (scores is None):
-        raise HeadpruneError("pruning needs exactly one of a plan or scores", "give a plan file, or scores and a fraction")
+        raise HeadpruneError("pruning needs exactly one of a plan or scores", "give `plan`, or `scores` and `fraction`")
     if scores is not None and fraction is None:
-        raise HeadpruneError("pruning by scores needs the share of heads to remove", "give a fraction, e.g. 0.3")
+        raise HeadpruneError("pruning by scores needs the share of heads to remove", "give `fraction`, e.g. 0.3")
     refuse_existing(out, overwrite)
     model = load_model(model_dir)
     before = sum(p.numel() for p in model.parameters())

@@ -36,7 +36,7 @@ class HeadlessAttention(nn.Module):
     When the family's output projection lives inside the attention module it is
     kept here under the same name (as a BiasOnly); otherwise the hidden states are
     passed on to the (BiasOnly) projection outside, which only reads their shape.
-    ``cache_hook`` (the attention kind's ``headless_cache``) keeps the model's KV
+    ``cache_hook`` (the attention type's ``headless_cache``) keeps the model's KV
     cache as the replaced module would have left it, for layer ``layer_idx``.
     """
 

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from exporter.atomic import atomic_write_text
 from exporter.errors import HeadpruneError
+from exporter.triton.layout import MODEL_FILE
 
 INT64, FP32, STRING = pb.TYPE_INT64, pb.TYPE_FP32, pb.TYPE_STRING
 
@@ -54,7 +55,7 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
                       parameters: dict[str, str]) -> pb.ModelConfig:
     """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits."""
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size,
-                            default_model_filename="model.onnx")
+                            default_model_filename=MODEL_FILE)
     config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
     config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us

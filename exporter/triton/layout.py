@@ -67,10 +67,6 @@ class ModelRepository:
         """Returns the folder of one version of a model."""
         return self.folder(name) / str(version)
 
-    def model_file(self, name: str, version: int) -> Path:
-        """Returns the ONNX file of one version of a model."""
-        return self.version_folder(name, version) / MODEL_FILE
-
     @property
     def staging(self) -> Path:
         """Returns the folder beside the repository where versions are built before they are renamed in."""

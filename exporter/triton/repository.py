@@ -134,6 +134,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     the name is unusable, or the ONNX file fails validation.
     """
     check_name(name)
+    check_name(text_model_name(name))  # both names must fit before anything is written
     if version is not None and version < 1:
         raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))

@@ -17,9 +17,10 @@ from exporter.data import batches, label_id, read_examples
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import accuracy
 from exporter.progress import Phases, no_phases
+from exporter.pruning.scores import HeadScores
 from exporter.triton.layout import ModelRepository, text_model_name
 from serving.benchmark.deployment import DeploymentFacts, describe_deployment, describe_remote_deployment
-from serving.benchmark.journal import Journal
+from serving.benchmark.journal import Journal, record_type
 from serving.benchmark.loadgen import run_window
 from serving.client import TritonClient
 from serving.server.process import TritonServer, free_port
@@ -62,7 +63,7 @@ class CompareSettings:
     def signature(self) -> dict:
         """Returns the settings that change the numbers (compared on --resume)."""
         keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
-                "requests", "examples", "max_windows", "stability", "max_examples", "seed")
+                "requests", "examples", "max_windows", "stability", "max_examples", "seed", "columns", "encoding")
         data = asdict(self)
         return {key: data[key] for key in keys} | {"data": str(self.data)}
 
@@ -136,6 +137,8 @@ class Comparison:
         """Reads each deployment's facts, checks the settings against them and opens the journal (a fresh one
         unless ``resume``); returns the facts. Raises HeadpruneError for settings that cannot work."""
         settings = self.settings
+        if settings.scores:
+            HeadScores.load(settings.scores)  # a broken scores file must fail now, not after every measurement
         facts = {name: self._describe(name) for name in settings.deployments}
         for name, fact in facts.items():
             too_big = [b for b in settings.batch_sizes if b > fact.max_batch_size]
@@ -174,9 +177,9 @@ class Comparison:
     def _done(self) -> set[tuple]:
         keys = set()
         for r in self.journal.records():
-            if r["record"] == "quality":
+            if record_type(r) == "quality":
                 keys.add(("quality", r["deployment"]))
-            elif r["record"] == "latency":
+            elif record_type(r) == "latency":
                 keys.add(("latency", r["deployment"], r["batch_size"], r["concurrency"], r["trial"]))
         return keys
 

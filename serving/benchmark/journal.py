@@ -36,3 +36,9 @@ class Journal:
     def reset(self) -> None:
         """Starts an empty journal."""
         self.path.unlink(missing_ok=True)
+
+
+def record_type(record: dict) -> str:
+    """Returns what a journal record holds ("start", "quality" or "latency")."""
+    # Journals written before the key was renamed call it "kind".
+    return record.get("record", record.get("kind", ""))

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from exporter.atomic import refuse_existing
 from serving.benchmark.compare import CompareSettings
-from serving.cli.app import data_options, data_source, default_of, friendly_errors, main, overwrite_option
+from serving.cli.app import data_options, data_source, default_of, friendly_errors, main
 from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
 from serving.report.report import render_report
@@ -50,7 +49,8 @@ def int_list(text: str) -> list[int]:
 @click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")
 @click.option("--scores", type=click.Path(exists=True, path_type=Path), default=None, help="Scores JSON for the importance heat map.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; measured cells are not measured again.")
-@overwrite_option
+@click.option("--overwrite", is_flag=True,
+              help="Start over in an existing non-empty --out, deleting its earlier measurements (refused otherwise).")
 @data_options
 @friendly_errors
 def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, protocol, trials, requests,
@@ -60,8 +60,7 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
     static facts. Writes report.md, report.json, latency.csv and PNG plots to --out.
 
     Results are written as they are measured: Ctrl-C keeps them and --resume continues. An existing
-    non-empty --out is refused unless --resume or --overwrite."""
-    refuse_existing(out, overwrite or resume)
+    non-empty --out is refused unless --resume or --overwrite (which starts over, deleting its measurements)."""
     settings = CompareSettings(repo=repo, baseline=baseline, candidates=list(candidates), data=data, out=out,
                                batch_sizes=batch_sizes, concurrency=concurrency, seq_len=seq_len, protocol=protocol,
                                url=url, trials=trials, warmup=warmup, requests=requests, examples=examples,
@@ -70,7 +69,8 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
                                **data_source(options))
     bars = PhaseBars()
     try:
-        path = run_comparison(settings, resume=resume, phases=bars, command=["headprune", *sys.argv[1:]])
+        path = run_comparison(settings, resume=resume, overwrite=overwrite, phases=bars,
+                              command=["headprune", *sys.argv[1:]])
     except KeyboardInterrupt:
         bars.close()
         click.echo(f"interrupted: what was measured is kept in {out} (report marked incomplete); "

@@ -78,14 +78,14 @@ def score(model_dir: Path, data: Path, out: Path, max_examples, method, no_norma
 @main.command()
 @model_dir_argument
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the pruned checkpoint.")
-@click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="JSON plan: type -> layer -> heads to remove.")
-@click.option("--scores", "scores_file", type=click.Path(path_type=Path), help="Scores JSON from 'headprune score'.")
+@click.option("--plan", type=click.Path(path_type=Path), help="JSON plan: type -> layer -> heads to remove.")
+@click.option("--scores", type=click.Path(path_type=Path), help="Scores JSON from 'headprune score'.")
 @click.option("--fraction", type=float, help="With --scores: share of all heads to remove, in [0, 1).")
 @click.option("--per-type", is_flag=True, help="With --scores: rank within each attention type instead of globally.")
 @click.option("--min-heads-per-layer", default=0, show_default=True, help="With --scores: never leave a layer with fewer heads.")
 @overwrite_option
 @friendly_errors
-def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type, min_heads_per_layer, overwrite):
+def prune(model_dir: Path, out: Path, plan, scores, fraction, per_type, min_heads_per_layer, overwrite):
     """Structurally remove heads from MODEL_DIR and write a pruned checkpoint to --out.
 
     Either --plan FILE, or --scores FILE with --fraction F. Pruning an already pruned
@@ -94,8 +94,8 @@ def prune(model_dir: Path, out: Path, plan_file, scores_file, fraction, per_type
     from exporter.pruning.prune import prune_checkpoint
     from exporter.pruning.scores import HeadScores
 
-    result = prune_checkpoint(model_dir, out, plan=HeadPlan.load(plan_file) if plan_file else None,
-                              scores=HeadScores.load(scores_file) if scores_file else None, fraction=fraction,
+    result = prune_checkpoint(model_dir, out, plan=HeadPlan.load(plan) if plan else None,
+                              scores=HeadScores.load(scores) if scores else None, fraction=fraction,
                               per_type=per_type, min_heads_per_layer=min_heads_per_layer, overwrite=overwrite)
     click.echo(result.format())
 

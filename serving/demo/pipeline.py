@@ -176,6 +176,7 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
         report["experiments"] = experiments
         report["demo"] = {"budget": asdict(budget), "model": str(model_dir), "model_cached": cached, "seconds": seconds}
 
-    path = run_comparison(settings, phases=phases, command=["headprune", "demo"], extend=add_demo)
+    # The demo's own report folder: re-running the demo starts it over.
+    path = run_comparison(settings, overwrite=True, phases=phases, command=["headprune", "demo"], extend=add_demo)
     say("8/8 findings page " + str(write_results(reports, reports / "results.md")))
     return path

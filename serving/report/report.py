@@ -20,6 +20,7 @@ from exporter.errors import HeadpruneError
 from exporter.evaluation.significance import paired_p_value
 from exporter.pruning.scores import HeadScores
 from serving.benchmark.compare import STAGES, CompareSettings
+from serving.benchmark.journal import record_type
 from serving.benchmark.latency import LatencyStats, Speedup, bootstrap_throughput, ratios
 from serving.report import plots
 from serving.report.model import Cell, CellSpeedup, Deployment, MeanSpeedup, Quality, Report
@@ -28,7 +29,7 @@ from serving.report.model import Cell, CellSpeedup, Deployment, MeanSpeedup, Qua
 def _cells(records: list[dict]) -> dict[tuple, list[dict]]:
     cells: dict[tuple, list[dict]] = {}
     for r in records:
-        if r["record"] == "latency":
+        if record_type(r) == "latency":
             cells.setdefault((r["deployment"], r["batch_size"], r["concurrency"]), []).append(r)
     return cells
 
@@ -41,7 +42,7 @@ def _generator(seed: int, name: str, batch: int, concurrency: int) -> np.random.
 def build_report(settings: CompareSettings, facts: dict, records: list[dict], environment: dict,
                  command: list[str] | None = None) -> Report:
     """Returns the report of the measurements: signature, environment, facts, quality, cell stats, speedups."""
-    quality = {r["deployment"]: r for r in records if r["record"] == "quality"}
+    quality = {r["deployment"]: r for r in records if record_type(r) == "quality"}
     cells = []
     stats: dict[tuple, LatencyStats] = {}
     draws: dict[tuple, np.ndarray] = {}
@@ -118,20 +119,27 @@ def write_report(report: Report, folder: str | Path) -> Path:
     return render_report(folder)
 
 
+def read_report_json(folder: str | Path) -> dict:
+    """Returns the report.json data of ``folder``; raises HeadpruneError if it is missing, damaged or too old."""
+    path = Path(folder) / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise HeadpruneError(f"'{folder}' has no report.json",
+                             "run 'headprune compare' (or 'headprune demo') with that folder as its output first") from error
+    except json.JSONDecodeError as error:
+        raise HeadpruneError(f"'{path}' is damaged ({error.msg})", "re-run 'headprune compare'") from error
+    if "mean_speedups" not in data:
+        raise HeadpruneError(f"'{path}' was written by an older headprune (no speedup intervals)",
+                             "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
+                             "measurements.jsonl without measuring again")
+    return data
+
+
 def render_report(folder: str | Path) -> Path:
     """Re-renders report.md, latency.csv and the plots from ``folder``/report.json; returns report.md's path."""
     folder = Path(folder)
-    try:
-        data = json.loads((folder / "report.json").read_text())
-    except FileNotFoundError as error:
-        raise HeadpruneError(f"'{folder}' has no report.json", "run 'headprune compare' with that folder as its output first") from error
-    except json.JSONDecodeError as error:
-        raise HeadpruneError(f"'{folder / 'report.json'}' is damaged ({error.msg})", "re-run 'headprune compare'") from error
-    if "mean_speedups" not in data:
-        raise HeadpruneError(f"'{folder / 'report.json'}' was written by an older headprune (no speedup intervals)",
-                             "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
-                             "measurements.jsonl without measuring again")
-    report = Report.from_dict(data)
+    report = Report.from_dict(read_report_json(folder))
     atomic_write_text(folder / "latency.csv", report.latency_csv())
     plots.plot_report(report, folder, report.plot_names())
     return atomic_write_text(folder / "report.md", report.markdown())

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-from exporter.atomic import atomic_write_text
+from exporter.atomic import atomic_copy, atomic_write_text
 from exporter.errors import HeadpruneError
 from exporter.evaluation.results import Ablation, BestHeads, PruningCurve
 from serving.report.model import Report
+from serving.report.report import read_report_json
 
 PAPER_SPEEDUP = {1: 1.9, 4: 2.7, 16: 17.5, 64: 17.5}  # % faster at 50 % of heads pruned, BERT-base, GPU (Table 4)
 
@@ -114,11 +113,7 @@ def render_results(data: dict) -> str:
 
 def demo_results(report_dir: str | Path) -> dict:
     """Returns report.json of a demo run; raises HeadpruneError if the folder holds none or a plain comparison."""
-    path = Path(report_dir) / "report.json"
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise HeadpruneError(f"'{report_dir}' has no report.json", "run 'headprune demo' first") from error
+    report = read_report_json(report_dir)
     if "experiments" not in report:
         raise HeadpruneError(f"'{report_dir}' is a compare report, not a demo report", "run 'headprune demo' first")
     return report
@@ -131,5 +126,5 @@ def write_results(report_dir: str | Path, out: str | Path) -> Path:
     atomic_write_text(out, render_results(demo_results(report_dir)))
     curve = Path(report_dir) / "curve.png"
     if curve.exists() and curve.resolve() != (out.parent / "curve.png").resolve():
-        shutil.copyfile(curve, out.parent / "curve.png")
+        atomic_copy(curve, out.parent / "curve.png")
     return out
