@@ -1,4 +1,4 @@
-"""Atomic outputs: write into a temporary sibling, then rename over the target.
+"""Atomic outputs (write into a temporary sibling, then rename over the target), and reading JSON back.
 
 An interrupted run leaves either the previous result or the new one, never half of one.
 """
@@ -98,6 +98,18 @@ def atomic_copy(source: str | Path, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | Path, missing: str, fix: str):
+    """Returns the JSON data in ``path``; raises HeadpruneError saying ``missing`` (or that the file is damaged),
+    with ``fix``, when it cannot be read."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise HeadpruneError(missing, fix) from error
+    except json.JSONDecodeError as error:
+        raise HeadpruneError(f"'{path}' is damaged ({error.msg} at line {error.lineno})", fix) from error
 
 
 def atomic_write_json(path: str | Path, data: object) -> Path:

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from exporter.atomic import atomic_write_json
+from exporter.atomic import atomic_write_json, read_json
 from exporter.errors import HeadpruneError
 
 FILE = "deployment.json"
@@ -81,13 +81,8 @@ class DeploymentDescription:
     def read(cls, version_folder: str | Path) -> "DeploymentDescription":
         """Returns the description of an exported version; raises HeadpruneError when it is missing or foreign."""
         path = Path(version_folder) / FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as error:
-            raise HeadpruneError(f"'{path}' does not exist: this version was not exported by this headprune",
-                                 "re-export the model with headprune") from error
-        except json.JSONDecodeError as error:
-            raise HeadpruneError(f"'{path}' is damaged ({error.msg})", "re-export the model with headprune") from error
+        data = read_json(path, f"'{path}' does not exist: this version was not exported by this headprune",
+                         "re-export the model with headprune")
         return cls.from_dict(data, f"'{path}'")
 
     @classmethod

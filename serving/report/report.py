@@ -7,7 +7,6 @@ report.json without measuring anything (``headprune report``).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import zlib
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.atomic import atomic_write_json, atomic_write_text
+from exporter.atomic import atomic_write_json, atomic_write_text, read_json
 from exporter.errors import HeadpruneError
 from exporter.evaluation.significance import paired_p_value
 from exporter.pruning.scores import HeadScores
@@ -122,13 +121,8 @@ def write_report(report: Report, folder: str | Path) -> Path:
 def read_report_json(folder: str | Path) -> dict:
     """Returns the report.json data of ``folder``; raises HeadpruneError if it is missing, damaged or too old."""
     path = Path(folder) / "report.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise HeadpruneError(f"'{folder}' has no report.json",
-                             "run 'headprune compare' (or 'headprune demo') with that folder as its output first") from error
-    except json.JSONDecodeError as error:
-        raise HeadpruneError(f"'{path}' is damaged ({error.msg})", "re-run 'headprune compare'") from error
+    data = read_json(path, f"'{folder}' has no report.json",
+                     "run 'headprune compare' (or 'headprune demo') with that folder as its output first")
     if "mean_speedups" not in data:
         raise HeadpruneError(f"'{path}' was written by an older headprune (no speedup intervals)",
                              "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
