@@ -65,39 +65,39 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def publish(tmp: str | Path, path: str | Path) -> None:
+def _publish(tmp: str | Path, path: str | Path) -> None:
     """Gives a finished temporary file the usual permissions and renames it over ``path``."""
     os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file and a rename; returns the path."""
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary file beside ``path`` (same suffix) to write; it replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        publish(tmp, path)
+        yield Path(tmp)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file and a rename; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> Path:
     """Copies ``source`` to ``path`` through a temporary file and a rename; returns the path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         shutil.copyfile(source, tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_json(path: str | Path, missing: str, fix: str):

@@ -101,12 +101,12 @@ class Speedup:
     candidate_requests: int
 
     @classmethod
-    def between(cls, baseline: LatencyStats, candidate: LatencyStats, baseline_draws: np.ndarray,
-                candidate_draws: np.ndarray) -> "Speedup":
-        """Returns candidate / baseline throughput, its interval from the two cells' bootstrap draws."""
+    def between(cls, baseline: LatencyStats, candidate: LatencyStats, ratio_draws: np.ndarray) -> "Speedup":
+        """Returns candidate / baseline throughput, its interval from the two cells' bootstrap ratio draws
+        (``ratios`` of their draws)."""
         ratio = candidate.throughput / baseline.throughput if baseline.throughput else math.nan
-        return cls.from_draws(ratio, ratios(baseline_draws, candidate_draws), baseline.trials, candidate.trials,
-                              baseline.requests, candidate.requests)
+        return cls.from_draws(ratio, ratio_draws, baseline.trials, candidate.trials, baseline.requests,
+                              candidate.requests)
 
     @classmethod
     def from_draws(cls, ratio: float, draws: np.ndarray, baseline_trials: int, candidate_trials: int,

@@ -73,9 +73,8 @@ def data_options(command):
 
 def data_source(kwargs: dict) -> dict:
     """Returns read_examples' ``columns`` and ``encoding`` arguments, taken out of the data options' values."""
-    columns = {role: kwargs.pop(f"{role}_column") for role in ROLES if kwargs.get(f"{role}_column")}
-    for role in ROLES:
-        kwargs.pop(f"{role}_column", None)
+    given = {role: kwargs.pop(f"{role}_column", None) for role in ROLES}
+    columns = {role: name for role, name in given.items() if name}
     return {"columns": columns, "encoding": kwargs.pop("encoding", "utf-8")}
 
 

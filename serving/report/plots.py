@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 
-from exporter.atomic import publish
+from exporter.atomic import atomic_file
 from exporter.evaluation.metrics import in_points
 
 if TYPE_CHECKING:
@@ -21,13 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def save_figure(figure, path: str | Path) -> Path:
     """Saves a figure as PNG atomically and closes it; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False) as tmp:
-        figure.savefig(tmp.name, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    publish(tmp.name, path)
-    return path
+    try:
+        with atomic_file(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return Path(path)
 
 
 def plot_curves(curves: list, path: str | Path) -> Path:

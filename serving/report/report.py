@@ -59,8 +59,9 @@ def build_report(settings: CompareSettings, facts: dict, records: list[dict], en
             for concurrency in settings.concurrency:
                 key_b, key_c = (settings.baseline, batch, concurrency), (name, batch, concurrency)
                 if key_b in stats and key_c in stats:
-                    speedup = Speedup.between(stats[key_b], stats[key_c], draws[key_b], draws[key_c])
-                    measured.setdefault(name, []).append((concurrency, speedup, ratios(draws[key_b], draws[key_c])))
+                    ratio_draws = ratios(draws[key_b], draws[key_c])
+                    speedup = Speedup.between(stats[key_b], stats[key_c], ratio_draws)
+                    measured.setdefault(name, []).append((concurrency, speedup, ratio_draws))
                     speedups.append(CellSpeedup(name, batch, concurrency, speedup,
                                                 base_flops / facts[name].flops_per_example))
     deployments = {}
