@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo demo-mt clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ test: setup
 
 demo: setup
 	$(BIN)/headprune demo
+
+# The translation demo: trains its Marian model on the first run (about 45 minutes on 2 cores), cached after.
+demo-mt: setup
+	$(BIN)/headprune demo-mt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

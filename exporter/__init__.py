@@ -2,7 +2,8 @@
 
 The stages live in sub-packages: ``pruning`` (families, inventory, gates, scoring,
 plans, shrinking, checkpoints), ``evaluation`` (quality, experiments, fine-tuning),
-``onnx`` (export, fusion) and ``triton`` (configs, repository, descriptions). The
+``training`` (translation models), ``onnx`` (export, fusion, encoder/decoder with a KV
+cache) and ``triton`` (configs, repository, descriptions, translation models). The
 names below are loaded on first use, so importing ``exporter.errors`` or the Triton
 config helpers does not import torch.
 """
@@ -18,6 +19,8 @@ _NAMES = {
     "plan_from_scores": "exporter.pruning.plan", "Evaluator": "exporter.evaluation.quality",
     "QualityScore": "exporter.evaluation.metrics", "HeadScores": "exporter.pruning.scores",
     "compute_importance": "exporter.pruning.scoring", "apply_plan": "exporter.pruning.shrink",
+    "TranslationSettings": "exporter.training.settings", "train_translation": "exporter.training.translation",
+    "export_translation_to_repository": "exporter.triton.translation",
 }
 
 __all__ = sorted(_NAMES)

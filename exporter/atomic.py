@@ -89,7 +89,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Writes ``text`` to ``path`` through a temporary file and a rename; returns the path."""
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

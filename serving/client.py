@@ -14,8 +14,8 @@ NUMPY_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.
                    np.dtype(np.object_): "BYTES"}
 
 
-def _strings(texts: list[str]) -> np.ndarray:
-    """Returns texts as a [rows, 1] array of UTF-8 bytes, the shape of a ``<name>_text`` string input."""
+def strings_array(texts: list[str]) -> np.ndarray:
+    """Returns texts as a [rows, 1] array of UTF-8 bytes, the shape of the served string inputs."""
     return np.array([[t.encode("utf-8")] for t in texts], dtype=object).reshape(len(texts), 1)
 
 
@@ -77,8 +77,9 @@ class TritonClient:
             return self._call(model, self.client.get_model_config, model, as_json=True)["config"]
         return self._call(model, self.client.get_model_config, model)
 
-    def infer(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """Returns the named outputs of one inference request."""
+    def infer(self, model: str, arrays: dict[str, np.ndarray], outputs: list[str],
+              parameters: dict | None = None) -> dict[str, np.ndarray]:
+        """Returns the named outputs of one inference request (with optional request ``parameters``)."""
         inputs = []
         for name, array in arrays.items():
             datatype = NUMPY_TO_TRITON.get(array.dtype)
@@ -89,20 +90,32 @@ class TritonClient:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         requested = [self.module.InferRequestedOutput(name) for name in outputs]
-        result = self._call(model, self.client.infer, model, inputs, outputs=requested)
+        result = self._call(model, self.client.infer, model, inputs, outputs=requested, parameters=parameters)
         return {name: result.as_numpy(name) for name in outputs}
 
     def classify_text(self, model: str, texts: list[str],
                       pairs: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
         """Returns (logits, label names) for raw texts, or (text, pair) sentence pairs, sent to a ``<name>_text`` model."""
-        arrays = {"TEXT": _strings(texts)}
+        arrays = {"TEXT": strings_array(texts)}
         if pairs is not None:
             if len(pairs) != len(texts):
                 raise HeadpruneError(f"{len(pairs)} text pairs were given for {len(texts)} texts",
                                      "give exactly one second segment (text_pair) per text")
-            arrays["TEXT_PAIR"] = _strings(pairs)
+            arrays["TEXT_PAIR"] = strings_array(pairs)
         out = self.infer(model, arrays, ["LOGITS", "LABEL"])
         return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
+
+    def translate(self, model: str, sources: list[str], num_beams: int = 1, max_new_tokens: int | None = None,
+                  batch_size: int = 16) -> list[str]:
+        """Returns the translations of raw source sentences by a ``<name>_translate`` model (greedy unless
+        ``num_beams`` > 1), sent ``batch_size`` sentences per request."""
+        parameters = {"num_beams": num_beams} | ({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {})
+        translations = []
+        for start in range(0, len(sources), batch_size):
+            out = self.infer(model, {"SOURCE": strings_array(sources[start:start + batch_size])}, ["TRANSLATION"],
+                             parameters)
+            translations += [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in out["TRANSLATION"].reshape(-1)]
+        return translations
 
     def statistics(self, model: str) -> dict:
         """Returns Triton's cumulative inference statistics of a model (counts and nanoseconds)."""

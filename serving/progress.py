@@ -39,3 +39,20 @@ class PhaseBars:
     def close(self) -> None:
         while self._open:
             self._open.pop().__exit__(None, None, None)
+
+
+@contextmanager
+def training_bar(description: str, seconds: float) -> Iterator:
+    """Yields ``update(status)`` for a wall-clock bar over ``seconds`` showing step, loss, tokens/s and the latest BLEU."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+               TextColumn("step {task.fields[step]}  loss {task.fields[loss]}  {task.fields[speed]} tok/s  "
+                          "BLEU {task.fields[bleu]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=seconds, step=0, loss="-", speed="-", bleu="-")
+
+        def update(status) -> None:
+            bleu = "-" if status.bleu is None else f"{status.bleu:.1f}"
+            progress.update(task, completed=min(status.seconds, seconds), step=status.step, loss=f"{status.loss:.3f}",
+                            speed=f"{status.tokens_per_second:,.0f}", bleu=bleu)
+
+        yield update

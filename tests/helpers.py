@@ -103,3 +103,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """Writes rows as JSONL; returns the path."""
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def make_trained_marian(path: Path, seed: int = 0, layers: int = 2, steps: int = 200) -> Path:
+    """Saves a tiny Marian trained for seconds to reverse its input; returns its folder.
+
+    Random post-norm decoders generate one token over and over; this one's greedy
+    outputs depend on the source and end (EOS) at different lengths, so generation
+    checks compare real sequences. Biases stay non-zero from ``randomize``."""
+    make_marian(path, seed=seed, layers=layers)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    model = MarianMTModel.from_pretrained(path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        sources = random_sentences(32, seed=1000 * seed + step)
+        batch = tokenizer(sources, text_target=[" ".join(s.split()[::-1]) for s in sources], padding=True,
+                          return_tensors="pt")
+        batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(path)
+    return path

@@ -70,6 +70,18 @@ def test_translation_curve_reports_bleu(marian_dir, mt_data, tmp_path):
     assert curve["points"][-1]["pruned_heads"] == 21
 
 
+def test_a_curve_over_one_attention_type_prunes_only_its_heads(marian_dir, mt_data, tmp_path):
+    result = run("curve", marian_dir, "--score-data", mt_data, "--eval-data", mt_data, "--out", tmp_path / "c.json",
+                 "--step", 0.5, "--only-type", "cross")
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "c.json").read_text())
+    assert curve["only_type"] == "cross" and [p["pruned_heads"] for p in curve["points"]] == [0, 4, 7]
+    assert all(set(p["plan"]) <= {"cross"} for p in curve["points"])
+    wrong = run("curve", marian_dir, "--score-data", mt_data, "--eval-data", mt_data, "--out", tmp_path / "d.json",
+                "--only-type", "self")
+    assert wrong.exit_code == 2 and "'self' is not one of this model's (encoder, decoder, cross)" in wrong.output
+
+
 @pytest.fixture()
 def gpt2_dir(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=16)).save_pretrained(tmp_path / "gpt2")

@@ -55,11 +55,15 @@ def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, progress
     return BestHeads(unmasked.metric, unmasked.value, unmasked.examples, ALPHA, layers)
 
 
-def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = False) -> list[float]:
+def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = False,
+                    only_type: str | None = None) -> list[float]:
     """Returns the shares of heads a pruning curve visits: 0, step, 2 step, ... and, last, the largest
-    share that leaves at least one head (in each attention type with ``per_type``)."""
-    per_kind = [sum(layer.original_heads for layer in inventory.of_type(kind)) for kind in inventory.attention_types]
-    sizes = [size for size in per_kind if size] if per_type else [inventory.original_head_count()]
+    share that leaves at least one head (in each attention type with ``per_type``, in ``only_type`` if given)."""
+    per_kind = {kind: sum(layer.original_heads for layer in inventory.of_type(kind)) for kind in inventory.attention_types}
+    if only_type is not None:
+        sizes = [per_kind[only_type]]
+    else:
+        sizes = [size for size in per_kind.values() if size] if per_type else [inventory.original_head_count()]
     last = min((size - 1) / size for size in sizes)
     fractions = []
     i = 0
@@ -73,25 +77,27 @@ def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = Fals
 
 
 def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[HeadPlan | None], HeadScores],
-                  step: float = 0.1, rescore: bool = False, per_type: bool = False,
+                  step: float = 0.1, rescore: bool = False, per_type: bool = False, only_type: str | None = None,
                   progress: Advance = no_progress) -> PruningCurve:
     """Returns the metric at each of ``curve_fractions`` of heads pruned by ascending importance.
 
     ``score(removed)`` returns importance with ``removed`` masked; it is called once,
     or before every step with ``rescore``. Pruning is iterative: each step removes
-    more heads on top of the previous step's.
+    more heads on top of the previous step's. With ``only_type`` only that attention
+    type's heads are pruned (the fraction is of that type's heads).
     """
     plan = HeadPlan()
     scores = score(None)
     points = []
     metric = None
-    for i, fraction in enumerate(curve_fractions(step, inventory, per_type)):
+    for i, fraction in enumerate(curve_fractions(step, inventory, per_type, only_type)):
         if rescore and i > 0:
             scores = score(plan)
-        plan = plan_from_scores(scores.scores, fraction, per_type=per_type, already=plan)
+        ranked = {only_type: scores.scores[only_type]} if only_type else scores.scores
+        plan = plan_from_scores(ranked, fraction, per_type=per_type, already=plan)
         quality = evaluator(plan)
         metric = quality.metric
         points.append({"fraction": fraction, "pruned_heads": plan.count(), "metric": quality.value,
                        "plan": plan.to_dict()})
         progress(1)
-    return PruningCurve(metric, rescore, per_type, step, points)
+    return PruningCurve(metric, rescore, per_type, step, points, only_type=only_type)

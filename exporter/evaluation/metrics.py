@@ -49,6 +49,15 @@ def bleu(hypotheses: list[str], references: list[str]) -> QualityScore:
     return QualityScore("bleu", score.score, len(hypotheses), str(metric.get_signature()), statistics)
 
 
+def chrf(hypotheses: list[str], references: list[str]) -> QualityScore:
+    """Returns corpus chrF (sacrebleu defaults) with sacrebleu's signature."""
+    from sacrebleu.metrics import CHRF
+
+    metric = CHRF()
+    return QualityScore("chrf", metric.corpus_score(hypotheses, [references]).score, len(hypotheses),
+                        str(metric.get_signature()))
+
+
 def accuracy(predictions: list[int], labels: list[int]) -> QualityScore:
     """Returns the share of predictions equal to their labels."""
     correct = tuple(int(p == t) for p, t in zip(predictions, labels))

@@ -85,6 +85,7 @@ class PruningCurve(_Stored):
     step: float
     points: list[dict]
     label: str = field(default="")
+    only_type: str | None = None  # set when only this attention type's heads were pruned
 
     def tolerated_share(self, points: float = 1.0) -> float:
         """Returns the largest share pruned, scanning in order, while the metric stays within ``points`` of the start."""

@@ -53,6 +53,11 @@ def _read_config(path: Path):
     return config
 
 
+def model_task(path: str | Path) -> str:
+    """Returns "translation" for an encoder-decoder model folder, "classification" otherwise (reads config.json only)."""
+    return "translation" if _read_config(Path(path)).is_encoder_decoder else "classification"
+
+
 def load_tokenizer(path: str | Path):
     """Returns the tokenizer stored in a model folder, or None when the folder has none."""
     path = Path(path)

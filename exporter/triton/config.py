@@ -86,6 +86,18 @@ def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[in
     return config
 
 
+def translation_config(name: str, options: DeploymentOptions, parameters: dict[str, str]) -> pb.ModelConfig:
+    """Returns the config of a translation model (Python): UTF-8 SOURCE in, TRANSLATION out, one row per sentence."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
+    config.input.append(_tensor(pb.ModelInput, "SOURCE", STRING, [1]))
+    config.output.append(_tensor(pb.ModelOutput, "TRANSLATION", STRING, [1]))
+    # Concurrent requests reach one execute() together and are decoded as one batch.
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    _instances(config, DeploymentOptions(instances=options.instances))
+    _parameters(config, parameters)
+    return config
+
+
 def write_config(config: pb.ModelConfig, folder: str | Path) -> Path:
     """Writes ``config.pbtxt`` in protobuf text format into ``folder`` atomically; returns its path."""
     return atomic_write_text(Path(folder) / "config.pbtxt", text_format.MessageToString(config))

@@ -10,7 +10,7 @@ original checkpoint. One dataclass, one writer/parser pair.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from exporter.atomic import atomic_write_json, read_json
@@ -23,7 +23,7 @@ CONFIG_PARAMETER = "deployment"
 
 @dataclass(frozen=True)
 class DeploymentDescription:
-    """Static facts of one exported classifier version.
+    """Static facts of one exported version: a classifier, or a translation model (``task``, ``generation``).
 
     FLOPs per example at ``seq`` tokens are ``seq * flops_linear + seq**2 * flops_attention``.
     """
@@ -50,6 +50,8 @@ class DeploymentDescription:
     max_length: int
     onnx_bytes: int
     validation: dict
+    task: str = "classification"
+    generation: dict = field(default_factory=dict)
 
     def flops_at(self, seq_len: int) -> int:
         """Returns the forward FLOPs of one example of ``seq_len`` tokens."""
@@ -68,10 +70,11 @@ class DeploymentDescription:
         """Returns the description parsed from ``to_dict`` data; raises HeadpruneError naming ``source``."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise HeadpruneError(f"{source} is not a {FORMAT} description", "re-export the model with headprune")
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
         if missing:
             raise HeadpruneError(f"{source} lacks {', '.join(missing)}", "re-export the model with headprune")
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     def write(self, version_folder: str | Path) -> Path:
         """Writes ``deployment.json`` into a version folder atomically; returns its path."""

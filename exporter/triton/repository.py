@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -57,6 +59,21 @@ def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
     return {name: ranges[name] for name in names}
 
 
+def check_version(version: int | None) -> None:
+    """Raises HeadpruneError unless ``version`` is None (next free version) or a positive integer."""
+    if version is not None and version < 1:
+        raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
+
+
+def require_fast_tokenizer(model_dir: Path):
+    """Returns the model folder's fast tokenizer, which the served text front ends run; raises HeadpruneError without one."""
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer is None or not tokenizer.is_fast:
+        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
+                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
+    return tokenizer
+
+
 def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, int]:
     """Returns (linear, attention): forward FLOPs per example = seq * linear + seq**2 * attention.
 
@@ -88,6 +105,22 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
         max_positions=getattr(config, "max_position_embeddings", 0) or 0, max_length=max_length,
         onnx_bytes=onnx_bytes, validation=validation,
     )
+
+
+@contextmanager
+def staged_version(repository: ModelRepository, name: str, version: int) -> Iterator[Path]:
+    """Yields an empty folder beside the repository that becomes version ``version`` of model ``name`` when
+    the block succeeds (replacing that version); on failure it is removed and the repository is unchanged."""
+    repository.root.mkdir(parents=True, exist_ok=True)
+    repository.staging.mkdir(exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=repository.staging))
+    staged.chmod(0o755)
+    try:
+        yield staged
+        _install_version(repository.folder(name), version, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
@@ -135,27 +168,19 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     """
     check_name(name)
     check_name(text_model_name(name))  # both names must fit before anything is written
-    if version is not None and version < 1:
-        raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
+    check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
     if model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification"):
         raise HeadpruneError(f"'{model_dir}' is not a sequence classifier ({type(model).__name__})",
                              "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None or not tokenizer.is_fast:
-        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
-                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
+    tokenizer = require_fast_tokenizer(model_dir)
     inventory = build_inventory(model)
     positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
     # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
     options = replace(options, max_length=min(options.max_length, positions))
     version = version or max(repository.versions(name), default=0) + 1
-    repository.root.mkdir(parents=True, exist_ok=True)
-    repository.staging.mkdir(exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=repository.staging))
-    staged.chmod(0o755)
-    try:
+    with staged_version(repository, name, version) as staged:
         names = export_classifier_onnx(model, staged / MODEL_FILE)
         validation = validate_onnx(model, staged / MODEL_FILE, names, atol)
         require_valid(validation, "the exported ONNX model")
@@ -171,10 +196,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                                      onnx_bytes=(staged / MODEL_FILE).stat().st_size, validation=checked)
         description.write(staged)
         config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
-        target = _install_version(repository.folder(name), version, staged)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+    target = repository.version_folder(name, version)
     # Triton serves the highest version: the configs (and the text front end's tokenizer and
     # limits) describe that one. Re-exporting an older version must not make them describe a
     # version that is not served.

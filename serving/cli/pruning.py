@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from exporter.errors import HeadpruneError
 from exporter.pruning.scores import DEFAULT_BATCH_SIZE, DEFAULT_METHOD, METHODS
 from serving.cli.app import data_options, data_source, emit, friendly_errors, main, overwrite_option
 from serving.progress import PhaseBars, progress_bar, stdout
@@ -166,6 +167,8 @@ def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, 
 @click.option("--step", default=0.1, show_default=True, type=click.FloatRange(0.01, 0.5), help="Share of heads pruned per step.")
 @click.option("--rescore", is_flag=True, help="Recompute importance before every step.")
 @click.option("--per-type", is_flag=True, help="Rank heads within each attention type.")
+@click.option("--only-type", default=None, metavar="TYPE",
+              help="Prune only this attention type's heads (encoder, decoder or cross for translation models).")
 @click.option("--masked-in-norm", is_flag=True,
               help="With --rescore: keep masked heads' gradient scores in their layer's L2 norm, as the bertology "
                    "script does (default: a masked head scores 0 and stays out of the norm).")
@@ -173,7 +176,7 @@ def best_heads(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, 
 @data_options
 @friendly_errors
 def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed, out: Path, step, rescore,
-          per_type, masked_in_norm, method, no_normalize, batch_size, **options):
+          per_type, only_type, masked_in_norm, method, no_normalize, batch_size, **options):
     """Iterative pruning curve: the metric at 0, step, 2 step, ... of heads pruned by importance, ending at
     the largest share that leaves one head.
 
@@ -189,15 +192,18 @@ def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed
     model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, source)
     score_examples = read_examples(score_data, task_of(model), seed=seed, **source)
     inventory = build_inventory(model)
+    if only_type is not None and only_type not in inventory.attention_types:
+        raise HeadpruneError(f"attention type '{only_type}' is not one of this model's "
+                             f"({', '.join(inventory.attention_types)})", "name one of them with `only_type`")
 
     def score(removed):
         return compute_importance(model, tokenizer, score_examples, method=method, normalize=not no_normalize,
                                   batch_size=batch_size, removed=removed, masked_in_norm=masked_in_norm)
 
-    with progress_bar("pruning curve", len(curve_fractions(step, inventory, per_type))) as advance:
+    with progress_bar("pruning curve", len(curve_fractions(step, inventory, per_type, only_type))) as advance:
         result = pruning_curve(evaluator, inventory, score, step=step, rescore=rescore, per_type=per_type,
-                               progress=advance)
-    result.label = "re-scored" if rescore else "importance once"
+                               only_type=only_type, progress=advance)
+    result.label = ("re-scored" if rescore else "importance once") + (f", {only_type} only" if only_type else "")
     atomic_write_json(out, result.to_dict())
     plot_curves([result], Path(out).with_suffix(".png"))
     click.echo(result.format())

@@ -29,6 +29,8 @@ class Quality:
     examples: int
     signature: str
     p_value: float | None = None
+    chrf: float | None = None  # translation: chrF of the same outputs, with its own sacrebleu signature
+    chrf_signature: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Quality | None:
@@ -42,14 +44,13 @@ class Quality:
 
     def format(self) -> str:
         """Returns e.g. '86.90 %' for accuracy, 'bleu 27.31' otherwise."""
-        return f"{100 * self.value:.2f} %" if self.metric == "accuracy" else f"{self.metric} {self.value:.2f}"
+        if self.metric == "accuracy":
+            return f"{100 * self.value:.2f} %"
+        return f"{self.metric} {self.value:.2f}" + (f", chrF {self.chrf:.2f}" if self.chrf is not None else "")
 
     def to_dict(self) -> dict:
-        """Returns JSON-ready data (``p_value`` only where a paired test was made)."""
-        data = asdict(self)
-        if self.p_value is None:
-            del data["p_value"]
-        return data
+        """Returns JSON-ready data (``p_value`` only where a paired test was made, chrF only where measured)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("p_value", "chrf", "chrf_signature")}
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,9 @@ class Report:
                          f"{change}; throughput vs {base} at concurrency {lowest}: {speed or 'not measured'}")
         sig = self.signature
         requests, trials = (_count_range([getattr(c.stats, k) for c in self.cells]) for k in ("requests", "trials"))
-        lines.append(f"Measured through Triton over {sig['protocol'].upper()}, sequence length {sig['seq_len']}, "
+        translation = any(d.facts.get("task") == "translation" for d in self.deployments.values())
+        inputs = "real source sentences of the data (greedy search)" if translation else f"sequence length {sig['seq_len']}"
+        lines.append(f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
                      f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
                      f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
                      "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
@@ -321,6 +324,8 @@ class Report:
         q = self.deployments[base].quality
         if q and q.signature:
             lines += ["", f"Metric signature: `{q.signature}`"]
+        if q and q.chrf_signature:
+            lines += ["", f"chrF signature: `{q.chrf_signature}`"]
         lines += ["", "## Latency and throughput", "",
                   "| deployment | batch | concurrency | requests | trials | p50 ms | p90 | p95 | p99 | mean | examples/s | "
                   "range over trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -45,6 +45,17 @@ def plot_curves(curves: list, path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
+def plot_training_curve(curve: list[dict], path: str | Path) -> Path:
+    """Plots BLEU vs training minutes (a training record's curve); returns the PNG path."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot([p["seconds"] / 60 for p in curve], [p["bleu"] for p in curve], marker="o")
+    axis.set_xlabel("training minutes")
+    axis.set_ylabel("BLEU (greedy)")
+    axis.grid(alpha=0.3)
+    axis.set_title("BLEU during training")
+    return save_figure(figure, path)
+
+
 def _by_deployment(report: Report, x: Callable[[Cell], float], y: Callable[[Cell], float],
                    **fixed) -> dict[str, list[tuple[float, float]]]:
     """Returns per deployment the (x, y) points of its cells whose attributes equal ``fixed``."""

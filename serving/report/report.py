@@ -95,7 +95,8 @@ def _paired_quality(measured: dict | None, baseline: dict | None, is_baseline: b
     p_value = None
     if not is_baseline and baseline and measured.get("per_example") and baseline.get("per_example"):
         p_value = paired_p_value(measured["metric"], baseline["per_example"], measured["per_example"])
-    return Quality(measured["metric"], measured["value"], measured["examples"], measured["signature"], p_value)
+    return Quality(measured["metric"], measured["value"], measured["examples"], measured["signature"], p_value,
+                   measured.get("chrf"), measured.get("chrf_signature"))
 
 
 def _mean_speedups(measured: dict[str, list[tuple[int, Speedup, np.ndarray]]]) -> dict[str, MeanSpeedup]:

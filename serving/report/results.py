@@ -115,16 +115,31 @@ def demo_results(report_dir: str | Path) -> dict:
     """Returns report.json of a demo run; raises HeadpruneError if the folder holds none or a plain comparison."""
     report = read_report_json(report_dir)
     if "experiments" not in report:
-        raise HeadpruneError(f"'{report_dir}' is a compare report, not a demo report", "run 'headprune demo' first")
+        raise HeadpruneError(f"'{report_dir}' is a compare report, not a demo report",
+                             "run 'headprune demo' or 'headprune demo-mt' first")
     return report
 
 
-def write_results(report_dir: str | Path, out: str | Path) -> Path:
-    """Writes the findings page of the demo report in ``report_dir`` to ``out`` (with its curve plot beside it);
-    returns ``out``."""
+def write_results(report_dirs: str | Path | list, out: str | Path) -> Path:
+    """Writes the findings page of one or more demo reports (``headprune demo``, ``headprune demo-mt``) to ``out``,
+    with their figures beside it; returns ``out``."""
+    from serving.report.mt_results import FIGURES, render_translation_results
+
     out = Path(out)
-    atomic_write_text(out, render_results(demo_results(report_dir)))
-    curve = Path(report_dir) / "curve.png"
-    if curve.exists() and curve.resolve() != (out.parent / "curve.png").resolve():
-        atomic_copy(curve, out.parent / "curve.png")
+    folders = [Path(d) for d in (report_dirs if isinstance(report_dirs, list) else [report_dirs])]
+    sections, figures = [], []
+    for folder in folders:
+        data = demo_results(folder)
+        if "training" in data:
+            sections.append(render_translation_results(data))
+            figures += [folder / name for name in FIGURES]
+        else:
+            sections.insert(0, render_results(data))
+            figures.append(folder / "curve.png")
+    if not sections[0].startswith("# "):
+        sections.insert(0, "# Results on real weights\n")
+    atomic_write_text(out, "\n".join(sections))
+    for figure in figures:
+        if figure.exists() and figure.resolve() != (out.parent / figure.name).resolve():
+            atomic_copy(figure, out.parent / figure.name)
     return out

@@ -1,0 +1,139 @@
+"""Greedy and beam search over an exported encoder/decoder pair (numpy only).
+
+Used in process (over ONNX Runtime sessions) and by the Triton translation model,
+which ships this file next to its ``model.py``: it imports nothing from headprune.
+``encode(feeds)`` and ``decode(feeds)`` run the two graphs of ``exporter.onnx.seq2seq``
+and return dicts of arrays. Greedy search reproduces transformers' ``generate``
+(``num_beams=1``) and beam search its ``early_stopping=True`` beams: start token,
+suppressed tokens, forced end of sequence on the last allowed step. A sequence (or a
+source's beams) that ended leaves the batch, so the remaining ones run on smaller tensors.
+"""
+
+import numpy as np
+
+
+def session_runner(path, threads=0):
+    """Returns ``run(feeds) -> {output name: array}`` over an ONNX Runtime CPU session of the graph at ``path``
+    (feeds may hold more arrays than the graph takes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(outputs, session.run(outputs, {name: feeds[name] for name in inputs})))
+
+
+class Seq2SeqSearch:
+    """Decoding with a KV cache for one exported translation model."""
+
+    def __init__(self, encode, decode, layout, start_id, eos_id, suppressed_ids=(), forced_eos=False):
+        self.encode, self.decode = encode, decode
+        self.cross_names = [f"cross.{l}.{p}" for l, n in enumerate(layout["cross_heads"]) if n for p in ("key", "value")]
+        self.self_layers = [(l, n) for l, n in enumerate(layout["self_heads"]) if n]
+        self.head_size = layout["head_size"]
+        self.start_id, self.eos_id = start_id, eos_id
+        self.suppressed = list(suppressed_ids)
+        self.forced_eos = forced_eos
+
+    def first_state(self, input_ids, attention_mask):
+        """Returns the decoder's inputs before the first step: cross keys/values, mask, empty self caches."""
+        # With no cross-attention head left the output does not depend on the source: nothing to encode.
+        cross = self.encode({"input_ids": input_ids, "attention_mask": attention_mask}) if self.cross_names else {}
+        state = {name: cross[name] for name in self.cross_names}
+        state["encoder_attention_mask"] = attention_mask
+        rows = input_ids.shape[0]
+        for layer, heads in self.self_layers:
+            for part in ("key", "value"):
+                state[f"past.{layer}.{part}"] = np.zeros((rows, heads, 0, self.head_size), dtype=np.float32)
+        return state
+
+    def step(self, state, tokens, step, last_step):
+        """Runs one decoder step for ``tokens`` at position ``step``, updating ``state``; returns the logits."""
+        feeds = dict(state)
+        feeds["input_ids"] = tokens.reshape(-1, 1).astype(np.int64)
+        feeds["position_ids"] = np.full((len(tokens), 1), step, dtype=np.int64)
+        outputs = self.decode(feeds)
+        for layer, _ in self.self_layers:
+            for part in ("key", "value"):
+                state[f"past.{layer}.{part}"] = outputs[f"present.{layer}.{part}"]
+        logits = outputs["logits"].astype(np.float32)
+        if self.suppressed:
+            logits[:, self.suppressed] = -np.inf
+        if last_step and self.forced_eos:
+            logits[:] = -np.inf
+            logits[:, self.eos_id] = 0.0
+        return logits
+
+    @staticmethod
+    def _keep(state, rows):
+        return {name: value[rows] for name, value in state.items()}
+
+    def greedy(self, input_ids, attention_mask, max_new_tokens):
+        """Returns the generated token ids of each source (without the start token, up to and including EOS)."""
+        input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
+        results = [[] for _ in range(len(input_ids))]
+        active = np.arange(len(input_ids))
+        state = self.first_state(input_ids, attention_mask)
+        tokens = np.full(len(input_ids), self.start_id, dtype=np.int64)
+        for step in range(max_new_tokens):
+            tokens = self.step(state, tokens, step, step == max_new_tokens - 1).argmax(-1)
+            for row, token in zip(active, tokens):
+                results[row].append(int(token))
+            going = tokens != self.eos_id
+            if not going.all():
+                active, tokens = active[going], tokens[going]
+                state = self._keep(state, np.flatnonzero(going))
+            if not len(active):
+                break
+        return results
+
+    def beam(self, input_ids, attention_mask, num_beams, max_new_tokens, length_penalty=1.0):
+        """Returns the best hypothesis of a beam search per source (token ids, up to and including EOS).
+
+        A hypothesis scores its summed log-probabilities divided by its length to the
+        power ``length_penalty``. A source is done once ``num_beams`` hypotheses ended,
+        or at ``max_new_tokens``, when its live beams are ranked with the ended ones."""
+        input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
+        count = len(input_ids)
+        state = self._keep(self.first_state(input_ids, attention_mask), np.repeat(np.arange(count), num_beams))
+        active = list(range(count))
+        sequences = [[[]] * num_beams for _ in range(count)]
+        scores = np.tile(np.r_[0.0, np.full(num_beams - 1, -np.inf)], (count, 1))  # one live beam at first
+        ended = [[] for _ in range(count)]
+        tokens = np.full(count * num_beams, self.start_id, dtype=np.int64)
+        for step in range(max_new_tokens):
+            last = step == max_new_tokens - 1
+            logits = self.step(state, tokens, step, last)
+            shifted = logits - logits.max(-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            totals = (scores.reshape(-1, 1) + log_probs).reshape(len(active), -1)
+            vocabulary = log_probs.shape[-1]
+            survivors = []  # (item, rows, scores, sequences) of sources still searching
+            for position, item in enumerate(active):
+                rows, beam_scores, beam_sequences = [], [], []
+                for rank, flat in enumerate(np.argsort(-totals[position], kind="stable")[:2 * num_beams]):
+                    beam, token = divmod(int(flat), vocabulary)
+                    total = float(totals[position, flat])
+                    if not np.isfinite(total):
+                        break
+                    sequence = sequences[position][beam] + [token]
+                    if token == self.eos_id or last:
+                        if rank < num_beams:  # an ending ranked below the beam width is dropped, as in transformers
+                            ended[item].append((total / len(sequence) ** length_penalty, sequence))
+                    elif len(rows) < num_beams:
+                        rows.append(position * num_beams + beam)
+                        beam_scores.append(total)
+                        beam_sequences.append(sequence)
+                if len(ended[item]) < num_beams and rows and not last:
+                    padding = num_beams - len(rows)  # dead copies keep every source at num_beams rows
+                    survivors.append((item, rows + rows[:1] * padding, beam_scores + [-np.inf] * padding,
+                                      beam_sequences + beam_sequences[:1] * padding))
+            if not survivors:
+                break
+            active = [item for item, _, _, _ in survivors]
+            state = self._keep(state, np.array([row for _, rows, _, _ in survivors for row in rows]))
+            scores = np.array([beam_scores for _, _, beam_scores, _ in survivors])
+            sequences = [beam_sequences for _, _, _, beam_sequences in survivors]
+            tokens = np.array([sequence[-1] for beams in sequences for sequence in beams], dtype=np.int64)
+        return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in ended]

@@ -1,0 +1,106 @@
+"""Triton Python model: raw source strings in, translations out (greedy or beam search with a KV cache).
+
+One model runs both exported graphs (``encoder.onnx``, ``decoder.onnx``) with ONNX
+Runtime in its own process and decodes with ``search.py`` (shipped beside this file),
+tokenising with the checkpoint's ``tokenizers`` tokenizer. Request parameters:
+``num_beams`` (1 = greedy, the default) and ``max_new_tokens``. Requests that arrive
+together and ask for the same search are decoded as one batch; a sequence leaves the
+batch at its end of sentence. A bad request (empty or over-long source, a beam size
+or token budget out of range) gets its own error; the others are still answered.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from search import Seq2SeqSearch, session_runner  # noqa: E402  (shipped next to this file)
+
+
+def _integer(parameters, name, default, low, high):
+    value = parameters.get(name, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"parameter {name} must be an integer from {low} to {high}; received {value!r}")
+    return value
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.settings = json.loads(parameters["generation"])
+        threads = int(parameters.get("threads", "0"))
+        encoder = os.path.join(folder, "encoder.onnx")
+        s = self.settings
+        self.search = Seq2SeqSearch(session_runner(encoder, threads) if os.path.exists(encoder) else None,
+                                    session_runner(os.path.join(folder, "decoder.onnx"), threads), s["layout"], s["start_id"],
+                                    s["eos_id"], s["suppressed_ids"], s["forced_eos"])
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.enable_padding(pad_id=s["pad_id"])
+        self.limits = json.loads(parameters["limits"])
+
+    def _request(self, request):
+        """Returns (sources, num_beams, max_new_tokens) of one request; raises ValueError when it is bad."""
+        tensor = pb_utils.get_input_tensor_by_name(request, "SOURCE")
+        if tensor is None:
+            raise ValueError("input SOURCE is missing")
+        sources = []
+        for row, value in enumerate(tensor.as_numpy().reshape(-1)):
+            try:
+                text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"SOURCE row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
+            if not text.strip():
+                raise ValueError(f"SOURCE row {row} must not be empty")
+            tokens = len(self.tokenizer.encode(text).ids)
+            if tokens > self.settings["max_length"]:
+                raise ValueError(f"SOURCE row {row} has {tokens} tokens; this model takes at most "
+                                 f"{self.settings['max_length']} (split the text into sentences)")
+            sources.append(text)
+        parameters = json.loads(request.parameters() or "{}")
+        beams = _integer(parameters, "num_beams", 1, 1, self.limits["max_beams"])
+        new_tokens = _integer(parameters, "max_new_tokens", self.limits["default_new_tokens"], 1,
+                              self.limits["max_new_tokens"])
+        return sources, beams, new_tokens
+
+    def _translate(self, sources, beams, new_tokens):
+        encodings = self.tokenizer.encode_batch(sources)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if beams == 1:
+            generated = self.search.greedy(ids, mask, new_tokens)
+        else:
+            generated = self.search.beam(ids, mask, beams, new_tokens)
+        return self.tokenizer.decode_batch(generated, skip_special_tokens=True)
+
+    def execute(self, requests):
+        responses, groups = [None] * len(requests), {}
+        for index, request in enumerate(requests):
+            try:
+                sources, beams, new_tokens = self._request(request)
+                groups.setdefault((beams, new_tokens), []).append((index, sources))
+            except ValueError as error:
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+        for (beams, new_tokens), members in groups.items():
+            try:
+                translations = self._translate([s for _, sources in members for s in sources], beams, new_tokens)
+            except Exception as error:  # fails this group's requests only, with what went wrong
+                for index, _ in members:
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                        f"cannot translate this request ({type(error).__name__}: {error})"))
+                continue
+            start = 0
+            for index, sources in members:
+                rows = np.array([t.encode("utf-8") for t in translations[start:start + len(sources)]], dtype=object)
+                start += len(sources)
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("TRANSLATION", rows.reshape(-1, 1))])
+        return responses

@@ -1,0 +1,118 @@
+"""Writing a translation model into a Triton model repository: ``<name>_translate``.
+
+One version folder holds both ONNX graphs (``encoder.onnx``, ``decoder.onnx``, with a
+KV cache sized per layer), the decoding code (``model.py`` and ``search.py``), the
+tokenizer and ``deployment.json``. It is built and validated beside the repository
+(greedy tokens and step logits against transformers) and renamed in only then.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+from exporter.atomic import atomic_write_json
+from exporter.errors import HeadpruneError
+from exporter.onnx.seq2seq import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    GenerationValidation,
+    export_seq2seq_onnx,
+    generation_settings,
+    validate_generation,
+)
+from exporter.pruning.checkpoint import load_model
+from exporter.pruning.inventory import build_inventory
+from exporter.triton.config import DeploymentOptions, translation_config, write_config
+from exporter.triton.description import CONFIG_PARAMETER
+from exporter.triton.layout import ModelRepository, check_name, translate_model_name
+from exporter.triton.repository import check_version, describe_model, require_fast_tokenizer, staged_version
+
+MAX_BEAMS = 8
+DEFAULT_NEW_TOKENS = 64
+
+
+@dataclass
+class TranslationExport:
+    """What a translation export wrote and how its greedy search matched transformers'."""
+
+    name: str
+    version: int
+    folder: Path
+    validation: GenerationValidation
+    heads: int
+    original_heads: int
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return {"name": self.name, "version": self.version, "folder": str(self.folder),
+                "validation": self.validation.to_dict(), "heads": self.heads, "original_heads": self.original_heads}
+
+
+def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
+    """Returns ``count`` seeded pseudo-sentences of 3 to 12 vocabulary tokens, for validating without data."""
+    rng = random.Random(seed)
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    return [tokenizer.decode([rng.choice(ids) for _ in range(rng.randint(3, 12))]).strip() or "a" for _ in range(count)]
+
+
+def _copy_code(folder: Path) -> None:
+    models = resources.files("exporter.triton.models")
+    (folder / "model.py").write_text(models.joinpath("translate.py").read_text())
+    (folder / "search.py").write_text(models.joinpath("search.py").read_text())
+
+
+def export_translation_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
+                                     options: DeploymentOptions = DeploymentOptions(), sources: list[str] | None = None,
+                                     atol: float = 1e-3, max_new_tokens: int = DEFAULT_NEW_TOKENS,
+                                     threads: int = 0) -> TranslationExport:
+    """Exports the translation model in ``model_dir`` as ``<name>_translate`` into ``repo``; returns what was written.
+
+    Greedy search over the exported graphs must reproduce transformers' greedy tokens
+    on ``sources`` (default: seeded pseudo-sentences) with step logits within ``atol``,
+    or nothing is written. ``threads`` sets ONNX Runtime's threads in the server (0: all)."""
+    check_name(name)
+    served = check_name(translate_model_name(name))
+    check_version(version)
+    model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
+    model = load_model(model_dir)
+    if not model.config.is_encoder_decoder:
+        raise HeadpruneError(f"'{model_dir}' is not a translation (encoder-decoder) model ({type(model).__name__})",
+                             "export classifiers without `task` translation, or pass a Marian/BART/mBART checkpoint")
+    tokenizer = require_fast_tokenizer(model_dir)
+    positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
+    options = replace(options, max_length=min(options.max_length, positions))
+    max_new_tokens = min(max_new_tokens, positions - 1)
+    inventory = build_inventory(model)
+    version = version or max(repository.versions(served), default=0) + 1
+    with staged_version(repository, served, version) as staged:
+        layout = export_seq2seq_onnx(model, staged)
+        settings = generation_settings(model, tokenizer, layout, options.max_length)
+        validation = validate_generation(model, tokenizer, staged, settings, sources or validation_sources(tokenizer),
+                                         max_new_tokens=min(max_new_tokens, 32), atol=atol)
+        if not validation.passed:
+            raise HeadpruneError(
+                f"the exported graphs' greedy search matched transformers on {validation.exact_matches} of "
+                f"{validation.sentences} sentences, step logits within {validation.max_logit_diff:.3g} (tolerance "
+                f"{atol:g}); nothing was written", "report this model as a bug, or loosen the check with `atol`")
+        atomic_write_json(staged / "validation.json", validation.to_dict())
+        _copy_code(staged)
+        tokenizer.save_pretrained(staged / "tokenizer")
+        onnx_bytes = sum((staged / f).stat().st_size for f in (ENCODER_FILE, DECODER_FILE) if (staged / f).exists())
+        description = replace(describe_model(model, inventory, inputs=["input_ids", "attention_mask"],
+                                             max_length=options.max_length, source=model_dir, onnx_bytes=onnx_bytes,
+                                             validation=validation.to_dict()),
+                              task="translation", generation=settings, id2label={}, label2id={})
+        description.write(staged)
+        limits = {"max_beams": MAX_BEAMS, "max_new_tokens": max_new_tokens, "default_new_tokens": max_new_tokens}
+        config = translation_config(served, options, {
+            CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "limits": json.dumps(limits),
+            "threads": str(threads), "heads": f"{description.heads}/{description.original_heads}"})
+    if version >= repository.served_version(served):
+        write_config(config, repository.folder(served))
+    return TranslationExport(served, version, repository.version_folder(served, version), validation,
+                             inventory.kept_head_count(), inventory.original_head_count())
