@@ -11,6 +11,16 @@ from exporter import load_model, load_tokenizer
 from tests.helpers import make_bert, make_marian, random_sentences, write_jsonl
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded (two threads on a busy machine are many times slower);
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("headprune")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -127,3 +129,24 @@ def make_trained_marian(path: Path, seed: int = 0, layers: int = 2, steps: int =
         optimizer.step()
     model.eval().save_pretrained(path)
     return path
+
+
+def call_together(send: Callable[[int], object], count: int) -> list:
+    """Calls ``send(0..count-1)`` from one thread each, released together; returns each result, or the
+    exception it raised (requests sent at once so that Triton's dynamic batcher can group them)."""
+    results: list = [None] * count
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            results[index] = send(index)
+        except Exception as error:  # the caller checks which requests failed, and how
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -23,13 +23,7 @@ PROMPT = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 10]])
 NEW_TOKENS = 10
 TOLERANCE = 1e-4
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and far faster than two threads on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_with_inputs(path):

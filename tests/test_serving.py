@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -20,7 +19,7 @@ from exporter.triton.layout import ModelRepository
 from exporter.triton.repository import export_to_repository
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import WORDS
+from tests.helpers import WORDS, call_together
 
 VOCAB = len(WORDS) + 5  # the tiny BERT's vocabulary: 5 special tokens, then WORDS
 
@@ -180,23 +179,9 @@ def infer_together(server, model: str, requests: list[dict], outputs: list[str])
     """Sends ``requests`` at once from threads, alternating HTTP and gRPC; returns (each one's outputs or
     HeadpruneError, how many executions Triton ran for them)."""
     before = executions(server, model)
-    results = [None] * len(requests)
-    start = threading.Barrier(len(requests))
-
-    def send(index):
-        protocol = PROTOCOLS[index % 2]
-        client = TritonClient(url(server, protocol), protocol)  # the HTTP client works only in its own thread
-        start.wait()
-        try:
-            results[index] = client.infer(model, requests[index], outputs)
-        except HeadpruneError as error:
-            results[index] = error
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Each thread makes its own client: the HTTP client works only in the thread that made it.
+    results = call_together(lambda i: TritonClient(url(server, PROTOCOLS[i % 2]), PROTOCOLS[i % 2]).infer(
+        model, requests[i], outputs), len(requests))
     return results, executions(server, model) - before
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from exporter.triton.translation import MAX_BEAMS, export_translation_to_reposit
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import make_trained_marian, random_sentences, write_jsonl
+from tests.helpers import call_together, make_trained_marian, random_sentences, write_jsonl
 
 ALL = [0, 1, 2, 3]
 PLAN = {"encoder": {0: [1], 1: ALL}, "decoder": {0: ALL, 2: [3]}, "cross": {1: ALL, 2: [0]}}
@@ -28,13 +27,7 @@ NEW_TOKENS = 16
 BATCHING = DeploymentOptions(max_batch_size=16, queue_delay_us=200_000, max_length=24)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (two threads on a busy machine are many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -116,19 +109,9 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(served):
     client = client_for(served, "http")
     before = client.statistics("batched_translate")["model_stats"][0]
     requests = [SOURCES[:3], [""], SOURCES[3:5], SOURCES[5:6], ["the film " * 20], SOURCES[6:9]]
-    results = [None] * len(requests)
-
-    def send(index):
-        try:
-            results[index] = TritonClient(served["server"].http_url).translate("batched_translate", requests[index])
-        except HeadpruneError as error:
-            results[index] = error
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # Each thread makes its own client: the HTTP client works only in the thread that made it.
+    results = call_together(lambda i: TritonClient(served["server"].http_url).translate("batched_translate",
+                                                                                       requests[i]), len(requests))
     after = client.statistics("batched_translate")["model_stats"][0]
     expected = in_process(served["dirs"]["base"], SOURCES[:9])
     assert results[0] == expected[:3] and results[2] == expected[3:5] and results[3] == expected[5:6]

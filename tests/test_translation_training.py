@@ -20,12 +20,7 @@ TINY = TranslationSettings(vocab_size=120, d_model=16, layers=1, heads=2, ffn=32
                            minutes=0.04, eval_minutes=0.015, eval_sentences=8, warmup_steps=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs(count: int, seed: int) -> list[dict]:

@@ -37,6 +37,8 @@ def _setting(name: str, text: str):
 @_setting("layers", "Encoder and decoder layers.")
 @_setting("heads", "Attention heads per attention (d_model must divide by it).")
 @_setting("ffn", "Feed-forward width.")
+@_setting("dropout", "Dropout of the transformer layers.")
+@_setting("label_smoothing", "Label smoothing of the cross-entropy.")
 @_setting("learning_rate", "Peak learning rate (AdamW, warm-up then inverse square root).")
 @_setting("warmup_steps", "Linear warm-up steps.")
 @_setting("batch_tokens", "Tokens per side in one length-sorted batch.")
