@@ -27,7 +27,7 @@ from exporter.onnx.seq2seq import (
 from exporter.triton.layout import ModelRepository
 from exporter.triton.translation import export_translation_to_repository
 from serving.cli import main
-from tests.helpers import make_trained_marian, random_sentences, write_jsonl
+from tests.helpers import make_trained_marian, random_sentences, randomize, write_jsonl
 
 ALL = [0, 1, 2, 3]
 PLANS = {
@@ -141,3 +141,29 @@ def test_export_command_writes_the_translation_model(trained_marian, tmp_path):
     folder = ModelRepository(tmp_path / "repo").version_folder("mt_translate", 1)
     assert {p.name for p in folder.iterdir()} >= {"encoder.onnx", "decoder.onnx", "model.py", "search.py", "tokenizer",
                                                  "deployment.json", "validation.json"}
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_bart_and_mbart_export_with_uneven_heads(model_type, marian_dir, tmp_path):
+    """The other members of the family: scaled embeddings inside the embedding, layer norms, learned positions."""
+    from transformers import BartConfig, BartForConditionalGeneration, MBartConfig, MBartForConditionalGeneration
+
+    config_class, model_class = {"bart": (BartConfig, BartForConditionalGeneration),
+                                 "mbart": (MBartConfig, MBartForConditionalGeneration)}[model_type]
+    tokenizer = load_tokenizer(marian_dir)  # a word-level tokenizer: pad 0, eos 1
+    config = config_class(vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                          max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+                          decoder_start_token_id=1, forced_eos_token_id=None, scale_embedding=True)
+    torch.manual_seed(0)
+    model = randomize(model_class(config).eval())
+    apply_plan(model, HeadPlan.of({"encoder": {0: [1]}, "decoder": {0: ALL}, "cross": {1: ALL, 0: [2]}}))
+    settings = generation_settings(model, tokenizer, export_seq2seq_onnx(model, tmp_path), max_length=64)
+    validation = validate_generation(model, tokenizer, tmp_path, settings, SOURCES[:16], NEW_TOKENS, atol=TOLERANCE)
+    assert validation.passed, validation
+    batch = tokenizer(SOURCES[:16], padding=True, return_tensors="np")
+    generator = torch.Generator().manual_seed(1)
+    sequences = [torch.randint(3, len(tokenizer), (int(n),), generator=generator).tolist() + [1]
+                 for n in torch.randint(2, 12, (16,), generator=generator)]
+    search = onnx_search(tmp_path, settings)
+    assert step_logits_difference(model, search, batch["input_ids"], batch["attention_mask"], sequences) <= TOLERANCE

@@ -5,7 +5,7 @@ Two graphs:
   for every decoder layer ``l`` whose cross attention keeps heads: the cross-attention
   keys and values, computed once per source from the encoder output.
 - ``decoder.onnx``: one decoding step. ``input_ids`` (batch, 1), ``position_ids``
-  (batch, 1), ``encoder_attention_mask``, the cross keys/values, and ``past.{l}.key`` /
+  (batch, 1; every row holds the same step), ``encoder_attention_mask``, the cross keys/values, and ``past.{l}.key`` /
   ``past.{l}.value`` (batch, heads_l, past, head_size) for every layer whose self
   attention keeps heads -> ``logits`` (batch, vocabulary) and ``present.{l}.key`` /
   ``present.{l}.value`` (past + 1 positions).
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from exporter.errors import HeadpruneError
 from exporter.onnx.export import OPSET
 from exporter.pruning.inventory import build_inventory
 
@@ -117,9 +118,12 @@ class DecoderStep(nn.Module):
         cache = EncoderDecoderCache(self_cache, cross_cache)
         for index in range(len(self.layout.cross_heads)):
             cache.is_updated[index] = True  # cross keys/values come from the encoder graph
-        hidden = decoder.embed_tokens(input_ids) * decoder.embed_scale
-        hidden = hidden + decoder.embed_positions(input_ids, 0, position_ids)
-        # Optional parts some members of the family have (BART, mBART): applied when present.
+        # Members of the family differ in small parts, applied when present: Marian scales the token
+        # embeddings in the decoder (BART and mBART inside the embedding), BART and mBART normalise the
+        # embeddings, mBART normalises the last layer's output, Marian and BART add a final logits bias.
+        hidden = decoder.embed_tokens(input_ids) * getattr(decoder, "embed_scale", 1.0)
+        # Every row is at the same step: one position, in the 1-D form every member's embedding accepts.
+        hidden = hidden + decoder.embed_positions(input_ids, 0, position_ids[0])
         if getattr(decoder, "layernorm_embedding", None) is not None:
             hidden = decoder.layernorm_embedding(hidden)
         minimum = torch.finfo(hidden.dtype).min
@@ -201,6 +205,10 @@ def generation_settings(model, tokenizer, layout: CacheLayout, max_length: int) 
     and ``forced_eos_token_id`` ends a sequence on its last allowed step, as
     transformers' ``generate`` does; ``max_length`` caps source tokens (and new tokens)."""
     config = model.generation_config
+    if model.config.decoder_start_token_id is None or getattr(config, "forced_bos_token_id", None) is not None:
+        raise HeadpruneError("this model starts its translations with a forced or unset first token (e.g. an mBART "
+                             "language code), which the exported search does not handle",
+                             "set decoder_start_token_id (and no forced_bos_token_id) in the model's config")
     suppressed = sorted({ids[0] for ids in (config.bad_words_ids or []) if len(ids) == 1})
     return {"layout": layout.to_dict(), "start_id": int(model.config.decoder_start_token_id),
             "eos_id": int(model.config.eos_token_id), "pad_id": int(tokenizer.pad_token_id),
