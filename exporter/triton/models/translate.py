@@ -44,11 +44,11 @@ class TritonPythonModel:
                                     s["eos_id"], s["suppressed_ids"], s["forced_eos"])
         self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
         self.tokenizer.no_truncation()
-        self.tokenizer.enable_padding(pad_id=s["pad_id"])
+        self.tokenizer.no_padding()  # each source is tokenised once, when checked; batches are padded here
         self.limits = json.loads(parameters["limits"])
 
     def _request(self, request):
-        """Returns (sources, num_beams, max_new_tokens) of one request; raises ValueError when it is bad."""
+        """Returns (token ids of each source, num_beams, max_new_tokens) of one request; raises ValueError when it is bad."""
         tensor = pb_utils.get_input_tensor_by_name(request, "SOURCE")
         if tensor is None:
             raise ValueError("input SOURCE is missing")
@@ -60,11 +60,12 @@ class TritonPythonModel:
                 raise ValueError(f"SOURCE row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
             if not text.strip():
                 raise ValueError(f"SOURCE row {row} must not be empty")
-            tokens = len(self.tokenizer.encode(text).ids)
+            ids = self.tokenizer.encode(text).ids
+            tokens = len(ids)
             if tokens > self.settings["max_length"]:
                 raise ValueError(f"SOURCE row {row} has {tokens} tokens; this model takes at most "
                                  f"{self.settings['max_length']} (split the text into sentences)")
-            sources.append(text)
+            sources.append(ids)
         parameters = json.loads(request.parameters() or "{}")
         beams = _integer(parameters, "num_beams", 1, 1, self.limits["max_beams"])
         new_tokens = _integer(parameters, "max_new_tokens", self.limits["default_new_tokens"], 1,
@@ -72,9 +73,10 @@ class TritonPythonModel:
         return sources, beams, new_tokens
 
     def _translate(self, sources, beams, new_tokens):
-        encodings = self.tokenizer.encode_batch(sources)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        width = max(len(ids) for ids in sources)
+        pad = self.settings["pad_id"]
+        ids = np.array([row + [pad] * (width - len(row)) for row in sources], dtype=np.int64)
+        mask = np.array([[1] * len(row) + [0] * (width - len(row)) for row in sources], dtype=np.int64)
         if beams == 1:
             generated = self.search.greedy(ids, mask, new_tokens)
         else:
