@@ -12,7 +12,7 @@ from exporter.training.settings import TranslationSettings
 from exporter.triton.layout import ModelRepository
 from serving.demo.assets import default_cache
 from serving.demo.translation import TranslationDemoBudget, model_folder, run_translation_demo
-from serving.report.mt_results import render_translation_results
+from serving.report.mt_results import FIGURES, render_translation_results
 
 SMALL = TranslationDemoBudget(
     training=TranslationSettings(vocab_size=2000, d_model=64, layers=2, heads=4, ffn=128, minutes=1.0,
@@ -35,7 +35,7 @@ def test_translation_demo_on_real_data(tmp_path):
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert report["complete"] and path.exists()
-    assert model_folder(default_cache(), SMALL.training).name != "translation-model"  # never the demo's own model
+    assert model_folder(default_cache(), SMALL.training) != model_folder(default_cache(), TranslationSettings())
     training = report["training"]
     assert training["settings"]["d_model"] == 64 and training["test"]["examples"] == 2000
     assert set(report["deployments"]) == {"marian", "marian_pruned50"}
@@ -48,13 +48,17 @@ def test_translation_demo_on_real_data(tmp_path):
     repository = ModelRepository(tmp_path / "repo")
     assert repository.versions("marian_translate") == [1] and repository.versions("marian_pruned50_translate") == [1]
     experiments = report["experiments"]
-    assert set(experiments["curves"]) == {"global_once", "global_rescored", "encoder_only", "decoder_only", "cross_only"}
-    for kind in ("encoder", "decoder", "cross"):
-        curve = experiments["curves"][f"{kind}_only"]
-        assert all(set(p["plan"]) <= {kind} for p in curve["points"])  # only that type's heads were pruned
-        assert [p["pruned_heads"] for p in curve["points"]] == [0, 4, 7]
+    types = ("encoder", "decoder", "cross")
+    assert set(experiments["curves"]) == {"global_once", "global_rescored", *(f"{kind}_only" for kind in types),
+                                          *(f"{kind}_only_rescored" for kind in types)}
+    for kind in types:
+        for name in (f"{kind}_only", f"{kind}_only_rescored"):
+            curve = experiments["curves"][name]
+            assert all(set(p["plan"]) <= {kind} for p in curve["points"])  # only that type's heads were pruned
+            assert [p["pruned_heads"] for p in curve["points"]] == [0, 4, 7]
+        assert experiments["curves"][f"{kind}_only_rescored"]["rescore"]
     assert {kind for kind in experiments["ablation"]["delta"]} == {"encoder", "decoder", "cross"}
     assert 1 <= len(experiments["dynamics"]) <= 2
     assert render_translation_results(report) in (tmp_path / "reports" / "results.md").read_text()
-    for figure in ("mt_training.png", "mt_curve.png", "mt_curve_types.png", "mt_dynamics.png"):
+    for figure in FIGURES:
         assert (tmp_path / "reports" / figure).stat().st_size > 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -12,9 +13,13 @@ from click.testing import CliRunner
 from onnxruntime.transformers import optimizer
 
 from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
+from exporter.errors import HeadpruneError
 from exporter.onnx.export import export_classifier_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
+from exporter.onnx.quantize import quantize_int8
+from exporter.triton.description import DeploymentDescription
 from exporter.triton.repository import export_to_repository
+from serving.benchmark.deployment import describe_deployment
 from serving.cli import main
 
 UNEVEN = {"encoder": {0: [0], 1: [0, 1, 2], 2: [0, 1, 2, 3]}}  # heads left: 3, 1, 0
@@ -79,7 +84,6 @@ def test_optimized_model_serves_the_same_logits(uneven_dir, tmp_path):
 
 
 def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_path):
-    from exporter.errors import HeadpruneError
     from exporter.triton.config import DeploymentOptions, read_config
 
     options = DeploymentOptions(kind="gpu", tensorrt=True, instances=2, max_batch_size=32, queue_delay_us=500)
@@ -114,3 +118,29 @@ def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, 
                 weight = layer.module("output").weight
                 weight[:, :8] = weight[:, 8:16].clone()
         assert validate_onnx(wrong, tmp_path / "m.onnx", names).max_abs_diff > 100 * 1e-4, damage
+
+
+def test_int8_export_quantizes_the_matmuls_and_stays_close_to_fp32(uneven_dir, tmp_path):
+    plain = export_to_repository(uneven_dir, tmp_path / "repo", "plain")
+    small = export_to_repository(uneven_dir, tmp_path / "repo", "small", precision="int8")
+    operators = {p: {n.op_type for n in onnx.load(str(r.model_path)).graph.node} for p, r in (("fp32", plain), ("int8", small))}
+    assert "MatMulInteger" in operators["int8"] and "MatMulInteger" not in operators["fp32"]
+    assert small.quantization.passed and 0 < small.quantization.max_abs_diff <= small.quantization.atol
+    assert small.validation.max_abs_diff <= 1e-4  # the FP32 graph it came from was checked as usual
+    assert DeploymentDescription.read(small.model_path.parent).precision == "int8"
+    assert DeploymentDescription.read(plain.model_path.parent).precision == "fp32"
+    assert describe_deployment(tmp_path / "repo", "small", 16).to_dict()["precision"] == "int8"  # what reports show
+    result = CliRunner().invoke(main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli",
+                                       "--quantize", "int8"])
+    assert result.exit_code == 0 and "INT8: max |INT8 - FP32|" in result.output
+    with pytest.raises(HeadpruneError, match="precision 'int4' is unknown"):
+        export_to_repository(uneven_dir, tmp_path / "repo", "bad", precision="int4")
+
+
+def test_int8_check_refuses_a_graph_too_far_from_fp32_and_keeps_the_fp32_graph(uneven_dir, tmp_path):
+    model = load_model(uneven_dir)
+    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    validation = quantize_int8(model, tmp_path / "m.onnx", names, relative_tolerance=1e-6)
+    assert not validation.passed and validation.max_abs_diff > validation.atol > 0
+    assert (tmp_path / "m.onnx").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from benchmarks.translation_serving import add_bls_variant
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import bleu
@@ -42,6 +43,7 @@ def served(tmp_path_factory):
                                   ("pruned", root / "pruned", DeploymentOptions(max_batch_size=16, max_length=24)),
                                   ("batched", base, BATCHING)):
         export_translation_to_repository(folder, repo, name, options=options, max_new_tokens=NEW_TOKENS, threads=1)
+    add_bls_variant(repo, "pruned")
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": repo, "dirs": {"base": base, "pruned": root / "pruned"}, "root": root}
 
@@ -54,6 +56,17 @@ def in_process(folder, sources, num_beams=1):
         generated = model.generate(**batch, max_new_tokens=NEW_TOKENS, num_beams=num_beams, do_sample=False,
                                    early_stopping=True)
     return tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_bls_loop_over_served_graphs_translates_like_the_one_model(served, num_beams):
+    # The BLS variant is measured by benchmarks/translation_serving.py; it must decode identically to be comparable.
+    client = client_for(served, "http")
+    bls = client.translate("pruned_bls_translate", SOURCES, num_beams=num_beams)
+    assert bls == client.translate("pruned_translate", SOURCES, num_beams=num_beams)
+    assert bls == in_process(served["dirs"]["pruned"], SOURCES, num_beams=num_beams)
+    steps = client.statistics("pruned_decoder")["model_stats"][0]["inference_stats"]["success"]["count"]
+    assert int(steps) >= 2  # the decoder steps really went through the served graph, not an in-process session
 
 
 def client_for(served, protocol):

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from exporter import load_model, load_tokenizer
 from exporter.errors import HeadpruneError
 from exporter.training.settings import TranslationSettings
-from exporter.training.translation import train_translation
+from exporter.training.translation import learning_rate_factor, train_translation
 from serving.cli import main
 from serving.demo.tatoeba import split_by_source, tatoeba_pairs, write_translation_splits
 from tests.helpers import random_sentences, write_jsonl
@@ -26,6 +26,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def pairs(count: int, seed: int) -> list[dict]:
     sources = random_sentences(count, seed=seed)
     return [{"source": s, "target": " ".join(s.split()[::-1])} for s in sources]
+
+
+def test_learning_rate_warms_up_decays_and_cools_down_to_zero_at_the_end_of_the_budget():
+    settings = TranslationSettings(warmup_steps=100, minutes=10, cooldown=0.2)
+    assert learning_rate_factor(49, 0, settings) == pytest.approx(0.5)  # half way up the warm-up
+    assert learning_rate_factor(399, 0, settings) == pytest.approx(0.5)  # inverse square root: sqrt(100 / 400)
+    assert learning_rate_factor(399, 8 * 60, settings) == pytest.approx(0.5)  # the cooldown starts at 80 % of the budget
+    assert learning_rate_factor(399, 9 * 60, settings) == pytest.approx(0.25)  # half way down
+    assert learning_rate_factor(399, 10 * 60, settings) == 0.0
+    assert learning_rate_factor(399, 9 * 60, TranslationSettings(warmup_steps=100, minutes=10, cooldown=0)) == 0.5
+    with pytest.raises(HeadpruneError, match="cooldown"):
+        TranslationSettings(cooldown=1.0)
 
 
 def test_tatoeba_pairs_are_deduplicated_and_splits_are_disjoint_by_source(tmp_path):

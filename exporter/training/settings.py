@@ -17,10 +17,11 @@ class TranslationSettings:
     layers: int = 3
     heads: int = 8
     ffn: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.0
     max_length: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 400
+    cooldown: float = 0.2
     label_smoothing: float = 0.1
     batch_tokens: int = 3000
     minutes: float = 40.0
@@ -36,8 +37,9 @@ class TranslationSettings:
             raise HeadpruneError(f"d_model {self.d_model} does not split into {self.heads} heads",
                                  "choose `heads` dividing `d_model` (e.g. 8 heads for 256)")
         if min(self.layers, self.ffn, self.vocab_size, self.batch_tokens, self.warmup_steps, self.max_length) < 1 \
-                or self.minutes <= 0 or self.eval_minutes <= 0:
-            raise HeadpruneError("training settings must be positive", "give positive sizes, steps and minutes")
+                or self.minutes <= 0 or self.eval_minutes <= 0 or not 0 <= self.cooldown < 1:
+            raise HeadpruneError("training settings out of range", "give positive sizes, steps and minutes, and a "
+                                 "cooldown share from 0 up to (not including) 1")
 
     def fixed(self) -> dict:
         """Returns the settings a resumed run must share with the run it continues."""

@@ -44,9 +44,16 @@ class TrainingStatus:
     bleu: float | None
 
 
-def _learning_rate_factor(warmup: int) -> Callable[[int], float]:
-    # Linear warm-up, then inverse square root decay (Vaswani et al.), as a multiplier of the peak rate.
-    return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+def learning_rate_factor(step: int, seconds: float, settings: TranslationSettings) -> float:
+    """Returns the multiplier of the peak rate at ``step``, ``seconds`` into the budget.
+
+    Linear warm-up, then inverse square root decay (Vaswani et al.); over the last
+    ``cooldown`` share of the wall-clock budget the rate falls linearly to zero, because a
+    run that stops on a clock ends far from converged, where annealing buys more than steps.
+    """
+    schedule = min((step + 1) / settings.warmup_steps, math.sqrt(settings.warmup_steps / (step + 1)))
+    left = max(0.0, 1.0 - seconds / (settings.minutes * 60))
+    return schedule * min(1.0, left / settings.cooldown) if settings.cooldown > 0 else schedule
 
 
 def _token_batches(lengths: list[tuple[int, int]], batch_tokens: int) -> list[list[int]]:
@@ -153,7 +160,6 @@ class _Run:
         self.model = MarianMTModel(settings.model_config(self.tokenizer)).to(self.device)  # before the optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98),
                                            eps=1e-9, weight_decay=0.0)
-        self.factor = _learning_rate_factor(settings.warmup_steps)
         self.position = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "curve": [], "settings": settings.fixed()}
         if resume and (out / "state" / "position.json").is_file():
             self.position = _load_state(out, self.model, self.optimizer, settings)
@@ -170,12 +176,12 @@ class _Run:
             self.position["epoch"] += 1
             self.position["batch"] = 0
 
-    def step(self, batch: dict) -> int:
-        """Takes one optimisation step on ``batch``; returns the number of tokens it held (both sides)."""
+    def step(self, batch: dict, seconds: float) -> int:
+        """Takes one optimisation step on ``batch`` at ``seconds`` into the budget; returns its tokens (both sides)."""
         from transformers.models.marian.modeling_marian import shift_tokens_right
 
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.learning_rate * self.factor(self.position["step"])
+            group["lr"] = self.settings.learning_rate * learning_rate_factor(self.position["step"], seconds, self.settings)
         labels = batch["labels"]
         decoder_input_ids = shift_tokens_right(labels, self.tokenizer.pad_token_id,
                                                self.model.config.decoder_start_token_id)
@@ -242,7 +248,7 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
             next_eval = seconds + settings.eval_minutes * 60
             if seconds >= settings.minutes * 60:
                 break
-        window_tokens += run.step(batch)
+        window_tokens += run.step(batch, seconds)
         now = time.monotonic()
         progress(TrainingStatus(run.position["step"], run.position["epoch"], spent_before + now - started, run.loss,
                                 window_tokens / max(now - window_start, 1e-9), bleu))

@@ -52,6 +52,7 @@ class DeploymentDescription:
     validation: dict
     task: str = "classification"
     generation: dict = field(default_factory=dict)
+    precision: str = "fp32"
 
     def flops_at(self, seq_len: int) -> int:
         """Returns the forward FLOPs of one example of ``seq_len`` tokens."""

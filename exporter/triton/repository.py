@@ -24,6 +24,7 @@ from exporter.atomic import atomic_dir, atomic_write_json
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_classifier_onnx, require_valid, validate_onnx
+from exporter.onnx.quantize import PRECISIONS, quantize_int8
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
@@ -44,12 +45,15 @@ class ExportResult:
     text_model: str
     heads: int
     original_heads: int
+    precision: str = "fp32"
+    quantization: Validation | None = None
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
-                "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads}
+                "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads,
+                "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict()}
 
 
 def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
@@ -57,6 +61,12 @@ def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
     ranges = {"input_ids": [0, config.vocab_size], "attention_mask": [0, 2],
               "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
     return {name: ranges[name] for name in names}
+
+
+def check_precision(precision: str) -> None:
+    """Raises HeadpruneError unless ``precision`` is one the classifier export knows."""
+    if precision not in PRECISIONS:
+        raise HeadpruneError(f"precision '{precision}' is unknown", f"use one of {', '.join(PRECISIONS)}")
 
 
 def check_version(version: int | None) -> None:
@@ -160,12 +170,14 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
 
 def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                          atol: float = 1e-4, optimize: bool = False,
-                         options: DeploymentOptions = DeploymentOptions()) -> ExportResult:
+                         options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32") -> ExportResult:
     """Exports the classifier in ``model_dir`` into the Triton repository ``repo``; returns what was written.
 
-    Raises HeadpruneError (and writes nothing) when the model is not a classifier,
-    the name is unusable, or the ONNX file fails validation.
+    ``precision`` "int8" quantizes the validated FP32 graph (after fusion, if asked) and
+    checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the
+    model is not a classifier, the name is unusable, or a graph fails its check.
     """
+    check_precision(precision)
     check_name(name)
     check_name(text_model_name(name))  # both names must fit before anything is written
     check_version(version)
@@ -190,10 +202,16 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             from exporter.onnx.fusion import optimize_attention
 
             fused, validation = optimize_attention(model, inventory, staged / MODEL_FILE, names, atol)
-        checked = {**validation.to_dict(), "fused_attention": fused}
+        quantization = None
+        if precision == "int8":
+            quantization = quantize_int8(model, staged / MODEL_FILE, names)
+            require_valid(quantization, "the INT8 model (against the FP32 graph)")
+        checked = {**validation.to_dict(), "fused_attention": fused,
+                   "quantization": quantization and quantization.to_dict()}
         atomic_write_json(staged / "validation.json", checked)
-        description = describe_model(model, inventory, inputs=names, max_length=options.max_length, source=model_dir,
-                                     onnx_bytes=(staged / MODEL_FILE).stat().st_size, validation=checked)
+        description = replace(describe_model(model, inventory, inputs=names, max_length=options.max_length,
+                                             source=model_dir, onnx_bytes=(staged / MODEL_FILE).stat().st_size,
+                                             validation=checked), precision=precision)
         description.write(staged)
         config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
     target = repository.version_folder(name, version)
@@ -207,4 +225,4 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                            tokenizer.pad_token)
         _write_text_model(repository, text_model_name(name), text, tokenizer)
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, text_model_name(name),
-                        inventory.kept_head_count(), inventory.original_head_count())
+                        inventory.kept_head_count(), inventory.original_head_count(), precision, quantization)

@@ -69,7 +69,8 @@ class DeploymentFacts:
                 "flops_per_example": self.flops_per_example, "seq_len": self.seq_len, "inputs": d.inputs,
                 "id2label": d.id2label, "label2id": d.label2id, "vocab_size": d.vocab_size,
                 "max_batch_size": self.max_batch_size, "max_positions": self.max_positions,
-                "max_length": d.max_length, "pruned_share": self.pruned_share, "task": d.task}
+                "max_length": d.max_length, "pruned_share": self.pruned_share, "task": d.task,
+                "precision": d.precision}
 
 
 def exported_model(repository: ModelRepository, name: str) -> str | None:

@@ -21,6 +21,9 @@ from serving.server.process import TritonServer
 @click.option("--version", type=int, default=None, help="Version number (default: the next free one).")
 @click.option("--atol", default=1e-4, show_default=True, help="Largest accepted |ONNX - PyTorch| difference.")
 @click.option("--optimize", is_flag=True, help="Fuse attention with each layer's real head count (validated).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Classifiers: ONNX Runtime dynamic INT8 weights (checked against the FP32 graph; measure the "
+                   "accuracy with `compare`).")
 @click.option("--max-batch-size", default=default_of(DeploymentOptions, "max_batch_size"), show_default=True)
 @click.option("--instances", default=default_of(DeploymentOptions, "instances"), show_default=True, help="Model instances (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
@@ -33,7 +36,7 @@ from serving.server.process import TritonServer
 @click.option("--threads", default=0, show_default=True, help="Translation models: ONNX Runtime threads in the server (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
-def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, max_batch_size, instances, kind,
+def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quantize, max_batch_size, instances, kind,
            queue_delay_us, tensorrt, max_length, validation_data, threads, as_json):
     """Export the model in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
 
@@ -49,15 +52,21 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, max_
     options = DeploymentOptions(max_batch_size=max_batch_size, instances=instances, kind=kind,
                                 queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length)
     if model_task(model_dir) == "translation":
+        if quantize or optimize:
+            raise click.UsageError("--quantize and --optimize apply to classifiers; translation graphs are exported "
+                                   "as they are (FP32)")
         _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json)
         return
     from exporter.triton.repository import export_to_repository
 
-    result = export_to_repository(model_dir, repo, name, version, atol, optimize, options)
-    fused = "" if result.fused_attention is None else f", {result.fused_attention} attention nodes fused"
+    result = export_to_repository(model_dir, repo, name, version, atol, optimize, options, quantize or "fp32")
+    details = "" if result.fused_attention is None else f", {result.fused_attention} attention nodes fused"
+    if result.quantization:
+        details += (f"\nINT8: max |INT8 - FP32| = {result.quantization.max_abs_diff:.3g} "
+                    f"(tolerance {result.quantization.atol:g})")
     emit(result.to_dict(), as_json,
          f"exported {name} version {result.version} ({result.heads}/{result.original_heads} heads) -> {result.model_path}\n"
-         f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){fused}\n"
+         f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){details}\n"
          f"text front end: {result.text_model}")
 
 

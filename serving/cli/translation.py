@@ -41,6 +41,7 @@ def _setting(name: str, text: str):
 @_setting("label_smoothing", "Label smoothing of the cross-entropy.")
 @_setting("learning_rate", "Peak learning rate (AdamW, warm-up then inverse square root).")
 @_setting("warmup_steps", "Linear warm-up steps.")
+@_setting("cooldown", "Share of the budget at the end over which the learning rate falls linearly to zero.")
 @_setting("batch_tokens", "Tokens per side in one length-sorted batch.")
 @_setting("seed", "Random seed.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last evaluation (a finished run is kept).")

@@ -58,7 +58,7 @@ class TranslationDemoBudget:
 
 def _curves(model, tokenizer, evaluator: Evaluator, scores: HeadScores, rescore_examples: list[dict],
             budget: TranslationDemoBudget, phases: Phases) -> dict:
-    """Returns the pruning curves: all heads once and re-scored, and each attention type alone, once."""
+    """Returns the pruning curves: all heads and each attention type alone, each once and re-scored."""
     inventory = build_inventory(model)
 
     def score(removed):
@@ -66,13 +66,14 @@ def _curves(model, tokenizer, evaluator: Evaluator, scores: HeadScores, rescore_
 
     plans = {"global_once": (False, None), "global_rescored": (True, None)}
     plans |= {f"{kind}_only": (False, kind) for kind in inventory.attention_types}
+    plans |= {f"{kind}_only_rescored": (True, kind) for kind in inventory.attention_types}
     curves = {}
     for name, (rescore, only) in plans.items():
         advance = phases(f"pruning curve {name.replace('_', ' ')}", len(curve_fractions(budget.curve_step, inventory,
                                                                                             only_type=only)))
         curve = pruning_curve(evaluator, inventory, score, budget.curve_step, rescore=rescore, only_type=only,
                               progress=advance)
-        curve.label = f"{only} attention only" if only else ("all heads, re-scored" if rescore else "all heads, once")
+        curve.label = (f"{only} attention only" if only else "all heads") + (", re-scored" if rescore else ", once")
         curves[name] = curve
     return curves
 
@@ -116,7 +117,8 @@ def run_translation_experiments(model_dir: Path, splits: dict[str, list[dict]], 
     curves = _curves(model, tokenizer, evaluator, scores, splits["score"][:budget.rescore_sentences], budget, phases)
     seconds["curves"] = time.monotonic() - started
     figures.mkdir(parents=True, exist_ok=True)
-    plot_curves([curves[n] for n in curves if n.endswith("_only")] + [curves["global_once"]], figures / "mt_curve_types.png")
+    for rescored, figure in ((False, "mt_curve_types.png"), (True, "mt_curve_types_rescored.png")):
+        plot_curves([c for c in curves.values() if c.rescore == rescored], figures / figure)
     plot_curves([curves["global_once"], curves["global_rescored"]], figures / "mt_curve.png")
     results = {}
     for key, experiment, label in (("ablation", single_head_ablation, "single-head ablation"),
@@ -139,9 +141,8 @@ def run_translation_experiments(model_dir: Path, splits: dict[str, list[dict]], 
 
 
 def model_folder(cache: Path, settings: TranslationSettings) -> Path:
-    """Returns where the model trained with ``settings`` is cached (the default settings' folder has a fixed name)."""
-    if settings == TranslationSettings():
-        return cache / MODEL_FOLDER
+    """Returns where the model trained with ``settings`` is cached: one folder per settings, so that a change of
+    the defaults trains afresh instead of reusing a model trained otherwise."""
     digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
     return cache / f"{MODEL_FOLDER}-{digest}"
 

@@ -299,7 +299,9 @@ class Report:
             speed = ", ".join(f"batch {s.batch_size} {s.speedup.format()}"
                               for s in self.speedups if s.candidate == name and s.concurrency == lowest)
             change = f" ({delta:+.2f} points)" if delta is not None else ""
-            lines.append(f"- **{name}** ({100 * entry.pruned_share:.0f} % of heads pruned): {entry.quality_text()}"
+            precision = entry.facts.get("precision", "fp32")
+            weights = "" if precision == "fp32" else f", {precision.upper()} weights"
+            lines.append(f"- **{name}** ({100 * entry.pruned_share:.0f} % of heads pruned{weights}): {entry.quality_text()}"
                          f"{change}; throughput vs {base} at concurrency {lowest}: {speed or 'not measured'}")
         sig = self.signature
         requests, trials = (_count_range([getattr(c.stats, k) for c in self.cells]) for k in ("requests", "trials"))

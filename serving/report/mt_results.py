@@ -5,7 +5,7 @@ from __future__ import annotations
 from exporter.evaluation.results import Ablation, BestHeads, PruningCurve
 from serving.report.model import Report
 
-FIGURES = ("mt_training.png", "mt_curve.png", "mt_curve_types.png", "mt_dynamics.png")
+FIGURES = ("mt_training.png", "mt_curve.png", "mt_curve_types.png", "mt_curve_types_rescored.png", "mt_dynamics.png")
 TYPE_NAMES = {"encoder": "encoder self", "decoder": "decoder self", "cross": "encoder-decoder (cross)"}
 
 
@@ -31,25 +31,31 @@ def _training(training: dict, cached: bool) -> list[str]:
     return lines + [""]
 
 
+def _type_sensitivity(typed: dict[str, PruningCurve]) -> str:
+    """Returns the sentence ranking the attention types by the BLEU lost at the largest share every curve reached."""
+    share = min(c.points[-1]["fraction"] for c in typed.values())
+    drops = {}
+    for kind, curve in typed.items():
+        point = max((p for p in curve.points if p["fraction"] <= share + 1e-9), key=lambda p: p["fraction"])
+        drops[kind] = curve.points[0]["metric"] - point["metric"]
+    order = sorted(drops, key=drops.get, reverse=True)
+    how = "re-scored" if next(iter(typed.values())).rescore else "scored once"
+    return (f"BLEU lost when {100 * share:.0f} % of one type's heads are pruned ({how}): "
+            + ", ".join(f"{TYPE_NAMES.get(k, k)} {drops[k]:.1f}" for k in order)
+            + f". Most sensitive: **{TYPE_NAMES.get(order[0], order[0])}**.")
+
+
 def _curves(curves: dict[str, PruningCurve]) -> list[str]:
-    lines = ["### BLEU vs share of heads pruned, per attention type", "", "![curves per type](mt_curve_types.png)",
-             "![global curves](mt_curve.png)", ""]
-    for name, curve in curves.items():
+    lines = ["### BLEU vs share of heads pruned, per attention type", "",
+             "![curves per type, importance once](mt_curve_types.png)",
+             "![curves per type, re-scored](mt_curve_types_rescored.png)", "![global curves](mt_curve.png)", ""]
+    for curve in curves.values():
         points = ", ".join(f"{100 * p['fraction']:.0f} %: {p['metric']:.1f}" for p in curve.points)
         lines.append(f"- {curve.label}: {points} (within 1 BLEU up to {100 * curve.tolerated_share():.0f} %)")
-    typed = {c.only_type: c for c in curves.values() if c.only_type}
-    if typed:
-        # The drop at the largest share every typed curve reached, to rank the types' sensitivity.
-        share = min(c.points[-1]["fraction"] for c in typed.values())
-        drops = {}
-        for kind, curve in typed.items():
-            point = max((p for p in curve.points if p["fraction"] <= share + 1e-9), key=lambda p: p["fraction"])
-            drops[kind] = curve.points[0]["metric"] - point["metric"]
-        order = sorted(drops, key=drops.get, reverse=True)
-        lines += ["", f"BLEU lost when {100 * share:.0f} % of one type's heads are pruned: "
-                  + ", ".join(f"{TYPE_NAMES.get(k, k)} {drops[k]:.1f}" for k in order)
-                  + f". Most sensitive here: **{TYPE_NAMES.get(order[0], order[0])}**. The paper (WMT En-Fr): "
-                  "encoder-decoder attention is by far the most sensitive."]
+    sentences = [_type_sensitivity(typed) for rescored in (False, True)
+                 if (typed := {c.only_type: c for c in curves.values() if c.only_type and c.rescore == rescored})]
+    if sentences:
+        lines += ["", *sentences, "The paper (WMT En-Fr): encoder-decoder attention is by far the most sensitive."]
     return lines + [""]
 
 

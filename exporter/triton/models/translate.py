@@ -2,6 +2,8 @@
 
 One model runs both exported graphs (``encoder.onnx``, ``decoder.onnx``) with ONNX
 Runtime in its own process and decodes with ``search.py`` (shipped beside this file),
+or, when the config's ``bls`` parameter names two served models, sends every encoder
+and decoder step to them as BLS requests (measured slower: see ``benchmarks/translation_serving.py``),
 tokenising with the checkpoint's ``tokenizers`` tokenizer. Request parameters:
 ``num_beams`` (1 = greedy, the default) and ``max_new_tokens``. Requests that arrive
 together and ask for the same search are decoded as one batch; a sequence leaves the
@@ -21,6 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from search import Seq2SeqSearch, session_runner  # noqa: E402  (shipped next to this file)
 
 
+def _bls_runner(spec):
+    """Returns ``run(feeds) -> {output name: array}`` sending the graph's inputs to the served model ``spec["model"]``."""
+    def run(feeds):
+        inputs = [pb_utils.Tensor(name, np.ascontiguousarray(feeds[name])) for name in spec["inputs"]]
+        response = pb_utils.InferenceRequest(model_name=spec["model"], inputs=inputs,
+                                             requested_output_names=spec["outputs"]).exec()
+        if response.has_error():
+            raise RuntimeError(f"{spec['model']}: {response.error().message()}")
+        return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+    return run
+
+
 def _integer(parameters, name, default, low, high):
     value = parameters.get(name, default)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -37,11 +51,16 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.settings = json.loads(parameters["generation"])
         threads = int(parameters.get("threads", "0"))
-        encoder = os.path.join(folder, "encoder.onnx")
+        bls = json.loads(parameters.get("bls") or "{}")
+        if bls:
+            encode, decode = (_bls_runner(bls[part]) if bls.get(part) else None for part in ("encoder", "decoder"))
+        else:
+            encoder = os.path.join(folder, "encoder.onnx")
+            encode = session_runner(encoder, threads) if os.path.exists(encoder) else None
+            decode = session_runner(os.path.join(folder, "decoder.onnx"), threads)
         s = self.settings
-        self.search = Seq2SeqSearch(session_runner(encoder, threads) if os.path.exists(encoder) else None,
-                                    session_runner(os.path.join(folder, "decoder.onnx"), threads), s["layout"], s["start_id"],
-                                    s["eos_id"], s["suppressed_ids"], s["forced_eos"])
+        self.search = Seq2SeqSearch(encode, decode, s["layout"], s["start_id"], s["eos_id"], s["suppressed_ids"],
+                                    s["forced_eos"])
         self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()  # each source is tokenised once, when checked; batches are padded here

@@ -97,7 +97,8 @@ class TritonPythonModel:
                 _check_range(name, array, *self.ranges[name])
             arrays[name] = array
         shapes = {a.shape for a in arrays.values()}
-        if len(shapes) > 1:
+        # Batched models (text classifiers) take inputs of one shape; unbatched ones (a decoder step with its cache) any.
+        if self.batched and len(shapes) > 1:
             raise ValueError(f"inputs must share one shape, got {sorted(map(list, shapes))}")
         return arrays
 
@@ -110,7 +111,7 @@ class TritonPythonModel:
             except Exception as error:  # whatever one request holds, it must not fail the others
                 responses[index] = _error_response(error)
                 continue
-            key = tuple((name, array.shape[1:]) for name, array in arrays.items())
+            key = tuple((name, array.shape[1:]) for name, array in arrays.items()) if self.batched else index
             groups.setdefault(key, []).append((index, arrays))
         for members in groups.values():
             self._run_group(members, responses)
