@@ -18,3 +18,8 @@ class FinetuneSettings:
     max_length: int = 64
     seed: int = 0
     freeze_embeddings: bool = True
+
+
+# Texts `recover --method rescale` fits on by default: enough for one scale per head, and every
+# layer replays both models over them.
+RESCALE_EXAMPLES = 256

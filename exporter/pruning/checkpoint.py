@@ -124,10 +124,11 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
 
 
 def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: str | Path | None = None,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, records: dict[str, dict] | None = None) -> Path:
     """Writes ``model`` (pruned or not) as a pruned checkpoint folder, atomically; returns the folder.
 
-    An existing non-empty ``out_dir`` is refused unless ``overwrite``."""
+    ``records`` are written into it too, as JSON files named by their keys. An existing
+    non-empty ``out_dir`` is refused unless ``overwrite``."""
     plan = HeadPlan.of_model(build_inventory(model))
     record = {"format": FORMAT, "plan": plan.to_dict(), "removed_heads": plan.count()}
     if source is not None:
@@ -139,4 +140,6 @@ def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: 
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / PLAN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        for name, data in (records or {}).items():
+            (staging / name).write_text(json.dumps(data, indent=2) + "\n")
     return out_dir

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from exporter.errors import HeadpruneError
+from exporter.evaluation.settings import RESCALE_EXAMPLES
 from exporter.pruning.scores import DEFAULT_BATCH_SIZE, DEFAULT_METHOD, METHODS
 from serving.cli.app import data_options, data_source, emit, friendly_errors, main, overwrite_option
 from serving.progress import PhaseBars, progress_bar, stdout
@@ -99,6 +100,56 @@ def prune(model_dir: Path, out: Path, plan, scores, fraction, per_type, min_head
                               scores=HeadScores.load(scores) if scores else None, fraction=fraction,
                               per_type=per_type, min_heads_per_layer=min_heads_per_layer, overwrite=overwrite)
     click.echo(result.format())
+
+
+@main.command()
+@model_dir_argument
+@click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The unpruned checkpoint MODEL_DIR was pruned from.")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Texts of the task (JSONL/CSV/TSV; labels unused), e.g. the training split; never the evaluation split.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the recovered checkpoint.")
+@click.option("--method", type=click.Choice(["distill", "rescale"]), default="distill", show_default=True,
+              help="distill: a short fine-tune towards the teacher's outputs; rescale: one least-squares scale per "
+                   "head, no training.")
+@click.option("--epochs", default=1, show_default=True, help="distill: passes over --data.")
+@click.option("--max-examples", type=click.IntRange(1), default=None,
+              help=f"Use a seeded random subset of this size (default: all for distill, {RESCALE_EXAMPLES} for rescale).")
+@click.option("--seed", default=0, show_default=True, help="Seed for sub-sampling and shuffling.")
+@overwrite_option
+@data_options
+@friendly_errors
+def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epochs, max_examples, seed, overwrite,
+            **options):
+    """Win back some of what pruning cost: train or rescale the pruned MODEL_DIR towards the unpruned --teacher.
+
+    \b
+    distill: the pruned model learns the teacher's softened outputs on --data (no labels
+    needed); heads stay removed. rescale: each kept head gets one scale, fitted by least
+    squares layer by layer so that every layer's attention output reproduces the teacher's
+    (Kwon et al. 2022); the scales are folded into the output projections.
+    Either way OUT is a pruned checkpoint of the same shape, with OUT/recovery.json saying
+    what was done. Measure the result with `compare`."""
+    from exporter.data import read_examples
+
+    if max_examples is None and method == "rescale":
+        max_examples = RESCALE_EXAMPLES
+    examples = read_examples(data, "classification", max_examples=max_examples, seed=seed, **data_source(options))
+    if method == "rescale":
+        from exporter.evaluation.rescale import recover_by_rescaling
+
+        record = recover_by_rescaling(model_dir, teacher, examples, out, overwrite=overwrite)
+        scales = [s for layers in record["scales"].values() for row in layers.values() for s in row]
+        spread = f" (scales {min(scales):.2f} to {max(scales):.2f})" if scales else ""
+        click.echo(f"rescaled {len(scales)} heads on {record['examples']} examples{spread} -> {out}")
+        return
+    from exporter.evaluation.distill import distill
+
+    with progress_bar("distilling (examples)", epochs * len(examples)) as advance:
+        record = distill(model_dir, teacher, examples, out, epochs=epochs, seed=seed, overwrite=overwrite,
+                         progress=advance)
+    click.echo(f"distilled {record['epochs']} epoch(s) on {record['examples']} examples, loss {record['first_loss']:.3f} "
+               f"-> {record['final_loss']:.3f} -> {out}")
 
 
 def experiment_options(command):

@@ -1,0 +1,75 @@
+"""Recovery by distillation: a short fine-tune of a pruned classifier towards the unpruned model's outputs.
+
+The paper prunes without retraining; a little training afterwards wins back much of what
+pruning cost. The student (the pruned checkpoint, heads really removed) learns the
+teacher's softened output distribution (Hinton et al. 2015) on unlabelled task text, so
+no labels are needed and the student inherits the teacher's decisions, not new ones.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
+
+from exporter.atomic import refuse_existing
+from exporter.data import encode_batch
+from exporter.errors import HeadpruneError
+from exporter.evaluation.finetune import length_buckets
+from exporter.evaluation.rescale import RECORD_FILE, load_pruned_and_teacher
+from exporter.progress import Advance, no_progress
+from exporter.pruning.checkpoint import load_tokenizer, save_pruned
+
+
+def distill(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict], out: str | Path, *, epochs: int = 1,
+            batch_size: int = 32, learning_rate: float = 5e-5, temperature: float = 2.0, max_length: int = 64,
+            seed: int = 0, overwrite: bool = False, progress: Advance = no_progress) -> dict:
+    """Trains the pruned classifier in ``pruned_dir`` to match ``teacher_dir``'s logits on ``examples`` (texts;
+    labels unused) and writes it to ``out`` (same heads, same shapes); returns the record saved as
+    ``out/recovery.json``. The word embeddings stay frozen, as in fine-tuning."""
+    refuse_existing(out, overwrite)
+    if not examples:
+        raise HeadpruneError("the distillation data holds no examples", "pass a file of texts from the task's domain")
+    pruned_dir, teacher_dir = Path(pruned_dir), Path(teacher_dir)
+    student, teacher = load_pruned_and_teacher(pruned_dir, teacher_dir)
+    tokenizer = load_tokenizer(pruned_dir)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    teacher.eval()
+    student.base_model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
+    steps = epochs * math.ceil(len(examples) / batch_size)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    student.train()
+    losses, started = [], time.monotonic()
+    for _ in range(epochs):
+        for chunk in length_buckets(examples, batch_size, rng):
+            batch = encode_batch(tokenizer, chunk, "classification", student.config, max_length)
+            batch.pop("labels")
+            with torch.no_grad():
+                target = F.log_softmax(teacher(**batch).logits / temperature, dim=-1)
+            predicted = F.log_softmax(student(**batch).logits / temperature, dim=-1)
+            # Scaled by T^2 so the gradients keep their size whatever the temperature.
+            loss = F.kl_div(predicted, target, log_target=True, reduction="batchmean") * temperature ** 2
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            progress(len(chunk))
+    student.eval()
+    for parameter in student.parameters():
+        parameter.requires_grad_(True)
+    record = {"method": "distill", "teacher": str(teacher_dir), "examples": len(examples), "epochs": epochs,
+              "batch_size": batch_size, "learning_rate": learning_rate, "temperature": temperature,
+              "max_length": max_length, "seed": seed, "first_loss": losses[0],
+              "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.monotonic() - started, 1)}
+    save_pruned(student, tokenizer, out, source=pruned_dir, overwrite=overwrite, records={RECORD_FILE: record})
+    return record
