@@ -14,29 +14,20 @@ Run from the repository root after ``make demo``:
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
-from exporter.triton.config import DeploymentOptions
-from exporter.triton.repository import export_to_repository
-from serving.benchmark.compare import CompareSettings
+from benchmarks.served import compare_served
 from serving.demo.assets import default_cache
 from serving.demo.pipeline import DemoBudget, finetuned_model_folder, prepare_data
-from serving.progress import PhaseBars
-from serving.report.runner import run_comparison
 
 
-def export_variants(base: Path, pruned: dict[str, Path], repo: Path, max_batch_size: int) -> list[str]:
-    """Exports ``base`` (FP32 as ``minilm``, INT8 as ``minilm_int8``) and each pruned checkpoint in both precisions;
-    returns the candidates' names (all but ``minilm``)."""
-    options = DeploymentOptions(max_batch_size=max_batch_size)
-    names = []
+def variants(base: Path, pruned: dict[str, Path]) -> dict[str, tuple[Path, str]]:
+    """Returns {deployment name: (checkpoint, precision)}: ``minilm`` (the baseline, FP32), ``minilm_int8`` and each
+    pruned checkpoint in both precisions."""
+    models = {}
     for name, folder in {"minilm": base, **pruned}.items():
-        for precision in ("fp32", "int8"):
-            served = name if precision == "fp32" else f"{name}_int8"
-            export_to_repository(folder, repo, served, options=options, precision=precision)
-            names.append(served)
-    return names[1:]
+        models |= {name: (folder, "fp32"), f"{name}_int8": (folder, "int8")}
+    return models
 
 
 def main() -> None:
@@ -53,20 +44,9 @@ def main() -> None:
     for folder in (base, *pruned.values()):
         if not folder.is_dir():
             raise SystemExit(f"'{folder}' does not exist: run `make demo` first")
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="headprune-int8-") as folder:
-        repo = Path(folder) / "repo"
-        candidates = export_variants(base, pruned, repo, max(batch_sizes))
-        settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates,
-                                   data=prepare_data(cache, budget)["eval"], out=args.out, max_drop=1.0,
-                                   batch_sizes=batch_sizes, concurrency=[1], trials=args.trials,
-                                   seed=budget.seed)
-        bars = PhaseBars()
-        try:
-            path = run_comparison(settings, overwrite=True, phases=bars,
-                                  command=["python", "-m", "benchmarks.quantization"])
-        finally:
-            bars.close()
+    path = compare_served(variants(base, pruned), prepare_data(cache, budget)["eval"], args.out,
+                          [int(b) for b in args.batch_sizes.split(",")], args.trials,
+                          ["python", "-m", "benchmarks.quantization"])
     print(path.read_text())
 
 

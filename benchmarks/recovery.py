@@ -16,22 +16,18 @@ Run from the repository root after ``make demo`` (about 25 minutes on 2 cores):
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
+from benchmarks.served import compare_served
 from exporter.data import read_examples
 from exporter.evaluation.distill import distill
 from exporter.evaluation.rescale import recover_by_rescaling
 from exporter.evaluation.settings import RESCALE_EXAMPLES
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scores import HeadScores
-from exporter.triton.config import DeploymentOptions
-from exporter.triton.repository import export_to_repository
-from serving.benchmark.compare import CompareSettings
 from serving.demo.assets import default_cache
 from serving.demo.pipeline import DemoBudget, finetuned_model_folder, prepare_data
-from serving.progress import PhaseBars, progress_bar
-from serving.report.runner import run_comparison
+from serving.progress import progress_bar
 
 
 def recovered_models(base: Path, scores: Path, splits: dict[str, Path], levels: list[int], out: Path) -> dict[str, tuple]:
@@ -70,20 +66,8 @@ def main() -> None:
             raise SystemExit(f"'{path}' does not exist: run `make demo` first")
     splits = prepare_data(cache, budget)
     models = recovered_models(base, args.scores, splits, [int(x) for x in args.levels.split(",")], args.models)
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="headprune-recovery-") as folder:
-        repo = Path(folder) / "repo"
-        for name, (checkpoint, precision) in models.items():
-            export_to_repository(checkpoint, repo, name, options=DeploymentOptions(max_batch_size=max(batch_sizes)),
-                                 precision=precision)
-        settings = CompareSettings(repo=repo, baseline="minilm", candidates=list(models)[1:], data=splits["eval"],
-                                   out=args.out, max_drop=1.0, batch_sizes=batch_sizes, concurrency=[1],
-                                   trials=args.trials, seed=budget.seed)
-        bars = PhaseBars()
-        try:
-            path = run_comparison(settings, overwrite=True, phases=bars, command=["python", "-m", "benchmarks.recovery"])
-        finally:
-            bars.close()
+    path = compare_served(models, splits["eval"], args.out, [int(b) for b in args.batch_sizes.split(",")], args.trials,
+                          ["python", "-m", "benchmarks.recovery"])
     print(path.read_text())
 
 

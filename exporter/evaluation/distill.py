@@ -8,19 +8,17 @@ no labels are needed and the student inherits the teacher's decisions, not new o
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import get_linear_schedule_with_warmup
 
 from exporter.atomic import refuse_existing
 from exporter.data import encode_batch
 from exporter.errors import HeadpruneError
-from exporter.evaluation.finetune import length_buckets
+from exporter.evaluation.finetune import train_in_place
 from exporter.evaluation.rescale import RECORD_FILE, load_pruned_and_teacher
 from exporter.progress import Advance, no_progress
 from exporter.pruning.checkpoint import load_tokenizer, save_pruned
@@ -41,32 +39,19 @@ def distill(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict
     torch.manual_seed(seed)
     rng = random.Random(seed)
     teacher.eval()
-    student.base_model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
-    steps = epochs * math.ceil(len(examples) / batch_size)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    student.train()
-    losses, started = [], time.monotonic()
-    for _ in range(epochs):
-        for chunk in length_buckets(examples, batch_size, rng):
-            batch = encode_batch(tokenizer, chunk, "classification", student.config, max_length)
-            batch.pop("labels")
-            with torch.no_grad():
-                target = F.log_softmax(teacher(**batch).logits / temperature, dim=-1)
-            predicted = F.log_softmax(student(**batch).logits / temperature, dim=-1)
-            # Scaled by T^2 so the gradients keep their size whatever the temperature.
-            loss = F.kl_div(predicted, target, log_target=True, reduction="batchmean") * temperature ** 2
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            progress(len(chunk))
-    student.eval()
-    for parameter in student.parameters():
-        parameter.requires_grad_(True)
+
+    def loss_of(chunk: list[dict]) -> torch.Tensor:
+        batch = encode_batch(tokenizer, chunk, "classification", student.config, max_length)
+        batch.pop("labels")
+        with torch.no_grad():
+            target = F.log_softmax(teacher(**batch).logits / temperature, dim=-1)
+        predicted = F.log_softmax(student(**batch).logits / temperature, dim=-1)
+        # Scaled by T^2 so the gradients keep their size whatever the temperature.
+        return F.kl_div(predicted, target, log_target=True, reduction="batchmean") * temperature ** 2
+
+    started = time.monotonic()
+    losses = train_in_place(student, examples, loss_of, epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, rng=rng, progress=progress)
     record = {"method": "distill", "teacher": str(teacher_dir), "examples": len(examples), "epochs": epochs,
               "batch_size": batch_size, "learning_rate": learning_rate, "temperature": temperature,
               "max_length": max_length, "seed": seed, "first_loss": losses[0],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +30,35 @@ def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, ke
         chunks += list(batches(window, batch_size))
     rng.shuffle(chunks)
     return chunks
+
+
+def train_in_place(model, examples: list[dict], loss_of: Callable[[list[dict]], torch.Tensor], *, epochs: int,
+                   batch_size: int, learning_rate: float, rng: random.Random, freeze_embeddings: bool = True,
+                   progress: Advance = no_progress) -> list[float]:
+    """Minimises ``loss_of(batch of examples)`` over length-bucketed batches with AdamW, 10 % linear warm-up then
+    linear decay; returns the loss of every step. ``model`` ends in eval mode with every parameter trainable again."""
+    if freeze_embeddings:
+        model.base_model.get_input_embeddings().weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
+    steps = epochs * math.ceil(len(examples) / batch_size)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
+    model.train()
+    losses = []
+    for _ in range(epochs):
+        for chunk in length_buckets(examples, batch_size, rng):
+            loss = loss_of(chunk)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            progress(len(chunk))
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return losses
 
 
 def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, labels: list[str] | None = None,
@@ -57,28 +87,9 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
     model = AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         use_safetensors=True, trust_remote_code=False, ignore_mismatched_sizes=True)
-    if freeze_embeddings:
-        model.base_model.get_input_embeddings().weight.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.01)
-    steps = epochs * math.ceil(len(examples) / batch_size)
-    schedule = get_linear_schedule_with_warmup(optimizer, int(0.1 * steps), steps)
-    model.train()
-    losses = []
-    for _ in range(epochs):
-        for chunk in length_buckets(examples, batch_size, rng):
-            batch = encode_batch(tokenizer, chunk, "classification", model.config, max_length)
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            progress(len(chunk))
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
+    losses = train_in_place(model, examples, lambda chunk: model(**encode_batch(
+        tokenizer, chunk, "classification", model.config, max_length)).loss, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, rng=rng, freeze_embeddings=freeze_embeddings, progress=progress)
     record = {"base": str(base_dir), "examples": len(examples), "epochs": epochs, "batch_size": batch_size,
               "learning_rate": learning_rate, "max_length": max_length, "seed": seed,
               "freeze_embeddings": freeze_embeddings, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1)}
