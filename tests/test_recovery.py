@@ -128,3 +128,9 @@ def test_distillation_moves_the_pruned_model_towards_the_teacher_and_keeps_its_h
     result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
                                        "--out", str(tmp_path / "cli"), "--max-examples", "64"])
     assert result.exit_code == 0 and "distilled 1 epoch(s) on 64 examples" in result.output, result.output
+    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
+                                       "--out", str(tmp_path / "cli"), "--method", "rescale", "--json"])
+    assert result.exit_code != 0 and "--overwrite" in result.output  # refused before any work
+    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
+                                       "--out", str(tmp_path / "cli"), "--method", "rescale", "--json", "--overwrite"])
+    assert result.exit_code == 0 and json.loads(result.output)["method"] == "rescale"

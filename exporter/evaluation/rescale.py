@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from exporter.atomic import refuse_existing
 from exporter.data import batches, encode_batch
 from exporter.errors import HeadpruneError
 from exporter.pruning.checkpoint import load_model, load_tokenizer, model_task, save_pruned
@@ -34,8 +35,8 @@ def _capture(module: nn.Module, store: dict) -> torch.utils.hooks.RemovableHandl
 
 
 def _layer_scales(pruned_layer: AttentionLayer, base_layer: AttentionLayer, run_pruned: Callable, run_base: Callable,
-                  batches: list[dict]) -> torch.Tensor:
-    """Returns the least-squares scale of each kept head of ``pruned_layer`` over ``batches``."""
+                  encoded: list[dict]) -> torch.Tensor:
+    """Returns the least-squares scale of each kept head of ``pruned_layer`` over the ``encoded`` batches."""
     output = pruned_layer.module("output")
     kept, size = len(pruned_layer.kept), pruned_layer.head_size
     weight = output.weight.detach().reshape(output.out_features, kept, size)
@@ -44,7 +45,7 @@ def _layer_scales(pruned_layer: AttentionLayer, base_layer: AttentionLayer, run_
     pruned_store, base_store = {}, {}
     handles = [_capture(output, pruned_store), _capture(base_layer.module("output"), base_store)]
     try:
-        for batch in batches:
+        for batch in encoded:
             run_pruned(batch)
             run_base(batch)
             tokens = batch["attention_mask"].reshape(-1).bool()
@@ -62,9 +63,9 @@ def _layer_scales(pruned_layer: AttentionLayer, base_layer: AttentionLayer, run_
 
 
 @torch.no_grad()
-def rescale_heads(pruned: nn.Module, base: nn.Module, batches: list[dict]) -> dict[str, dict[int, list[float]]]:
+def rescale_heads(pruned: nn.Module, base: nn.Module, encoded: list[dict]) -> dict[str, dict[int, list[float]]]:
     """Rescales the kept heads of ``pruned`` in place, layer by layer from the bottom, so that each layer's attention
-    output matches ``base``'s on ``batches`` (encoded inputs with ``attention_mask``); returns the scales applied,
+    output matches ``base``'s on the ``encoded`` batches (inputs with ``attention_mask``); returns the scales applied,
     per attention type and layer (headless layers are left alone)."""
     pruned.eval()
     base.eval()
@@ -74,7 +75,7 @@ def rescale_heads(pruned: nn.Module, base: nn.Module, batches: list[dict]) -> di
         if not layer.kept:
             continue
         base_layer = base_inventory.get(layer.attention_type.name, layer.index)
-        found = _layer_scales(layer, base_layer, lambda b: pruned(**b), lambda b: base(**b), batches)
+        found = _layer_scales(layer, base_layer, lambda b: pruned(**b), lambda b: base(**b), encoded)
         output = layer.module("output")
         columns = found.repeat_interleave(layer.head_size)
         output.weight.mul_(columns.to(output.weight.dtype))
@@ -98,6 +99,7 @@ def recover_by_rescaling(pruned_dir: str | Path, teacher_dir: str | Path, exampl
                          batch_size: int = 32, overwrite: bool = False) -> dict:
     """Writes to ``out`` the pruned classifier of ``pruned_dir`` with its heads rescaled against the unpruned
     ``teacher_dir`` on ``examples`` (texts; labels unused); returns the record also saved as ``out/recovery.json``."""
+    refuse_existing(out, overwrite)
     if not examples:
         raise HeadpruneError("the sample data holds no examples", "pass a file of texts from the task's domain")
     pruned, teacher = load_pruned_and_teacher(pruned_dir, teacher_dir)

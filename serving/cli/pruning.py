@@ -116,11 +116,12 @@ def prune(model_dir: Path, out: Path, plan, scores, fraction, per_type, min_head
 @click.option("--max-examples", type=click.IntRange(1), default=None,
               help=f"Use a seeded random subset of this size (default: all for distill, {RESCALE_EXAMPLES} for rescale).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sub-sampling and shuffling.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recovery record as JSON.")
 @overwrite_option
 @data_options
 @friendly_errors
-def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epochs, max_examples, seed, overwrite,
-            **options):
+def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epochs, max_examples, seed, as_json,
+            overwrite, **options):
     """Win back some of what pruning cost: train or rescale the pruned MODEL_DIR towards the unpruned --teacher.
 
     \b
@@ -141,15 +142,15 @@ def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epoch
         record = recover_by_rescaling(model_dir, teacher, examples, out, overwrite=overwrite)
         scales = [s for layers in record["scales"].values() for row in layers.values() for s in row]
         spread = f" (scales {min(scales):.2f} to {max(scales):.2f})" if scales else ""
-        click.echo(f"rescaled {len(scales)} heads on {record['examples']} examples{spread} -> {out}")
+        emit(record, as_json, f"rescaled {len(scales)} heads on {record['examples']} examples{spread} -> {out}")
         return
     from exporter.evaluation.distill import distill
 
     with progress_bar("distilling (examples)", epochs * len(examples)) as advance:
         record = distill(model_dir, teacher, examples, out, epochs=epochs, seed=seed, overwrite=overwrite,
                          progress=advance)
-    click.echo(f"distilled {record['epochs']} epoch(s) on {record['examples']} examples, loss {record['first_loss']:.3f} "
-               f"-> {record['final_loss']:.3f} -> {out}")
+    emit(record, as_json, f"distilled {record['epochs']} epoch(s) on {record['examples']} examples, loss "
+                          f"{record['first_loss']:.3f} -> {record['final_loss']:.3f} -> {out}")
 
 
 def experiment_options(command):
