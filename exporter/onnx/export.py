@@ -92,11 +92,14 @@ def export_classifier_onnx(model, path: str | Path) -> list[str]:
 
 
 def validate_onnx(model, path: str | Path, names: list[str], atol: float = 1e-4, seed: int = 1,
-                  reference_path: str | Path | None = None) -> Validation:
-    """Returns the max |diff| between ONNX Runtime on ``path`` and the model (or another ONNX file)."""
+                  reference_path: str | Path | None = None, relative: bool = False) -> Validation:
+    """Returns the max |diff| between ONNX Runtime on ``path`` and the model (or another ONNX file).
+
+    With ``relative``, ``atol`` is a share of the reference logits' range (max - min over
+    the checked inputs), and the returned tolerance is that share in logits."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(str(reference_path), providers=["CPUExecutionProvider"]) if reference_path else None
-    worst = 0.0
+    worst, low, high = 0.0, float("inf"), float("-inf")
     for i, (batch, seq) in enumerate(VALIDATION_SHAPES):
         feed = random_inputs(model, names, batch, seq, seed + i)
         got = session.run(["logits"], feed)[0]
@@ -106,7 +109,8 @@ def validate_onnx(model, path: str | Path, names: list[str], atol: float = 1e-4,
             with torch.no_grad():
                 expected = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
         worst = max(worst, float(np.abs(got - expected).max()))
-    return Validation(worst, atol, VALIDATION_SHAPES)
+        low, high = min(low, float(expected.min())), max(high, float(expected.max()))
+    return Validation(worst, atol * (high - low) if relative else atol, VALIDATION_SHAPES)
 
 
 def require_valid(validation: Validation, what: str) -> None:

@@ -13,9 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-import onnxruntime as ort
-
-from exporter.onnx.export import VALIDATION_SHAPES, Validation, random_inputs, validate_onnx
+from exporter.onnx.export import Validation, validate_onnx
 
 PRECISIONS = ("fp32", "int8")  # of classifiers: translation graphs are exported in FP32
 # The INT8 logits may differ from FP32's by this share of the FP32 logits' range on the check's
@@ -28,14 +26,6 @@ class _DropPreprocessingHint(logging.Filter):
     # The quantizer advises, on the root logger, a pre-processing step meant for static quantization of CNNs.
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
-
-
-def _logit_range(model, path: Path, names: list[str]) -> float:
-    """Returns max - min of the graph's logits on the inputs ``validate_onnx`` checks with (its default seed)."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = [session.run(["logits"], random_inputs(model, names, batch, seq, 1 + i))[0]
-              for i, (batch, seq) in enumerate(VALIDATION_SHAPES)]
-    return float(max(x.max() for x in logits) - min(x.min() for x in logits))
 
 
 def quantize_int8(model, path: str | Path, names: list[str],
@@ -55,8 +45,7 @@ def quantize_int8(model, path: str | Path, names: list[str],
         quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         logging.getLogger().removeFilter(hint)
-    atol = relative_tolerance * _logit_range(model, path, names)
-    validation = validate_onnx(model, quantized, names, atol, reference_path=path)
+    validation = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
     if validation.passed:
         os.replace(quantized, path)
     else:

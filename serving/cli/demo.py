@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,6 +12,20 @@ from exporter.evaluation.settings import FinetuneSettings
 from serving.cli.app import data_options, data_source, default_of, friendly_errors, main, overwrite_option
 from serving.demo.assets import DEMO_ASSETS, default_cache, fetch_asset
 from serving.progress import PhaseBars, progress_bar
+
+
+def run_demo_command(run: Callable[[PhaseBars], Path], reports: Path) -> None:
+    """Runs a demo with progress bars, then prints its verdict, where its report and findings are, and how long it took."""
+    started = time.monotonic()
+    bars = PhaseBars()
+    try:
+        path = run(bars)
+    finally:
+        bars.close()
+    click.echo("\n".join(path.read_text().splitlines()[:5]))
+    click.echo(f"\nreport: {path}\nfindings: {Path(reports) / 'results.md'}\n"
+               f"took {(time.monotonic() - started) / 60:.1f} minutes")
+
 
 cache_option = click.option("--cache", type=click.Path(path_type=Path), default=None,
                             help="Cache folder (default: $HEADPRUNE_CACHE or ~/.cache/headprune).")
@@ -77,15 +92,8 @@ def demo(cache, out, repo, reports):
     Re-running it replaces its own outputs (--out, --reports) and reuses the cached model."""
     from serving.demo.pipeline import DemoBudget, run_demo
 
-    started = time.monotonic()
-    bars = PhaseBars()
-    try:
-        path = run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo)
-    finally:
-        bars.close()
-    click.echo("\n".join(path.read_text().splitlines()[:5]))
-    click.echo(f"\nreport: {path}\nfindings: {Path(reports) / 'results.md'}\n"
-               f"took {(time.monotonic() - started) / 60:.1f} minutes")
+    run_demo_command(lambda bars: run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo),
+                     reports)
 
 
 @main.command()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
 
 from exporter.training.settings import TranslationSettings
 from serving.cli.app import data_options, data_source, default_of, emit, friendly_errors, main, overwrite_option
-from serving.cli.demo import cache_option
+from serving.cli.demo import cache_option, run_demo_command
 from serving.demo.assets import default_cache
-from serving.progress import PhaseBars, training_bar
+from serving.progress import training_bar
 
 
 def _setting(name: str, text: str):
@@ -97,12 +96,5 @@ def demo_mt(cache, out, repo, reports):
     Re-running it replaces its own outputs (--out, --reports) and reuses the cached model."""
     from serving.demo.translation import TranslationDemoBudget, run_translation_demo
 
-    started = time.monotonic()
-    budget = TranslationDemoBudget()
-    bars = PhaseBars()
-    try:
-        path = run_translation_demo(cache or default_cache(), out, repo, reports, budget, bars, click.echo)
-    finally:
-        bars.close()
-    click.echo("\n".join(path.read_text().splitlines()[:5]))
-    click.echo(f"\nreport: {path}\ntook {(time.monotonic() - started) / 60:.1f} minutes")
+    run_demo_command(lambda bars: run_translation_demo(cache or default_cache(), out, repo, reports,
+                                                       TranslationDemoBudget(), bars, click.echo), reports)
