@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-mt clean
+.PHONY: setup test demo demo-mt bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: setup
 # The translation demo: trains its Marian model on the first run (about 45 minutes on 2 cores), cached after.
 demo-mt: setup
 	$(BIN)/headprune demo-mt
+
+# The performance benchmark: benchmarks/results/*.json and docs/performance.md (about 35 minutes on 2 cores from a
+# fresh clone, 20 once its models are cached).
+bench: setup
+	$(BIN)/python -m benchmarks.suite
 
 clean:
 	rm -rf $(VENV) .pytest_cache

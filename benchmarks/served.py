@@ -1,4 +1,4 @@
-"""What the served benchmarks share: export checkpoints into a temporary repository and compare them through Triton."""
+"""What the served benchmarks share: export checkpoints into a repository and compare them through Triton."""
 
 from __future__ import annotations
 
@@ -13,21 +13,34 @@ from serving.progress import PhaseBars
 from serving.report.runner import run_comparison
 
 
-def compare_served(models: dict[str, tuple[Path, str]], data: Path, out: Path, batch_sizes: list[int], trials: int,
+def export_variants(models: dict[str, tuple], repo: Path, max_batch_size: int) -> None:
+    """Exports each ``name: (checkpoint, precision[, export keyword arguments])`` into ``repo``."""
+    for name, (checkpoint, precision, *extra) in models.items():
+        kwargs = dict(extra[0]) if extra else {}
+        options = kwargs.pop("options", DeploymentOptions(max_batch_size=max_batch_size))
+        export_to_repository(checkpoint, repo, name, options=options, precision=precision, **kwargs)
+
+
+def compare_repository(repo: Path, names: list[str], data: Path, out: Path, command: list[str], **settings) -> Path:
+    """Runs ``compare`` on the deployments ``names`` of ``repo`` (the first is the baseline; ``settings`` override
+    CompareSettings' defaults); returns the report.md written into ``out``."""
+    baseline, *candidates = names
+    settings = CompareSettings(repo=repo, baseline=baseline, candidates=candidates, data=data, out=out, max_drop=1.0,
+                               seed=DemoBudget().seed, **settings)
+    bars = PhaseBars()
+    try:
+        return run_comparison(settings, overwrite=True, phases=bars, command=command)
+    finally:
+        bars.close()
+
+
+def compare_served(models: dict[str, tuple], data: Path, out: Path, batch_sizes: list[int], trials: int,
                    command: list[str], seq_len: int = 128) -> Path:
-    """Exports each ``name: (checkpoint, precision)`` and runs ``compare`` with the first as the baseline (accuracy on
-    ``data`` through the text front ends, throughput at ``batch_sizes`` and ``seq_len`` tokens); returns the report.md written into ``out``."""
+    """Exports each ``name: (checkpoint, precision)`` into a temporary repository and runs ``compare`` with the
+    first as the baseline (accuracy on ``data`` through the text front ends, throughput at ``batch_sizes`` and
+    ``seq_len`` tokens); returns the report.md written into ``out``."""
     with tempfile.TemporaryDirectory(prefix="headprune-bench-") as folder:
         repo = Path(folder) / "repo"
-        for name, (checkpoint, precision) in models.items():
-            export_to_repository(checkpoint, repo, name, options=DeploymentOptions(max_batch_size=max(batch_sizes)),
-                                 precision=precision)
-        baseline, *candidates = models
-        settings = CompareSettings(repo=repo, baseline=baseline, candidates=candidates, data=data, out=out,
-                                   max_drop=1.0, batch_sizes=batch_sizes, concurrency=[1], trials=trials,
-                                   seq_len=seq_len, seed=DemoBudget().seed)
-        bars = PhaseBars()
-        try:
-            return run_comparison(settings, overwrite=True, phases=bars, command=command)
-        finally:
-            bars.close()
+        export_variants(models, repo, max(batch_sizes))
+        return compare_repository(repo, list(models), data, out, command, batch_sizes=batch_sizes, concurrency=[1],
+                                  trials=trials, seq_len=seq_len)

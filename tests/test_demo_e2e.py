@@ -14,7 +14,7 @@ from serving.demo.assets import default_cache
 from serving.demo.pipeline import DemoBudget, prepare_data, run_demo
 from serving.report.results import render_results
 
-SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100,
+SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100, recovered_level=0.75,
                    latency={"batch_sizes": [1, 4], "concurrency": [1], "trials": 1, "requests": 3, "examples": 8,
                             "seq_len": 32, "max_windows": 1})
 
@@ -27,7 +27,15 @@ def test_demo_pipeline_on_real_weights(tmp_path):
     path = run_demo(cache, tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL, bars, lines.append)
     report = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert report["complete"] and path.read_text().splitlines()[1].startswith("**Verdict:**")
-    assert [e["heads"] for e in report["deployments"].values()] == [72, 50, 36]  # 30 % of 72 rounds to 22
+    # 30 % of 72 rounds to 22; the levers together: 75 % pruned by re-scored importance, distilled, INT8.
+    assert {n: (e["heads"], e["precision"]) for n, e in report["deployments"].items()} == {
+        "minilm": (72, "fp32"), "minilm_pruned30": (50, "fp32"), "minilm_pruned50": (36, "fp32"),
+        "minilm_pruned75_distilled_int8": (18, "int8")}
+    recovered = report["deployments"]["minilm_pruned75_distilled_int8"]
+    point = report["experiments"]["curves"]["rescored"]["points"][3]
+    assert recovered["head_plan"] == point["plan"]
+    # Distillation won back accuracy the masked 75 % model had lost (or at least did not lose more).
+    assert recovered["quality"]["value"] >= point["metric"] - 0.02
     # The served baseline gives exactly the in-process accuracy of the fine-tuned checkpoint.
     model_dir = report["demo"]["model"]
     eval_file = prepare_data(cache, SMALL)["eval"]

@@ -78,8 +78,9 @@ def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = Fals
 
 def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[HeadPlan | None], HeadScores],
                   step: float = 0.1, rescore: bool = False, per_type: bool = False, only_type: str | None = None,
-                  progress: Advance = no_progress) -> PruningCurve:
-    """Returns the metric at each of ``curve_fractions`` of heads pruned by ascending importance.
+                  progress: Advance = no_progress, up_to: float = 1.0) -> PruningCurve:
+    """Returns the metric at each of ``curve_fractions`` of heads (those up to ``up_to``) pruned by ascending
+    importance.
 
     ``score(removed)`` returns importance with ``removed`` masked; it is called once,
     or before every step with ``rescore``. Pruning is iterative: each step removes
@@ -90,7 +91,8 @@ def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callabl
     scores = score(None)
     points = []
     metric = None
-    for i, fraction in enumerate(curve_fractions(step, inventory, per_type, only_type)):
+    fractions = [f for f in curve_fractions(step, inventory, per_type, only_type) if f <= up_to + 1e-9]
+    for i, fraction in enumerate(fractions):
         if rescore and i > 0:
             scores = score(plan)
         ranked = {only_type: scores.scores[only_type]} if only_type else scores.scores

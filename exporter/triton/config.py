@@ -26,10 +26,12 @@ class DeploymentOptions:
     queue_delay_us: int = 100
     tensorrt: bool = False
     max_length: int = 128
+    threads: int = 0  # ONNX Runtime intra-op threads per instance; 0 = its default (one per physical core)
+    spinning: bool = True  # ONNX Runtime threads spin between runs (its default)
 
     def __post_init__(self):
-        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0:
-            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1, `queue_delay_us` >= 0",
+        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1, `queue_delay_us` and `threads` >= 0",
                                  "pass positive values")
         if self.kind not in ("cpu", "gpu"):
             raise HeadpruneError(f"instance kind '{self.kind}' is unknown", "use cpu or gpu")
@@ -51,6 +53,21 @@ def _instances(config: pb.ModelConfig, options: DeploymentOptions) -> None:
     config.instance_group.append(pb.ModelInstanceGroup(count=options.instances, kind=kind))
 
 
+def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -> pb.ModelConfig:
+    """Sets the instances, batching delay and ONNX Runtime threading of an ONNX model's config from ``options``;
+    returns the config (changed in place)."""
+    del config.instance_group[:]
+    _instances(config, options)
+    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    for key in ("intra_op_threads", "allow_spinning"):
+        config.parameters.pop(key, None)
+    if options.threads:
+        config.parameters["intra_op_threads"].string_value = str(options.threads)
+    if not options.spinning:
+        config.parameters["allow_spinning"].string_value = "0"
+    return config
+
+
 def classifier_config(name: str, inputs: list[str], num_labels: int, options: DeploymentOptions,
                       parameters: dict[str, str]) -> pb.ModelConfig:
     """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits."""
@@ -58,8 +75,7 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
                             default_model_filename=MODEL_FILE)
     config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
     config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
-    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
-    _instances(config, options)
+    apply_serving_settings(config, options)
     if options.tensorrt:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP16"

@@ -69,3 +69,29 @@ def run_window(make_client: Callable[[], TritonClient], model: str, arrays: dict
     if errors:
         raise errors[0]
     return Window(latencies, wall, len(next(iter(arrays.values()))))
+
+
+@dataclass
+class Cell:
+    """One kind of request a measurement repeats: its inputs, concurrency and requests per window."""
+
+    label: str
+    arrays: dict[str, np.ndarray]
+    concurrency: int
+    requests: int
+
+
+def interleaved_windows(make_client: Callable[[], TritonClient], models: list[str], cells: list[Cell], trials: int,
+                        outputs: list[str], advance: Callable[[int], None] = lambda n=1: None) -> dict[str, dict[str, list[Window]]]:
+    """Measures every cell of every model once per trial, the model order rotated each trial (a one-request warm-up
+    before each model's cells); returns {model: {cell label: [window per trial]}}."""
+    windows: dict[str, dict[str, list[Window]]] = {m: {c.label: [] for c in cells} for m in models}
+    for trial in range(trials):
+        shift = trial % len(models)
+        for model in models[shift:] + models[:shift]:
+            run_window(make_client, model, cells[0].arrays, outputs, 1, 1)
+            for cell in cells:
+                windows[model][cell.label].append(run_window(make_client, model, cell.arrays, outputs, cell.concurrency,
+                                                             cell.requests))
+            advance(1)
+    return windows

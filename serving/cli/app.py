@@ -88,6 +88,14 @@ def default_of(cls, name: str):
     return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
+def int_list(text: str) -> list[int]:
+    """Returns the integers of a comma-separated list such as '1,4,16'."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,4,16") from error
+
+
 def emit(data: dict, as_json: bool, human: str) -> None:
     """Prints JSON on stdout with --json, otherwise the human text."""
     click.echo(json.dumps(data, indent=2) if as_json else human)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from serving.benchmark.compare import CompareSettings
-from serving.cli.app import data_options, data_source, default_of, friendly_errors, main
+from serving.cli.app import data_options, data_source, default_of, friendly_errors, int_list, main
 from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
 from serving.report.report import render_report
@@ -18,14 +18,6 @@ from serving.report.runner import run_comparison
 def setting(name: str):
     """Returns CompareSettings' default for field ``name``."""
     return default_of(CompareSettings, name)
-
-
-def int_list(text: str) -> list[int]:
-    """Returns the integers of a comma-separated list such as '1,4,16'."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers, e.g. 1,4,16") from error
 
 
 @main.command()

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from exporter.triton.config import DeploymentOptions
-from serving.cli.app import default_of, emit, friendly_errors, main
+from serving.cli.app import default_of, emit, friendly_errors, int_list, main
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer
 
@@ -33,11 +33,15 @@ from serving.server.process import TritonServer
 @click.option("--validation-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Translation models: source sentences (JSONL/CSV/TSV, 'source' column) to validate greedy search on "
                    "(default: seeded pseudo-sentences).")
-@click.option("--threads", default=0, show_default=True, help="Translation models: ONNX Runtime threads in the server (0: all).")
+@click.option("--threads", default=0, show_default=True,
+              help="ONNX Runtime intra-op threads per instance (0: one per physical core). `headprune tune` finds a value.")
+@click.option("--spinning/--no-spinning", default=True, show_default=True,
+              help="Classifiers: whether ONNX Runtime threads spin between requests (faster back to back, "
+                   "costly when other work needs the cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
 def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quantize, max_batch_size, instances, kind,
-           queue_delay_us, tensorrt, max_length, validation_data, threads, as_json):
+           queue_delay_us, tensorrt, max_length, validation_data, threads, spinning, as_json):
     """Export the model in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
 
     \b
@@ -50,7 +54,8 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
     from exporter.pruning.checkpoint import model_task
 
     options = DeploymentOptions(max_batch_size=max_batch_size, instances=instances, kind=kind,
-                                queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length)
+                                queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length,
+                                threads=threads, spinning=spinning)
     if model_task(model_dir) == "translation":
         if quantize or optimize:
             raise click.UsageError("--quantize and --optimize apply to classifiers; translation graphs are exported "
@@ -162,3 +167,61 @@ def models(url, protocol, as_json):
     index = TritonClient(url, protocol).models()
     emit({"url": url, "models": index}, as_json,
          "\n".join(f"{m['name']:32s} version {m.get('version', '-'):>3s}  {m.get('state', '')}" for m in index))
+
+
+@main.command()
+@click.argument("model")
+@click.option("--repo", default="model_repo", show_default=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch-size", default=16, show_default=True, help="Batch size of the throughput measurement.")
+@click.option("--concurrency", default=1, show_default=True, help="Concurrent clients of the throughput measurement.")
+@click.option("--latency-budget-ms", type=float, default=None,
+              help="Largest acceptable p50 latency at batch 1; settings above it are not chosen (default: no budget).")
+@click.option("--instances", default=None, callback=lambda c, p, v: v and int_list(v),
+              help="Instance counts to try, comma-separated (default: all that fit the cores).")
+@click.option("--threads", default=None, callback=lambda c, p, v: v and int_list(v),
+              help="Intra-op thread counts to try, comma-separated (default: all that fit).")
+@click.option("--queue-delay-us", default="100", show_default=True, callback=lambda c, p, v: int_list(v),
+              help="Dynamic batching delays to try, comma-separated.")
+@click.option("--seq-len", default=128, show_default=True, help="Tokens per example in the measurements.")
+@click.option("--trials", default=3, show_default=True, help="Interleaved trials per setting.")
+@click.option("--dry-run", is_flag=True, help="Measure and report, but leave config.pbtxt as it is.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the result here (JSON).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@friendly_errors
+def tune(model, repo, batch_size, concurrency, latency_budget_ms, instances, threads, queue_delay_us, seq_len, trials,
+         dry_run, out, as_json):
+    """Find the serving settings of MODEL (an exported classifier) that give the most throughput.
+
+    \b
+    Serves every combination of instances, ONNX Runtime threads per instance and thread spinning
+    (at most one thread per core in all) side by side with MODEL's current settings, measures
+    throughput at --batch-size and p50 latency at batch 1 in interleaved trials, and writes the
+    fastest within --latency-budget-ms into MODEL's config.pbtxt, only if it is significantly faster
+    than the current settings (95 % bootstrap interval of the ratio excludes 1)."""
+    import os
+
+    from serving.benchmark.latency import Speedup
+    from serving.benchmark.tune import ServingSettings, TuneSettings
+    from serving.benchmark.tune import tune as run_tune
+    from serving.progress import PhaseBars
+
+    cores = os.cpu_count() or 1
+    grid = [ServingSettings(i, t, spin, d) for i in instances or range(1, cores + 1)
+            for t in threads or range(1, cores + 1) for spin in (True, False) for d in queue_delay_us
+            if threads or instances or i * t <= cores]
+    settings = TuneSettings(repo, model, batch_size, concurrency, latency_budget_ms, trials, seq_len=seq_len, grid=grid)
+    bars = PhaseBars()
+    try:
+        result = run_tune(settings, write=not dry_run, out=out, phases=bars)
+    finally:
+        bars.close()
+    lines = [f"{'settings':<24} {'examples/s':>10} {'vs current':>22} {'p50 b1 ms':>10}"]
+    for index, row in enumerate(result.candidates):
+        versus = "current" if index == 0 else Speedup.from_dict(row["speedup"]).format()
+        lines.append(f"{row['label']:<24} {row['throughput']:>10.1f} {versus:>22} "
+                     f"{row['p50_batch1_ms']:>10.2f}{'' if row['within_budget'] else '  over budget'}")
+    verdict = (f"chosen: {result.chosen.label} ({result.speedup.format()} the current {result.current.label})"
+               if result.chosen != result.current else f"kept the current settings ({result.current.label}): "
+               "no setting was significantly faster within the budget")
+    written = " -> written to config.pbtxt" if result.written else (" (dry run: config unchanged)" if dry_run else "")
+    emit(result.to_dict(), as_json, "\n".join(lines + [verdict + written]))

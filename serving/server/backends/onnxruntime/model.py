@@ -76,6 +76,11 @@ class TritonPythonModel:
         threads = _parameter(self.config, "intra_op_threads")
         if threads:
             options.intra_op_num_threads = int(threads)
+        # Spinning threads keep a core busy after each run: fast for back-to-back requests, costly when
+        # the server's other threads or other instances need that core.
+        spinning = _parameter(self.config, "allow_spinning")
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         providers = _providers(self.config, args["model_instance_kind"], int(args["model_instance_device_id"]))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         self.inputs = [(spec["name"], NUMPY_TYPES[spec["data_type"]], len(spec["dims"])) for spec in self.config["input"]]

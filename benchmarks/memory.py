@@ -1,0 +1,70 @@
+"""Memory of served models: each model instance runs in its own Python backend stub process, so a model's
+server-side resident memory is that process's, read from /proc after a warm-up request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serving.benchmark.compare import latency_inputs
+from serving.benchmark.deployment import describe_deployment
+from serving.client import TritonClient
+from serving.server.process import TritonServer, free_port
+
+BYTES_PER_WEIGHT = 4  # FP32
+
+
+def _stub_processes() -> dict[int, str]:
+    """Returns {pid: command line} of every running Triton Python backend stub."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "triton_python_backend_stub" in cmdline:
+                found[int(entry.name)] = cmdline
+    return found
+
+
+def resident_mib(pid: int) -> float:
+    """Returns the resident set size of ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def served_memory(repo: Path, names: list[str], batch: int = 16, seq_len: int = 128) -> dict:
+    """Returns, per model: stub resident memory (MiB) idle and after requests at ``batch``, ONNX bytes, parameters
+    and the bytes of FP32 weights pruning removed
+    (against ``names[0]``, the unpruned model), and the server process's own memory."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    rows = {}
+    with TritonServer(repo, **ports) as server:
+        client = TritonClient(server.http_url, "http")
+        stubs = _stub_processes()
+        try:
+            for name in names:
+                facts = describe_deployment(repo, name, seq_len)
+                folder = str((repo / name).resolve())
+                pids = [pid for pid, cmd in stubs.items() if f"{folder}/" in cmd or cmd.rstrip().endswith(folder)]
+                idle = sum(resident_mib(p) for p in pids)
+                inputs = latency_inputs(facts, batch, seq_len, 0)
+                for _ in range(3):
+                    client.infer(name, inputs, ["logits"])
+                description = json.loads((sorted((repo / name).glob("*/deployment.json"))[-1]).read_text())
+                rows[name] = {"stub_processes": len(pids), "resident_mib_idle": idle,
+                              "resident_mib_after_requests": sum(resident_mib(p) for p in pids),
+                              "onnx_bytes": facts.onnx_bytes, "parameters": description["parameters"],
+                              "precision": description.get("precision", "fp32"), "heads": description["heads"]}
+            unpruned = rows[names[0]]["parameters"]
+            for row in rows.values():
+                row["weight_bytes_removed"] = (unpruned - row["parameters"]) * BYTES_PER_WEIGHT
+            server_rss = resident_mib(server.process.pid)
+        finally:
+            client.close()
+    return {"batch": batch, "seq_len": seq_len, "models": rows, "server_process_mib": server_rss,
+            "note": "one stub process per model instance; resident memory includes the Python interpreter and "
+                    "onnxruntime (the same for every model)"}

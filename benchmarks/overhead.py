@@ -1,0 +1,90 @@
+"""Serving overhead: the same ONNX file run in process and through Triton (HTTP and gRPC with tritonclient, and
+HTTP with a second, minimal load generator: one keep-alive connection, Triton's JSON protocol), measured in
+alternating blocks with idle gaps; client CPU time per request next to the server's compute time."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.inprocess import IDLE_GAP_S, block_stats, session, timed_blocks
+from serving.benchmark.compare import latency_inputs, server_breakdown
+from serving.benchmark.deployment import describe_deployment
+from serving.client import TritonClient
+from serving.server.process import TritonServer, free_port
+
+
+class RawHttpClient:
+    """The second load generator: Triton's JSON inference protocol over one kept-alive ``http.client`` connection."""
+
+    def __init__(self, url: str):
+        host, port = url.split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def infer(self, model: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Returns the logits of one request."""
+        body = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+                                      for n, a in arrays.items()], "outputs": [{"name": "logits"}]})
+        self.connection.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        data = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"{model}: HTTP {response.status}: {data}")
+        return np.asarray(data["outputs"][0]["data"])
+
+    def close(self) -> None:
+        """Closes the connection."""
+        self.connection.close()
+
+
+def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int = 3, seq_len: int = 128) -> dict:
+    """Returns, per batch size, p50 latency in process and through each client, their ratios, client CPU time per
+    request and Triton's compute time per request."""
+    onnx_path = sorted((repo / model).glob("*/model.onnx"))[-1]
+    facts = describe_deployment(repo, model, seq_len)
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    results = {}
+    with TritonServer(repo, **ports) as server:
+        local = session(onnx_path)
+        clients = {"http": TritonClient(server.http_url, "http"), "grpc": TritonClient(server.grpc_url, "grpc")}
+        raw = RawHttpClient(server.http_url)
+        cpu: dict[str, float] = {}
+        try:
+            for batch in batch_sizes:
+                inputs = latency_inputs(facts, batch, seq_len, seed=0)
+                runs = {"in_process": lambda: local.run(None, inputs),
+                        **{f"triton_{p}": (lambda c=c: c.infer(model, inputs, ["logits"])) for p, c in clients.items()},
+                        "triton_http_raw": lambda: raw.infer(model, inputs)}
+                cpu = {name: 0.0 for name in runs}
+                counts = {name: 0 for name in runs}
+
+                def counted(name, run):
+                    def wrapped():
+                        began = time.process_time()
+                        run()
+                        cpu[name] += time.process_time() - began
+                        counts[name] += 1
+                    return wrapped
+
+                before = clients["http"].statistics(model)
+                blocks = timed_blocks({name: counted(name, run) for name, run in runs.items()}, rounds)
+                after = clients["http"].statistics(model)
+                stats = {name: block_stats(b, batch) for name, b in blocks.items()}
+                local_p50 = stats["in_process"].p50
+                results[str(batch)] = {
+                    name: {"p50_ms": s.p50, "requests": s.requests, "blocks": s.trials,
+                           "ratio_to_in_process": s.p50 / local_p50,
+                           "added_ms": s.p50 - local_p50,
+                           "client_cpu_ms_per_request": 1000 * cpu[name] / max(counts[name], 1)}
+                    for name, s in stats.items()}
+                results[str(batch)]["server_compute_infer_ms"] = server_breakdown(before, after, model)["compute_infer_us"] / 1000
+                time.sleep(IDLE_GAP_S)
+        finally:
+            for client in clients.values():
+                client.close()
+            raw.close()
+    return {"model": model, "seq_len": seq_len, "rounds": rounds, "batch_sizes": results}

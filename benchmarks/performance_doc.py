@@ -1,0 +1,215 @@
+"""docs/performance.md and its plots, written from benchmarks/results/*.json only (every number has a source file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from exporter.atomic import atomic_write_text
+from serving.benchmark.latency import Speedup
+from serving.report.plots import plt, save_figure
+
+LEVER_NAMES = {"minilm_pruned80": "prune 80 % of heads (re-scored importance)",
+               "minilm_pruned80_distilled": "recover: distil from the unpruned model (1 epoch)",
+               "minilm_pruned80_distilled_int8": "quantize: dynamic INT8 weights",
+               "minilm_pruned80_distilled_int8_tuned": "serving settings chosen by `headprune tune`"}
+TARGETS = {"b16": 2.5, "b1_latency": 0.45, "pruning_b16": 1.35}
+
+
+def _load(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+
+
+def _fmt(speedup: dict) -> str:
+    return Speedup.from_dict(speedup).format()
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def _headline(served: dict) -> list[str]:
+    steps = served["steps"]
+    best = steps[-1]
+    total = served["waterfall_b16"][-1]["cumulative"]
+    latency = served["p50_b1"][best]
+    quality = served["quality"]
+    base_q = quality[steps[0]]["value"]
+    pruning = next(r["cumulative"] for r in served["waterfall_b16"] if r["step"] == "minilm_pruned80_distilled")
+    drop = 100 * (quality[best]["value"] - base_q)
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "not met"
+
+    lines = ["## 1. The headline: fastest deployment within 1 point", "",
+             f"**{best}**: {_points(quality[best]['value'])} accuracy vs {_points(base_q)} unpruned ({drop:+.1f} points, "
+             f"paired McNemar p = {quality[best].get('p_value', float('nan')):.2g}); throughput at batch 16 "
+             f"**{_fmt(total)}** the unpruned model's (target >= {TARGETS['b16']}x: "
+             f"{verdict(total['ratio'] >= TARGETS['b16'])}); p50 latency at batch 1 "
+             f"**{latency['ratio']:.2f}x** [{latency['ci_low']:.2f}–{latency['ci_high']:.2f}] of the unpruned "
+             f"({latency['candidate_p50_ms']:.1f} vs {latency['baseline_p50_ms']:.1f} ms; target <= {TARGETS['b1_latency']}x: "
+             f"{verdict(latency['ratio'] <= TARGETS['b1_latency'])}); pruning's own share (pruned + distilled, FP32) at "
+             f"batch 16 **{_fmt(pruning)}** (target >= {TARGETS['pruning_b16']}x: "
+             f"{verdict(pruning['ratio'] >= TARGETS['pruning_b16'])}).", "",
+             "Baseline: the unpruned model exported plainly, served with default settings. Every step is served by the "
+             "same Triton, measured in 3 interleaved trials at sequence length 128, concurrency 1; accuracy through the "
+             f"text front end on the demo's {quality[steps[0]]['examples']} evaluation sentences.", "",
+             "| step | lever | heads | accuracy | share at batch 16 | cumulative at batch 16 | share at batch 1 | "
+             "p50 batch 1 vs unpruned |", "|---|---|---|---|---|---|---|---|",
+             f"| {steps[0]} | unpruned, plain export, default settings | {served['heads'][steps[0]][0]} | "
+             f"{_points(base_q)} | | | | |"]
+    for row16, row1 in zip(served["waterfall_b16"], served["waterfall_b1"]):
+        name = row16["step"]
+        q = quality[name]
+        p = q.get("p_value")
+        lines.append(f"| {name} | {LEVER_NAMES.get(name, name)} | {served['heads'][name][0]} | {_points(q['value'])}"
+                     f"{'' if p is None else f' (p = {p:.2g})'} | {_fmt(row16['share'])} | {_fmt(row16['cumulative'])} | "
+                     f"{_fmt(row1['share'])} | {served['p50_b1'][name]['ratio']:.2f}x |")
+    fusion = "kept" if served["fusion_kept"] else "not kept: it did not measure faster on this model (section 4)"
+    tuned = ("the exported defaults: no setting was significantly faster (section `tune` below)"
+             if served["tuned_settings"] is None else served["tuned_settings"])
+    lines += ["", f"Attention fusion: {fusion}. Serving settings: {tuned}.", "",
+              "![waterfall](perf_waterfall.png)", ""]
+    return lines
+
+
+def _batches(served: dict) -> list[str]:
+    rows = [s for s in served["speedups"] if s["candidate"] == "minilm_pruned50" and s["concurrency"] == 1]
+    lines = ["## 2. 50 % of heads pruned vs unpruned, by batch size (served)", "",
+             "| batch | measured | predicted from FLOPs | requests (baseline/candidate) |", "|---|---|---|---|"]
+    for s in rows:
+        lines.append(f"| {s['batch_size']} | {_fmt(s)} | {s['predicted']:.2f}x | {s['baseline_requests']}/{s['candidate_requests']} |")
+    return lines + ["", "Floors: >= 1.25x at batch 16 and 64, >= 1.15x at batch 1. The prediction from the measured share "
+                    "of time in attention is in section 5 (per sequence length).", ""]
+
+
+def _overhead(data: dict) -> list[str]:
+    lines = ["## 3. Serving overhead: Triton vs in-process ONNX Runtime (same model, same threads)", "",
+             f"Model {data['model']}, sequence length {data['seq_len']}, {data['rounds']} alternating blocks per path "
+             "with idle gaps. `triton_http_raw` is the second load generator (one keep-alive connection, JSON protocol).", "",
+             "| batch | path | p50 ms | vs in process | added ms | client CPU ms/request | requests |", "|---|---|---|---|---|---|---|"]
+    checks = []
+    for batch, paths in data["batch_sizes"].items():
+        for name, row in paths.items():
+            if isinstance(row, dict):
+                client = "–" if name == "in_process" else f"{row['client_cpu_ms_per_request']:.2f}"
+                lines.append(f"| {batch} | {name} | {row['p50_ms']:.2f} | {row['ratio_to_in_process']:.3f}x | "
+                             f"{row['added_ms']:+.2f} | {client} | {row['requests']} |")
+        lines.append(f"| {batch} | Triton's compute per request (server statistics) | "
+                     f"{paths['server_compute_infer_ms']:.2f} | | | | |")
+        difference = paths["triton_http_raw"]["p50_ms"] / paths["triton_http"]["p50_ms"] - 1
+        checks.append(f"batch {batch}: {100 * difference:+.1f} %")
+    lines += ["", "Goal: <= 1.05x at batch 1, <= 1.02x at batch 16. Second load generator vs tritonclient over HTTP "
+              f"(p50; goal within 10 %): {', '.join(checks)}.", ""]
+    return lines
+
+
+def _fusion(data: dict) -> list[str]:
+    lines = ["## 4. Attention fusion (`--optimize`) vs plain export, in process", "",
+             "| model | batch | fused / plain throughput |", "|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {_fmt(r['speedup'])} |" for r in data["rows"]]
+    return lines + ["", data["note"] + ".", ""]
+
+
+def _sequence(data: dict) -> list[str]:
+    lines = ["## 5. Sequence length: 50 % pruned vs unpruned, in process, batch 1", "",
+             "| tokens | measured | predicted from attention's share of time | attention's share | unpruned p50 ms |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['seq_len']} | {_fmt(r['speedup'])} | {r['predicted']:.2f}x | {100 * r['attention_share']:.0f} % | "
+              f"{r['baseline_p50_ms']:.1f} |" for r in data["rows"]]
+    return lines + ["", "![sequence length](perf_sequence.png)", ""]
+
+
+def _memory(data: dict) -> list[str]:
+    lines = ["## 6. Memory", "", "| model | heads | precision | ONNX MB | weights removed MB | server RSS MiB (idle → after "
+             f"batch {data['batch']}) |", "|---|---|---|---|---|---|"]
+    for name, r in data["models"].items():
+        lines.append(f"| {name} | {r['heads']} | {r['precision']} | {r['onnx_bytes'] / 1e6:.1f} | "
+                     f"{r['weight_bytes_removed'] / 1e6:.1f} | {r['resident_mib_idle']:.0f} → {r['resident_mib_after_requests']:.0f} |")
+    return lines + ["", f"Triton's own process: {data['server_process_mib']:.0f} MiB. {data['note']}.", ""]
+
+
+def _peer(data: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in data["peer_versions"].items())
+    lines = ["## 7. The peer: transformers 4.x `prune_heads` + Optimum O2, served next to ours", "",
+             f"Plan: {data['plan']}. Peer environment (created by the benchmark): {versions}. Both served by the same "
+             f"Triton, {data['trials']} interleaved trials, sequence length {data['seq_len']}.", "",
+             "| batch | our throughput / the peer's |", "|---|---|"]
+    lines += [f"| {cell.removeprefix('batch')} | {_fmt(s)} |" for cell, s in data["speedup_ours_over_peer"].items()]
+    agree = "the same" if data["same_predictions"] else "different"
+    return lines + ["", f"Outputs on the same inputs: largest logit difference {data['max_abs_logit_difference']:.2g}, "
+                    f"{agree} predicted labels. Goal: ours >= 1.0x.", ""]
+
+
+def _scoring(data: dict) -> list[str]:
+    lines = ["## 8. Scoring cost vs a plain forward+backward pass", "",
+             f"{data['examples']} examples, batch {data['batch_size']}, {data['trials']} interleaved trials, {data['model']}.", "",
+             "| run | median s | ratio | peak memory MiB (own process) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['median_s']:.3f} | {r['ratio']:.2f}x | {r['peak_mib']:.0f} |" for name, r in data["runs"].items()]
+    return lines + ["", "Goal: <= 1.3x.", ""]
+
+
+def _tune(data: dict) -> list[str]:
+    lines = ["## Serving settings searched by `headprune tune` (headline INT8 model)", "",
+             f"Throughput at batch {data['batch']}, concurrency {data['concurrency']}, against the exported settings "
+             f"({data['current']}).", "", "| settings | examples/s | vs current | p50 batch 1 ms |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['throughput']:.1f} | {_fmt(r['speedup'])} | {r['p50_batch1_ms']:.2f} |"
+              for r in data["candidates"]]
+    return lines + ["", f"Chosen: {data['chosen_label']}.", ""]
+
+
+def _plots(results: dict, docs: Path) -> None:
+    served = results.get("served")
+    if served:
+        figure, axis = plt.subplots(figsize=(8, 4))
+        labels = ["unpruned"] + [LEVER_NAMES.get(r["step"], r["step"]).split(":")[0] for r in served["waterfall_b16"]]
+        values = [1.0] + [r["cumulative"]["ratio"] for r in served["waterfall_b16"]]
+        low = [0.0] + [r["cumulative"]["ratio"] - r["cumulative"]["ci_low"] for r in served["waterfall_b16"]]
+        high = [0.0] + [r["cumulative"]["ci_high"] - r["cumulative"]["ratio"] for r in served["waterfall_b16"]]
+        axis.bar(labels, values, yerr=[low, high], color="tab:blue", capsize=4)
+        for i, name in enumerate([served["steps"][0]] + [r["step"] for r in served["waterfall_b16"]]):
+            axis.text(i, 0.05, _points(served["quality"][name]["value"]), ha="center", color="white", fontsize=8)
+        axis.axhline(TARGETS["b16"], color="tab:red", linestyle="--", label=f"target {TARGETS['b16']}x")
+        axis.set_ylabel("throughput vs unpruned (batch 16)")
+        axis.set_title("Each lever's share, served through Triton (accuracy in the bars)")
+        axis.legend()
+        figure.autofmt_xdate(rotation=15)
+        save_figure(figure, docs / "perf_waterfall.png")
+    sequence = results.get("sequence")
+    if sequence:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        rows = sequence["rows"]
+        x = [r["seq_len"] for r in rows]
+        axis.errorbar(x, [r["speedup"]["ratio"] for r in rows],
+                      yerr=[[r["speedup"]["ratio"] - r["speedup"]["ci_low"] for r in rows],
+                            [r["speedup"]["ci_high"] - r["speedup"]["ratio"] for r in rows]], marker="o", label="measured")
+        axis.plot(x, [r["predicted"] for r in rows], marker="s", linestyle="--", label="predicted (attention's time share)")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("sequence length (tokens)")
+        axis.set_ylabel("speedup, 50 % of heads pruned")
+        axis.legend()
+        save_figure(figure, docs / "perf_sequence.png")
+
+
+def render(results: Path, docs: Path) -> Path:
+    """Writes docs/performance.md (and its plots) from the result files; returns its path."""
+    data = _load(results)
+    env = next(iter(data.values()), {}).get("environment", {})
+    lines = ["# Performance", "", "Generated by `make bench` (benchmarks/suite.py) from `benchmarks/results/*.json`; "
+             "do not edit by hand. Ratios are measured side by side in one run, with 95 % bootstrap intervals "
+             "(trials, then requests within them); n.s. = the interval includes 1.0.", "",
+             f"Machine: {env.get('processor')} x {env.get('cpus')} CPUs, {env.get('platform')}; "
+             f"libraries: {', '.join(f'{k} {v}' for k, v in env.get('libraries', {}).items())}.", ""]
+    ran = [s for s in ("served", "overhead", "fusion", "sequence", "memory", "peer", "scoring", "tune") if s in data]
+    lines += [f"Sections run on the CPU: {', '.join(ran)}. GPU: "
+              + (f"not run ({data['gpu']['skipped']})." if "gpu" in data and "skipped" in data["gpu"]
+                 else "see section 9." if "gpu" in data else "not run."), ""]
+    renderers = [("served", _headline), ("served", _batches), ("overhead", _overhead), ("fusion", _fusion),
+                 ("sequence", _sequence), ("memory", _memory), ("peer", _peer), ("scoring", _scoring), ("tune", _tune)]
+    for key, renderer in renderers:
+        if key in data:
+            lines += renderer(data[key])
+    if "gpu" in data and "speedups" in data["gpu"]:
+        lines += ["## 9. GPU", "", f"Report: {data['gpu']['report']}", ""]
+    _plots(data, docs)
+    return atomic_write_text(docs / "performance.md", "\n".join(lines))
