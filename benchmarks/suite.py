@@ -39,7 +39,6 @@ from exporter.triton.config import DeploymentOptions
 from serving.demo.assets import default_cache
 
 RESULTS = Path("benchmarks/results")
-SECTIONS = ("fusion", "sequence", "tune", "served", "overhead", "memory", "peer", "scoring", "gpu")
 BATCH_SIZES = [1, 4, 16, 64]
 SEQ_LENGTHS = [32, 64, 128, 256, 512]
 BASELINE, PRUNED50 = "minilm", "minilm_pruned50"
@@ -149,13 +148,13 @@ def served_section(models: BenchModels, repo: Path, tuned: dict, fused: bool, ou
             "quality": {n: {k: q[k] for k in ("value", "examples", "p_value") if k in q} for n, q in quality.items()},
             "waterfall_b16": step_shares(records, steps, 16), "waterfall_b1": step_shares(records, steps, 1),
             "p50_b1": {n: p50_ratio(records, BASELINE, n, 1) for n in names[1:]},
-            "speedups": report["speedups"], "recovery": models.curve["points"][-1]["metric"],
+            "speedups": report["speedups"], "masked_accuracy_before_recovery": models.curve["points"][-1]["metric"],
             "report": str(out / "report.md")}
 
 
 def memory_section(repo: Path) -> dict:
     """Returns each model's server resident memory (its backend stub process after a warm-up request at batch 16),
-    its ONNX size and the bytes of attention weights its pruning removed."""
+    its ONNX size and the bytes of weights its pruning removed."""
     from benchmarks.memory import served_memory
 
     return served_memory(repo, [BASELINE, PRUNED50, DISTILLED, INT8])
@@ -175,7 +174,7 @@ def peer_section(models: BenchModels, repo: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, of: " + ", ".join(SECTIONS))
+    parser.add_argument("--sections", default=",".join(RUNNERS), help="comma-separated, of: " + ", ".join(RUNNERS))
     parser.add_argument("--render-only", action="store_true", help="only write docs/performance.md from the results")
     parser.add_argument("--repo", type=Path, default=Path("outputs/bench/repo"))
     parser.add_argument("--reports", type=Path, default=Path("reports/bench/suite"))
@@ -187,48 +186,61 @@ def main() -> None:
     print(f"wrote {render(RESULTS, Path('docs'))}")
 
 
+def _served(models: BenchModels, repo: Path, reports: Path) -> dict:
+    fusion = RESULTS / "fusion.json"
+    fused = fusion.exists() and fusion_kept(json.loads(fusion.read_text()))
+    if fused:
+        export_all(models, repo, fused=True)
+    tune = RESULTS / "tune.json"
+    tuned = json.loads(tune.read_text()) if tune.exists() else tune_section(repo)
+    return served_section(models, repo, tuned, fused, reports / "served")
+
+
+def _overhead(models: BenchModels, repo: Path, reports: Path) -> dict:
+    from benchmarks.overhead import measure_overhead
+
+    return measure_overhead(repo, BASELINE, [1, 16])
+
+
+def _scoring(models: BenchModels, repo: Path, reports: Path) -> dict:
+    from benchmarks.scoring_cost import measure_scoring
+
+    return measure_scoring()
+
+
+def _gpu(models: BenchModels, repo: Path, reports: Path) -> dict:
+    from benchmarks.gpu import gpu_section
+
+    return gpu_section(models, reports / "gpu")
+
+
+# Each section: (models, repository, reports folder) -> its JSON-ready results. `served` reads fusion's and tune's.
+RUNNERS = {
+    "fusion": lambda models, repo, reports: fusion_section(repo),
+    "sequence": lambda models, repo, reports: sequence_section(repo),
+    "tune": lambda models, repo, reports: tune_section(repo),
+    "served": _served,
+    "overhead": _overhead,
+    "memory": lambda models, repo, reports: memory_section(repo),
+    "peer": lambda models, repo, reports: peer_section(models, repo),
+    "scoring": _scoring,
+    "gpu": _gpu,
+}
+
+
 def run_sections(sections: list[str], repo: Path, reports: Path) -> None:
     """Runs the chosen sections in order, each saving its results as soon as it is done."""
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(RUNNERS)
     if unknown:
-        sys.exit(f"unknown sections {sorted(unknown)}: choose from {', '.join(SECTIONS)}")
+        sys.exit(f"unknown sections {sorted(unknown)}: choose from {', '.join(RUNNERS)}")
     started = time.monotonic()
     models = prepare_models(default_cache())
     save("models", {"seconds_per_step": models.seconds, "rescored_curve": models.curve}, started)
-    started = time.monotonic()
     export_all(models, repo, fused=False)
     for section in sections:
         began = time.monotonic()
         print(f"== {section}", flush=True)
-        if section == "fusion":
-            save("fusion", fusion_section(repo), began)
-        elif section == "sequence":
-            save("sequence", sequence_section(repo), began)
-        elif section == "tune":
-            save("tune", tune_section(repo), began)
-        elif section == "served":
-            fusion_data = json.loads((RESULTS / "fusion.json").read_text()) if (RESULTS / "fusion.json").exists() else None
-            fused = bool(fusion_data and fusion_kept(fusion_data))
-            if fused:
-                export_all(models, repo, fused=True)
-            tuned = json.loads((RESULTS / "tune.json").read_text()) if (RESULTS / "tune.json").exists() else tune_section(repo)
-            save("served", served_section(models, repo, tuned, fused, reports / "served"), began)
-        elif section == "overhead":
-            from benchmarks.overhead import measure_overhead
-
-            save("overhead", measure_overhead(repo, BASELINE, [1, 16]), began)
-        elif section == "memory":
-            save("memory", memory_section(repo), began)
-        elif section == "peer":
-            save("peer", peer_section(models, repo), began)
-        elif section == "scoring":
-            from benchmarks.scoring_cost import measure_scoring
-
-            save("scoring", measure_scoring(), began)
-        elif section == "gpu":
-            from benchmarks.gpu import gpu_section
-
-            save("gpu", gpu_section(models, reports / "gpu"), began)
+        save(section, RUNNERS[section](models, repo, reports), began)
 
 
 if __name__ == "__main__":
