@@ -94,9 +94,12 @@ def prepare_models(cache: Path, budget: DemoBudget = DemoBudget(), level: float 
     plan = HeadPlan.from_dict(rescored["points"][-1]["plan"])
     paths = {"pruned50": work / "minilm_pruned50", "pruned80": work / f"minilm_pruned{round(100 * level)}",
              "distilled80": work / f"minilm_pruned{round(100 * level)}_distilled"}
-    _timed(seconds, "prune", all((p / "config.json").exists() for p in list(paths.values())[:2]), lambda: (
-        prune_checkpoint(base, paths["pruned50"], scores=scores, fraction=BASELINE_LEVEL, overwrite=True),
-        prune_checkpoint(base, paths["pruned80"], plan=plan, overwrite=True)))
+
+    def prune() -> None:
+        prune_checkpoint(base, paths["pruned50"], scores=scores, fraction=BASELINE_LEVEL, overwrite=True)
+        prune_checkpoint(base, paths["pruned80"], plan=plan, overwrite=True)
+
+    _timed(seconds, "prune", all((paths[k] / "config.json").exists() for k in ("pruned50", "pruned80")), prune)
     train = read_examples(splits["train"], "classification")
 
     def recover() -> None:

@@ -52,7 +52,8 @@ def _headline(served: dict) -> list[str]:
              f"batch 16 **{_fmt(pruning)}** (target >= {TARGETS['pruning_b16']}x: "
              f"{verdict(pruning['ratio'] >= TARGETS['pruning_b16'])}).", "",
              "Baseline: the unpruned model exported plainly, served with default settings. Every step is served by the "
-             "same Triton, measured in 3 interleaved trials at sequence length 128, concurrency 1; accuracy through the "
+             f"same Triton, measured in {served['trials']} interleaved trials at sequence length 128, concurrency 1; "
+             "accuracy through the "
              f"text front end on the demo's {quality[steps[0]]['examples']} evaluation sentences.", "",
              "| step | lever | heads | accuracy | share at batch 16 | cumulative at batch 16 | share at batch 1 | "
              "p50 batch 1 vs unpruned |", "|---|---|---|---|---|---|---|---|",

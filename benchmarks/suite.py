@@ -40,6 +40,7 @@ from serving.demo.assets import default_cache
 
 RESULTS = Path("benchmarks/results")
 BATCH_SIZES = [1, 4, 16, 64]
+SERVED_TRIALS = 5
 SEQ_LENGTHS = [32, 64, 128, 256, 512]
 BASELINE, PRUNED50 = "minilm", "minilm_pruned50"
 PRUNED80, DISTILLED, INT8, TUNED = ("minilm_pruned80", "minilm_pruned80_distilled", "minilm_pruned80_distilled_int8",
@@ -139,11 +140,11 @@ def served_section(models: BenchModels, repo: Path, tuned: dict, fused: bool, ou
         steps.append(TUNED)
     names = [BASELINE, PRUNED50, *steps[1:]]
     compare_repository(repo, names, models.splits["eval"], out, ["make", "bench"], batch_sizes=BATCH_SIZES,
-                       concurrency=[1], trials=3, warmup=1, requests=6, examples=128, max_windows=1)
+                       concurrency=[1], trials=SERVED_TRIALS, warmup=1, requests=6, examples=128, max_windows=1)
     report = json.loads((out / "report.json").read_text())
     records = read_journal(out)
     quality = {n: report["deployments"][n]["quality"] for n in names}
-    return {"steps": steps, "fusion_kept": fused, "tuned_settings": chosen and chosen.label,
+    return {"steps": steps, "trials": SERVED_TRIALS, "fusion_kept": fused, "tuned_settings": chosen and chosen.label,
             "heads": {n: [report["deployments"][n]["heads"], report["deployments"][n]["original_heads"]] for n in names},
             "quality": {n: {k: q[k] for k in ("value", "examples", "p_value") if k in q} for n, q in quality.items()},
             "waterfall_b16": step_shares(records, steps, 16), "waterfall_b1": step_shares(records, steps, 1),
@@ -199,7 +200,7 @@ def _served(models: BenchModels, repo: Path, reports: Path) -> dict:
 def _overhead(models: BenchModels, repo: Path, reports: Path) -> dict:
     from benchmarks.overhead import measure_overhead
 
-    return measure_overhead(repo, BASELINE, [1, 16])
+    return measure_overhead(repo, BASELINE, [1, 16], rounds=5)
 
 
 def _scoring(models: BenchModels, repo: Path, reports: Path) -> dict:

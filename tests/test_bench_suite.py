@@ -107,7 +107,7 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     records += _records({"minilm": 5.0, "minilm_pruned80": 4.0, "minilm_pruned80_distilled": 4.0,
                          "minilm_pruned80_distilled_int8": 2.0}, batch=1)
     steps = ["minilm", "minilm_pruned80", "minilm_pruned80_distilled", "minilm_pruned80_distilled_int8"]
-    served = {"steps": steps, "fusion_kept": False, "tuned_settings": None, "heads": {n: [14, 72] for n in steps},
+    served = {"steps": steps, "trials": 3, "fusion_kept": False, "tuned_settings": None, "heads": {n: [14, 72] for n in steps},
               "quality": {n: {"value": 0.869 - 0.002 * i, "examples": 1000, "p_value": 0.5} for i, n in enumerate(steps)},
               "waterfall_b16": step_shares(records, steps, 16), "waterfall_b1": step_shares(records, steps, 1),
               "p50_b1": {n: p50_ratio(records, "minilm", n, 1) for n in steps[1:]}, "speedups": []}
@@ -119,7 +119,7 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     assert "**minilm_pruned80_distilled_int8**: 86.3 % accuracy vs 86.9 % unpruned (-0.6 points" in text
     assert "throughput at batch 16 **2.50x [" in text
     assert "p50 latency at batch 1 **0.40x**" in text
-    assert "GPU: not run (no CUDA device on this machine)." in text
+    assert "GPU: not run (no CUDA device on this machine)." in text and "measured in 3 interleaved trials" in text
     assert (tmp_path / "docs" / "perf_waterfall.png").stat().st_size > 1000
 
 
