@@ -151,11 +151,14 @@ def _scoring(data: dict) -> list[str]:
 
 
 def _tune(data: dict) -> list[str]:
+    from serving.benchmark.tune import ServingSettings
+
     lines = ["## Serving settings searched by `headprune tune` (headline INT8 model)", "",
              f"Throughput at batch {data['batch']}, concurrency {data['concurrency']}, against the exported settings "
-             f"({data['current']}).", "", "| settings | examples/s | vs current | p50 batch 1 ms |", "|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['throughput']:.1f} | {_fmt(r['speedup'])} | {r['p50_batch1_ms']:.2f} |"
-              for r in data["candidates"]]
+             f"({ServingSettings(**data['current']).label}: instances, threads (auto = ONNX Runtime's default), spinning, "
+             "batching delay in µs).", "", "| settings | examples/s | vs current | p50 batch 1 ms |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['throughput']:.1f} | {'current' if i == 0 else _fmt(r['speedup'])} | "
+              f"{r['p50_batch1_ms']:.2f} |" for i, r in enumerate(data["candidates"])]
     return lines + ["", f"Chosen: {data['chosen_label']}.", ""]
 
 
