@@ -3,6 +3,7 @@ compared through Triton like on the CPU. Skipped, with the reason recorded, wher
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,5 @@ def gpu_section(models: BenchModels, out: Path) -> dict:
                          "minilm_pruned80_distilled": (models.distilled80, "fp32", {"options": options})}, repo, 64)
         path = compare_repository(repo, ["minilm", "minilm_pruned50", "minilm_pruned80_distilled"], models.splits["eval"],
                                   out, ["make", "bench"], batch_sizes=[1, 16, 64], concurrency=[1], trials=3)
-    import json
-
     report = json.loads((out / "report.json").read_text())
     return {"report": str(path), "speedups": report["speedups"]}

@@ -38,8 +38,8 @@ def resident_mib(pid: int) -> float:
 
 def served_memory(repo: Path, names: list[str], batch: int = 16, seq_len: int = 128) -> dict:
     """Returns, per model: stub resident memory (MiB) idle and after requests at ``batch``, ONNX bytes, parameters
-    and the bytes of FP32 weights pruning removed
-    (against ``names[0]``, the unpruned model), and the server process's own memory."""
+    and the bytes of FP32 weights pruning removed (against ``names[0]``, the unpruned model); and the server
+    process's own memory."""
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     rows = {}
     with TritonServer(repo, **ports) as server:
