@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.benchmark.latency import LatencyStats, Speedup, bootstrap_throughput, ratios
+from serving.benchmark.compare import token_inputs
+from serving.benchmark.latency import LatencyStats, Speedup, speedup_of_trials
 
 # Per-head work of a BERT layer in the exported graph: the attention block minus its residual layer norm.
 ATTENTION_NODES = ("/attention/self/", "/attention/output/dense/")
@@ -35,11 +36,7 @@ def session(path: str | Path, threads: int = 0, spinning: bool = True, profile: 
 def feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: int = 0,
          vocab_size: int = MINILM_VOCAB) -> dict[str, np.ndarray]:
     """Returns fixed random inputs of shape (batch, seq_len) for the session's inputs (ids below ``vocab_size``)."""
-    rng = np.random.default_rng(seed)
-    arrays = {"input_ids": rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64),
-              "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
-              "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64)}
-    return {i.name: arrays[i.name] for i in sess.get_inputs()}
+    return token_inputs([i.name for i in sess.get_inputs()], vocab_size, batch, seq_len, seed)
 
 
 def timed_blocks(runs: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.6) -> dict[str, list[list[float]]]:
@@ -78,10 +75,8 @@ def _throughputs(blocks: list[list[float]], batch: int) -> list[float]:
 
 def speedup(baseline: list[list[float]], candidate: list[list[float]], batch: int, seed: int = 0) -> Speedup:
     """Returns candidate / baseline throughput of two sets of timed blocks, with its bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    stats = [block_stats(blocks, batch) for blocks in (baseline, candidate)]
-    draws = [bootstrap_throughput(blocks, _throughputs(blocks, batch), rng) for blocks in (baseline, candidate)]
-    return Speedup.between(stats[0], stats[1], ratios(*draws))
+    return speedup_of_trials((baseline, _throughputs(baseline, batch)), (candidate, _throughputs(candidate, batch)),
+                             np.random.default_rng(seed))
 
 
 def attention_share(path: str | Path, batch: int, seq_len: int, threads: int = 0, runs: int = 10,

@@ -3,7 +3,6 @@ server-side resident memory is that process's, read from /proc after a warm-up r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from serving.benchmark.compare import latency_inputs
@@ -54,11 +53,10 @@ def served_memory(repo: Path, names: list[str], batch: int = 16, seq_len: int = 
                 inputs = latency_inputs(facts, batch, seq_len, 0)
                 for _ in range(3):
                     client.infer(name, inputs, ["logits"])
-                description = json.loads((sorted((repo / name).glob("*/deployment.json"))[-1]).read_text())
                 rows[name] = {"stub_processes": len(pids), "resident_mib_idle": idle,
                               "resident_mib_after_requests": sum(resident_mib(p) for p in pids),
-                              "onnx_bytes": facts.onnx_bytes, "parameters": description["parameters"],
-                              "precision": description.get("precision", "fp32"), "heads": description["heads"]}
+                              "onnx_bytes": facts.onnx_bytes, "parameters": facts.parameters,
+                              "precision": facts.precision, "heads": facts.heads}
             unpruned = rows[names[0]]["parameters"]
             for row in rows.values():
                 row["weight_bytes_removed"] = (unpruned - row["parameters"]) * BYTES_PER_WEIGHT

@@ -21,8 +21,7 @@ from exporter.pruning.plan import HeadPlan
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scores import HeadScores
 from exporter.pruning.scoring import compute_importance
-from serving.demo.assets import DEMO_ASSETS, fetch_asset
-from serving.demo.pipeline import DemoBudget, finetuned_model, prepare_data
+from serving.demo.pipeline import DemoBudget, demo_classifier
 from serving.progress import PhaseBars, progress_bar
 
 HEADLINE_LEVEL = 0.8  # share of heads the headline model prunes (re-scored, then distilled)
@@ -54,12 +53,9 @@ def prepare_models(cache: Path, budget: DemoBudget = DemoBudget(), level: float 
     (``cache``/bench/<weights hash>) lacks."""
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    for asset in DEMO_ASSETS:
-        fetch_asset(asset, cache)
-    splits = prepare_data(cache, budget)
     bars = PhaseBars()
     try:
-        base = finetuned_model(cache, splits["train"], budget, bars)
+        base, splits = demo_classifier(cache, budget, bars)
     finally:
         bars.close()
     seconds["assets_and_model"] = round(time.monotonic() - started, 1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inprocess import IDLE_GAP_S, block_stats, session, timed_blocks
+from exporter.triton.layout import MODEL_FILE, ModelRepository
 from serving.benchmark.compare import latency_inputs, server_breakdown
 from serving.benchmark.deployment import describe_deployment
 from serving.client import TritonClient
@@ -44,8 +45,8 @@ class RawHttpClient:
 def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int = 3, seq_len: int = 128) -> dict:
     """Returns, per batch size, p50 latency in process and through each client, their ratios, client CPU time per
     request and Triton's compute time per request."""
-    onnx_path = sorted((repo / model).glob("*/model.onnx"))[-1]
     facts = describe_deployment(repo, model, seq_len)
+    onnx_path = ModelRepository(repo).version_folder(model, facts.version) / MODEL_FILE
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     results = {}
     with TritonServer(repo, **ports) as server:

@@ -15,7 +15,7 @@ import numpy as np
 from benchmarks.inprocess import MINILM_VOCAB, feed, session
 from exporter.atomic import atomic_write_text
 from exporter.triton.config import DeploymentOptions, classifier_config, write_config
-from serving.benchmark.latency import LatencyStats, Speedup, bootstrap_throughput, ratios
+from serving.benchmark.latency import speedup_of_trials
 from serving.benchmark.loadgen import Cell, interleaved_windows
 from serving.client import TritonClient
 from serving.server.process import TritonServer, free_port
@@ -76,15 +76,13 @@ def compare_with_peer(ours: Path, peer_onnx: Path, trials: int = 5, seq_len: int
             windows = interleaved_windows(lambda: TritonClient(server.http_url, "http"), ["ours", "peer"], cells, trials,
                                           ["logits"])
     rng = np.random.default_rng(0)
-    speedups = {}
-    for cell in cells:
-        stats, draws = {}, {}
-        for name in ("ours", "peer"):
-            measured = windows[name][cell.label]
-            latencies, throughputs = [w.latencies_ms for w in measured], [w.throughput for w in measured]
-            stats[name] = LatencyStats.from_trials(latencies, throughputs)
-            draws[name] = bootstrap_throughput(latencies, throughputs, rng)
-        speedups[cell.label] = Speedup.between(stats["peer"], stats["ours"], ratios(draws["peer"], draws["ours"])).to_dict()
+
+    def trials(name: str, label: str) -> tuple[list[list[float]], list[float]]:
+        measured = windows[name][label]
+        return [w.latencies_ms for w in measured], [w.throughput for w in measured]
+
+    speedups = {cell.label: speedup_of_trials(trials("peer", cell.label), trials("ours", cell.label), rng).to_dict()
+                for cell in cells}
     difference = float(np.abs(logits["ours"] - logits["peer"]).max())
     return {"speedup_ours_over_peer": speedups, "max_abs_logit_difference": difference,
             "same_predictions": bool((logits["ours"].argmax(1) == logits["peer"].argmax(1)).all()), "trials": trials,

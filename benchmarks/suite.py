@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks import inprocess
@@ -36,6 +33,8 @@ from benchmarks.models import BenchModels, prepare_models
 from benchmarks.served import compare_repository, export_variants
 from exporter.atomic import atomic_write_json
 from exporter.triton.config import DeploymentOptions
+from exporter.triton.layout import MODEL_FILE, ModelRepository
+from serving.benchmark.compare import library_versions, machine
 from serving.demo.assets import default_cache
 
 RESULTS = Path("benchmarks/results")
@@ -47,22 +46,17 @@ PRUNED80, DISTILLED, INT8, TUNED = ("minilm_pruned80", "minilm_pruned80_distille
                                    "minilm_pruned80_distilled_int8_tuned")
 
 
-def environment() -> dict:
-    """Returns the machine and library versions every result records."""
-    libraries = {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton", "numpy")}
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "libraries": libraries}
-
-
 def save(section: str, data: dict, started: float) -> Path:
     """Writes one section's results (with the environment and its duration); returns the path."""
-    return atomic_write_json(RESULTS / f"{section}.json", {"section": section, "environment": environment(),
+    return atomic_write_json(RESULTS / f"{section}.json", {"section": section,
+                                                           "environment": {**machine(), "libraries": library_versions()},
                                                            "seconds": round(time.monotonic() - started, 1), **data})
 
 
 def onnx_path(repo: Path, name: str) -> Path:
     """Returns the served version's model.onnx of ``name``."""
-    return sorted((repo / name).glob("*/model.onnx"), key=lambda p: int(p.parent.name))[-1]
+    repository = ModelRepository(repo)
+    return repository.version_folder(name, repository.served_version(name)) / MODEL_FILE
 
 
 def export_all(models: BenchModels, repo: Path, fused: bool) -> None:

@@ -109,13 +109,33 @@ def server_breakdown(before: dict, after: dict, name: str) -> dict[str, float]:
     return breakdown
 
 
-def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
-    """Returns fixed random int64 inputs of shape (batch, seq_len) for one deployment."""
+def token_inputs(names: list[str], vocab_size: int, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Returns fixed random int64 inputs of shape (batch, seq_len) for the input ``names`` of a text classifier: ids
+    in [1, vocab_size), a full attention mask, token type 0."""
     rng = np.random.default_rng(seed)
-    arrays = {"input_ids": rng.integers(1, facts.vocab_size, size=(batch, seq_len), dtype=np.int64),
+    arrays = {"input_ids": rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64),
               "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
               "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64)}
-    return {name: arrays[name] for name in facts.inputs}
+    return {name: arrays[name] for name in names}
+
+
+def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Returns fixed random int64 inputs of shape (batch, seq_len) for one deployment."""
+    return token_inputs(facts.inputs, facts.vocab_size, batch, seq_len, seed)
+
+
+def machine() -> dict:
+    """Returns the platform, processor, CPU count and Python version of this machine."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def library_versions() -> dict:
+    """Returns the versions of the libraries that measurements depend on."""
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
+                                    "sacrebleu", "numpy")}
 
 
 class Comparison:
@@ -308,11 +328,6 @@ class Comparison:
 
     def environment(self) -> dict:
         """Returns machine, library and server versions for the report signature."""
-        from importlib.metadata import version
-
-        libraries = {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
-                                              "sacrebleu", "numpy")}
         server = self.server or {}
-        return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpus": os.cpu_count(), "python": platform.python_version()},
-                "libraries": libraries, "server": {"name": server.get("name"), "version": server.get("version")}}
+        return {"machine": machine(), "libraries": library_versions(),
+                "server": {"name": server.get("name"), "version": server.get("version")}}

@@ -162,6 +162,15 @@ def _bound(value: float) -> str:
     return text
 
 
+def speedup_of_trials(baseline: tuple[list[list[float]], list[float]], candidate: tuple[list[list[float]], list[float]],
+                      rng: np.random.Generator) -> Speedup:
+    """Returns candidate / baseline throughput of two cells, each (latencies per trial, throughput per trial), with
+    the bootstrap interval of ``bootstrap_throughput``'s draws (baseline drawn first)."""
+    stats = [LatencyStats.from_trials(*cell) for cell in (baseline, candidate)]
+    draws = [bootstrap_throughput(*cell, rng) for cell in (baseline, candidate)]
+    return Speedup.between(stats[0], stats[1], ratios(*draws))
+
+
 def ratios(baseline_draws: np.ndarray, candidate_draws: np.ndarray) -> np.ndarray:
     """Returns candidate / baseline draw by draw (nan where the baseline drew 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):

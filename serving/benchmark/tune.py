@@ -189,12 +189,13 @@ def choose(measured: list[Measured], budget_ms: float | None, seed: int = 0) -> 
     fastest within the budget, kept only if significantly faster than the current settings."""
     rng = np.random.default_rng(seed)
     draws = [bootstrap_throughput(m.throughput_latencies, m.throughputs, rng) for m in measured]
+    stats = [m.stats() for m in measured]
     current = measured[0]
     rows, speedups = [], []
-    for m, d in zip(measured, draws):
-        speedup = Speedup.between(current.stats(), m.stats(), ratios(draws[0], d))
+    for m, s, d in zip(measured, stats, draws):
+        speedup = Speedup.between(stats[0], s, ratios(draws[0], d))
         speedups.append(speedup)
-        rows.append({"settings": asdict(m.settings), "label": m.settings.label, "throughput": m.stats().throughput,
+        rows.append({"settings": asdict(m.settings), "label": m.settings.label, "throughput": s.throughput,
                      "p50_batch1_ms": m.p50_b1, "speedup": speedup.to_dict(),
                      "within_budget": budget_ms is None or m.p50_b1 <= budget_ms})
     eligible = [i for i, row in enumerate(rows) if row["within_budget"]]

