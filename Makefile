@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-mt bench clean
+.PHONY: setup test demo demo-mt bench soak clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ demo-mt: setup
 # fresh clone, 20 once its models are cached).
 bench: setup
 	$(BIN)/python -m benchmarks.suite
+
+# Sustained load and overload through the served 50 %-pruned MiniLM: benchmarks/results/soak.json and
+# docs/operations.md (about 15 minutes on 2 cores; reuses make bench's cached models).
+soak: setup
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache

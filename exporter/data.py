@@ -14,6 +14,7 @@ from exporter.errors import HeadpruneError
 REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target")}
 OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": ()}
 ROLES = ("text", "text_pair", "label", "source", "target")
+TEXTS = ("text", "text_pair", "source", "target")
 
 
 def task_of(model) -> str:
@@ -38,36 +39,77 @@ def _text(path: Path, encoding: str) -> str:
         ) from error
 
 
-def _rows(path: Path, encoding: str) -> list[dict]:
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise HeadpruneError(
+                f"data file '{path}' line {number} is not valid JSON ({error.msg})", "write one JSON object per line (JSONL)"
+            ) from error
+        if not isinstance(row, dict):
+            raise HeadpruneError(f"data file '{path}' line {number} is not a JSON object", "write one JSON object per line")
+        rows.append((number, row))
+    return rows
+
+
+def _table_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # DictReader files fields beyond the header under None
+                raise HeadpruneError(f"data file '{path}' line {reader.line_num} has more fields than its header "
+                                     f"{reader.fieldnames}", "quote the fields that contain the delimiter")
+            # Rows of empty fields are blank lines as spreadsheets export them.
+            if any((value or "").strip() for value in row.values()):
+                rows.append((reader.line_num, row))
+    except csv.Error as error:
+        raise HeadpruneError(f"data file '{path}' line {reader.line_num} is not valid {path.suffix[1:].upper()} ({error})",
+                             "fix the line, or quote its fields") from error
+    return rows
+
+
+def _rows(path: Path, encoding: str) -> list[tuple[int, dict]]:
+    """Returns each non-blank row of a data file with its line number."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(_text(path, encoding).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise HeadpruneError(
-                    f"'{path}' line {number} is not valid JSON ({error.msg})", "write one JSON object per line (JSONL)"
-                ) from error
-            if not isinstance(row, dict):
-                raise HeadpruneError(f"'{path}' line {number} is not a JSON object", "write one JSON object per line")
-            rows.append(row)
-        return rows
+        return _jsonl_rows(path, _text(path, encoding))
     if suffix in (".csv", ".tsv"):
-        text = _text(path, encoding)
-        return list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
-    raise HeadpruneError(f"'{path}' has an unknown data format '{suffix}'", "use a .jsonl, .csv or .tsv file")
+        return _table_rows(path, _text(path, encoding), "\t" if suffix == ".tsv" else ",")
+    raise HeadpruneError(f"data file '{path}' has an unknown data format '{suffix}'", "use a .jsonl, .csv or .tsv file")
+
+
+def _example(where: str, row: dict, names: dict[str, str], task: str, config) -> dict:
+    """Returns one row as a canonical example; raises HeadpruneError saying ``where`` a value is missing or wrong."""
+    example = {role: row[name] for role, name in names.items() if row.get(name) is not None}
+    for role in REQUIRED[task]:
+        if example.get(role) in (None, ""):
+            raise HeadpruneError(f"{where} has no {role} (column '{names[role]}')", "fill it in, or remove the row")
+    for role in TEXTS:
+        if role in example and not isinstance(example[role], str):
+            raise HeadpruneError(f"{where}: {role} {example[role]!r} is not a string",
+                                 f"write the '{names[role]}' values as strings")
+    if config is not None and "label" in example:
+        try:
+            label_value(example["label"], task, config)
+        except HeadpruneError as error:
+            raise HeadpruneError(f"{where}: {error.message}", error.fix) from error
+    return example
 
 
 def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = None,
-                  max_examples: int | None = None, seed: int = 0, encoding: str = "utf-8") -> list[dict]:
+                  max_examples: int | None = None, seed: int = 0, encoding: str = "utf-8", config=None) -> list[dict]:
     """Returns the examples of a data file with canonical keys (text/label or source/target).
 
     ``columns`` maps a role to the file's column name; ``max_examples`` takes a
-    seeded random subset. Raises HeadpruneError when the file or a column is
-    missing, or when the file is not in ``encoding``.
+    seeded random subset. Blank lines are skipped. With ``config`` (the model's),
+    every label is checked against the model's labels. Raises HeadpruneError, naming
+    the file and the line, when the file or a column is missing, a row lacks a value
+    or has a wrong one, or the file is not in ``encoding``.
     """
     path = Path(path)
     if not path.is_file():
@@ -77,20 +119,27 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
     if not rows:
         raise HeadpruneError(f"data file '{path}' holds no examples", "add examples, one per line/row")
     names = {role: columns.get(role, role) for role in REQUIRED[task] + OPTIONAL[task]}
-    missing = [f"{role} (column '{names[role]}')" for role in REQUIRED[task] if names[role] not in rows[0]]
-    if missing:
-        flags = ", ".join(f"`{role}_column`" for role in REQUIRED[task] if names[role] not in rows[0])
+    present = {name for _, row in rows for name in row}
+    absent = [role for role in REQUIRED[task] if names[role] not in present]
+    if absent:
         raise HeadpruneError(
-            f"data file '{path}' lacks {', '.join(missing)} needed for {task}; it has columns {sorted(rows[0])}",
-            f"rename the columns, or name the file's column for each role ({flags})",
+            f"data file '{path}' lacks {', '.join(f'{role} (column {names[role]!r})' for role in absent)} needed for "
+            f"{task}; it has columns {sorted(present)}",
+            f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})",
         )
-    examples = [{role: row[name] for role, name in names.items() if name in row} for row in rows]
+    examples = [_example(f"data file '{path}' line {line}", row, names, task, config) for line, row in rows]
     if max_examples is not None and max_examples < len(examples):
         examples = random.Random(seed).sample(examples, max_examples)
     return examples
 
 
+def examples_for(model, path: str | Path, **options) -> list[dict]:
+    """Returns ``read_examples`` of ``path`` for ``model``'s task, every label checked against the model's labels."""
+    return read_examples(path, task_of(model), config=model.config, **options)
+
+
 def label_id(label, label2id: dict[str, int], num_labels: int) -> int:
+    """Returns the class id of a label given by name or id; raises HeadpruneError naming it otherwise."""
     if isinstance(label, str) and label in label2id:
         return label2id[label]
     try:
@@ -114,6 +163,14 @@ def regression_target(label) -> float:
                              "fix the data file's label column") from error
 
 
+def label_value(label, task: str, config):
+    """Returns the training target of one label: a float for regression, a class id of ``config`` otherwise."""
+    if task == "regression":
+        return regression_target(label)
+    label2id = {str(k): v for k, v in (config.label2id or {}).items()}
+    return label_id(label, label2id, config.num_labels)
+
+
 def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length: int = 128) -> dict:
     """Returns model inputs (torch tensors, with ``labels``) for a list of canonical examples."""
     import torch  # reading data files needs no torch: only encoding does
@@ -121,11 +178,7 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
         pairs = [e["text_pair"] for e in examples] if all("text_pair" in e for e in examples) else None
         batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
-        if task == "regression":
-            batch["labels"] = torch.tensor([regression_target(e["label"]) for e in examples])
-        else:
-            label2id = {str(k): v for k, v in (config.label2id or {}).items()}
-            batch["labels"] = torch.tensor([label_id(e["label"], label2id, config.num_labels) for e in examples])
+        batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
         return dict(batch)
     batch = tokenizer([e["source"] for e in examples], text_target=[e["target"] for e in examples], padding=True,
                       truncation=True, max_length=max_length, return_tensors="pt")

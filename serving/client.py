@@ -10,6 +10,9 @@ from tritonclient.utils import InferenceServerException
 from exporter.errors import HeadpruneError
 
 PROTOCOLS = ("http", "grpc")
+# Triton's words for a request refused by a full queue or its queue timeout, and for a dead backend process.
+OVERLOADED = ("Exceeds maximum queue size", "Request timeout expired")
+BACKEND_DIED = "is not healthy"
 NUMPY_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
                    np.dtype(np.object_): "BYTES"}
 
@@ -38,6 +41,14 @@ class TritonClient:
             if model and ("unknown model" in message or "is not found" in message):
                 raise HeadpruneError(f"Triton at {self.url} has no ready model '{model}' ({message})",
                                      "list the served models with 'headprune models', or export the model first") from error
+            if any(words in message for words in OVERLOADED):
+                raise HeadpruneError(f"Triton at {self.url} is overloaded: it refused the request to {model!r} ({message})",
+                                     "retry after a pause, send fewer requests at once, or export the model with more "
+                                     "--instances or a larger --max-queue-size / --queue-timeout-ms") from error
+            if BACKEND_DIED in message:
+                raise HeadpruneError(f"the backend process of model {model!r} at {self.url} has died ({message}); "
+                                     "Triton does not restart it", "restart the server ('headprune serve' does so by "
+                                     "itself unless --on-failure exit)") from error
             raise HeadpruneError(f"Triton at {self.url} rejected the request{f' to {model!r}' if model else ''}: {message}",
                                  "check the inputs against the model's config.pbtxt") from error
         except Exception as error:  # connection refused, reset, timeouts: the server is unreachable

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from exporter import load_model, load_tokenizer
-from tests.helpers import make_bert, make_marian, random_sentences, write_jsonl
+# The interruption campaign's checks live in the benchmark that also counts them: show their details on failure.
+pytest.register_assert_rewrite("benchmarks.faults")
+
+import torch  # noqa: E402
+
+from exporter import load_model, load_tokenizer  # noqa: E402
+from tests.helpers import make_bert, make_marian, random_sentences, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

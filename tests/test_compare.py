@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,22 +136,39 @@ def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
         Comparison(settings_for(repo, cls_data, tmp_path / "r", candidates=["p50"], trials=2)).prepare(resume=True)
 
 
+def structure(report_folder: Path) -> dict:
+    """Returns what a report holds, without its numbers: files, JSON keys, cells and Markdown headings."""
+    report = json.loads((report_folder / "report.json").read_text())
+    return {"files": sorted(p.name for p in report_folder.iterdir()), "keys": sorted(report),
+            "deployments": {name: sorted(facts) for name, facts in report["deployments"].items()},
+            "cells": sorted((c["deployment"], c["batch_size"], c["concurrency"], tuple(sorted(c))) for c in report["cells"]),
+            "complete": report["complete"],
+            "headings": [line for line in (report_folder / "report.md").read_text().splitlines() if line.startswith("#")]}
+
+
 @pytest.mark.slow
-def test_dead_server_mid_run_gives_a_clear_error_and_keeps_measurements(repo, cls_data, tmp_path):
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    server.start()
+def test_a_server_killed_mid_run_is_named_and_resume_completes_the_same_report(repo, cls_data, tmp_path):
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = TritonServer(repo, **ports).start()
+    kill = lambda: os.killpg(server.process.pid, signal.SIGKILL)  # noqa: E731  (nothing is flushed or closed)
+    settings = settings_for(repo, cls_data, tmp_path / "d", url=server.http_url, candidates=["p25"], trials=1)
     try:
-        settings = settings_for(repo, cls_data, tmp_path / "d", url=server.http_url, candidates=["p25"], trials=1)
-        comparison = Comparison(settings, phases=Interrupt(after=2, action=server.stop))
+        comparison = Comparison(settings, phases=Interrupt(after=2, action=kill))
         with pytest.raises(HeadpruneError) as raised:
             comparison.run()
     finally:
         server.stop()
-    assert "cannot reach Triton" in str(raised.value) and "rerun with `resume`" in str(raised.value)
+    message = str(raised.value)
+    assert "cannot reach Triton" in message and "rerun with `resume`" in message
+    assert re.search(r"while measuring the latency of '(base|p25)' at batch \d+, concurrency \d+ \(trial 1\)", message)
     assert sum(r["record"] == "latency" for r in comparison.journal.records()) == 2
     report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment())
     write_report(report, tmp_path / "d")
     assert "INCOMPLETE" in (tmp_path / "d" / "report.md").read_text().splitlines()[3]
+    with TritonServer(repo, **ports):  # restarted on the same address
+        resumed = run_comparison(settings, resume=True)
+        uninterrupted = run_comparison(replace(settings, out=tmp_path / "u"))
+    assert structure(resumed.parent) == structure(uninterrupted.parent) and structure(resumed.parent)["complete"]
 
 
 def test_creating_a_comparison_reads_and_writes_nothing(tmp_path, cls_data):
@@ -166,10 +188,13 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
         (dict(candidates=["nope"]), "does not exist"),
         (dict(concurrency=[0]), "positive"),
         (dict(scores=cls_data), "not a headprune scores file"),
+        (dict(data=write_jsonl(tmp_path / "unseen.jsonl", [{"text": "fun", "label": "negative"},
+                                                           {"text": "dull", "label": "neutral"}])),
+         r"line 2: label 'neutral' is not one of the model's labels"),
     ]
     for extra, message in cases:
         with pytest.raises(HeadpruneError, match=message):
-            Comparison(settings_for(repo, cls_data, tmp_path / "x", **extra)).prepare()
+            Comparison(settings_for(repo, extra.pop("data", cls_data), tmp_path / "x", **extra)).prepare()
 
 
 def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):

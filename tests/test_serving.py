@@ -149,6 +149,8 @@ def bad_requests():
         ("base", tensors(types=2), "token_type_ids must lie in [0, 2); received 2"),
         ("base", tensors(mask=2), "attention_mask must lie in [0, 2); received 2"),
         ("base", tensors(mask=-1), "attention_mask must lie in [0, 2); received -1"),
+        ("base", tensors(shape=(2, 0)), "input 'input_ids' holds no tokens"),
+        ("base", tensors(shape=(1, 65)), "input 'input_ids' holds 65 tokens per row, more than the model's 64 positions"),
         ("base_text", {"TEXT": strings("")}, "TEXT row 0 must not be empty"),
         ("base_text", {"TEXT": strings("fun", b"caf\xe9 \xff")}, "TEXT row 1 must be UTF-8"),
         ("base_text", {"TEXT": strings("fun"), "TEXT_PAIR": strings(" ")}, "TEXT_PAIR row 0 must not be empty"),

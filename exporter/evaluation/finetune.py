@@ -16,7 +16,7 @@ from exporter.data import batches, encode_batch
 from exporter.errors import HeadpruneError
 from exporter.evaluation.settings import FinetuneSettings
 from exporter.progress import Advance, no_progress
-from exporter.pruning.checkpoint import PLAN_FILE, require_tokenizer
+from exporter.pruning.checkpoint import PLAN_FILE, check_model_folder, require_tokenizer
 
 
 def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, key: str = "text") -> list[list[dict]]:
@@ -81,6 +81,7 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
         # from_pretrained would re-initialise the shrunk attention weights (their shapes differ from the config).
         raise HeadpruneError(f"'{base_dir}' is a pruned checkpoint, which fine-tuning cannot load",
                              "fine-tune the unpruned model, then prune the result")
+    check_model_folder(base_dir)
     tokenizer = require_tokenizer(base_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -4,7 +4,8 @@ A pruned checkpoint is a folder with ``model.safetensors`` (the shrunk weights),
 the original ``config.json``, the tokenizer files and ``head_plan.json``.
 ``from_pretrained`` cannot read it (shapes differ from the config), so
 ``load_pruned`` rebuilds the model from the config, shrinks it by the plan and
-loads the weights. Only safetensors are read; no code from the folder is run.
+loads the weights. Only safetensors are read; no code from the folder is run:
+a folder whose files ask for their own code (``auto_map``) is refused.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import json
 from pathlib import Path
 
 import transformers
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from exporter.atomic import atomic_dir
+from exporter.atomic import atomic_dir, read_json
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
-from exporter.pruning.families import family_for
+from exporter.pruning.families import ModelFamily, family_for
 from exporter.pruning.inventory import build_inventory
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.shrink import apply_plan
@@ -28,6 +30,10 @@ from exporter.pruning.shrink import apply_plan
 PLAN_FILE = "head_plan.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "headprune-pruned/1"
+# Keys through which a Hugging Face file asks for Python code shipped in the model folder to be imported.
+CODE_KEYS = ("auto_map", "custom_pipelines")
+CODE_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+DAMAGED = "the checkpoint is damaged; re-create it with 'headprune prune'"
 
 
 def _model_class(config) -> type[PreTrainedModel]:
@@ -42,14 +48,57 @@ def _model_class(config) -> type[PreTrainedModel]:
     )
 
 
+def _json_object(file: Path, fix: str) -> dict:
+    """Returns the JSON object stored in ``file``; raises HeadpruneError naming the file when it is anything else."""
+    try:
+        data = read_json(file, f"'{file}' does not exist", fix)
+    except UnicodeDecodeError as error:
+        raise HeadpruneError(f"'{file}' is not UTF-8 text (byte {error.start})", fix) from error
+    if not isinstance(data, dict):
+        raise HeadpruneError(f"'{file}' is not a JSON object", fix)
+    return data
+
+
+def refuse_custom_code(path: str | Path) -> None:
+    """Raises HeadpruneError when a file of the model folder asks for Python code shipped in the folder
+    (``auto_map``, custom pipelines): headprune never imports it. Returns None otherwise."""
+    for name in CODE_FILES:
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        asked = [key for key in CODE_KEYS if key in _json_object(file, "restore the file saved with the model")]
+        if asked:
+            raise HeadpruneError(
+                f"'{file}' asks for custom code from the model folder ({asked[0]}); headprune never runs code "
+                "from a model folder",
+                "use a model whose architecture is built into transformers, saved with save_pretrained",
+            )
+
+
+def _check_heads(config, family: ModelFamily, path: Path) -> None:
+    hidden = getattr(config, "hidden_size", None)
+    for attention_type in family.attention_types:
+        heads = getattr(config, attention_type.config_heads, None)
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or not isinstance(hidden, int) \
+                or hidden % heads:
+            raise HeadpruneError(
+                f"'{path / 'config.json'}' sets {attention_type.config_heads} = {heads!r}, which does not divide "
+                f"the hidden size {hidden!r} into heads",
+                "restore the config.json saved with the weights",
+            )
+
+
 def _read_config(path: Path):
     if not (path / "config.json").is_file():
         raise HeadpruneError(
             f"'{path}' is not a Hugging Face model folder (no config.json)",
             "pass a folder written by save_pretrained or by 'headprune prune'",
         )
+    refuse_custom_code(path)
+    # Checked before transformers reads the config: an unknown type would send it looking for code.
+    family = family_for(_json_object(path / "config.json", "restore the config.json saved with the model").get("model_type"))
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    family_for(config.model_type)
+    _check_heads(config, family, path)
     return config
 
 
@@ -63,6 +112,7 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not any((path / name).exists() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         return None
+    refuse_custom_code(path)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
@@ -75,24 +125,83 @@ def require_tokenizer(path: str | Path):
     return tokenizer
 
 
+def _weight_files(path: Path) -> list[Path]:
+    """Returns the safetensors files holding a folder's weights (one file, or the shards)."""
+    return [path / WEIGHTS_FILE] if (path / WEIGHTS_FILE).is_file() else sorted(path.glob("model-*.safetensors"))
+
+
+def _check_weight_files(files: list[Path], fix: str) -> None:
+    # safe_open parses the header and checks that the file covers every tensor it declares,
+    # which catches garbage and truncated files before any tensor is read.
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as error:
+            raise HeadpruneError(f"weights file '{file}' is damaged or truncated ({error})", fix) from error
+
+
+def _refuse_mismatched(path: Path, info: dict) -> None:
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        shown = "; ".join(f"{key}: {list(stored)} stored, {list(expected)} by the config"
+                          for key, stored, expected in mismatched[:3])
+        raise HeadpruneError(
+            f"weights in '{path}' do not have the shapes its config.json describes ({len(mismatched)} tensors; {shown})",
+            "restore the config.json saved with these weights",
+        )
+
+
+def check_model_folder(path: str | Path):
+    """Returns the config of the plain Hugging Face model folder ``path`` once its config (supported family, head
+    counts, no custom code) and safetensors weights are checked; raises HeadpruneError otherwise."""
+    path = Path(path)
+    config = _read_config(path)
+    files = _weight_files(path)
+    if not files:
+        raise HeadpruneError(
+            f"'{path}' has no safetensors weights",
+            "headprune only loads safetensors; re-save the model with save_pretrained(safe_serialization=True)",
+        )
+    _check_weight_files(files, "re-download the model or re-save it with save_pretrained")
+    return config
+
+
 def load_model(path: str | Path) -> PreTrainedModel:
     """Returns the model in ``path`` (plain Hugging Face folder or pruned checkpoint), in eval mode."""
     path = Path(path)
     if (path / PLAN_FILE).is_file():
         return load_pruned(path)
-    config = _read_config(path)
-    if not (path / WEIGHTS_FILE).is_file() and not any(path.glob("model-*.safetensors")):
-        raise HeadpruneError(
-            f"'{path}' has no safetensors weights",
-            "headprune only loads safetensors; re-save the model with save_pretrained(safe_serialization=True)",
-        )
-    model = _model_class(config).from_pretrained(path, use_safetensors=True, trust_remote_code=False)
+    config = check_model_folder(path)
+    # Mismatched shapes are refused below: loading them into a model that ignores them would
+    # silently re-initialise those weights.
+    model, info = _model_class(config).from_pretrained(path, use_safetensors=True, trust_remote_code=False,
+                                                       ignore_mismatched_sizes=True, output_loading_info=True)
+    _refuse_mismatched(path, info)
     return model.eval()
 
 
 def read_plan_file(path: str | Path) -> dict:
-    """Returns the parsed head_plan.json of a pruned checkpoint."""
-    return json.loads((Path(path) / PLAN_FILE).read_text())
+    """Returns the parsed head_plan.json of a pruned checkpoint; raises HeadpruneError naming it when malformed."""
+    file = Path(path) / PLAN_FILE
+    record = _json_object(file, DAMAGED)
+    if record.get("format") != FORMAT or "plan" not in record:
+        raise HeadpruneError(f"'{file}' is not a {FORMAT} record", DAMAGED)
+    return record
+
+
+def _plan_of_record(path: Path, record: dict, model) -> None:
+    """Shrinks ``model`` by the checkpoint's recorded plan; errors name head_plan.json."""
+    source = f"'{path / PLAN_FILE}'"
+    try:
+        plan = HeadPlan.from_dict(record["plan"], source=source)
+    except HeadpruneError as error:
+        raise HeadpruneError(error.message, DAMAGED) from error
+    try:
+        apply_plan(model, plan)
+    except HeadpruneError as error:
+        raise HeadpruneError(f"{source} does not fit the model its config.json describes: {error.message}",
+                             DAMAGED) from error
 
 
 def load_pruned(path: str | Path) -> PreTrainedModel:
@@ -100,16 +209,15 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     path = Path(path)
     config = _read_config(path)
     record = read_plan_file(path)
-    if record.get("format") != FORMAT:
-        raise HeadpruneError(f"'{path / PLAN_FILE}' is not a {FORMAT} record", "re-create the checkpoint with 'headprune prune'")
+    _check_weight_files([path / WEIGHTS_FILE], DAMAGED)
     model = _model_class(config)(config)
-    apply_plan(model, HeadPlan.from_dict(record["plan"], source=str(path / PLAN_FILE)))
+    _plan_of_record(path, record, model)
     try:
         missing, unexpected = load_safetensors_into(model, path / WEIGHTS_FILE, strict=False)
     except (RuntimeError, OSError) as error:
         raise HeadpruneError(
-            f"weights in '{path}' do not match its head plan ({str(error).splitlines()[-1].strip()})",
-            "the checkpoint is damaged; re-create it with 'headprune prune'",
+            f"weights in '{path}' do not match its config.json and head plan ({str(error).splitlines()[-1].strip()})",
+            DAMAGED,
         ) from error
     # Tied weights (e.g. shared embeddings) are stored once; anything else missing is corruption.
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
@@ -117,7 +225,7 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     if real_missing or unexpected:
         raise HeadpruneError(
             f"weights in '{path}' do not match its head plan (missing {real_missing[:3]}, unexpected {unexpected[:3]})",
-            "the checkpoint is damaged; re-create it with 'headprune prune'",
+            DAMAGED,
         )
     model.tie_weights()
     return model.eval()

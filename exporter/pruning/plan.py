@@ -43,8 +43,12 @@ class HeadPlan:
                     raise HeadpruneError(
                         f"{source}: heads of layer {layer} of '{kind}' must be a list of integers", f"write it like {example}"
                     )
+                twice = sorted({h for h in heads if heads.count(h) > 1})
+                if twice:
+                    raise HeadpruneError(f"{source}: layer {layer} of '{kind}' lists head(s) {twice} more than once",
+                                         "list each head to remove once")
                 if heads:
-                    removed.setdefault(kind, {})[int(layer)] = sorted(set(heads))
+                    removed.setdefault(kind, {})[int(layer)] = sorted(heads)
         return cls(removed)
 
     @classmethod
@@ -98,6 +102,11 @@ class HeadPlan:
             for layer, heads in layers.items():
                 result.remove(kind, layer, heads)
         return result
+
+    def common(self, other: "HeadPlan") -> "HeadPlan":
+        """Returns the plan of the heads that both this plan and ``other`` remove."""
+        return HeadPlan({kind: {layer: sorted(set(heads) & other.heads(kind, layer)) for layer, heads in layers.items()}
+                         for kind, layers in self.removed.items()})
 
     def validate(self, inventory: HeadInventory) -> None:
         """Raises HeadpruneError if the plan names a type, layer or head the model never had."""

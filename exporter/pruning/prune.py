@@ -37,7 +37,8 @@ def prune_checkpoint(model_dir: str | Path, out: str | Path, *, plan: HeadPlan |
 
     Give either an explicit ``plan`` or ``scores`` with a ``fraction`` of all original heads to
     remove. Indices always refer to the original model: a plan applied to a pruned checkpoint
-    adds to the heads it already lacks, and a fraction counts the heads already gone.
+    adds to the heads it already lacks (naming one of those is refused), and a fraction counts
+    the heads already gone.
     """
     if (plan is None) == (scores is None):
         raise HeadpruneError("pruning needs exactly one of a plan or scores", "give `plan`, or `scores` and `fraction`")
@@ -46,10 +47,28 @@ def prune_checkpoint(model_dir: str | Path, out: str | Path, *, plan: HeadPlan |
     refuse_existing(out, overwrite)
     model = load_model(model_dir)
     before = sum(p.numel() for p in model.parameters())
+    already = HeadPlan.of_model(build_inventory(model))
     if plan is None:
         plan = plan_from_scores(scores, fraction, per_type=per_type, min_heads_per_layer=min_heads_per_layer,
-                                already=HeadPlan.of_model(build_inventory(model)))
+                                already=already)
+    else:
+        _refuse_removed_again(plan, already, model_dir)
     inventory = apply_plan(model, plan)
     folder = save_pruned(model, load_tokenizer(model_dir), out, source=model_dir, overwrite=overwrite)
     return PruneResult(folder, inventory.kept_head_count(), inventory.original_head_count(), before,
                        sum(p.numel() for p in model.parameters()))
+
+
+def _refuse_removed_again(plan: HeadPlan, already: HeadPlan, model_dir: str | Path) -> None:
+    # A plan naming heads the checkpoint has already lost was most likely written with the
+    # pruned model's own head positions in mind, which would remove the wrong heads.
+    again = plan.common(already)
+    if again.count():
+        kind, layers = next(iter(again.removed.items()))
+        layer, heads = next(iter(layers.items()))
+        raise HeadpruneError(
+            f"the plan removes head(s) {heads} of layer {layer} of '{kind}', which the pruned checkpoint "
+            f"'{model_dir}' no longer has (its head_plan.json removed them)",
+            "head indices always refer to the original model: list only heads the checkpoint still has "
+            "(kept_heads in 'headprune heads --json'), or prune the original model with the whole plan",
+        )

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from exporter.data import batches, encode_batch, read_examples, task_of
+from exporter.data import batches, encode_batch, examples_for, task_of
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.progress import Advance, Phases, no_phases, no_progress
@@ -149,7 +149,7 @@ def score_checkpoint(model_dir: str | Path, data: str | Path, *, method: str = D
     """Returns the importance of every head of the checkpoint in ``model_dir``, scored on the data file ``data``,
     signed with the checkpoint's weights hash, the data file and the seed."""
     model, tokenizer = load_model(model_dir), require_tokenizer(model_dir)
-    examples = read_examples(data, task_of(model), columns, max_examples, seed, encoding)
+    examples = examples_for(model, data, columns=columns, max_examples=max_examples, seed=seed, encoding=encoding)
     scores = compute_importance(model, tokenizer, examples, method=method, normalize=normalize, batch_size=batch_size,
                                 progress=phases("scoring heads", len(examples)))
     scores.signature = {"model": str(model_dir), "weights": checkpoint_hash(model_dir), "data": str(data),

@@ -28,11 +28,16 @@ class DeploymentOptions:
     max_length: int = 128
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0 = its default (one per physical core)
     spinning: bool = True  # ONNX Runtime threads spin between runs (its default)
+    # Overload protection: beyond this many waiting requests Triton refuses new ones at once (0: no limit) ...
+    max_queue_size: int = 256
+    # ... and a request that waited this long without starting is refused (0: waits forever).
+    queue_timeout_ms: int = 30_000
 
     def __post_init__(self):
-        if self.max_batch_size < 1 or self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
-            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1, `queue_delay_us` and `threads` >= 0",
-                                 "pass positive values")
+        if self.max_batch_size < 1 or self.instances < 1 or min(self.queue_delay_us, self.threads, self.max_queue_size,
+                                                                   self.queue_timeout_ms) < 0:
+            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1; `queue_delay_us`, `threads`, "
+                                 "`max_queue_size` and `queue_timeout_ms` >= 0", "pass positive values")
         if self.kind not in ("cpu", "gpu"):
             raise HeadpruneError(f"instance kind '{self.kind}' is unknown", "use cpu or gpu")
         if self.tensorrt and self.kind != "gpu":
@@ -53,9 +58,17 @@ def _instances(config: pb.ModelConfig, options: DeploymentOptions) -> None:
     config.instance_group.append(pb.ModelInstanceGroup(count=options.instances, kind=kind))
 
 
+def _batching(config: pb.ModelConfig, options: DeploymentOptions) -> None:
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = options.queue_delay_us
+    batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
+        timeout_action=pb.ModelQueuePolicy.REJECT, max_queue_size=options.max_queue_size,
+        default_timeout_microseconds=options.queue_timeout_ms * 1000, allow_timeout_override=True))
+
+
 def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -> pb.ModelConfig:
-    """Sets the instances, batching delay and ONNX Runtime threading of an ONNX model's config from ``options``;
-    returns the config (changed in place)."""
+    """Sets the instances, batching delay and ONNX Runtime threading of an ONNX model's config from ``options``
+    (its queue limits are kept); returns the config (changed in place)."""
     del config.instance_group[:]
     _instances(config, options)
     config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
@@ -75,6 +88,7 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
                             default_model_filename=MODEL_FILE)
     config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
     config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
+    _batching(config, options)
     apply_serving_settings(config, options)
     if options.tensorrt:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -92,7 +106,7 @@ def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[in
     config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
     config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
     # Concurrent requests then reach one execute() together, like the classifier's.
-    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    _batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, {
         "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
@@ -108,7 +122,7 @@ def translation_config(name: str, options: DeploymentOptions, parameters: dict[s
     config.input.append(_tensor(pb.ModelInput, "SOURCE", STRING, [1]))
     config.output.append(_tensor(pb.ModelOutput, "TRANSLATION", STRING, [1]))
     # Concurrent requests reach one execute() together and are decoded as one batch.
-    config.dynamic_batching.max_queue_delay_microseconds = options.queue_delay_us
+    _batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, parameters)
     return config

@@ -10,8 +10,6 @@ validated, so Triton never sees a half-written version.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,7 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
-from exporter.atomic import atomic_dir, atomic_write_json
+from exporter.atomic import atomic_dir, atomic_write_json, remove_stale, signals_deferred, staging_dir, swap_in, writing
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_classifier_onnx, require_valid, validate_onnx
@@ -118,31 +116,24 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
 
 
 @contextmanager
-def staged_version(repository: ModelRepository, name: str, version: int) -> Iterator[Path]:
-    """Yields an empty folder beside the repository that becomes version ``version`` of model ``name`` when
-    the block succeeds (replacing that version); on failure it is removed and the repository is unchanged."""
-    repository.root.mkdir(parents=True, exist_ok=True)
-    repository.staging.mkdir(exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=repository.staging))
-    staged.chmod(0o755)
-    try:
-        yield staged
-        _install_version(repository.folder(name), version, staged)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+def version_staging(repository: ModelRepository, name: str, version: int) -> Iterator[Path]:
+    """Yields an empty folder beside the repository (Triton loads every folder inside it) to build version ``version``
+    of model ``name`` in; it is removed after the block unless install_version moved it in. Staging folders of
+    killed runs are removed first."""
+    with writing(repository.version_folder(name, version)):
+        repository.root.mkdir(parents=True, exist_ok=True)
+        remove_stale(repository.staging)
+        with staging_dir(repository.staging, f"{name}-{version}-") as staged:
+            yield staged
 
 
-def _install_version(model_folder: Path, version: int, staged: Path) -> Path:
-    target = model_folder / str(version)
-    model_folder.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = staged.parent / f"{staged.name}.old"
-        target.rename(old)
-    staged.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def install_version(repository: ModelRepository, name: str, version: int, staged: Path) -> Path:
+    """Renames the finished folder ``staged`` in as version ``version`` of model ``name`` (replacing that version);
+    returns the version folder."""
+    target = repository.version_folder(name, version)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        swap_in(staged, target)
     return target
 
 
@@ -192,7 +183,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
     options = replace(options, max_length=min(options.max_length, positions))
     version = version or max(repository.versions(name), default=0) + 1
-    with staged_version(repository, name, version) as staged:
+    with version_staging(repository, name, version) as staged:
         names = export_classifier_onnx(model, staged / MODEL_FILE)
         validation = validate_onnx(model, staged / MODEL_FILE, names, atol)
         require_valid(validation, "the exported ONNX model")
@@ -214,15 +205,19 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                                              validation=checked), precision=precision)
         description.write(staged)
         config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
-    target = repository.version_folder(name, version)
-    # Triton serves the highest version: the configs (and the text front end's tokenizer and
-    # limits) describe that one. Re-exporting an older version must not make them describe a
-    # version that is not served.
-    if version >= repository.served_version(name) or not repository.config_path(name).exists():
-        write_config(config, repository.folder(name))
-        id2label = {int(k): v for k, v in model.config.id2label.items()}
-        text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
-                           tokenizer.pad_token)
-        _write_text_model(repository, text_model_name(name), text, tokenizer)
+        # Triton serves the highest version: the configs (and the text front end's tokenizer and
+        # limits) describe that one. Re-exporting an older version must not make them describe a
+        # version that is not served.
+        serves = version >= max(repository.versions(name), default=0) or not repository.config_path(name).exists()
+        # The version and the configs describing it go in together: signals wait until all are written,
+        # and the largest write comes first, so a full disk most likely stops it before anything changed.
+        with signals_deferred():
+            if serves:
+                id2label = {int(k): v for k, v in model.config.id2label.items()}
+                text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
+                                   tokenizer.pad_token)
+                _write_text_model(repository, text_model_name(name), text, tokenizer)
+                write_config(config, repository.folder(name))
+            target = install_version(repository, name, version, staged)
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, text_model_name(name),
                         inventory.kept_head_count(), inventory.original_head_count(), precision, quantization)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from exporter.atomic import atomic_write_json
+from exporter.atomic import atomic_write_json, signals_deferred
 from exporter.errors import HeadpruneError
 from exporter.onnx.seq2seq import (
     DECODER_FILE,
@@ -29,7 +29,13 @@ from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, translation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
 from exporter.triton.layout import ModelRepository, check_name, translate_model_name
-from exporter.triton.repository import check_version, describe_model, require_fast_tokenizer, staged_version
+from exporter.triton.repository import (
+    check_version,
+    describe_model,
+    install_version,
+    require_fast_tokenizer,
+    version_staging,
+)
 
 MAX_BEAMS = 8
 DEFAULT_NEW_TOKENS = 64
@@ -89,7 +95,7 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
     max_new_tokens = min(max_new_tokens, positions - 1)
     inventory = build_inventory(model)
     version = version or max(repository.versions(served), default=0) + 1
-    with staged_version(repository, served, version) as staged:
+    with version_staging(repository, served, version) as staged:
         layout = export_seq2seq_onnx(model, staged)
         settings = generation_settings(model, tokenizer, layout, options.max_length)
         validation = validate_generation(model, tokenizer, staged, settings, sources or validation_sources(tokenizer),
@@ -112,7 +118,10 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
         config = translation_config(served, options, {
             CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "limits": json.dumps(limits),
             "threads": str(threads), "heads": f"{description.heads}/{description.original_heads}"})
-    if version >= repository.served_version(served):
-        write_config(config, repository.folder(served))
+        serves = version >= max(repository.versions(served), default=0)
+        with signals_deferred():  # the version and the config describing it go in together
+            if serves:
+                write_config(config, repository.folder(served))
+            install_version(repository, served, version, staged)
     return TranslationExport(served, version, repository.version_folder(served, version), validation,
                              inventory.kept_head_count(), inventory.original_head_count())

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -154,6 +155,7 @@ class Comparison:
         self.facts: dict[str, DeploymentFacts] = {}
         self.task = "classification"
         self._examples: list[dict] | None = None
+        self._where = "nothing yet"  # the measurement in progress, named when the server fails during it
 
     def prepare(self, resume: bool = False) -> dict[str, DeploymentFacts]:
         """Reads each deployment's facts, checks the settings against them and opens the journal (a fresh one
@@ -175,8 +177,9 @@ class Comparison:
             raise HeadpruneError(f"the deployments mix tasks ({', '.join(f'{n}: {f.task}' for n, f in facts.items())})",
                                  "compare classifiers with classifiers and translation models with translation models")
         self.task = tasks.pop()
-        self._start_journal(resume)
         self.facts = facts
+        self.examples()  # a bad data file (a missing column, a label the models lack) fails now, before any measurement
+        self._start_journal(resume)
         return facts
 
     def _describe(self, name: str) -> DeploymentFacts:
@@ -220,12 +223,14 @@ class Comparison:
             client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
             main = client()
             try:
+                self._where = "the server's version"
                 self.server = main.server_metadata()
                 measured += self._quality(main, done)
                 measured += self._latency(client, done)
             except HeadpruneError as error:
-                raise HeadpruneError(f"{error.message} (the {len(done) + measured} measurements made so far are kept in "
-                                     f"{self.journal.path})", f"{error.fix}; then rerun with `resume`") from error
+                raise HeadpruneError(f"{error.message}, while measuring {self._where} (the {len(done) + measured} "
+                                     f"measurements made so far are kept in {self.journal.path})",
+                                     f"{error.fix}; then rerun with `resume`") from error
             finally:
                 main.close()
         return self.journal.records()
@@ -234,8 +239,11 @@ class Comparison:
         """Returns the comparison's examples (read once): text/label, or source/target for translation."""
         settings = self.settings
         if self._examples is None:
+            baseline = self.facts[settings.baseline]
+            labels = None if self.task == "translation" else \
+                SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
             self._examples = read_examples(settings.data, self.task, settings.columns, settings.max_examples,
-                                           settings.seed, settings.encoding)
+                                           settings.seed, settings.encoding, config=labels)
         return self._examples
 
     def _quality(self, client: TritonClient, done: set) -> int:
@@ -244,6 +252,7 @@ class Comparison:
         advance = self.phases("quality through Triton", len(todo) * len(examples))
         measure = self._translation_quality if self.task == "translation" else self._classification_quality
         for name in todo:
+            self._where = f"the quality of '{name}'"
             self.journal.append({"record": "quality", "deployment": name, **measure(client, self.facts[name], examples,
                                                                                    advance)})
         return len(todo)
@@ -287,6 +296,7 @@ class Comparison:
                 shift = (trial + index) % len(names)
                 for name in names[shift:] + names[:shift]:
                     if ("latency", name, batch, concurrency, trial) not in done:
+                        self._where = f"the latency of '{name}' at batch {batch}, concurrency {concurrency} (trial {trial + 1})"
                         self.journal.append(self._measure(make_client, name, batch, concurrency, trial))
                         count += 1
                     advance(1)

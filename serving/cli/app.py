@@ -6,16 +6,22 @@ The commands live in the sibling modules (one per stage) and register themselves
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import wraps
 
 import click
 from rich.markup import escape
 
+from exporter.atomic import write_error
 from exporter.data import ROLES
 from exporter.errors import HeadpruneError
 from serving.progress import console
@@ -42,20 +48,78 @@ def as_flags(text: str) -> str:
     return re.sub(r"`(\w+)`", lambda match: flags.get(match.group(1), match.group(0)), text)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every output being written is cleaned up the same way."""
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Makes SIGTERM raise Terminated during the block (Python's default would end the process without cleaning
+    up); yields nothing. A command that handles signals itself (serve) replaces this for its own run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(*_):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show(error: HeadpruneError) -> None:
+    console.print(f"[red]error:[/red] {escape(as_flags(error.message))}", highlight=False, soft_wrap=True)
+    if error.fix:
+        console.print(f"[yellow]  fix:[/yellow] {escape(as_flags(error.fix))}", highlight=False, soft_wrap=True)
+
+
+def _ignore_interruptions() -> dict:
+    """Ignores SIGINT and SIGTERM (main thread only); returns the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _exit_interrupted(interrupt: KeyboardInterrupt) -> None:
+    """Says the run was interrupted and exits with 130 (Ctrl-C) or 143 (SIGTERM). Outputs are cleaned up by then:
+    further signals are ignored until the process ends, so that a second Ctrl-C does not end it with a traceback
+    (an in-process caller, such as a test, gets its handlers back)."""
+    terminated = isinstance(interrupt, Terminated)
+    previous = _ignore_interruptions()
+    atexit.register(_ignore_interruptions)
+    try:
+        console.print(f"[red]interrupted[/red] ({'SIGTERM' if terminated else 'Ctrl-C'}): outputs are replaced only "
+                      "once complete, so the previous output is kept", highlight=False, soft_wrap=True)
+        sys.exit(143 if terminated else 130)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def friendly_errors(command):
-    """Turns a HeadpruneError into a two-line message and exit code 2, without a traceback.
+    """Turns a HeadpruneError (or a full, read-only or forbidden output) into a two-line message and exit code 2,
+    without a traceback; an interruption (Ctrl-C, SIGTERM) into one line and exit code 130 or 143.
 
     Library messages name Python parameters in backticks; the message shows this command's options instead."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with sigterm_interrupts():
+                return command(*args, **kwargs)
         except HeadpruneError as error:
-            console.print(f"[red]error:[/red] {escape(as_flags(error.message))}", highlight=False, soft_wrap=True)
-            if error.fix:
-                console.print(f"[yellow]  fix:[/yellow] {escape(as_flags(error.fix))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            _show(error)
+        except OSError as error:  # a write outside the atomic helpers
+            converted = write_error(error, error.filename)
+            if converted is None:
+                raise
+            _show(converted)
+        except KeyboardInterrupt as interrupt:
+            _exit_interrupted(interrupt)
+        sys.exit(2)
 
     return wrapper
 

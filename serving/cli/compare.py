@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from serving.benchmark.compare import CompareSettings
-from serving.cli.app import data_options, data_source, default_of, friendly_errors, int_list, main
+from serving.cli.app import Terminated, data_options, data_source, default_of, friendly_errors, int_list, main
 from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
 from serving.report.report import render_report
@@ -63,11 +63,11 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
     try:
         path = run_comparison(settings, resume=resume, overwrite=overwrite, phases=bars,
                               command=["headprune", *sys.argv[1:]])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         bars.close()
         click.echo(f"interrupted: what was measured is kept in {out} (report marked incomplete); "
                    "rerun the same command with --resume to continue", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(interrupt, Terminated) else 130)
     finally:
         bars.close()
     click.echo("\n".join(path.read_text().splitlines()[:5]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from serving.server.process import TritonServer
 @click.option("--instances", default=default_of(DeploymentOptions, "instances"), show_default=True, help="Model instances (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
 @click.option("--queue-delay-us", default=default_of(DeploymentOptions, "queue_delay_us"), show_default=True, help="Dynamic batching max queue delay (microseconds).")
+@click.option("--max-queue-size", default=default_of(DeploymentOptions, "max_queue_size"), show_default=True,
+              help="Requests allowed to wait per model; beyond it Triton refuses new ones at once (0: no limit).")
+@click.option("--queue-timeout-ms", default=default_of(DeploymentOptions, "queue_timeout_ms"), show_default=True,
+              help="A request not started after waiting this long is refused (0: no timeout).")
 @click.option("--tensorrt", is_flag=True, help="Add the ORT TensorRT accelerator block (GPU deployments).")
 @click.option("--max-length", default=default_of(DeploymentOptions, "max_length"), show_default=True, help="Token limit of the text front end.")
 @click.option("--validation-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -41,7 +46,8 @@ from serving.server.process import TritonServer
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
 def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quantize, max_batch_size, instances, kind,
-           queue_delay_us, tensorrt, max_length, validation_data, threads, spinning, as_json):
+           queue_delay_us, max_queue_size, queue_timeout_ms, tensorrt, max_length, validation_data, threads, spinning,
+           as_json):
     """Export the model in MODEL_DIR (pruned or not) to ONNX in a Triton repository.
 
     \b
@@ -55,7 +61,8 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
 
     options = DeploymentOptions(max_batch_size=max_batch_size, instances=instances, kind=kind,
                                 queue_delay_us=queue_delay_us, tensorrt=tensorrt, max_length=max_length,
-                                threads=threads, spinning=spinning)
+                                threads=threads, spinning=spinning, max_queue_size=max_queue_size,
+                                queue_timeout_ms=queue_timeout_ms)
     if model_task(model_dir) == "translation":
         if quantize or optimize:
             raise click.UsageError("--quantize and --optimize apply to classifiers; translation graphs are exported "
@@ -92,7 +99,9 @@ def _export_translation(model_dir, repo, name, version, atol, options, validatio
 def server_options(command):
     """Adds the options that describe the embedded server's endpoints."""
     command = click.option("--host", default=default_of(TritonServer, "host"), show_default=True,
-                           help="Address to bind (loopback by default).")(command)
+                           help="Address to bind, for HTTP, gRPC and metrics (loopback by default). WARNING: another "
+                                "address (0.0.0.0 included) serves every host that reaches it; Triton has no "
+                                "authentication: put a proxy with authentication in front.")(command)
     for port in ("metrics_port", "grpc_port", "http_port"):
         command = click.option(f"--{port.replace('_', '-')}", default=default_of(TritonServer, port),
                                show_default=True)(command)
@@ -105,25 +114,63 @@ def server_options(command):
 @click.option("--allow-model-control", is_flag=True,
               help="Let clients load and unload models (explicit mode). WARNING: any client that reaches the port "
                    "can then load models, including model files sent in the request (a Python model), and so run any code "
-                   "in the server.")
+                   "in the server. Refused with a --host other than loopback unless --expose-model-control.")
+@click.option("--expose-model-control", is_flag=True,
+              help="Confirm --allow-model-control on a --host other hosts can reach (see its warning).")
+@click.option("--on-failure", type=click.Choice(["restart", "exit"]), default="restart", show_default=True,
+              help="When Triton dies, or a model's backend process does (Triton then fails that model's requests yet "
+                   "still reports it ready): restart the server, or exit with code 3 for a supervisor to act.")
+@click.option("--python", "python", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Python interpreter whose packages the backends import (default: this one); checked before start.")
 @click.option("--log-file", type=click.Path(path_type=Path), default=None, help="Where Triton's log goes.")
 @friendly_errors
-def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_control, log_file):
-    """Serve a model repository with the real Triton Inference Server until Ctrl-C or SIGTERM."""
+def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_control, expose_model_control,
+          on_failure, python, log_file):
+    """Serve a model repository with the real Triton Inference Server until Ctrl-C or SIGTERM.
+
+    \b
+    The server and every model's backend processes are watched: a failure is reported (naming the
+    model), and the server restarted (--on-failure restart) or stopped with exit code 3 (exit)."""
     server = TritonServer(repo, host, http_port, grpc_port, metrics_port, allow_model_control,
-                          log_file or repo.resolve().parent / "triton.log")
+                          log_file or repo.resolve().parent / "triton.log", expose_model_control=expose_model_control,
+                          **({"python": python} if python else {}))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with server:
-        models = TritonClient(server.http_url).models()
-        click.echo(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
-        click.echo(f"models: {', '.join(m['name'] for m in models)}")
-        click.echo(f"log: {server.log_file}   (Ctrl-C to stop)")
+        started = server.model_processes()  # before announcing: a client may act the moment it reads the announcement
+        _announce(server)
         while not stop.wait(0.5):
-            if server.process.poll() is not None:
-                raise click.ClickException(f"Triton stopped unexpectedly: {server.failure_reason()}")
+            failure = _failure(server, started)
+            if failure is None:
+                continue
+            click.echo(failure, err=True)
+            if on_failure == "exit":
+                server.stop()
+                sys.exit(3)
+            click.echo("restarting Triton ...", err=True)
+            server.stop()
+            server.start()
+            started = server.model_processes()
+            _announce(server)
     click.echo("Triton stopped.")
+
+
+def _failure(server: TritonServer, started: dict[str, list[int]]) -> str | None:
+    """Returns what failed in a running server (it, or a model's backend process), None when all is well."""
+    if server.process.poll() is not None:
+        return f"Triton stopped unexpectedly (exit code {server.process.returncode}): {server.failure_reason()}"
+    failed = server.failed_models(started)
+    if failed:
+        return f"model {', '.join(failed)}: its backend process died; Triton fails its requests from now on"
+    return None
+
+
+def _announce(server: TritonServer) -> None:
+    models = TritonClient(server.http_url).models()
+    click.echo(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    click.echo(f"models: {', '.join(m['name'] for m in models)}")
+    click.echo(f"log: {server.log_file}   (Ctrl-C to stop)", nl=True)
 
 
 @main.command()

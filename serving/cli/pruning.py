@@ -91,7 +91,8 @@ def prune(model_dir: Path, out: Path, plan, scores, fraction, per_type, min_head
     """Structurally remove heads from MODEL_DIR and write a pruned checkpoint to --out.
 
     Either --plan FILE, or --scores FILE with --fraction F. Pruning an already pruned
-    checkpoint composes: head indices always refer to the original model."""
+    checkpoint composes: head indices always refer to the original model, and a --plan
+    naming a head the checkpoint has already lost is refused."""
     from exporter.pruning.plan import HeadPlan
     from exporter.pruning.prune import prune_checkpoint
     from exporter.pruning.scores import HeadScores
@@ -163,12 +164,12 @@ def experiment_options(command):
 
 
 def _evaluator(model_dir: Path, eval_data: Path, max_examples, seed, source: dict, replay: bool = False):
-    from exporter.data import read_examples, task_of
+    from exporter.data import examples_for
     from exporter.evaluation.quality import Evaluator
     from exporter.pruning.checkpoint import load_model, require_tokenizer
 
     model, tokenizer = load_model(model_dir), require_tokenizer(model_dir)
-    examples = read_examples(eval_data, task_of(model), max_examples=max_examples, seed=seed, **source)
+    examples = examples_for(model, eval_data, max_examples=max_examples, seed=seed, **source)
     return model, tokenizer, Evaluator(model, tokenizer, examples, replay=replay)
 
 
@@ -234,7 +235,7 @@ def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed
 
     Writes the curve as JSON to --out and a plot next to it (same name, .png)."""
     from exporter.atomic import atomic_write_json
-    from exporter.data import read_examples, task_of
+    from exporter.data import examples_for
     from exporter.evaluation.experiments import curve_fractions, pruning_curve
     from exporter.pruning.inventory import build_inventory
     from exporter.pruning.scoring import compute_importance
@@ -242,7 +243,7 @@ def curve(model_dir: Path, score_data: Path, eval_data: Path, max_examples, seed
 
     source = data_source(options)
     model, tokenizer, evaluator = _evaluator(model_dir, eval_data, max_examples, seed, source)
-    score_examples = read_examples(score_data, task_of(model), seed=seed, **source)
+    score_examples = examples_for(model, score_data, seed=seed, **source)
     inventory = build_inventory(model)
     if only_type is not None and only_type not in inventory.attention_types:
         raise HeadpruneError(f"attention type '{only_type}' is not one of this model's "

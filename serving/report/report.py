@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.atomic import atomic_write_json, atomic_write_text, read_json
+from exporter.atomic import atomic_files, atomic_write_json, atomic_write_text, read_json
 from exporter.errors import HeadpruneError
 from exporter.evaluation.significance import paired_p_value
 from exporter.pruning.scores import HeadScores
@@ -114,10 +114,11 @@ def _mean_speedups(measured: dict[str, list[tuple[int, Speedup, np.ndarray]]]) -
 
 
 def write_report(report: Report, folder: str | Path) -> Path:
-    """Writes report.json, then renders the rest from it; returns report.md's path."""
-    folder = Path(folder)
-    atomic_write_json(folder / "report.json", report.to_dict())
-    return render_report(folder)
+    """Writes report.json and what is rendered from it, all replaced together; returns report.md's path."""
+    with atomic_files(folder) as staging:
+        atomic_write_json(staging / "report.json", report.to_dict())
+        _render(report, staging)
+    return Path(folder) / "report.md"
 
 
 def read_report_json(folder: str | Path) -> dict:
@@ -133,9 +134,16 @@ def read_report_json(folder: str | Path) -> dict:
 
 
 def render_report(folder: str | Path) -> Path:
-    """Re-renders report.md, latency.csv and the plots from ``folder``/report.json; returns report.md's path."""
-    folder = Path(folder)
+    """Re-renders report.md, latency.csv and the plots from ``folder``/report.json, all replaced together; returns
+    report.md's path."""
     report = Report.from_dict(read_report_json(folder))
+    with atomic_files(folder) as staging:
+        _render(report, staging)
+    return Path(folder) / "report.md"
+
+
+def _render(report: Report, folder: Path) -> None:
+    """Writes latency.csv, the plots and report.md of ``report`` into ``folder``."""
     atomic_write_text(folder / "latency.csv", report.latency_csv())
     plots.plot_report(report, folder, report.plot_names())
-    return atomic_write_text(folder / "report.md", report.markdown())
+    atomic_write_text(folder / "report.md", report.markdown())

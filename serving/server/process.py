@@ -6,6 +6,7 @@ readiness wait and stop. Loopback only and no client model control unless asked.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 import tritonclient.http as httpclient
 
 from exporter.errors import HeadpruneError
+from serving.server.environment import check_binary, check_serving_environment
 
 
 def _pytriton_root() -> Path:
@@ -37,6 +39,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    """Returns True when ``host`` is a loopback name or address (reachable only from this machine)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_port(host: str, port: int, flag: str) -> None:
@@ -61,6 +73,9 @@ class TritonServer:
     allow_model_control: bool = False
     log_file: Path | None = None
     startup_timeout: float = 180.0
+    python: str = field(default_factory=lambda: sys.executable)  # whose packages the backend stubs import
+    # Model control on an address other hosts reach lets any of them run code in the server: refused unless confirmed.
+    expose_model_control: bool = False
     process: subprocess.Popen | None = field(default=None, init=False)
     _backends: Path | None = field(default=None, init=False)
 
@@ -120,16 +135,21 @@ class TritonServer:
         libs = Path(_pytriton_root()).parent.parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
         # The Python backend stub imports from whichever Python is first on PATH: make it ours.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PATH"] = os.pathsep.join([str(Path(self.python).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
         return env
 
     def start(self) -> "TritonServer":
         """Starts the server and waits until every model is ready; raises HeadpruneError with Triton's reason."""
+        if self.allow_model_control and not is_loopback(self.host) and not self.expose_model_control:
+            raise HeadpruneError(f"model control on {self.host} would let any host that reaches it load models, and so "
+                                 "run code in the server", "bind to 127.0.0.1, or confirm with `expose_model_control`")
         if not Path(self.repo).is_dir():
             raise HeadpruneError(f"model repository '{self.repo}' does not exist", "export a model into it with 'headprune export'")
         for port, flag in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"), (self.metrics_port, "--metrics-port")):
             _check_port(self.host, port, flag)
+        check_binary(_pytriton_root() / "bin" / "tritonserver")
+        check_serving_environment(self.python)
         self._backends = self._backend_dir()
         if self.log_file is None:
             # A private folder: a fixed name in the shared temp folder could be pre-created or linked by another user.
@@ -171,6 +191,40 @@ class TritonServer:
         errors = [line for line in text.splitlines() if line.startswith("E") and "nvml" not in line.lower()
                   and "dcgm" not in line.lower()]
         return errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
+
+    def processes(self) -> dict[int, str]:
+        """Returns {pid: command line} of the server and every process it started (its backend stubs)."""
+        found = {}
+        if self.process is None:
+            return found
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                # /proc/PID/stat: state and process group follow the command name, which may hold spaces.
+                state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+                if int(group) == self.process.pid and state != "Z":  # a dead, unreaped stub is a zombie
+                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):  # the process ended while being read
+                continue
+        return found
+
+    def model_processes(self) -> dict[str, list[int]]:
+        """Returns {model name: pids of its backend stub processes}, one per model instance."""
+        root = f"{Path(self.repo).resolve()}/"
+        models: dict[str, list[int]] = {}
+        for pid, command in self.processes().items():
+            for word in command.split():
+                if "triton_python_backend_stub" in command and word.startswith(root):
+                    models.setdefault(word[len(root):].split("/")[0], []).append(pid)
+                    break
+        return models
+
+    def failed_models(self, started: dict[str, list[int]]) -> list[str]:
+        """Returns the models, of ``started`` (model_processes() once ready), that lost a backend stub process since:
+        Triton fails their requests from then on but still lists them as ready."""
+        alive = set(self.processes())
+        return sorted(name for name, pids in started.items() if not set(pids) <= alive)
 
     def stop(self) -> None:
         """Stops the server and every process it started (backend stubs included)."""

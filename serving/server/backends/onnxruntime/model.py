@@ -87,6 +87,7 @@ class TritonPythonModel:
         self.outputs = [spec["name"] for spec in self.config["output"]]
         self.batched = self.config.get("max_batch_size", 0) > 0
         self.ranges = _input_ranges(self.config)
+        self.max_positions = json.loads(_parameter(self.config, "deployment", "{}")).get("max_positions") or 0
 
     def _read(self, request):
         arrays = {}
@@ -98,6 +99,8 @@ class TritonPythonModel:
             if array.dtype != dtype or array.ndim != rank + int(self.batched):
                 raise ValueError(f"input '{name}' must be {np.dtype(dtype).name} with rank {rank + int(self.batched)}, "
                                  f"got {array.dtype} with shape {list(array.shape)}")
+            if self.batched and array.ndim == 2:
+                self._check_length(name, array.shape[1])
             if name in self.ranges:
                 _check_range(name, array, *self.ranges[name])
             arrays[name] = array
@@ -106,6 +109,14 @@ class TritonPythonModel:
         if self.batched and len(shapes) > 1:
             raise ValueError(f"inputs must share one shape, got {sorted(map(list, shapes))}")
         return arrays
+
+    def _check_length(self, name, tokens):
+        # Caught here, the error names the input; inside onnxruntime it would be an opaque index error.
+        if tokens == 0:
+            raise ValueError(f"input '{name}' holds no tokens: send at least one per row")
+        if self.max_positions and tokens > self.max_positions:
+            raise ValueError(f"input '{name}' holds {tokens} tokens per row, more than the model's "
+                             f"{self.max_positions} positions: truncate the sequences")
 
     def execute(self, requests):
         responses = [None] * len(requests)
