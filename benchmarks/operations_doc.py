@@ -95,12 +95,16 @@ def _soak(data: dict) -> list[str]:
         f"({soak['requests_per_s']} requests/s):", "",
         "| figure | measured | goal |", "| --- | --- | --- |",
         f"| failed or wrong answers | {soak['failed']} of {soak['answered']:,} | 0 |",
+        f"| p50 by quarter of the run (ms) | {' / '.join(f'{v:.0f}' for v in soak['p50_ms_by_quarter'])} | |",
         f"| p99 by quarter of the run (ms) | {' / '.join(f'{v:.0f}' for v in p99)} | |",
         f"| p99 last quarter / first quarter | {soak['p99_last_vs_first']:.2f} | <= 1.20 |",
         f"| server memory after warm-up ({soak['warmup_requests']:,} requests) | {soak['memory_mib_after_warmup']:.0f} MiB | |",
         f"| largest server memory after warm-up | {soak['memory_mib_max_after_warmup']:.0f} MiB "
         f"(+{100 * soak['memory_growth_after_warmup']:.1f} %, {soak['memory_samples']} samples) | < +10 % |", "",
-        "Server memory is the resident memory of the server process and all its backend processes together.", "",
+        "Server memory is the resident memory of the server process and all its backend processes together. The "
+        "latencies include queueing: the clients send back to back, so at any moment up to "
+        f"{soak['concurrency']} requests wait for one instance of each model (closed loop; more `--instances` or "
+        "`headprune tune` trade memory for less waiting).", "",
         f"### Overload ({over['clients']} clients at once, queue limit {over['max_queue_size']})", "",
         "| figure | measured |", "| --- | --- |",
         f"| accepted and answered correctly | {over['accepted']} |",

@@ -36,6 +36,11 @@ def bert_dir(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def distilbert_dir(workdir) -> Path:
+    return make_bert(workdir / "distilbert", model_type="distilbert")
+
+
+@pytest.fixture(scope="session")
 def marian_dir(workdir) -> Path:
     return make_marian(workdir / "marian")
 

@@ -14,6 +14,8 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizerFast,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     MarianConfig,
     MarianMTModel,
     PreTrainedTokenizerFast,
@@ -64,18 +66,27 @@ def center_decision(model, tokenizer, texts: list[str]) -> None:
 
 def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
               model_type: str = "bert") -> Path:
-    """Saves a tiny random BERT sequence classifier (2 labels) with a WordPiece tokenizer; returns its folder."""
+    """Saves a tiny random BERT (or, with ``model_type`` "distilbert", DistilBERT) sequence classifier (2 labels)
+    with a WordPiece tokenizer; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * heads * head_size,
-                        max_position_embeddings=64, num_labels=2, id2label={0: "negative", 1: "positive"},
-                        label2id={"negative": 0, "positive": 1}, hidden_dropout_prob=0.1,
-                        attention_probs_dropout_prob=0.1)
-    model = randomize(BertForSequenceClassification(config).eval(), seed)
+    labels = dict(num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    if model_type == "distilbert":
+        config = DistilBertConfig(vocab_size=len(vocab), dim=heads * head_size, n_layers=layers, n_heads=heads,
+                                  hidden_dim=4 * heads * head_size, max_position_embeddings=64, dropout=0.1,
+                                  attention_dropout=0.1, **labels)
+        model = DistilBertForSequenceClassification(config)
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    else:
+        config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=4 * heads * head_size,
+                            max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                            **labels)
+        model = BertForSequenceClassification(config)
+    model = randomize(model.eval(), seed)
     center_decision(model, tokenizer, random_sentences(200, seed=seed + 100))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

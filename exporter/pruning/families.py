@@ -72,6 +72,23 @@ def _bert_attention() -> AttentionType:
     )
 
 
+def _distilbert_attention() -> AttentionType:
+    return AttentionType(
+        name="encoder",
+        layers="transformer.layer",
+        attention="attention",
+        query="attention.q_lin",
+        key="attention.k_lin",
+        value="attention.v_lin",
+        output="attention.out_lin",
+        config_heads="n_heads",
+        head_count_attr="n_heads",
+        head_size_attr="attention_head_size",
+        width_attr=None,  # its forward infers the head count from the projections' width
+        query_side="encoder",
+    )
+
+
 def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=None, cache=None,
                         attention_mask=None, past_key_values=None, **kwargs) -> None:
     """Updates a bart-family KV cache for a headless attention layer exactly where BartAttention would.
@@ -121,6 +138,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="bert-encoder",
         model_types=("bert", "roberta", "electra", "xlm-roberta", "camembert"),
         attention_types=(_bert_attention(),),
+        seq2seq=False,
+    ),
+    ModelFamily(
+        name="distilbert-encoder",
+        model_types=("distilbert",),
+        attention_types=(_distilbert_attention(),),
         seq2seq=False,
     ),
     ModelFamily(
