@@ -41,6 +41,11 @@ def distilbert_dir(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mpnet_dir(workdir) -> Path:
+    return make_bert(workdir / "mpnet", model_type="mpnet")
+
+
+@pytest.fixture(scope="session")
 def marian_dir(workdir) -> Path:
     return make_marian(workdir / "marian")
 

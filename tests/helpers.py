@@ -18,6 +18,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     MarianConfig,
     MarianMTModel,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     PreTrainedTokenizerFast,
 )
 
@@ -61,13 +63,14 @@ def center_decision(model, tokenizer, texts: list[str]) -> None:
         margins = sorted(set((logits[:, 1] - logits[:, 0]).tolist()))
         middle = margins[len(margins) // 4: max(len(margins) * 3 // 4, len(margins) // 4 + 2)]
         low, high = max(zip(middle, middle[1:]), key=lambda pair: pair[1] - pair[0])
-        model.classifier.bias[1] -= (low + high) / 2
+        head = getattr(model.classifier, "out_proj", model.classifier)  # RoBERTa-style heads end in out_proj
+        head.bias[1] -= (low + high) / 2
 
 
 def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
               model_type: str = "bert") -> Path:
-    """Saves a tiny random BERT (or, with ``model_type`` "distilbert", DistilBERT) sequence classifier (2 labels)
-    with a WordPiece tokenizer; returns its folder."""
+    """Saves a tiny random BERT (or, with ``model_type``, DistilBERT or MPNet) sequence classifier (2 labels) with a
+    WordPiece tokenizer; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -79,6 +82,12 @@ def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_s
                                   hidden_dim=4 * heads * head_size, max_position_embeddings=64, dropout=0.1,
                                   attention_dropout=0.1, **labels)
         model = DistilBertForSequenceClassification(config)
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    elif model_type == "mpnet":
+        config = MPNetConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
+                             num_attention_heads=heads, intermediate_size=4 * heads * head_size,
+                             max_position_embeddings=64, pad_token_id=0, **labels)
+        model = MPNetForSequenceClassification(config)
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     else:
         config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,

@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "camembert": ("CamembertConfig", "CamembertForSequenceClassification", ENCODER),
     "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
                    dict(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40)),
+    "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", ENCODER | {"pad_token_id": 1}),
     "marian": ("MarianConfig", "MarianMTModel", SEQ2SEQ | {"decoder_start_token_id": 0, "pad_token_id": 0}),
     "bart": ("BartConfig", "BartForConditionalGeneration", SEQ2SEQ),
     "mbart": ("MBartConfig", "MBartForConditionalGeneration", SEQ2SEQ),

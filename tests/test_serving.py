@@ -30,10 +30,11 @@ BATCHING = DeploymentOptions(max_batch_size=8, queue_delay_us=200_000, max_lengt
 
 
 @pytest.fixture(scope="module")
-def deployment(bert_dir, distilbert_dir, tmp_path_factory):
+def deployment(bert_dir, distilbert_dir, mpnet_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     plan = HeadPlan({"encoder": {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}})  # uneven, one layer headless
-    for name, source in (("pruned", bert_dir), ("distilbert", distilbert_dir)):
+    families = (("pruned", bert_dir), ("distilbert", distilbert_dir), ("mpnet", mpnet_dir))
+    for name, source in families:
         model = load_model(source)
         apply_plan(model, plan)
         save_pruned(model, load_tokenizer(source), root / name, source=source)
@@ -41,7 +42,8 @@ def deployment(bert_dir, distilbert_dir, tmp_path_factory):
     options = DeploymentOptions(max_batch_size=8)
     export_to_repository(bert_dir, repo, "base", options=options)
     export_to_repository(root / "pruned", repo, "pruned", options=options)
-    export_to_repository(root / "distilbert", repo, "distilbert", options=options)
+    for name in ("distilbert", "mpnet"):
+        export_to_repository(root / name, repo, name, options=options)
     export_to_repository(bert_dir, repo, "batched", options=BATCHING)
     export_to_repository(bert_dir, repo, "legacy", options=BATCHING)
     legacy = read_config(repo / "legacy" / "config.pbtxt")
@@ -50,7 +52,7 @@ def deployment(bert_dir, distilbert_dir, tmp_path_factory):
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with server:
         yield {"server": server, "repo": repo,
-               "dirs": {"base": bert_dir, "pruned": root / "pruned", "distilbert": root / "distilbert"}}
+               "dirs": {"base": bert_dir, **{name: root / name for name, _ in families}}}
 
 
 def url(server, protocol: str) -> str:
@@ -77,7 +79,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("name", ["base", "pruned", "distilbert"])
+@pytest.mark.parametrize("name", ["base", "pruned", "distilbert", "mpnet"])
 def test_served_outputs_equal_onnxruntime_and_pytorch(deployment, protocol, name):
     server = deployment["server"]
     client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
@@ -272,7 +274,7 @@ def test_server_listens_on_loopback_only_and_refuses_model_control(deployment):
 
 def test_every_generated_config_parses_with_tritons_schema(deployment):
     configs = {p.parent.name: read_config(p) for p in deployment["repo"].glob("*/config.pbtxt")}
-    assert set(configs) == {f"{n}{s}" for n in ("base", "pruned", "distilbert", "batched", "legacy") for s in ("", "_text")}
+    assert set(configs) == {f"{n}{s}" for n in ("base", "pruned", "distilbert", "mpnet", "batched", "legacy") for s in ("", "_text")}
     pruned = configs["pruned"]
     assert pruned.backend == "onnxruntime" and pruned.max_batch_size == 8
     assert [i.name for i in pruned.input] == ["input_ids", "attention_mask", "token_type_ids"]

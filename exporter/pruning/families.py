@@ -27,7 +27,9 @@ class AttentionType:
     ``headless_cache``, if set, is called by a layer left with zero heads with the
     arguments its attention module would have received, and must leave the model's
     KV cache as that module would have (the model may read lengths from it); None
-    when this attention never sees a cache.
+    when this attention never sees a cache. ``on_shrink``, if set, is called with a
+    shrunk attention module and its kept original heads, for per-head inputs that
+    come from outside the module (MPNet's relative position bias).
     """
 
     name: str
@@ -43,6 +45,7 @@ class AttentionType:
     width_attr: str | None
     query_side: str
     headless_cache: Callable[..., None] | None = None
+    on_shrink: Callable[[nn.Module, list[int]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,43 @@ def _distilbert_attention() -> AttentionType:
         head_size_attr="attention_head_size",
         width_attr=None,  # its forward infers the head count from the projections' width
         query_side="encoder",
+    )
+
+
+def _kept_position_bias(attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    # MPNetAttention passes the bias as the third positional argument; a keyword is accepted too.
+    kept = attention.headprune_bias_heads
+    if len(args) > 2 and args[2] is not None:
+        args = (*args[:2], args[2][:, kept], *args[3:])
+    elif kwargs.get("position_bias") is not None:
+        kwargs = {**kwargs, "position_bias": kwargs["position_bias"][:, kept]}
+    return args, kwargs
+
+
+def mpnet_position_bias(attention: nn.Module, kept: list[int]) -> None:
+    """Makes a shrunk MPNet attention module add only its kept heads' rows of the relative position bias, which
+    the encoder computes once, one row per original head, for every layer."""
+    attention.headprune_bias_heads = list(kept)
+    if not getattr(attention, "headprune_bias_hooked", False):
+        attention.register_forward_pre_hook(_kept_position_bias, with_kwargs=True)
+        attention.headprune_bias_hooked = True
+
+
+def _mpnet_attention() -> AttentionType:
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        attention="attention.attn",
+        query="attention.attn.q",
+        key="attention.attn.k",
+        value="attention.attn.v",
+        output="attention.attn.o",
+        config_heads="num_attention_heads",
+        head_count_attr="num_attention_heads",
+        head_size_attr="attention_head_size",
+        width_attr="all_head_size",
+        query_side="encoder",
+        on_shrink=mpnet_position_bias,
     )
 
 
@@ -144,6 +184,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="distilbert-encoder",
         model_types=("distilbert",),
         attention_types=(_distilbert_attention(),),
+        seq2seq=False,
+    ),
+    ModelFamily(
+        name="mpnet-encoder",
+        model_types=("mpnet",),
+        attention_types=(_mpnet_attention(),),
         seq2seq=False,
     ),
     ModelFamily(

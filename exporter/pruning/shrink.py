@@ -88,6 +88,8 @@ def shrink_layer(layer: AttentionLayer, keep: list[int]) -> None:
     if spec.width_attr:
         setattr(attention, spec.width_attr, len(keep) * layer.head_size)
     setattr(attention, KEPT_ATTR, list(keep))
+    if spec.on_shrink is not None:
+        spec.on_shrink(attention, list(keep))
 
 
 def apply_plan(model: nn.Module, plan: HeadPlan) -> HeadInventory:
