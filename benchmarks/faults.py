@@ -214,7 +214,7 @@ def check_outcome(case: Case, before: dict, result: Run, signals: list[int]) -> 
         case.is_new()
     assert not staged(case), f"temporary folder left in {case.staging}: {os.listdir(case.staging)}"
     if result.returncode in INTERRUPTED.values():
-        assert "interrupted" in result.stderr and "previous output is kept" in result.stderr, result.stderr
+        assert "interrupted" in result.stderr and "the previous one or the complete new one" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
     elif result.returncode != 0:  # the signal came before the command began (imports) or after it ended (shutdown)
         assert -result.returncode in signals or result.returncode == 1, result.stderr

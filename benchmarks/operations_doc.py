@@ -38,8 +38,10 @@ headprune serve --repo model_repo --host 0.0.0.0 --http-port 9000 --grpc-port 90
   If one dies (killed, out of memory), Triton fails that model's requests from then on but
   still lists the model as READY and never restarts the process (pinned down by
   `tests/test_operations.py`). `serve` watches the processes: it names the model and
-  restarts the server (`--on-failure restart`, the default) or exits with code 3
-  (`--on-failure exit`) so that a supervisor (systemd, Kubernetes) restarts it.
+  restarts the server (`--on-failure restart`, the default; after 5 restarts within 10
+  minutes it gives up with exit code 3) or exits with code 3 (`--on-failure exit`) so that
+  a supervisor (systemd, Kubernetes) restarts it. The log (`--log-file`) is appended to,
+  so it keeps what the failed server wrote.
   Under a supervisor, prefer `exit`; a readiness probe on `/v2/health/ready` alone does not
   notice a dead backend process.
 
@@ -73,7 +75,7 @@ headprune serve --repo model_repo --host 0.0.0.0 --http-port 9000 --grpc-port 90
 | `the backend process of model 'X' ... has died` | a model instance's process died; Triton does not restart it | restart the server (`serve` does it by itself) |
 | `cannot reach Triton at URL` | nothing answers there (stopped, crashed, wrong address) | start it with `headprune serve`, or pass the right `--url`; `compare --resume` continues a measurement run |
 | `Triton at URL rejected the request ...` | the request does not fit the model (shape, type, an id outside the vocabulary, empty or non-UTF-8 text) | fix the request; the message names the input |
-| `output ... already exists` / `no space left` / `read-only` | where a command writes | choose another `--out`, free space, or pass `--overwrite`; the previous output is intact |
+| `output ... already exists` / `cannot write ...: no space is left` / `... read-only file system` | where a command writes | choose another `--out`, free space, or pass `--overwrite`; the previous output is intact |
 
 Every command writes its outputs atomically (a temporary sibling, then a rename): an
 interrupted or failed command (Ctrl-C, SIGTERM, a full disk) leaves the previous output as it

@@ -152,28 +152,33 @@ def overload(server: TritonServer, model: str, texts: list[str], clients: int) -
     (and answered correctly) or refused as overloaded, how fast each kind came back, and whether the server
     answered correctly afterwards."""
     expected = references(server.http_url, model, texts)
-    start = threading.Barrier(clients)
-    answers: list[Answer | None] = [None] * clients
+    start = threading.Barrier(clients, timeout=120)
+    answers = [Answer(index, 0.0, 0.0, "the client never sent its request") for index in range(clients)]
 
     def work(index: int) -> None:
         protocol = PROTOCOLS[index % 2]
         client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
-        request = [texts[index % len(texts)]]
-        start.wait()
-        answers[index] = _send(client, model, request, expected, index)
-        client.close()
+        try:
+            start.wait()
+            answers[index] = _send(client, model, [texts[index % len(texts)]], expected, index)
+        finally:
+            client.close()
 
     _run_workers(clients, work)
     refused = [a for a in answers if a.error and "overloaded" in a.error]
     other = [a for a in answers if a.error and "overloaded" not in a.error]
     accepted = [a for a in answers if not a.error]
-    after = _send(TritonClient(server.http_url), model, texts[:1], expected, -1)
+    client = TritonClient(server.http_url)
+    try:
+        after = _send(client, model, texts[:1], expected, -1)
+        healthy = server.process.poll() is None and client.is_ready()
+    finally:
+        client.close()
     median = lambda xs: round(float(np.median([a.latency_ms for a in xs])), 1) if xs else None  # noqa: E731
     return {"clients": clients, "accepted": len(accepted), "refused": len(refused), "other_errors": len(other),
             "first_errors": sorted({a.error for a in refused + other})[:3],
             "refused_median_ms": median(refused), "accepted_median_ms": median(accepted),
-            "healthy_after": server.process.poll() is None and TritonClient(server.http_url).is_ready(),
-            "correct_after": after.error is None}
+            "healthy_after": healthy, "correct_after": after.error is None}
 
 
 def _sentences(count: int, seed: int) -> list[str]:

@@ -174,9 +174,11 @@ def staging_dir(parent: str | Path, prefix: str) -> Iterator[Path]:
         staging.chmod(0o755)
         yield staging
     finally:
-        with signals_deferred():
-            shutil.rmtree(staging, ignore_errors=True)
-        os.close(lock)
+        try:
+            with signals_deferred():  # a signal held here is raised as the block ends: the lock still closes
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(lock)
 
 
 def swap_in(staging: Path, target: Path) -> None:
@@ -233,7 +235,8 @@ def atomic_dir(target: str | Path, staging_parent: str | Path | None = None, ove
 @contextmanager
 def atomic_files(folder: str | Path) -> Iterator[Path]:
     """Yields an empty temporary folder inside ``folder``; when the block succeeds, each file written into it replaces
-    its namesake in ``folder``, all together (signals wait); a failure or an interruption replaces none of them.
+    its namesake in ``folder``, one rename each with signals held; a failure or an interruption in the block replaces
+    none of them (a rename failing half-way, e.g. on a folder of the same name, leaves the earlier ones replaced).
 
     For a set of files that describe each other (a report's JSON, Markdown and plots) in a folder holding more."""
     folder = Path(folder)

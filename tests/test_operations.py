@@ -214,6 +214,24 @@ def test_a_serving_python_without_the_backend_packages_is_refused(tmp_path):
     assert server.process is None
 
 
+def other_python() -> str | None:
+    """Returns an installed Python 3 interpreter of another minor version than this one, if there is one."""
+    ours = f"python3.{sys.version_info.minor}"
+    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3.*")) + sorted(Path("/usr/bin").glob("python3.*")):
+        if candidate.name != ours and candidate.name.count(".") == 1 and candidate.name[8:].isdigit():
+            return str(candidate)
+    return None
+
+
+@pytest.mark.skipif(other_python() is None, reason="no Python of another version is installed here")
+def test_a_serving_python_of_another_version_is_refused(tmp_path):
+    (tmp_path / "repo").mkdir()
+    server = TritonServer(tmp_path / "repo", python=other_python(), **ports())
+    with pytest.raises(HeadpruneError, match=rf"but headprune runs on Python 3\.{sys.version_info.minor}"):
+        server.start()
+    assert server.process is None
+
+
 def test_numpy_2_in_the_serving_environment_is_refused(tmp_path, monkeypatch):
     # A distribution record is what the check reads: one for numpy 2, first on the path, is enough to see it refused.
     record = tmp_path / "site" / "numpy-2.1.0.dist-info"

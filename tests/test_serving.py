@@ -157,6 +157,9 @@ def bad_requests():
         ("base", tensors(mask=-1), "attention_mask must lie in [0, 2); received -1"),
         ("base", tensors(shape=(2, 0)), "input 'input_ids' holds no tokens"),
         ("base", tensors(shape=(1, 65)), "input 'input_ids' holds 65 tokens per row, more than the model's 64 positions"),
+        # MPNet numbers positions from padding_idx + 1: 63 of its 64 positions hold tokens.
+        ("mpnet", {k: v for k, v in tensors(shape=(1, 64)).items() if k != "token_type_ids"},
+         "holds 64 tokens per row, more than the model's 63 positions"),
         ("base_text", {"TEXT": strings("")}, "TEXT row 0 must not be empty"),
         ("base_text", {"TEXT": strings("fun", b"caf\xe9 \xff")}, "TEXT row 1 must be UTF-8"),
         ("base_text", {"TEXT": strings("fun"), "TEXT_PAIR": strings(" ")}, "TEXT_PAIR row 0 must not be empty"),

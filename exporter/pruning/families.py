@@ -205,6 +205,18 @@ FAMILIES: tuple[ModelFamily, ...] = (
 )
 
 
+# Model types numbering positions from padding_idx + 1 (RoBERTa's scheme): that many fewer tokens fit.
+PADDING_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def usable_positions(config) -> int:
+    """Returns how many tokens fit the model's position embeddings (0 when it has none)."""
+    positions = getattr(config, "max_position_embeddings", 0) or 0
+    if positions and config.model_type in PADDING_OFFSET_POSITIONS:
+        positions -= (config.pad_token_id or 0) + 1
+    return max(positions, 0)
+
+
 def supported_model_types() -> list[str]:
     """Returns every ``config.model_type`` headprune can prune."""
     return sorted(t for family in FAMILIES for t in family.model_types)

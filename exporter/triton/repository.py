@@ -10,7 +10,7 @@ validated, so Triton never sees a half-written version.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -24,6 +24,7 @@ from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_classifier_onnx, require_valid, validate_onnx
 from exporter.onnx.quantize import PRECISIONS, quantize_int8
 from exporter.pruning.checkpoint import load_model, load_tokenizer
+from exporter.pruning.families import usable_positions
 from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
 from exporter.triton.config import DeploymentOptions, classifier_config, text_config, write_config
@@ -110,7 +111,7 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
         id2label={str(k): v for k, v in config.id2label.items()},
         label2id={str(k): int(v) for k, v in config.label2id.items()},
         vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
-        max_positions=getattr(config, "max_position_embeddings", 0) or 0, max_length=max_length,
+        max_positions=usable_positions(config), max_length=max_length,
         onnx_bytes=onnx_bytes, validation=validation,
     )
 
@@ -122,7 +123,7 @@ def version_staging(repository: ModelRepository, name: str, version: int) -> Ite
     killed runs are removed first."""
     with writing(repository.version_folder(name, version)):
         repository.root.mkdir(parents=True, exist_ok=True)
-        remove_stale(repository.staging)
+        remove_stale(repository.staging)  # any model's leftovers, not only this version's
         with staging_dir(repository.staging, f"{name}-{version}-") as staged:
             yield staged
 
@@ -135,6 +136,20 @@ def install_version(repository: ModelRepository, name: str, version: int, staged
         target.parent.mkdir(parents=True, exist_ok=True)
         swap_in(staged, target)
     return target
+
+
+def install_with_configs(repository: ModelRepository, name: str, version: int, staged: Path,
+                         write_configs: Callable[[], None]) -> Path:
+    """Renames ``staged`` in as version ``version`` of model ``name``, after ``write_configs()`` when that version is
+    the one Triton serves (the highest) or the model has no config yet; returns the version folder.
+
+    Signals wait until all is done, so the version and the configs describing it go in together; re-exporting an
+    older version leaves the configs describing the served one."""
+    serves = version >= max(repository.versions(name), default=0) or not repository.config_path(name).exists()
+    with signals_deferred():
+        if serves:
+            write_configs()
+        return install_version(repository, name, version, staged)
 
 
 def _write_text_model(repository: ModelRepository, name: str, config, tokenizer) -> None:
@@ -179,7 +194,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                              "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
     tokenizer = require_fast_tokenizer(model_dir)
     inventory = build_inventory(model)
-    positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
+    positions = usable_positions(model.config) or options.max_length
     # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
     options = replace(options, max_length=min(options.max_length, positions))
     version = version or max(repository.versions(name), default=0) + 1
@@ -205,19 +220,14 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                                              validation=checked), precision=precision)
         description.write(staged)
         config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
-        # Triton serves the highest version: the configs (and the text front end's tokenizer and
-        # limits) describe that one. Re-exporting an older version must not make them describe a
-        # version that is not served.
-        serves = version >= max(repository.versions(name), default=0) or not repository.config_path(name).exists()
-        # The version and the configs describing it go in together: signals wait until all are written,
-        # and the largest write comes first, so a full disk most likely stops it before anything changed.
-        with signals_deferred():
-            if serves:
-                id2label = {int(k): v for k, v in model.config.id2label.items()}
-                text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
-                                   tokenizer.pad_token)
-                _write_text_model(repository, text_model_name(name), text, tokenizer)
-                write_config(config, repository.folder(name))
-            target = install_version(repository, name, version, staged)
+
+        def write_configs() -> None:  # the text front end's tokenizer and limits describe the served version too
+            id2label = {int(k): v for k, v in model.config.id2label.items()}
+            text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
+                               tokenizer.pad_token)
+            _write_text_model(repository, text_model_name(name), text, tokenizer)
+            write_config(config, repository.folder(name))
+
+        target = install_with_configs(repository, name, version, staged, write_configs)
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, text_model_name(name),
                         inventory.kept_head_count(), inventory.original_head_count(), precision, quantization)

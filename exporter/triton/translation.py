@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from exporter.atomic import atomic_write_json, signals_deferred
+from exporter.atomic import atomic_write_json
 from exporter.errors import HeadpruneError
 from exporter.onnx.seq2seq import (
     DECODER_FILE,
@@ -32,7 +32,7 @@ from exporter.triton.layout import ModelRepository, check_name, translate_model_
 from exporter.triton.repository import (
     check_version,
     describe_model,
-    install_version,
+    install_with_configs,
     require_fast_tokenizer,
     version_staging,
 )
@@ -118,10 +118,6 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
         config = translation_config(served, options, {
             CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "limits": json.dumps(limits),
             "threads": str(threads), "heads": f"{description.heads}/{description.original_heads}"})
-        serves = version >= max(repository.versions(served), default=0)
-        with signals_deferred():  # the version and the config describing it go in together
-            if serves:
-                write_config(config, repository.folder(served))
-            install_version(repository, served, version, staged)
+        install_with_configs(repository, served, version, staged, lambda: write_config(config, repository.folder(served)))
     return TranslationExport(served, version, repository.version_folder(served, version), validation,
                              inventory.kept_head_count(), inventory.original_head_count())

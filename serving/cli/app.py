@@ -92,7 +92,8 @@ def _exit_interrupted(interrupt: KeyboardInterrupt) -> None:
     atexit.register(_ignore_interruptions)
     try:
         console.print(f"[red]interrupted[/red] ({'SIGTERM' if terminated else 'Ctrl-C'}): outputs are replaced only "
-                      "once complete, so the previous output is kept", highlight=False, soft_wrap=True)
+                      "once complete, so each is the previous one or the complete new one", highlight=False,
+                      soft_wrap=True)
         sys.exit(143 if terminated else 130)
     finally:
         for number, handler in previous.items():
@@ -180,4 +181,6 @@ def main():
       headprune compare --repo model_repo --baseline base --candidate pruned30 --data eval.jsonl --out reports/x
     """
     _quiet_libraries()
+    # Past `ulimit -f`, a write then fails with EFBIG (reported like a full disk) instead of SIGXFSZ ending the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 

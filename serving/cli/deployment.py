@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -135,25 +136,42 @@ def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_cont
                           log_file or repo.resolve().parent / "triton.log", expose_model_control=expose_model_control,
                           **({"python": python} if python else {}))
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with server:
-        started = server.model_processes()  # before announcing: a client may act the moment it reads the announcement
-        _announce(server)
-        while not stop.wait(0.5):
-            failure = _failure(server, started)
-            if failure is None:
-                continue
-            click.echo(failure, err=True)
-            if on_failure == "exit":
-                server.stop()
-                sys.exit(3)
-            click.echo("restarting Triton ...", err=True)
-            server.stop()
-            server.start()
-            started = server.model_processes()
-            _announce(server)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with server:
+            _watch(server, stop, on_failure)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo("Triton stopped.")
+
+
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 600  # a model that dies at once on every start must not restart forever
+
+
+def _watch(server: TritonServer, stop: threading.Event, on_failure: str) -> None:
+    """Serves until ``stop`` is set, restarting the server when it or a backend process fails (``on_failure``
+    "restart", at most MAX_RESTARTS times in RESTART_WINDOW_S) or exiting with code 3."""
+    started = server.model_processes()  # before announcing: a client may act the moment it reads the announcement
+    _announce(server)
+    restarts: list[float] = []
+    while not stop.wait(0.5):
+        failure = _failure(server, started)
+        if failure is None:
+            continue
+        click.echo(failure, err=True)
+        restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S] + [time.monotonic()]
+        if on_failure == "exit" or len(restarts) > MAX_RESTARTS:
+            if on_failure != "exit":
+                click.echo(f"{MAX_RESTARTS} restarts within {RESTART_WINDOW_S // 60} minutes: giving up (log: "
+                           f"{server.log_file})", err=True)
+            server.stop()
+            sys.exit(3)
+        click.echo("restarting Triton ...", err=True)
+        server.stop()
+        server.start()
+        started = server.model_processes()
+        _announce(server)
 
 
 def _failure(server: TritonServer, started: dict[str, list[int]]) -> str | None:
@@ -167,10 +185,15 @@ def _failure(server: TritonServer, started: dict[str, list[int]]) -> str | None:
 
 
 def _announce(server: TritonServer) -> None:
-    models = TritonClient(server.http_url).models()
+    """Prints the server's addresses, its models and its log."""
+    client = TritonClient(server.http_url)
+    try:
+        models = client.models()
+    finally:
+        client.close()
     click.echo(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
     click.echo(f"models: {', '.join(m['name'] for m in models)}")
-    click.echo(f"log: {server.log_file}   (Ctrl-C to stop)", nl=True)
+    click.echo(f"log: {server.log_file}   (Ctrl-C to stop)")
 
 
 @main.command()

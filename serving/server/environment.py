@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from exporter.errors import HeadpruneError
@@ -18,13 +19,13 @@ from exporter.errors import HeadpruneError
 # The packages the backends import (serving/server/backends, exporter/triton/models), with the why of each.
 BACKEND_PACKAGES = {"numpy": "every Python backend", "onnxruntime": "the ONNX models",
                     "tokenizers": "the text and translation front ends"}
-_PROBE = ("import importlib.metadata as m, json\n"
+_PROBE = ("import importlib.metadata as m, json, sys\n"
           "def version(name):\n"
           "    try:\n"
           "        return m.version(name)\n"
           "    except m.PackageNotFoundError:\n"
           "        return None\n"
-          "print(json.dumps({n: version(n) for n in %r}))")
+          "print(json.dumps({'python': '%%d.%%d' %% sys.version_info[:2], **{n: version(n) for n in %r}}))")
 
 
 def check_binary(path: Path) -> Path:
@@ -35,8 +36,8 @@ def check_binary(path: Path) -> Path:
     return path
 
 
-def _versions(python: str, packages: list[str]) -> dict[str, str | None]:
-    names = list(packages) + ["onnxruntime-gpu"] if "onnxruntime" in packages else list(packages)
+def _versions(python: str) -> dict[str, str | None]:
+    names = [*BACKEND_PACKAGES, "onnxruntime-gpu"]
     try:
         probe = subprocess.run([python, "-c", _PROBE % names], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -46,16 +47,22 @@ def _versions(python: str, packages: list[str]) -> dict[str, str | None]:
         raise HeadpruneError(f"the serving Python '{python}' failed: {probe.stderr.strip()[-300:]}",
                              "give a working Python 3 interpreter")
     versions = json.loads(probe.stdout)
-    if "onnxruntime" in versions:  # the GPU build installs under its own distribution name
-        versions["onnxruntime"] = versions["onnxruntime"] or versions.pop("onnxruntime-gpu")
-        versions.pop("onnxruntime-gpu", None)
+    # The GPU build installs under its own distribution name.
+    versions["onnxruntime"] = versions["onnxruntime"] or versions["onnxruntime-gpu"]
+    del versions["onnxruntime-gpu"]
     return versions
 
 
-def check_serving_environment(python: str, packages: list[str] | None = None) -> dict[str, str]:
-    """Returns {package: version} of the backends' packages in ``python``'s environment; raises HeadpruneError
-    naming each missing package, or numpy 2."""
-    versions = _versions(python, packages or list(BACKEND_PACKAGES))
+def check_serving_environment(python: str) -> dict[str, str]:
+    """Returns {package: version} of the backends' packages (and "python": its version) in ``python``'s environment;
+    raises HeadpruneError naming each missing package, numpy 2, or a Python version other than this one's (the
+    backend stub is the one built for this Python)."""
+    versions = _versions(python)
+    ours = "%d.%d" % sys.version_info[:2]
+    if versions["python"] != ours:
+        raise HeadpruneError(f"the serving Python '{python}' is Python {versions['python']}, but headprune runs on "
+                             f"Python {ours} and starts Triton's backend stub built for {ours}",
+                             f"give a Python {ours} interpreter (its environment holding the backends' packages)")
     missing = [name for name, version in versions.items() if version is None]
     if missing:
         needs = "; ".join(f"{name} (for {BACKEND_PACKAGES.get(name, 'the backends')})" for name in missing)

@@ -25,6 +25,8 @@ import tritonclient.http as httpclient
 from exporter.errors import HeadpruneError
 from serving.server.environment import check_binary, check_serving_environment
 
+START_MARK = "=== headprune: starting tritonserver"
+
 
 def _pytriton_root() -> Path:
     try:
@@ -155,7 +157,10 @@ class TritonServer:
             # A private folder: a fixed name in the shared temp folder could be pre-created or linked by another user.
             self.log_file = Path(tempfile.mkdtemp(prefix="headprune-triton-")) / "triton.log"
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_file, "w")
+        # Appended: after a restart, the log still shows why the previous server failed.
+        log = open(self.log_file, "a")
+        log.write(f"{START_MARK} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
+        log.flush()
         self.process = subprocess.Popen(self.command(self._backends), stdout=log, stderr=subprocess.STDOUT,
                                         env=self._environment(), start_new_session=True)
         log.close()
@@ -184,6 +189,7 @@ class TritonServer:
     def failure_reason(self) -> str:
         """Returns the model-load errors (or last error lines) from the server log."""
         text = Path(self.log_file).read_text(errors="replace") if self.log_file and Path(self.log_file).exists() else ""
+        text = text.rsplit(START_MARK, 1)[-1]  # this start's lines only: the log is appended to
         # Triton says either "failed to load 'm' version 1: why" or "failed to load model 'm': why".
         reasons = dict(re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M))
         if reasons:
