@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     BertConfig,
@@ -170,3 +171,15 @@ def call_together(send: Callable[[int], object], count: int) -> list:
     for thread in threads:
         thread.join()
     return results
+
+
+def random_plan(draw, inventory) -> dict:
+    """Returns a plan drawn by hypothesis's ``draw``: any heads of any layer, often a whole layer."""
+    plan = {}
+    for layer in inventory.layers:
+        heads = draw(st.lists(st.integers(0, layer.original_heads - 1), max_size=layer.original_heads, unique=True))
+        if draw(st.booleans()) and draw(st.booleans()):
+            heads = list(range(layer.original_heads))  # a zero-head layer, often enough to matter
+        if heads:
+            plan.setdefault(layer.attention_type.name, {})[layer.index] = sorted(heads)
+    return plan

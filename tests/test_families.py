@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 from exporter import HeadGates, HeadPlan, apply_plan, build_inventory
 from exporter.pruning.families import supported_model_types
-from tests.helpers import randomize
+from tests.helpers import random_plan, randomize
 
 ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                max_position_embeddings=40)
@@ -35,21 +39,43 @@ def test_every_supported_type_is_tested():
     assert sorted(ARCHITECTURES) == supported_model_types()
 
 
-@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
-def test_masked_equals_shrunk(model_type):
+@functools.cache
+def tiny(model_type: str) -> tuple:
+    """Returns a tiny random model of ``model_type`` (non-zero biases) and inputs for it."""
     config_name, model_name, values = ARCHITECTURES[model_type]
     torch.manual_seed(0)
     model = randomize(getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval())
-    inventory = build_inventory(model)
-    plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.attention_types}
     ids = torch.randint(3, 50, (2, 7))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if model.config.is_encoder_decoder:
         inputs["decoder_input_ids"] = torch.randint(3, 50, (2, 5))
-    with torch.no_grad(), HeadGates(inventory).mask(plan):
+    return model, inputs
+
+
+def masked_and_shrunk(model_type: str, plan: dict) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """Returns the logits of the model with ``plan``'s heads masked and shrunk away, and the shrunk model."""
+    model, inputs = tiny(model_type)
+    with torch.no_grad(), HeadGates(build_inventory(model)).mask(plan):
         masked = model(**inputs).logits
     shrunk = copy.deepcopy(model)
     apply_plan(shrunk, HeadPlan(plan))
     with torch.no_grad():
-        assert (masked - shrunk(**inputs).logits).abs().max().item() <= 1e-5
-    assert build_inventory(shrunk).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.attention_types)
+        return masked, shrunk(**inputs).logits, shrunk
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_masked_equals_shrunk(model_type):
+    inventory = build_inventory(tiny(model_type)[0])
+    plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.attention_types}
+    masked, shrunk, model = masked_and_shrunk(model_type, plan)
+    assert (masked - shrunk).abs().max().item() <= 1e-5
+    assert build_inventory(model).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.attention_types)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_masked_equals_shrunk_under_random_plans(model_type, data):
+    plan = random_plan(data.draw, build_inventory(tiny(model_type)[0]))
+    masked, shrunk, _ = masked_and_shrunk(model_type, plan)
+    assert (masked - shrunk).abs().max().item() <= 1e-5

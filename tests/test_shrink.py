@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter import HeadGates, HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer
+from tests.helpers import random_plan
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +27,6 @@ def marian(marian_dir):
     batch = dict(tokenizer(["the movie was great fun", "a bad film"], padding=True, return_tensors="pt"))
     batch["decoder_input_ids"] = torch.tensor([[0, 5, 6, 7, 1], [0, 8, 9, 1, 0]])
     return model, batch
-
-
-def random_plan(draw, inventory) -> dict:
-    plan = {}
-    for layer in inventory.layers:
-        heads = draw(st.lists(st.integers(0, layer.original_heads - 1), max_size=layer.original_heads, unique=True))
-        if draw(st.booleans()) and draw(st.booleans()):
-            heads = list(range(layer.original_heads))  # a zero-head layer, often enough to matter
-        if heads:
-            plan.setdefault(layer.attention_type.name, {})[layer.index] = sorted(heads)
-    return plan
 
 
 def check_masked_equals_shrunk(loaded, data):
