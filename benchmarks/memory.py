@@ -13,20 +13,6 @@ from serving.server.process import TritonServer, free_port
 BYTES_PER_WEIGHT = 4  # FP32
 
 
-def _stub_processes() -> dict[int, str]:
-    """Returns {pid: command line} of every running Triton Python backend stub."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "triton_python_backend_stub" in cmdline:
-                found[int(entry.name)] = cmdline
-    return found
-
-
 def resident_mib(pid: int) -> float:
     """Returns the resident set size of ``pid`` in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -43,12 +29,11 @@ def served_memory(repo: Path, names: list[str], batch: int = 16, seq_len: int = 
     rows = {}
     with TritonServer(repo, **ports) as server:
         client = TritonClient(server.http_url, "http")
-        stubs = _stub_processes()
+        stubs = server.model_processes()
         try:
             for name in names:
                 facts = describe_deployment(repo, name, seq_len)
-                folder = str((repo / name).resolve())
-                pids = [pid for pid, cmd in stubs.items() if f"{folder}/" in cmd or cmd.rstrip().endswith(folder)]
+                pids = stubs.get(name, [])
                 idle = sum(resident_mib(p) for p in pids)
                 inputs = latency_inputs(facts, batch, seq_len, 0)
                 for _ in range(3):

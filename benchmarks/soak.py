@@ -13,7 +13,9 @@ benchmarks/results/soak.json and docs/operations.md), or .venv/bin/python -m ben
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import math
 import random
 import threading
 import time
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.memory import resident_mib
 from exporter.errors import HeadpruneError
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer
@@ -67,16 +70,14 @@ def _send(client: TritonClient, model: str, texts: list[str], expected: dict, in
     return Answer(index, ended, (ended - started) * 1000, error)
 
 
-def resident_mib(server: TritonServer) -> float:
+def server_mib(server: TritonServer) -> float:
     """Returns the resident memory of the server and its backend processes together, in MiB."""
-    total = 0
+    total = 0.0
     for pid in server.processes():
-        try:
-            total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                          if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):  # the process ended while being read
-            continue
-    return total / 1024
+        with contextlib.suppress(OSError):  # the process ended while being read
+            mib = resident_mib(pid)
+            total += 0.0 if math.isnan(mib) else mib  # no VmRSS: the process is exiting
+    return total
 
 
 def _run_workers(count: int, work: Callable[[int], None]) -> None:
@@ -101,7 +102,7 @@ def soak(server: TritonServer, model: str, texts: list[str], requests: int, conc
 
     def sample_memory() -> None:
         while not done.wait(0.5):
-            memory.append((len(answers), resident_mib(server)))
+            memory.append((len(answers), server_mib(server)))
 
     def work(worker: int) -> None:
         protocol = PROTOCOLS[worker % 2]
@@ -120,7 +121,7 @@ def soak(server: TritonServer, model: str, texts: list[str], requests: int, conc
     wall = time.perf_counter() - started
     done.set()
     sampler.join()
-    memory.append((len(answers), resident_mib(server)))
+    memory.append((len(answers), server_mib(server)))
     return summarize_soak(answers, memory, requests, concurrency, batch_sizes, wall, warmup)
 
 

@@ -65,10 +65,10 @@ def check_serving_environment(python: str) -> dict[str, str]:
                              f"give a Python {ours} interpreter (its environment holding the backends' packages)")
     missing = [name for name, version in versions.items() if version is None]
     if missing:
-        needs = "; ".join(f"{name} (for {BACKEND_PACKAGES.get(name, 'the backends')})" for name in missing)
+        needs = "; ".join(f"{name} (for {BACKEND_PACKAGES[name]})" for name in missing)
         raise HeadpruneError(f"the serving Python '{python}' lacks {needs}",
                              f"install them into that environment: {python} -m pip install {' '.join(missing)}")
-    numpy_major = int(versions.get("numpy", "1").split(".")[0])
+    numpy_major = int(versions["numpy"].split(".")[0])
     if numpy_major >= 2:
         raise HeadpruneError(f"the serving Python '{python}' has numpy {versions['numpy']}: this Triton build's "
                              "Python backend answers every request with empty outputs under numpy 2",
