@@ -41,6 +41,11 @@ def distilbert_dir(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deberta_dir(workdir) -> Path:
+    return make_bert(workdir / "deberta", model_type="deberta-v2")
+
+
+@pytest.fixture(scope="session")
 def mpnet_dir(workdir) -> Path:
     return make_bert(workdir / "mpnet", model_type="mpnet")
 

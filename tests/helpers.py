@@ -15,6 +15,8 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertTokenizerFast,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     MarianConfig,
@@ -70,8 +72,8 @@ def center_decision(model, tokenizer, texts: list[str]) -> None:
 
 def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
               model_type: str = "bert") -> Path:
-    """Saves a tiny random BERT (or, with ``model_type``, DistilBERT or MPNet) sequence classifier (2 labels) with a
-    WordPiece tokenizer; returns its folder."""
+    """Saves a tiny random BERT (or, with ``model_type``, DistilBERT, MPNet or DeBERTa-v2) sequence classifier
+    (2 labels) with a WordPiece tokenizer; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -89,6 +91,14 @@ def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_s
                              num_attention_heads=heads, intermediate_size=4 * heads * head_size,
                              max_position_embeddings=64, pad_token_id=0, **labels)
         model = MPNetForSequenceClassification(config)
+        tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    elif model_type == "deberta-v2":
+        # Relative attention with its own positional projections, the per-head parts a wrong prune would break.
+        config = DebertaV2Config(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
+                                 num_attention_heads=heads, intermediate_size=4 * heads * head_size,
+                                 max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                 max_relative_positions=16, type_vocab_size=0, pad_token_id=0, **labels)
+        model = DebertaV2ForSequenceClassification(config)
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     else:
         config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,

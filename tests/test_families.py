@@ -29,6 +29,13 @@ ARCHITECTURES = {
     "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
                    dict(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40)),
     "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", ENCODER | {"pad_token_id": 1}),
+    # DeBERTa-v2's own positional key/query projections, and v3's sharing of query_proj/key_proj instead.
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": False,
+                              "max_relative_positions": 16, "type_vocab_size": 0}),
+    "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
+                              "position_buckets": 8, "norm_rel_ebd": "layer_norm", "type_vocab_size": 0}),
     "marian": ("MarianConfig", "MarianMTModel", SEQ2SEQ | {"decoder_start_token_id": 0, "pad_token_id": 0}),
     "bart": ("BartConfig", "BartForConditionalGeneration", SEQ2SEQ),
     "mbart": ("MBartConfig", "MBartForConditionalGeneration", SEQ2SEQ),
@@ -36,7 +43,8 @@ ARCHITECTURES = {
 
 
 def test_every_supported_type_is_tested():
-    assert sorted(ARCHITECTURES) == supported_model_types()
+    tested = {getattr(transformers, config_name).model_type for config_name, _, _ in ARCHITECTURES.values()}
+    assert sorted(tested) == supported_model_types()
 
 
 @functools.cache

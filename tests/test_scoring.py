@@ -15,7 +15,8 @@ from exporter.pruning.scoring import batch_loss, query_masks
 
 
 @pytest.mark.parametrize("model_fixture,data_fixture", [("bert_dir", "cls_data"), ("distilbert_dir", "cls_data"),
-                                                        ("mpnet_dir", "cls_data"), ("marian_dir", "mt_data")])
+                                                        ("mpnet_dir", "cls_data"), ("deberta_dir", "cls_data"),
+                                                        ("marian_dir", "mt_data")])
 def test_importance_equals_finite_difference_of_the_gate(request, model_fixture, data_fixture):
     path, data = request.getfixturevalue(model_fixture), request.getfixturevalue(data_fixture)
     model = load_model(path).double()

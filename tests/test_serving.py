@@ -30,10 +30,10 @@ BATCHING = DeploymentOptions(max_batch_size=8, queue_delay_us=200_000, max_lengt
 
 
 @pytest.fixture(scope="module")
-def deployment(bert_dir, distilbert_dir, mpnet_dir, tmp_path_factory):
+def deployment(bert_dir, distilbert_dir, mpnet_dir, deberta_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     plan = HeadPlan({"encoder": {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}})  # uneven, one layer headless
-    families = (("pruned", bert_dir), ("distilbert", distilbert_dir), ("mpnet", mpnet_dir))
+    families = (("pruned", bert_dir), ("distilbert", distilbert_dir), ("mpnet", mpnet_dir), ("deberta", deberta_dir))
     for name, source in families:
         model = load_model(source)
         apply_plan(model, plan)
@@ -42,7 +42,7 @@ def deployment(bert_dir, distilbert_dir, mpnet_dir, tmp_path_factory):
     options = DeploymentOptions(max_batch_size=8)
     export_to_repository(bert_dir, repo, "base", options=options)
     export_to_repository(root / "pruned", repo, "pruned", options=options)
-    for name in ("distilbert", "mpnet"):
+    for name in ("distilbert", "mpnet", "deberta"):
         export_to_repository(root / name, repo, name, options=options)
     export_to_repository(bert_dir, repo, "batched", options=BATCHING)
     export_to_repository(bert_dir, repo, "legacy", options=BATCHING)
@@ -79,7 +79,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("name", ["base", "pruned", "distilbert", "mpnet"])
+@pytest.mark.parametrize("name", ["base", "pruned", "distilbert", "mpnet", "deberta"])
 def test_served_outputs_equal_onnxruntime_and_pytorch(deployment, protocol, name):
     server = deployment["server"]
     client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
@@ -277,7 +277,7 @@ def test_server_listens_on_loopback_only_and_refuses_model_control(deployment):
 
 def test_every_generated_config_parses_with_tritons_schema(deployment):
     configs = {p.parent.name: read_config(p) for p in deployment["repo"].glob("*/config.pbtxt")}
-    assert set(configs) == {f"{n}{s}" for n in ("base", "pruned", "distilbert", "mpnet", "batched", "legacy") for s in ("", "_text")}
+    assert set(configs) == {f"{n}{s}" for n in ("base", "pruned", "distilbert", "mpnet", "deberta", "batched", "legacy") for s in ("", "_text")}
     pruned = configs["pruned"]
     assert pruned.backend == "onnxruntime" and pruned.max_batch_size == 8
     assert [i.name for i in pruned.input] == ["input_ids", "attention_mask", "token_type_ids"]

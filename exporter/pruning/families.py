@@ -27,7 +27,9 @@ class AttentionType:
     ``headless_cache``, if set, is called by a layer left with zero heads with the
     arguments its attention module would have received, and must leave the model's
     KV cache as that module would have (the model may read lengths from it); None
-    when this attention never sees a cache. ``on_shrink``, if set, is called with a
+    when this attention never sees a cache. ``per_head_extras`` are further
+    projections with one block of output rows per head (DeBERTa's positional key and
+    query), shrunk with Q/K/V wherever a layer has them. ``on_shrink``, if set, is called with a
     shrunk attention module and its kept original heads, for per-head inputs that
     come from outside the module (MPNet's relative position bias).
     """
@@ -45,6 +47,7 @@ class AttentionType:
     width_attr: str | None
     query_side: str
     headless_cache: Callable[..., None] | None = None
+    per_head_extras: tuple[str, ...] = ()
     on_shrink: Callable[[nn.Module, list[int]], None] | None = None
 
 
@@ -89,6 +92,25 @@ def _distilbert_attention() -> AttentionType:
         head_size_attr="attention_head_size",
         width_attr=None,  # its forward infers the head count from the projections' width
         query_side="encoder",
+    )
+
+
+def _deberta_attention() -> AttentionType:
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        attention="attention.self",
+        query="attention.self.query_proj",
+        key="attention.self.key_proj",
+        value="attention.self.value_proj",
+        output="attention.output.dense",
+        config_heads="num_attention_heads",
+        head_count_attr="num_attention_heads",
+        head_size_attr="attention_head_size",
+        width_attr="all_head_size",
+        query_side="encoder",
+        # Absent with share_att_key (DeBERTa-v3), where the positional terms reuse query_proj and key_proj.
+        per_head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
     )
 
 
@@ -190,6 +212,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="mpnet-encoder",
         model_types=("mpnet",),
         attention_types=(_mpnet_attention(),),
+        seq2seq=False,
+    ),
+    ModelFamily(
+        name="deberta-v2-encoder",
+        model_types=("deberta-v2",),
+        attention_types=(_deberta_attention(),),
         seq2seq=False,
     ),
     ModelFamily(

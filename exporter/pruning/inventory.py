@@ -47,6 +47,17 @@ class AttentionLayer:
         """Returns the module playing ``role`` (query, key, value, output, attention) in this layer."""
         return get_path(self.layer, getattr(self.attention_type, role))
 
+    def present_extras(self) -> list[str]:
+        """Returns the paths of the family's per-head extra projections that this layer has."""
+        present = []
+        for path in self.attention_type.per_head_extras:
+            try:
+                get_path(self.layer, path)
+            except AttributeError:
+                continue
+            present.append(path)
+        return present
+
     @property
     def kept(self) -> list[int]:
         """Returns the original indices of the heads this layer still computes."""
@@ -55,8 +66,9 @@ class AttentionLayer:
 
     def parameter_count(self) -> int:
         """Returns the number of parameters in this layer's Q/K/V and output projections."""
-        roles = ("query", "key", "value", "output") if self.kept else ("output",)
-        return sum(p.numel() for role in roles for p in self.module(role).parameters())
+        spec = self.attention_type
+        paths = [spec.query, spec.key, spec.value, spec.output, *self.present_extras()] if self.kept else [spec.output]
+        return sum(p.numel() for path in paths for p in get_path(self.layer, path).parameters())
 
 
 @dataclass

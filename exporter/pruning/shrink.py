@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from exporter.pruning.inventory import KEPT_ATTR, AttentionLayer, HeadInventory, build_inventory, set_path
+from exporter.pruning.inventory import KEPT_ATTR, AttentionLayer, HeadInventory, build_inventory, get_path, set_path
 from exporter.pruning.plan import HeadPlan
 
 
@@ -80,8 +80,8 @@ def shrink_layer(layer: AttentionLayer, keep: list[int]) -> None:
             set_path(layer.layer, spec.output, bias_only)
         return
     index = _row_index([current.index(h) for h in keep], layer.head_size)
-    for role in ("query", "key", "value"):
-        set_path(layer.layer, getattr(spec, role), prune_linear_layer(layer.module(role), index, dim=0))
+    for path in (spec.query, spec.key, spec.value, *layer.present_extras()):
+        set_path(layer.layer, path, prune_linear_layer(get_path(layer.layer, path), index, dim=0))
     set_path(layer.layer, spec.output, prune_linear_layer(output, index, dim=1))
     attention = layer.module("attention")
     setattr(attention, spec.head_count_attr, len(keep))
