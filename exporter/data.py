@@ -11,18 +11,31 @@ from pathlib import Path
 from exporter.errors import HeadpruneError
 
 # Canonical column roles per task; users may map them to other column names.
-REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target")}
-OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": ()}
+REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target"),
+            "language-modeling": ("text",)}
+OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": (), "language-modeling": ()}
+# Class names of transformers' causal language models end with one of these.
+CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
 ROLES = ("text", "text_pair", "label", "source", "target")
 TEXTS = ("text", "text_pair", "source", "target")
 
 
-def task_of(model) -> str:
-    """Returns "translation" for encoder-decoder models, "regression" for a single-output head
-    (``num_labels == 1``, as transformers treats it) and "classification" otherwise."""
-    if model.config.is_encoder_decoder:
+def task_of_config(config) -> str:
+    """Returns the task of a model with this config: "translation" for encoder-decoder models, "language-modeling"
+    for causal language models, "regression" for a single-output head (``num_labels == 1``, as transformers treats
+    it) and "classification" otherwise."""
+    if config.is_encoder_decoder:
         return "translation"
-    return "regression" if model.config.num_labels == 1 else "classification"
+    if any((name or "").endswith(CAUSAL_LM_CLASSES) for name in (config.architectures or [])):
+        return "language-modeling"
+    return "regression" if config.num_labels == 1 else "classification"
+
+
+def task_of(model) -> str:
+    """Returns the task of a model (as ``task_of_config``, judged by the model's own class)."""
+    if type(model).__name__.endswith(CAUSAL_LM_CLASSES):
+        return "language-modeling"
+    return task_of_config(model.config)
 
 
 def _text(path: Path, encoding: str) -> str:
@@ -80,7 +93,11 @@ def _rows(path: Path, encoding: str) -> list[tuple[int, dict]]:
         return _jsonl_rows(path, _text(path, encoding))
     if suffix in (".csv", ".tsv"):
         return _table_rows(path, _text(path, encoding), "\t" if suffix == ".tsv" else ",")
-    raise HeadpruneError(f"data file '{path}' has an unknown data format '{suffix}'", "use a .jsonl, .csv or .tsv file")
+    if suffix == ".txt":  # plain text for language models: one passage per non-blank line
+        return [(number, {"text": line}) for number, line in enumerate(_text(path, encoding).splitlines(), 1)
+                if line.strip()]
+    raise HeadpruneError(f"data file '{path}' has an unknown data format '{suffix}'",
+                         "use a .jsonl, .csv or .tsv file (or .txt, one passage per line, for a language model)")
 
 
 def _example(where: str, row: dict, names: dict[str, str], task: str, config) -> dict:
@@ -180,6 +197,14 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
                           max_length=max_length, return_tensors="pt")
         batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
         return dict(batch)
+    if task == "language-modeling":
+        if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none; padded positions are masked anyway
+            tokenizer.pad_token = tokenizer.eos_token
+        batch = tokenizer([e["text"] for e in examples], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
     batch = tokenizer([e["source"] for e in examples], text_target=[e["target"] for e in examples], padding=True,
                       truncation=True, max_length=max_length, return_tensors="pt")
     labels = batch["labels"]

@@ -116,6 +116,14 @@ class TritonClient:
         out = self.infer(model, arrays, ["LOGITS", "LABEL"])
         return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
 
+    def score_text(self, model: str, texts: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (summed next-token negative log-likelihood, tokens predicted) per text, from a language model's
+        ``<name>_text`` model, sent ``batch_size`` texts per request."""
+        outputs = [self.infer(model, {"TEXT": strings_array(texts[start:start + batch_size])}, ["NLL", "TOKENS"])
+                   for start in range(0, len(texts), batch_size)]
+        return (np.concatenate([out["NLL"].reshape(-1) for out in outputs]),
+                np.concatenate([out["TOKENS"].reshape(-1) for out in outputs]))
+
     def translate(self, model: str, sources: list[str], num_beams: int = 1, max_new_tokens: int | None = None,
                   batch_size: int = 16) -> list[str]:
         """Returns the translations of raw source sentences by a ``<name>_translate`` model (greedy unless

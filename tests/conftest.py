@@ -12,7 +12,7 @@ pytest.register_assert_rewrite("benchmarks.faults")
 import torch  # noqa: E402
 
 from exporter import load_model, load_tokenizer  # noqa: E402
-from tests.helpers import make_bert, make_marian, random_sentences, write_jsonl  # noqa: E402
+from tests.helpers import make_bert, make_causal_lm, make_marian, random_sentences, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,25 @@ def distilbert_dir(workdir) -> Path:
 @pytest.fixture(scope="session")
 def deberta_dir(workdir) -> Path:
     return make_bert(workdir / "deberta", model_type="deberta-v2")
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(workdir) -> Path:
+    return make_causal_lm(workdir / "gpt2", model_type="gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_dir(workdir) -> Path:
+    return make_causal_lm(workdir / "llama", model_type="llama")
+
+
+@pytest.fixture(scope="session")
+def lm_data(workdir) -> Path:
+    """Plain text, one passage per line, with a blank line that must be skipped."""
+    lines = random_sentences(24, seed=4, low=2, high=12)
+    path = workdir / "lm.txt"
+    path.write_text("\n".join(lines[:12]) + "\n\n" + "\n".join(lines[12:]) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,10 @@ from transformers import (
     DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     MarianConfig,
     MarianMTModel,
     MPNetConfig,
@@ -113,16 +117,49 @@ def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_s
     return path
 
 
-def make_marian(path: Path, seed: int = 0, layers: int = 2, heads: int = 4, d_model: int = 32) -> Path:
-    """Saves a tiny random Marian translation model with a word-level tokenizer; returns its folder."""
-    path.mkdir(parents=True, exist_ok=True)
+def word_tokenizer(eos_template: bool = False) -> PreTrainedTokenizerFast:
+    """Returns a word-level tokenizer over WORDS (ids 0-2: <pad>, </s>, <unk>); with ``eos_template`` every
+    text ends with </s>, as Marian's do."""
     vocab = {token: i for i, token in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    if eos_template:
+        core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: int = 3, heads: int = 4,
+                   key_value_heads: int = 2, head_size: int = 8) -> Path:
+    """Saves a tiny random causal language model (GPT-2, or Llama with ``key_value_heads`` grouped-query heads and
+    Q/K/V biases) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none;
+    returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = word_tokenizer()
+    tokenizer.pad_token = None
     torch.manual_seed(seed)
-    config = MarianConfig(vocab_size=len(vocab), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+    width = heads * head_size
+    if model_type == "gpt2":
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=layers, n_head=heads, n_positions=64,
+                            bos_token_id=1, eos_token_id=1)
+        model = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=key_value_heads,
+                             intermediate_size=2 * width, max_position_embeddings=64, attention_bias=True,
+                             bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        model = LlamaForCausalLM(config)
+    model = randomize(model.eval(), seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_marian(path: Path, seed: int = 0, layers: int = 2, heads: int = 4, d_model: int = 32) -> Path:
+    """Saves a tiny random Marian translation model with a word-level tokenizer; returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = word_tokenizer(eos_template=True)
+    torch.manual_seed(seed)
+    config = MarianConfig(vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
                           encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
                           decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
                           decoder_start_token_id=0, forced_eos_token_id=1)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import OPTConfig, OPTForCausalLM
 
 from exporter import load_model
 from serving.cli import main
@@ -83,12 +83,14 @@ def test_a_curve_over_one_attention_type_prunes_only_its_heads(marian_dir, mt_da
 
 
 @pytest.fixture()
-def gpt2_dir(tmp_path):
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=20, n_positions=16)).save_pretrained(tmp_path / "gpt2")
-    return tmp_path / "gpt2"
+def unsupported_dir(tmp_path):
+    config = OPTConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=8, ffn_dim=16, word_embed_proj_dim=8,
+                       vocab_size=20, max_position_embeddings=16)
+    OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    return tmp_path / "opt"
 
 
-def bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
+def bad_inputs(bert_dir, cls_data, unsupported_dir, tmp_path):
     (tmp_path / "broken.json").write_text("{encoder: [1,")
     (tmp_path / "layer.json").write_text(json.dumps({"encoder": {"9": [0]}}))
     (tmp_path / "head.json").write_text(json.dumps({"encoder": {"0": [17]}}))
@@ -98,7 +100,7 @@ def bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
     (tmp_path / "s.json").write_text(json.dumps({"scores": {"encoder": {"0": [0.1, 0.2, 0.3, 0.4]}}}))
     out = tmp_path / "out"
     return [
-        (["heads", gpt2_dir], "not supported"),
+        (["heads", unsupported_dir], "not supported"),
         (["heads", tmp_path], "no config.json"),
         (["prune", bert_dir, "--plan", tmp_path / "broken.json", "--out", out], "not valid JSON"),
         (["prune", bert_dir, "--plan", tmp_path / "missing.json", "--out", out], "does not exist"),
@@ -115,8 +117,8 @@ def bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
     ]
 
 
-def test_every_bad_input_gets_a_clear_error(bert_dir, cls_data, gpt2_dir, tmp_path):
-    for args, message in bad_inputs(bert_dir, cls_data, gpt2_dir, tmp_path):
+def test_every_bad_input_gets_a_clear_error(bert_dir, cls_data, unsupported_dir, tmp_path):
+    for args, message in bad_inputs(bert_dir, cls_data, unsupported_dir, tmp_path):
         result = CliRunner().invoke(main, [str(a) for a in args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)

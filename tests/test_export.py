@@ -14,7 +14,7 @@ from onnxruntime.transformers import optimizer
 
 from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
-from exporter.onnx.export import export_classifier_onnx, random_inputs, validate_onnx
+from exporter.onnx.export import export_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
 from exporter.onnx.quantize import quantize_int8
 from exporter.triton.description import DeploymentDescription
@@ -34,7 +34,7 @@ def uneven_dir(bert_dir, tmp_path_factory):
 
 def test_export_matches_pytorch_on_new_shapes_and_keeps_dynamic_axes(uneven_dir, tmp_path):
     model = load_model(uneven_dir)
-    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    names = export_onnx(model, tmp_path / "m.onnx")
     assert not model.training
     assert validate_onnx(model, tmp_path / "m.onnx", names).max_abs_diff <= 1e-5
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
@@ -59,7 +59,7 @@ def test_fusing_with_the_configs_head_count_would_be_wrong(tmp_path, bert_dir):
         for layer in build_inventory(model).layers:
             layer.module("query").weight.mul_(3)
             layer.module("key").weight.mul_(3)
-    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    names = export_onnx(model, tmp_path / "m.onnx")
     naive = optimizer.optimize_model(str(tmp_path / "m.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
     naive.save_model_to_file(str(tmp_path / "naive.onnx"))
     assert fused_head_counts(tmp_path / "naive.onnx")[1] != 2
@@ -102,7 +102,7 @@ def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_pat
 
 def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, tmp_path):
     model = load_model(uneven_dir)
-    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    names = export_onnx(model, tmp_path / "m.onnx")
     good = validate_onnx(model, tmp_path / "m.onnx", names).max_abs_diff
     assert good <= 1e-5
     for damage in ("bias", "rows", "head"):
@@ -139,7 +139,7 @@ def test_int8_export_quantizes_the_matmuls_and_stays_close_to_fp32(uneven_dir, t
 
 def test_int8_check_refuses_a_graph_too_far_from_fp32_and_keeps_the_fp32_graph(uneven_dir, tmp_path):
     model = load_model(uneven_dir)
-    names = export_classifier_onnx(model, tmp_path / "m.onnx")
+    names = export_onnx(model, tmp_path / "m.onnx")
     before = (tmp_path / "m.onnx").read_bytes()
     validation = quantize_int8(model, tmp_path / "m.onnx", names, relative_tolerance=1e-6)
     assert not validation.passed and validation.max_abs_diff > validation.atol > 0

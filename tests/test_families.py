@@ -36,6 +36,11 @@ ARCHITECTURES = {
     "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
                    ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
                               "position_buckets": 8, "norm_rel_ebd": "layer_norm", "type_vocab_size": 0}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=40)),
+    # Grouped-query attention: 4 query heads over 2 key/value heads (Qwen2 adds Q/K/V biases).
+    "llama": ("LlamaConfig", "LlamaForCausalLM", ENCODER | {"num_key_value_heads": 2, "attention_bias": True}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", ENCODER | {"num_key_value_heads": 2}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", ENCODER | {"num_key_value_heads": 2, "sliding_window": 4}),
     "marian": ("MarianConfig", "MarianMTModel", SEQ2SEQ | {"decoder_start_token_id": 0, "pad_token_id": 0}),
     "bart": ("BartConfig", "BartForConditionalGeneration", SEQ2SEQ),
     "mbart": ("MBartConfig", "MBartForConditionalGeneration", SEQ2SEQ),

@@ -1,15 +1,16 @@
 """The paper's experiments, run with head masks on an in-process model.
 
 Each returns a typed result (``exporter.evaluation.results``); the metric comes from an
-``Evaluator`` (accuracy or BLEU).
+``Evaluator`` (accuracy, BLEU or perplexity).
 Every change from the unmasked model carries a paired test's p-value (McNemar for
-accuracy, paired bootstrap for BLEU) on the same examples.
+accuracy, paired bootstrap for BLEU and perplexity) on the same examples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from exporter.evaluation.metrics import gain
 from exporter.evaluation.quality import Evaluator
 from exporter.evaluation.results import Ablation, BestHeads, PruningCurve
 from exporter.evaluation.significance import ALPHA, paired_p_value
@@ -47,7 +48,7 @@ def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, progress
             others = [h for h in layer.kept if h != keep]
             results.append((evaluator(HeadPlan({layer.attention_type.name: {layer.index: others}})), keep))
             progress(1)
-        quality, head = max(results, key=lambda pair: (pair[0].value, pair[1]))
+        quality, head = max(results, key=lambda pair: (gain(unmasked.metric, unmasked.value, pair[0].value), pair[1]))
         layers.setdefault(layer.attention_type.name, {})[str(layer.index)] = {
             "best_head": head, "metric": quality.value, "delta": quality.value - unmasked.value,
             "p_value": paired_p_value(unmasked.metric, unmasked.per_example, quality.per_example),

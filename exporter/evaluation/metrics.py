@@ -1,4 +1,4 @@
-"""Quality measurements as small value objects: accuracy and BLEU, and their reporting scale.
+"""Quality measurements as small value objects: accuracy, BLEU and perplexity, and their reporting scale.
 
 Light to import (sacrebleu loads only when BLEU is computed): the report side reads
 these without PyTorch.
@@ -6,20 +6,40 @@ these without PyTorch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# Metrics where a smaller value is the better one; every other metric grows with quality.
+LOWER_IS_BETTER = ("perplexity",)
 
 
 def in_points(metric: str, value: float) -> float:
-    """Returns a metric value (or change) on its reporting scale: accuracy in percent points, BLEU as is."""
+    """Returns a metric value (or change) on its reporting scale: accuracy in percent points, BLEU and perplexity
+    as they are."""
     return 100 * value if metric == "accuracy" else value
+
+
+def gain(metric: str, before: float, after: float) -> float:
+    """Returns how much better ``after`` is than ``before`` on the reporting scale (negative when worse)."""
+    change = in_points(metric, after - before)
+    return -change if metric in LOWER_IS_BETTER else change
+
+
+def corpus_perplexity(statistics) -> float:
+    """Returns exp(total negative log-likelihood / total predicted tokens) of per-text (nll, tokens) pairs."""
+    nll = sum(row[0] for row in statistics)
+    tokens = sum(row[1] for row in statistics)
+    return math.exp(nll / max(tokens, 1))
 
 
 @dataclass(frozen=True)
 class QualityScore:
-    """One quality measurement: metric name, value (higher is better), example count, signature.
+    """One quality measurement: metric name, value (higher is better, except for LOWER_IS_BETTER metrics),
+    example count, signature.
 
     ``per_example`` holds what paired significance tests need, in example order: 1/0
-    correctness for accuracy, sacrebleu's sufficient statistics per sentence for BLEU.
+    correctness for accuracy, sacrebleu's sufficient statistics per sentence for BLEU,
+    (negative log-likelihood, predicted tokens) per text for perplexity.
     """
 
     metric: str
@@ -62,3 +82,11 @@ def accuracy(predictions: list[int], labels: list[int]) -> QualityScore:
     """Returns the share of predictions equal to their labels."""
     correct = tuple(int(p == t) for p, t in zip(predictions, labels))
     return QualityScore("accuracy", sum(correct) / max(len(labels), 1), len(labels), per_example=correct)
+
+
+def perplexity(statistics: list[tuple[float, int]]) -> QualityScore:
+    """Returns the corpus perplexity of per-text (summed next-token negative log-likelihood, predicted tokens)."""
+    statistics = tuple((float(nll), int(tokens)) for nll, tokens in statistics)
+    tokens = sum(row[1] for row in statistics)
+    return QualityScore("perplexity", corpus_perplexity(statistics), len(statistics),
+                        f"next-token perplexity over {tokens} predicted tokens", statistics)

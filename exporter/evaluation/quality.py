@@ -1,4 +1,4 @@
-"""In-process quality of a model, optionally with heads masked: accuracy or BLEU."""
+"""In-process quality of a model, optionally with heads masked: accuracy, BLEU or perplexity."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from torch import nn
 
 from exporter.data import batches, encode_batch, task_of
 from exporter.errors import HeadpruneError
-from exporter.evaluation.metrics import QualityScore, accuracy, bleu
+from exporter.evaluation.metrics import QualityScore, accuracy, bleu, perplexity
 from exporter.progress import Advance, no_progress
 from exporter.pruning.gates import HeadGates
 from exporter.pruning.inventory import build_inventory, get_path
 from exporter.pruning.plan import HeadPlan
+from exporter.pruning.scoring import token_losses
 
 
 class _Replay(nn.Module):
@@ -47,10 +48,11 @@ class Evaluator:
         self.task = task_of(model)
         if self.task == "regression":
             raise HeadpruneError("quality of a regression head (num_labels=1) is not measured by headprune: "
-                                 "it evaluates accuracy for classifiers and BLEU for translation models",
+                                 "it evaluates accuracy for classifiers, BLEU for translation models and "
+                                 "perplexity for language models",
                                  "score and prune it (importance uses squared error), then evaluate it with your own metric")
         self.max_new_tokens = max_new_tokens
-        key = "text" if self.task == "classification" else "source"
+        key = "source" if self.task == "translation" else "text"
         ordered = sorted(examples, key=lambda e: len(str(e[key])))
         self.batches = [encode_batch(tokenizer, chunk, self.task, model.config, max_length)
                         for chunk in batches(ordered, batch_size)]
@@ -112,6 +114,14 @@ class Evaluator:
                     labels += batch["labels"].tolist()
                     progress(len(batch["labels"]))
                 return accuracy(predictions, labels)
+            if self.task == "language-modeling":
+                statistics = []
+                for batch in self.batches:
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    losses = token_losses(logits.float(), batch["labels"])
+                    statistics += zip(losses.sum(-1).tolist(), (batch["labels"][:, 1:] != -100).sum(-1).tolist())
+                    progress(len(batch["labels"]))
+                return perplexity(statistics)
             hypotheses = []
             for batch in self.batches:
                 generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from exporter.evaluation.metrics import in_points
+from exporter.evaluation.metrics import gain, in_points
 
 
 class _Stored:
@@ -92,7 +92,7 @@ class PruningCurve(_Stored):
         base = self.points[0]["metric"]
         share = 0.0
         for point in self.points:
-            if in_points(self.metric, base - point["metric"]) > points:
+            if -gain(self.metric, base, point["metric"]) > points:
                 break
             share = point["fraction"]
         return share

@@ -2,7 +2,8 @@
 
 Accuracy: the exact McNemar test on the examples whose correctness differs.
 BLEU: a paired bootstrap over sentences (as sacrebleu's ``--paired-bs``), resampling
-the per-sentence sufficient statistics and recomputing corpus BLEU.
+the per-sentence sufficient statistics and recomputing corpus BLEU. Perplexity: the same
+bootstrap over texts' (negative log-likelihood, tokens).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from math import comb
 import numpy as np
 
 from exporter.errors import HeadpruneError
+from exporter.evaluation.metrics import corpus_perplexity
 
 ALPHA = 0.01
 
@@ -27,30 +29,33 @@ def mcnemar_exact(first: tuple[int, ...], second: tuple[int, ...]) -> float:
     return min(1.0, 2 * tail / 2 ** discordant)
 
 
-def paired_bootstrap_bleu(first: tuple, second: tuple, resamples: int = 1000, seed: int = 0) -> float:
-    """Returns the two-sided paired-bootstrap p-value of a corpus BLEU difference."""
-    from sacrebleu.metrics import BLEU
-
-    metric = BLEU()
-    a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+def paired_bootstrap(first: tuple, second: tuple, corpus_score, resamples: int = 1000, seed: int = 0) -> float:
+    """Returns the two-sided paired-bootstrap p-value of a difference in ``corpus_score`` (a function of summed
+    per-example statistics)."""
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     rng = np.random.default_rng(seed)
     differences = []
     for _ in range(resamples):
         index = rng.integers(0, len(a), len(a))
-        differences.append(metric._compute_score_from_stats(list(a[index].sum(0))).score
-                           - metric._compute_score_from_stats(list(b[index].sum(0))).score)
+        differences.append(corpus_score(a[index].sum(0)) - corpus_score(b[index].sum(0)))
     differences = np.asarray(differences)
     return float(min(1.0, 2 * min((differences <= 0).mean(), (differences >= 0).mean())))
 
 
 def paired_p_value(metric: str, first: tuple | list, second: tuple | list) -> float:
     """Returns the p-value that two measurements of the same examples differ: McNemar for accuracy,
-    paired bootstrap for BLEU. ``first``/``second`` are QualityScore.per_example of each."""
+    paired bootstrap for BLEU and perplexity. ``first``/``second`` are QualityScore.per_example of each."""
     if len(first) != len(second) or not first:
         raise HeadpruneError("a paired test needs per-example results of the same examples on both sides",
                              "evaluate both on the same data with one Evaluator")
     if metric == "accuracy":
         return mcnemar_exact(tuple(first), tuple(second))
     if metric == "bleu":
-        return paired_bootstrap_bleu(tuple(first), tuple(second))
-    raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy or BLEU")
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU()
+        return paired_bootstrap(tuple(first), tuple(second),
+                                lambda totals: bleu._compute_score_from_stats([int(t) for t in totals]).score)
+    if metric == "perplexity":
+        return paired_bootstrap(tuple(first), tuple(second), lambda totals: corpus_perplexity([totals]))
+    raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy, BLEU or perplexity")

@@ -1,4 +1,5 @@
-"""ONNX export of sequence classifiers, with validation against PyTorch on fresh shapes."""
+"""ONNX export of sequence classifiers and language models (their full-sequence forward), with validation against
+PyTorch on fresh shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from exporter.data import task_of
 from exporter.errors import HeadpruneError
+from exporter.pruning.scoring import token_losses
 
 OPSET = 17
 EXPORT_SHAPE = (2, 8)
@@ -45,13 +48,27 @@ def input_names(model) -> list[str]:
     return names
 
 
-class _LogitsOnly(torch.nn.Module):
+def output_names(model) -> list[str]:
+    """Returns the ONNX outputs of a model: ``logits``, and for a language model also ``nll``, each row's summed
+    next-token negative log-likelihood (batch, 1), so that scoring a text need not ship its logits."""
+    return ["logits", "nll"] if task_of(model) == "language-modeling" else ["logits"]
+
+
+class _Outputs(torch.nn.Module):
+    """The exported function: named int64 inputs in, ``output_names`` out."""
+
     def __init__(self, model, names):
         super().__init__()
         self.model, self.names = model, names
+        self.language_model = task_of(model) == "language-modeling"
 
     def forward(self, *inputs):
-        return self.model(**dict(zip(self.names, inputs))).logits
+        feed = dict(zip(self.names, inputs))
+        if not self.language_model:
+            return self.model(**feed).logits
+        logits = self.model(**feed, use_cache=False).logits
+        labels = feed["input_ids"].masked_fill(feed["attention_mask"] == 0, -100)
+        return logits, token_losses(logits, labels).sum(-1, keepdim=True)
 
 
 def random_inputs(model, names: list[str], batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
@@ -66,8 +83,8 @@ def random_inputs(model, names: list[str], batch: int, seq: int, seed: int) -> d
     return {name: arrays[name] for name in names}
 
 
-def export_classifier_onnx(model, path: str | Path) -> list[str]:
-    """Writes ``model`` (put in eval mode first) to ``path`` as ONNX; returns its input names.
+def export_onnx(model, path: str | Path) -> list[str]:
+    """Writes a classifier or language model (put in eval mode first) to ``path`` as ONNX; returns its input names.
 
     Attention is exported in its eager form (same math as SDPA), the pattern ONNX
     Runtime's attention fusion recognises.
@@ -77,14 +94,17 @@ def export_classifier_onnx(model, path: str | Path) -> list[str]:
     model.set_attn_implementation("eager")
     names = input_names(model)
     example = random_inputs(model, names, *EXPORT_SHAPE, seed=0)
+    outputs = output_names(model)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = {0: "batch", 1: "sequence"} if "nll" in outputs else {0: "batch"}
+    axes["nll"] = {0: "batch"}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The wrapper must be in eval mode too: export restores its mode afterwards, recursively.
-            torch.onnx.export(_LogitsOnly(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names),
-                              str(path), input_names=names, output_names=["logits"], dynamic_axes=axes,
+            torch.onnx.export(_Outputs(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names),
+                              str(path), input_names=names, output_names=outputs,
+                              dynamic_axes={k: v for k, v in axes.items() if k in names + outputs},
                               opset_version=OPSET, dynamo=False)
     finally:
         model.set_attn_implementation(previous)
@@ -93,23 +113,27 @@ def export_classifier_onnx(model, path: str | Path) -> list[str]:
 
 def validate_onnx(model, path: str | Path, names: list[str], atol: float = 1e-4, seed: int = 1,
                   reference_path: str | Path | None = None, relative: bool = False) -> Validation:
-    """Returns the max |diff| between ONNX Runtime on ``path`` and the model (or another ONNX file).
+    """Returns the max |diff| between ONNX Runtime on ``path`` and the model (or another ONNX file), over every
+    output (a language model's ``nll`` too).
 
     With ``relative``, ``atol`` is a share of the reference logits' range (max - min over
     the checked inputs), and the returned tolerance is that share in logits."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reference = ort.InferenceSession(str(reference_path), providers=["CPUExecutionProvider"]) if reference_path else None
+    outputs = output_names(model)
+    function = _Outputs(model, names).eval()
     worst, low, high = 0.0, float("inf"), float("-inf")
     for i, (batch, seq) in enumerate(VALIDATION_SHAPES):
         feed = random_inputs(model, names, batch, seq, seed + i)
-        got = session.run(["logits"], feed)[0]
+        got = session.run(outputs, feed)
         if reference is not None:
-            expected = reference.run(["logits"], feed)[0]
+            expected = reference.run(outputs, feed)
         else:
             with torch.no_grad():
-                expected = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits.numpy()
-        worst = max(worst, float(np.abs(got - expected).max()))
-        low, high = min(low, float(expected.min())), max(high, float(expected.max()))
+                computed = function(*(torch.from_numpy(feed[n]) for n in names))
+            expected = [t.numpy() for t in (computed if isinstance(computed, tuple) else (computed,))]
+        worst = max(worst, *(float(np.abs(g - e).max()) for g, e in zip(got, expected)))
+        low, high = min(low, float(expected[0].min())), max(high, float(expected[0].max()))
     return Validation(worst, atol * (high - low) if relative else atol, VALIDATION_SHAPES)
 
 

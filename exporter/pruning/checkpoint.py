@@ -20,6 +20,7 @@ from safetensors.torch import save_model as save_safetensors_from
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from exporter.atomic import atomic_dir, read_json
+from exporter.data import task_of_config
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.pruning.families import ModelFamily, family_for
@@ -103,8 +104,8 @@ def _read_config(path: Path):
 
 
 def model_task(path: str | Path) -> str:
-    """Returns "translation" for an encoder-decoder model folder, "classification" otherwise (reads config.json only)."""
-    return "translation" if _read_config(Path(path)).is_encoder_decoder else "classification"
+    """Returns the task of a model folder, as ``task_of_config`` (reads config.json only)."""
+    return task_of_config(_read_config(Path(path)))
 
 
 def load_tokenizer(path: str | Path):
@@ -237,8 +238,11 @@ def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: 
 
     ``records`` are written into it too, as JSON files named by their keys. An existing
     non-empty ``out_dir`` is refused unless ``overwrite``."""
-    plan = HeadPlan.of_model(build_inventory(model))
+    inventory = build_inventory(model)
+    plan = HeadPlan.of_model(inventory)
     record = {"format": FORMAT, "plan": plan.to_dict(), "removed_heads": plan.count()}
+    if inventory.removed_key_value_heads():  # grouped-query attention: derived from the plan, for readers
+        record["removed_key_value_heads"] = inventory.removed_key_value_heads()
     if source is not None:
         record["source"] = {"path": str(source), "weights": checkpoint_hash(source)}
     out_dir = Path(out_dir)

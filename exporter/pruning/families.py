@@ -24,7 +24,13 @@ class AttentionType:
     layer loses every head); ``output`` is the projection that mixes the heads,
     whose input is (..., heads * head_size). ``query_side`` names the token mask
     ("encoder" or "decoder") that covers this attention's query positions.
-    ``headless_cache``, if set, is called by a layer left with zero heads with the
+    ``query``, ``key`` and ``value`` may name one module (GPT-2's fused ``c_attn``):
+    its output rows are then the query, key and value blocks in that order.
+    ``head_count_attr`` (None when the module infers its head count from the
+    projections' width) and ``width_attr`` are updated on shrinking. With grouped-query
+    attention, ``key_value_heads`` names the config's key/value head count and
+    ``groups_attr`` the module's query heads per key/value head; a key/value head is
+    then removed only with every query head of its group. ``headless_cache``, if set, is called by a layer left with zero heads with the
     arguments its attention module would have received, and must leave the model's
     KV cache as that module would have (the model may read lengths from it); None
     when this attention never sees a cache. ``per_head_extras`` are further
@@ -42,23 +48,26 @@ class AttentionType:
     value: str
     output: str
     config_heads: str
-    head_count_attr: str
+    head_count_attr: str | None
     head_size_attr: str
     width_attr: str | None
     query_side: str
     headless_cache: Callable[..., None] | None = None
+    key_value_heads: str | None = None
+    groups_attr: str | None = None
     per_head_extras: tuple[str, ...] = ()
     on_shrink: Callable[[nn.Module, list[int]], None] | None = None
 
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A family of Hugging Face architectures sharing one attention layout."""
+    """A family of Hugging Face architectures sharing one attention layout; ``kind`` is "encoder",
+    "encoder-decoder" or "decoder" (causal language models)."""
 
     name: str
     model_types: tuple[str, ...]
     attention_types: tuple[AttentionType, ...]
-    seq2seq: bool
+    kind: str
 
 
 def _bert_attention() -> AttentionType:
@@ -177,6 +186,55 @@ def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=No
         cache.is_updated[attention.layer_idx] = True
 
 
+def causal_headless_cache(attention: nn.Module, hidden_states, *args, cache=None, past_key_values=None,
+                          **kwargs) -> None:
+    """Appends one placeholder entry per new token to a decoder-only model's KV cache for a headless layer, as its
+    attention module would have: generation reads the number of tokens seen so far from the cache."""
+    cache = cache if cache is not None else past_key_values
+    if cache is None:
+        return
+    placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
+    cache.update(placeholder, placeholder, attention.layer_idx)
+
+
+def _gpt2_attention() -> AttentionType:
+    return AttentionType(
+        name="decoder",
+        layers="h",
+        attention="attn",
+        query="attn.c_attn",  # one Conv1D computes [query | key | value]
+        key="attn.c_attn",
+        value="attn.c_attn",
+        output="attn.c_proj",
+        config_heads="num_attention_heads",
+        head_count_attr="num_heads",
+        head_size_attr="head_dim",
+        width_attr="split_size",
+        query_side="decoder",
+        headless_cache=causal_headless_cache,
+    )
+
+
+def _llama_attention() -> AttentionType:
+    return AttentionType(
+        name="decoder",
+        layers="layers",
+        attention="self_attn",
+        query="self_attn.q_proj",
+        key="self_attn.k_proj",
+        value="self_attn.v_proj",
+        output="self_attn.o_proj",
+        config_heads="num_attention_heads",
+        head_count_attr=None,
+        head_size_attr="head_dim",
+        width_attr=None,
+        query_side="decoder",
+        headless_cache=causal_headless_cache,
+        key_value_heads="num_key_value_heads",
+        groups_attr="num_key_value_groups",
+    )
+
+
 def _bart_attention(name: str, stack: str, module: str, config_heads: str, query_side: str) -> AttentionType:
     return AttentionType(
         name=name,
@@ -200,25 +258,25 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="bert-encoder",
         model_types=("bert", "roberta", "electra", "xlm-roberta", "camembert"),
         attention_types=(_bert_attention(),),
-        seq2seq=False,
+        kind="encoder",
     ),
     ModelFamily(
         name="distilbert-encoder",
         model_types=("distilbert",),
         attention_types=(_distilbert_attention(),),
-        seq2seq=False,
+        kind="encoder",
     ),
     ModelFamily(
         name="mpnet-encoder",
         model_types=("mpnet",),
         attention_types=(_mpnet_attention(),),
-        seq2seq=False,
+        kind="encoder",
     ),
     ModelFamily(
         name="deberta-v2-encoder",
         model_types=("deberta-v2",),
         attention_types=(_deberta_attention(),),
-        seq2seq=False,
+        kind="encoder",
     ),
     ModelFamily(
         name="bart-encoder-decoder",
@@ -228,7 +286,19 @@ FAMILIES: tuple[ModelFamily, ...] = (
             _bart_attention("decoder", "decoder", "self_attn", "decoder_attention_heads", "decoder"),
             _bart_attention("cross", "decoder", "encoder_attn", "decoder_attention_heads", "decoder"),
         ),
-        seq2seq=True,
+        kind="encoder-decoder",
+    ),
+    ModelFamily(
+        name="gpt2-decoder",
+        model_types=("gpt2",),
+        attention_types=(_gpt2_attention(),),
+        kind="decoder",
+    ),
+    ModelFamily(
+        name="llama-decoder",
+        model_types=("llama", "qwen2", "mistral"),
+        attention_types=(_llama_attention(),),
+        kind="decoder",
     ),
 )
 

@@ -16,6 +16,8 @@ from exporter.pruning.families import AttentionType, ModelFamily, family_for
 # Attribute on each attention module naming the original heads it still holds;
 # absent on an unpruned module (then it holds all of them).
 KEPT_ATTR = "headprune_kept"
+# With grouped-query attention: the original key/value head behind each key/value head the module computes.
+KEY_VALUE_ATTR = "headprune_key_value_heads"
 
 
 def get_path(root: nn.Module, path: str) -> nn.Module:
@@ -42,10 +44,25 @@ class AttentionLayer:
     layer: nn.Module
     original_heads: int
     head_size: int
+    original_key_value_heads: int | None = None
 
     def module(self, role: str) -> nn.Module:
         """Returns the module playing ``role`` (query, key, value, output, attention) in this layer."""
         return get_path(self.layer, getattr(self.attention_type, role))
+
+    @property
+    def group_size(self) -> int:
+        """Returns the number of original query heads sharing one key/value head (1 without grouped-query attention)."""
+        if not self.original_key_value_heads:
+            return 1
+        return self.original_heads // self.original_key_value_heads
+
+    def key_value_heads(self) -> list[int]:
+        """Returns the original key/value head behind each key/value head the layer computes now (with grouped-query
+        attention; a head appears more than once when uneven groups made its copies necessary), [] otherwise."""
+        if not self.original_key_value_heads:
+            return []
+        return list(getattr(self.module("attention"), KEY_VALUE_ATTR, range(self.original_key_value_heads)))
 
     def present_extras(self) -> list[str]:
         """Returns the paths of the family's per-head extra projections that this layer has."""
@@ -102,6 +119,19 @@ class HeadInventory:
             )
         return layers[index]
 
+    def removed_key_value_heads(self) -> dict[str, dict[str, list[int]]]:
+        """Returns, for grouped-query layers, the original key/value heads gone with every query head of their
+        group: {attention type: {layer: [heads]}} (layers that lost none are left out)."""
+        removed: dict[str, dict[str, list[int]]] = {}
+        for layer in self.layers:
+            if not layer.original_key_value_heads:
+                continue
+            present = set(layer.key_value_heads()) if layer.kept else set()
+            gone = [g for g in range(layer.original_key_value_heads) if g not in present]
+            if gone:
+                removed.setdefault(layer.attention_type.name, {})[str(layer.index)] = gone
+        return removed
+
     def original_head_count(self) -> int:
         """Returns the number of heads the unpruned model had."""
         return sum(layer.original_heads for layer in self.layers)
@@ -120,6 +150,9 @@ class HeadInventory:
             types[name] = {
                 "layers": len(layers),
                 "heads_per_layer": [len(layer.kept) for layer in layers],
+                **({"key_value_heads_per_layer": [len(set(layer.key_value_heads())) if layer.kept else 0
+                                                  for layer in layers]}
+                   if layers and layers[0].original_key_value_heads else {}),
                 "original_heads_per_layer": [layer.original_heads for layer in layers],
                 "kept_heads": {str(layer.index): layer.kept for layer in layers},
                 "head_size": layers[0].head_size if layers else 0,
@@ -154,8 +187,10 @@ def build_inventory(model: nn.Module) -> HeadInventory:
     layers = []
     for attention_type in family.attention_types:
         original_heads = getattr(config, attention_type.config_heads)
+        key_value_heads = getattr(config, attention_type.key_value_heads) if attention_type.key_value_heads else None
         for index, layer in enumerate(_layer_stack(base, attention_type)):
             attention = get_path(layer, attention_type.attention)
             head_size = getattr(attention, attention_type.head_size_attr)
-            layers.append(AttentionLayer(attention_type, index, layer, original_heads, head_size))
+            layers.append(AttentionLayer(attention_type, index, layer, original_heads, head_size,
+                                         key_value_heads or None))
     return HeadInventory(family, layers)

@@ -32,12 +32,22 @@ from exporter.pruning.plan import HeadPlan
 from exporter.pruning.scores import DEFAULT_BATCH_SIZE, DEFAULT_METHOD, METHODS, HeadScores
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Returns a language model's next-token cross-entropy per position (batch, seq - 1); 0 where the label is -100."""
+    predicted, targets = logits[:, :-1], labels[:, 1:]
+    losses = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                             reduction="none")
+    return losses.reshape(targets.shape)
+
+
 def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Returns the summed loss of a batch: classification cross-entropy, squared error for a regression
-    head, or token cross-entropy (teacher forcing) for translation."""
+    head, token cross-entropy (teacher forcing) for translation, next-token cross-entropy for a language model."""
     labels = batch["labels"]
     task = task_of(model)
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels if task == "translation" else None).logits
+    if task == "language-modeling":
+        return token_losses(logits, labels).sum()
     if task == "translation":
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
     if task == "regression":
@@ -45,10 +55,12 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
-def query_masks(batch: dict[str, torch.Tensor], seq2seq: bool) -> dict[str, torch.Tensor]:
+def query_masks(batch: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
     """Returns the 0/1 masks of real (non-padding) query tokens on each side of the model."""
+    if task == "language-modeling":
+        return {"decoder": batch["attention_mask"]}
     masks = {"encoder": batch["attention_mask"]}
-    if seq2seq:
+    if task == "translation":
         masks["decoder"] = (batch["labels"] != -100).long()
     return masks
 
@@ -81,7 +93,6 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
     if method not in METHODS:
         raise HeadpruneError(f"unknown importance method '{method}'", f"use one of: {', '.join(METHODS)}")
     inventory = build_inventory(model)
-    seq2seq = model.config.is_encoder_decoder
     task = task_of(model)
     side = {layer.attention_type.name: layer.attention_type.query_side for layer in inventory.layers}
     totals = {(layer.attention_type.name, layer.index): torch.zeros(len(layer.kept)) for layer in inventory.layers if layer.kept}
@@ -104,7 +115,7 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
     with _frozen_parameters(model), gates:
         for chunk in batches(examples, batch_size):
             batch = encode_batch(tokenizer, chunk, task, model.config, max_length)
-            masks.update(query_masks(batch, seq2seq))
+            masks.update(query_masks(batch, task))
             for name, mask in masks.items():
                 tokens[name] += int(mask.sum())
             batch_loss(model, batch).backward()

@@ -82,12 +82,17 @@ def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -
 
 
 def classifier_config(name: str, inputs: list[str], num_labels: int, options: DeploymentOptions,
-                      parameters: dict[str, str]) -> pb.ModelConfig:
-    """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits."""
+                      parameters: dict[str, str], vocab_size: int | None = None) -> pb.ModelConfig:
+    """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits; or, given
+    the ``vocab_size`` of a language model, fp32 [batch, seq, vocab] logits and [batch, 1] ``nll``."""
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size,
                             default_model_filename=MODEL_FILE)
     config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
-    config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
+    if vocab_size is None:
+        config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
+    else:
+        config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [-1, vocab_size]))
+        config.output.append(_tensor(pb.ModelOutput, "nll", FP32, [1]))
     _batching(config, options)
     apply_serving_settings(config, options)
     if options.tensorrt:
@@ -97,21 +102,28 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
     return config
 
 
-def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str],
+def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str] | None,
                 options: DeploymentOptions, pad_id: int, pad_token: str) -> pb.ModelConfig:
-    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT, optional TEXT_PAIR in; LOGITS, LABEL out."""
+    """Returns the config of the text front end (Python, BLS): UTF-8 TEXT, optional TEXT_PAIR in; LOGITS, LABEL out.
+    For a language model (``id2label`` None): TEXT in; NLL (summed next-token negative log-likelihood) and TOKENS
+    (tokens predicted) out, one row per text."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
     config.input.append(_tensor(pb.ModelInput, "TEXT", STRING, [1]))
-    config.input.append(pb.ModelInput(name="TEXT_PAIR", data_type=STRING, dims=[1], optional=True))
-    config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
-    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
+    if id2label is None:
+        config.output.append(_tensor(pb.ModelOutput, "NLL", FP32, [1]))
+        config.output.append(_tensor(pb.ModelOutput, "TOKENS", INT64, [1]))
+    else:
+        config.input.append(pb.ModelInput(name="TEXT_PAIR", data_type=STRING, dims=[1], optional=True))
+        config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
+        config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
     # Concurrent requests then reach one execute() together, like the classifier's.
     _batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, {
         "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
         "pad_id": str(pad_id), "pad_token": pad_token,
-        "id2label": json.dumps({str(k): v for k, v in id2label.items()}),
+        "task": "language-modeling" if id2label is None else "classification",
+        "id2label": json.dumps({str(k): v for k, v in (id2label or {}).items()}),
     })
     return config
 

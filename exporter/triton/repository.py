@@ -17,11 +17,13 @@ from importlib import resources
 from pathlib import Path
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from exporter.atomic import atomic_dir, atomic_write_json, remove_stale, signals_deferred, staging_dir, swap_in, writing
+from exporter.data import task_of
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
-from exporter.onnx.export import Validation, export_classifier_onnx, require_valid, validate_onnx
+from exporter.onnx.export import Validation, export_onnx, require_valid, validate_onnx
 from exporter.onnx.quantize import PRECISIONS, quantize_int8
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.families import usable_positions
@@ -90,14 +92,14 @@ def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, 
     slight overcount); each attention layer adds 2 * 2 * heads * head_size per pair of
     positions, for the scores and the weighted sum. A layer without heads costs nothing there.
     """
-    linear = sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D)))
     attention = sum(4 * len(layer.kept) * layer.head_size for layer in inventory.layers)
     return linear, attention
 
 
 def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_length: int, source: Path,
                    onnx_bytes: int, validation: dict) -> DeploymentDescription:
-    """Returns the description of an exported classifier."""
+    """Returns the description of an exported classifier or language model."""
     summary = inventory.summary(model)
     config = model.config
     linear, attention = flop_coefficients(model, inventory)
@@ -108,11 +110,12 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
         heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
         parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
         flops_linear=linear, flops_attention=attention, inputs=inputs, input_ranges=input_ranges(config, inputs),
-        id2label={str(k): v for k, v in config.id2label.items()},
-        label2id={str(k): int(v) for k, v in config.label2id.items()},
+        id2label={} if task_of(model) == "language-modeling" else {str(k): v for k, v in config.id2label.items()},
+        label2id={} if task_of(model) == "language-modeling" else {str(k): int(v) for k, v in config.label2id.items()},
         vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
         max_positions=usable_positions(config), max_length=max_length,
         onnx_bytes=onnx_bytes, validation=validation,
+        task="language-modeling" if task_of(model) == "language-modeling" else "classification",
     )
 
 
@@ -177,11 +180,13 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
 def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                          atol: float = 1e-4, optimize: bool = False,
                          options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32") -> ExportResult:
-    """Exports the classifier in ``model_dir`` into the Triton repository ``repo``; returns what was written.
+    """Exports the classifier or causal language model in ``model_dir`` into the Triton repository ``repo``;
+    returns what was written.
 
-    ``precision`` "int8" quantizes the validated FP32 graph (after fusion, if asked) and
-    checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the
-    model is not a classifier, the name is unusable, or a graph fails its check.
+    A language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
+    that scores texts. ``precision`` "int8" quantizes a classifier's validated FP32 graph (after fusion, if asked)
+    and checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is neither,
+    the name is unusable, or a graph fails its check.
     """
     check_precision(precision)
     check_name(name)
@@ -189,9 +194,16 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
-    if model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification"):
-        raise HeadpruneError(f"'{model_dir}' is not a sequence classifier ({type(model).__name__})",
-                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune')")
+    language_model = task_of(model) == "language-modeling"
+    if not language_model and (model.config.is_encoder_decoder
+                               or not type(model).__name__.endswith("ForSequenceClassification")):
+        raise HeadpruneError(f"'{model_dir}' is not a sequence classifier or causal language model "
+                             f"({type(model).__name__})",
+                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune') or a "
+                             "*ForCausalLM one")
+    if language_model and (optimize or precision != "fp32"):
+        raise HeadpruneError(f"'{model_dir}' is a language model: attention fusion and INT8 are measured for "
+                             "classifiers only", "export it without `optimize` and in fp32")
     tokenizer = require_fast_tokenizer(model_dir)
     inventory = build_inventory(model)
     positions = usable_positions(model.config) or options.max_length
@@ -199,7 +211,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     options = replace(options, max_length=min(options.max_length, positions))
     version = version or max(repository.versions(name), default=0) + 1
     with version_staging(repository, name, version) as staged:
-        names = export_classifier_onnx(model, staged / MODEL_FILE)
+        names = export_onnx(model, staged / MODEL_FILE)
         validation = validate_onnx(model, staged / MODEL_FILE, names, atol)
         require_valid(validation, "the exported ONNX model")
         fused = None
@@ -219,12 +231,15 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                                              source=model_dir, onnx_bytes=(staged / MODEL_FILE).stat().st_size,
                                              validation=checked), precision=precision)
         description.write(staged)
-        config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description))
+        config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description),
+                                   vocab_size=model.config.vocab_size if language_model else None)
 
         def write_configs() -> None:  # the text front end's tokenizer and limits describe the served version too
-            id2label = {int(k): v for k, v in model.config.id2label.items()}
-            text = text_config(text_model_name(name), name, names, id2label, options, tokenizer.pad_token_id,
-                               tokenizer.pad_token)
+            id2label = None if language_model else {int(k): v for k, v in model.config.id2label.items()}
+            # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
+            pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
+                else (tokenizer.eos_token_id, tokenizer.eos_token)
+            text = text_config(text_model_name(name), name, names, id2label, options, pad_id, pad_token)
             _write_text_model(repository, text_model_name(name), text, tokenizer)
             write_config(config, repository.folder(name))
 

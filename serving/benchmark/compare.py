@@ -16,7 +16,7 @@ import numpy as np
 
 from exporter.data import batches, label_id, read_examples
 from exporter.errors import HeadpruneError
-from exporter.evaluation.metrics import accuracy, bleu, chrf
+from exporter.evaluation.metrics import accuracy, bleu, chrf, perplexity
 from exporter.progress import Phases, no_phases
 from exporter.pruning.scores import HeadScores
 from exporter.triton.layout import ModelRepository
@@ -169,13 +169,14 @@ class Comparison:
             if too_big:
                 raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
                                      f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes")
-            if fact.task == "classification" and settings.seq_len > fact.max_positions:
+            if fact.task != "translation" and settings.seq_len > fact.max_positions:
                 raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of "
                                      f"'{name}'", f"measure at {fact.max_positions} tokens or fewer")
         tasks = {fact.task for fact in facts.values()}
         if len(tasks) > 1:
             raise HeadpruneError(f"the deployments mix tasks ({', '.join(f'{n}: {f.task}' for n, f in facts.items())})",
-                                 "compare classifiers with classifiers and translation models with translation models")
+                                 "compare classifiers with classifiers, translation models with translation models and "
+                                 "language models with language models")
         self.task = tasks.pop()
         self.facts = facts
         self.examples()  # a bad data file (a missing column, a label the models lack) fails now, before any measurement
@@ -236,11 +237,12 @@ class Comparison:
         return self.journal.records()
 
     def examples(self) -> list[dict]:
-        """Returns the comparison's examples (read once): text/label, or source/target for translation."""
+        """Returns the comparison's examples (read once): text/label, source/target for translation, text for a
+        language model."""
         settings = self.settings
         if self._examples is None:
             baseline = self.facts[settings.baseline]
-            labels = None if self.task == "translation" else \
+            labels = None if self.task != "classification" else \
                 SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
             self._examples = read_examples(settings.data, self.task, settings.columns, settings.max_examples,
                                            settings.seed, settings.encoding, config=labels)
@@ -250,7 +252,8 @@ class Comparison:
         examples = self.examples()
         todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
-        measure = self._translation_quality if self.task == "translation" else self._classification_quality
+        measure = {"translation": self._translation_quality, "language-modeling": self._language_model_quality,
+                   "classification": self._classification_quality}[self.task]
         for name in todo:
             self._where = f"the quality of '{name}'"
             self.journal.append({"record": "quality", "deployment": name, **measure(client, self.facts[name], examples,
@@ -283,6 +286,17 @@ class Comparison:
         return {**score.to_dict(), "per_example": [list(row) for row in score.per_example],
                 "chrf": character.value, "chrf_signature": character.signature, "translations": hypotheses}
 
+    @staticmethod
+    def _language_model_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+        statistics = []
+        for chunk in batches(examples, min(16, facts.max_batch_size)):
+            nll, tokens = client.score_text(facts.quality_model, [str(e["text"]) for e in chunk])
+            statistics += zip(nll.tolist(), tokens.tolist())
+            advance(len(chunk))
+        score = perplexity(statistics)
+        # Per-text (nll, tokens): the report tests each candidate's change with a paired bootstrap.
+        return {**score.to_dict(), "per_example": [list(row) for row in score.per_example]}
+
     def _latency(self, make_client, done: set) -> int:
         settings = self.settings
         cells = list(itertools.product(settings.batch_sizes, settings.concurrency))
@@ -313,7 +327,9 @@ class Comparison:
             examples = self.examples()
             sources = [str(examples[i % len(examples)]["source"]) for i in range(batch)]
             return facts.latency_model, {"SOURCE": strings_array(sources)}, ["TRANSLATION"]
-        return facts.latency_model, latency_inputs(facts, batch, self.settings.seq_len, self.settings.seed), ["logits"]
+        # A language model's logits are seq * vocab floats per example: its requests fetch the per-text nll instead.
+        output = "nll" if self.task == "language-modeling" else "logits"
+        return facts.latency_model, latency_inputs(facts, batch, self.settings.seq_len, self.settings.seed), [output]
 
     def _measure(self, make_client, name: str, batch: int, concurrency: int, trial: int) -> dict:
         settings = self.settings

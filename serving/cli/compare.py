@@ -24,7 +24,7 @@ def setting(name: str):
 @click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
 @click.option("--baseline", required=True, help="The unpruned deployment.")
 @click.option("--candidate", "candidates", required=True, multiple=True, help="A pruned deployment (repeatable).")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Evaluation data (JSONL/CSV/TSV).")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Evaluation data (JSONL/CSV/TSV; or .txt, one passage per line, for language models).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @click.option("--batch-sizes", default=",".join(map(str, setting("batch_sizes"))), show_default=True, callback=lambda c, p, v: int_list(v))
 @click.option("--concurrency", default=",".join(map(str, setting("concurrency"))), show_default=True, callback=lambda c, p, v: int_list(v))
@@ -47,9 +47,10 @@ def setting(name: str):
 @friendly_errors
 def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, protocol, trials, requests,
             examples, max_windows, warmup, max_drop, max_examples, scores, resume, overwrite, **options):
-    """Compare pruned deployments against the baseline, through Triton: accuracy, latency
-    percentiles and throughput per batch size and concurrency, Triton's time breakdown, and
-    static facts. Writes report.md, report.json, latency.csv and PNG plots to --out.
+    """Compare pruned deployments against the baseline, through Triton: quality (accuracy, BLEU,
+    or perplexity for language models), latency percentiles and throughput per batch size and
+    concurrency (and tokens/s for language models), Triton's time breakdown, and static facts.
+    Writes report.md, report.json, latency.csv and PNG plots to --out.
 
     Results are written as they are measured: Ctrl-C keeps them and --resume continues. An existing
     non-empty --out is refused unless --resume or --overwrite (which starts over, deleting its measurements)."""

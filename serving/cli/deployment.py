@@ -55,6 +55,9 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
     A classifier: <repo>/<name>/<version>/model.onnx and config.pbtxt, plus the text front end
     <name>_text (TEXT in; tokenises, calls <name>, returns LOGITS and LABEL). The ONNX file is
     checked against PyTorch on fresh shapes; above --atol nothing is written.
+    A causal language model (GPT-2, Llama, Qwen2, Mistral): <name> computes the full-sequence
+    forward (logits, and nll: each row's summed next-token negative log-likelihood), and
+    <name>_text scores texts (TEXT in; NLL and TOKENS out, for perplexity). FP32, no fusion.
     A translation model (Marian, BART, mBART): <name>_translate, with encoder.onnx and a decoder
     step with a KV cache sized per layer (SOURCE in, TRANSLATION out; greedy or beam search).
     Its greedy search must give transformers' tokens, step logits within --atol (default 1e-3 there)."""

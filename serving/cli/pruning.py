@@ -23,8 +23,8 @@ model_dir_argument = click.argument("model_dir", type=click.Path(exists=True, fi
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table.")
 @friendly_errors
 def heads(model_dir: Path, as_json: bool):
-    """Print the attention-head inventory of MODEL_DIR: types, layers, heads per layer, head size,
-    and the attention parameters' share of all parameters."""
+    """Print the attention-head inventory of MODEL_DIR: types, layers, heads per layer (and key/value heads with
+    grouped-query attention), head size, and the attention parameters' share of all parameters."""
     from rich.table import Table
 
     from exporter.pruning.checkpoint import load_model
@@ -36,10 +36,13 @@ def heads(model_dir: Path, as_json: bool):
         emit(summary, True, "")
         return
     table = Table(title=f"{model_dir} ({summary['family']}, {summary['model_type']})")
-    for column in ("attention type", "layers", "heads per layer", "head size"):
+    grouped = any("key_value_heads_per_layer" in info for info in summary["attention_types"].values())
+    for column in ("attention type", "layers", "heads per layer", *(["key/value heads per layer"] if grouped else []),
+                   "head size"):
         table.add_column(column)
     for attention_type, info in summary["attention_types"].items():
-        table.add_row(attention_type, str(info["layers"]), " ".join(map(str, info["heads_per_layer"])),
+        key_values = [" ".join(map(str, info.get("key_value_heads_per_layer", [])))] if grouped else []
+        table.add_row(attention_type, str(info["layers"]), " ".join(map(str, info["heads_per_layer"])), *key_values,
                       str(info["head_size"]))
     stdout.print(table)
     click.echo(f"heads: {summary['heads']} of {summary['original_heads']} original; attention parameters: "
@@ -56,7 +59,7 @@ def scoring_options(command):
 
 @main.command()
 @model_dir_argument
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Scoring data (JSONL/CSV/TSV); never the evaluation split.")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Scoring data (JSONL/CSV/TSV, or .txt for language models); never the evaluation split.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where to write the scores JSON.")
 @click.option("--max-examples", type=click.IntRange(1), default=None, help="Score on a seeded random subset of this size.")
 @click.option("--seed", default=0, show_default=True, help="Seed for sub-sampling examples.")
@@ -156,7 +159,8 @@ def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epoch
 
 def experiment_options(command):
     """Adds the evaluation options shared by the experiment commands."""
-    command = click.option("--eval-data", required=True, type=click.Path(path_type=Path), help="Evaluation data.")(command)
+    command = click.option("--eval-data", required=True, type=click.Path(path_type=Path),
+                           help="Evaluation data (JSONL/CSV/TSV, or .txt for language models: perplexity).")(command)
     command = click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")(command)
     command = click.option("--seed", default=0, show_default=True)(command)
     command = click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON result file.")(command)
@@ -195,7 +199,7 @@ def _per_head_experiment(name: str, label: str, model_dir: Path, eval_data: Path
 @friendly_errors
 def ablate(model_dir: Path, eval_data: Path, max_examples, seed, out: Path, **options):
     """Single-head ablation: the metric with each head of MODEL_DIR removed alone, and whether the change
-    is significant (paired test: McNemar for accuracy, paired bootstrap for BLEU)."""
+    is significant (paired test: McNemar for accuracy, paired bootstrap for BLEU and perplexity)."""
     result = _per_head_experiment("single_head_ablation", "ablating heads", model_dir, eval_data, max_examples, seed,
                                   out, options)
     click.echo(f"{result.format()} -> {out}")

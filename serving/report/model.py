@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from exporter.evaluation.metrics import in_points
+from exporter.evaluation.metrics import LOWER_IS_BETTER, gain, in_points
 from exporter.evaluation.significance import ALPHA
 from serving.benchmark.compare import STAGES
 from serving.benchmark.latency import PERCENTILES, TAIL, LatencyStats, Speedup, min_samples
@@ -235,11 +235,28 @@ class Report:
         return min((c.concurrency for c in self.cells), default=1)
 
     def quality_points(self, name: str) -> float | None:
-        """Returns deployment ``name``'s quality change vs the baseline in points (None where either is unmeasured)."""
+        """Returns how much better deployment ``name``'s quality is than the baseline's, in points (negative when
+        worse; None where either is unmeasured)."""
         q, b = self.deployments[name].quality, self.deployments[self.baseline].quality
         if not q or not b:
             return None
-        return in_points(q.metric, q.value - b.value)
+        return gain(q.metric, b.value, q.value)
+
+    def quality_change(self, name: str) -> str:
+        """Returns deployment ``name``'s change of the metric vs the baseline as shown: '+0.20' (accuracy in points),
+        with ', worse' or ', better' for metrics where lower is better; '' where unmeasured."""
+        points = self.quality_points(name)
+        if points is None:
+            return ""
+        metric = self.deployments[name].quality.metric
+        if metric not in LOWER_IS_BETTER:
+            return f"{points:+.2f}"
+        return f"{-points:+.2f}, {'worse' if points < 0 else 'better' if points > 0 else 'same'}"
+
+    @property
+    def language_model(self) -> bool:
+        """Returns True when the deployments are language models (scored by perplexity, measured in tokens/s too)."""
+        return any(d.facts.get("task") == "language-modeling" for d in self.deployments.values())
 
     def verdict(self) -> Verdict:
         """Returns the verdict: the fastest candidate (within ``max_drop`` points of quality, if given), and whether
@@ -257,7 +274,9 @@ class Report:
         else:
             delta = points[best]
             within = f" within {limit:g} {unit} of {base}" if limit is not None else ""
-            quality = f"{delta:+.2f} points" if delta is not None else "quality not measured"
+            metric = self.deployments[best].quality.metric if delta is not None else ""
+            quality = "quality not measured" if delta is None else f"{metric} {self.quality_change(best)}" \
+                if metric in LOWER_IS_BETTER else f"{delta:+.2f} points"
             if best in means:
                 mean = means[best].speedup
                 significant = mean.significant
@@ -298,7 +317,8 @@ class Report:
             entry, delta = self.deployments[name], self.quality_points(name)
             speed = ", ".join(f"batch {s.batch_size} {s.speedup.format()}"
                               for s in self.speedups if s.candidate == name and s.concurrency == lowest)
-            change = f" ({delta:+.2f} points)" if delta is not None else ""
+            unit = "" if entry.quality and entry.quality.metric in LOWER_IS_BETTER else " points"
+            change = f" ({self.quality_change(name)}{unit})" if delta is not None else ""
             precision = entry.facts.get("precision", "fp32")
             weights = "" if precision == "fp32" else f", {precision.upper()} weights"
             lines.append(f"- **{name}** ({100 * entry.pruned_share:.0f} % of heads pruned{weights}): {entry.quality_text()}"
@@ -307,6 +327,8 @@ class Report:
         requests, trials = (_count_range([getattr(c.stats, k) for c in self.cells]) for k in ("requests", "trials"))
         translation = any(d.facts.get("task") == "translation" for d in self.deployments.values())
         inputs = "real source sentences of the data (greedy search)" if translation else f"sequence length {sig['seq_len']}"
+        if self.language_model:
+            inputs += f" (tokens/s = examples/s x {sig['seq_len']})"
         lines.append(f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
                      f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
                      f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
@@ -315,28 +337,31 @@ class Report:
         lines += ["", "## Quality", "", "| deployment | heads | quality | change (points) | p (paired test) |",
                   "|---|---|---|---|---|"]
         for name, entry in self.deployments.items():
-            delta = self.quality_points(name)
+            change = self.quality_change(name)
             p_value = entry.quality.p_value if entry.quality else None
             mark = "*" if p_value is not None and p_value < ALPHA else ""
             lines.append(f"| {name} | {entry.heads}/{entry.facts['original_heads']} | {entry.quality_text()} | "
-                         f"{'' if name == base or delta is None else f'{delta:+.2f}{mark}'} | "
+                         f"{'' if name == base or not change else f'{change}{mark}'} | "
                          f"{'' if p_value is None else f'{p_value:.2g}'} |")
         lines += ["", f"\\* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for "
-                  "BLEU, on the same examples)."]
+                  "BLEU and perplexity, on the same examples)."]
         q = self.deployments[base].quality
         if q and q.signature:
             lines += ["", f"Metric signature: `{q.signature}`"]
         if q and q.chrf_signature:
             lines += ["", f"chrF signature: `{q.chrf_signature}`"]
+        tokens = self.language_model
         lines += ["", "## Latency and throughput", "",
                   "| deployment | batch | concurrency | requests | trials | p50 ms | p90 | p95 | p99 | mean | examples/s | "
-                  "range over trials |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  + ("tokens/s | " if tokens else "") + "range over trials |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if tokens else "") + "---|"]
         for c in self.cells:
             s = c.stats
             values = [getattr(s, f"p{q}") for q in PERCENTILES]
             percentiles = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
+            per_token = f"{s.throughput * sig['seq_len']:.0f} | " if tokens else ""
             lines.append(f"| {c.deployment} | {c.batch_size} | {c.concurrency} | {s.requests} | {s.trials} | "
-                         f"{percentiles} | {s.mean:.2f} | {s.throughput:.1f} | "
+                         f"{percentiles} | {s.mean:.2f} | {s.throughput:.1f} | {per_token}"
                          f"{s.throughput_min:.1f}-{s.throughput_max:.1f} |")
         if any(getattr(c.stats, f"p{q}") is None for c in self.cells for q in PERCENTILES):
             lines += ["", "– too few requests for this percentile: " + ", ".join(

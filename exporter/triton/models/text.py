@@ -1,4 +1,5 @@
-"""Triton Python model (BLS): raw UTF-8 strings in, logits and label names out.
+"""Triton Python model (BLS): raw UTF-8 strings in, logits and label names out (for a language model: each text's
+summed next-token negative log-likelihood and the number of tokens it predicts, from the model's ``nll`` output).
 
 Tokenises with the checkpoint's fast tokenizer (``tokenizer/tokenizer.json`` in this
 version) using the ``tokenizers`` library (same normalisation, special tokens,
@@ -35,6 +36,7 @@ class TritonPythonModel:
         self.tokenizer.enable_padding(pad_id=int(parameters["pad_id"]), pad_token=parameters["pad_token"])
         self.classifier = parameters["classifier"]
         self.inputs = json.loads(parameters["classifier_inputs"])
+        self.language_model = parameters.get("task") == "language-modeling"
         id2label = json.loads(parameters["id2label"])
         self.labels = np.array([id2label[str(i)].encode() for i in range(len(id2label))], dtype=object)
 
@@ -59,22 +61,31 @@ class TritonPythonModel:
         texts = self._strings(request, "TEXT")
         if texts is None:
             raise ValueError("input TEXT is missing")
-        pairs = self._strings(request, "TEXT_PAIR")
+        pairs = None if self.language_model else self._strings(request, "TEXT_PAIR")
         if pairs is None:
             return texts
         if len(pairs) != len(texts):
             raise ValueError(f"TEXT_PAIR has {len(pairs)} rows but TEXT has {len(texts)}; send one pair per text")
         return list(zip(texts, pairs))
 
-    def _classify(self, inputs):
-        encodings = self.tokenizer.encode_batch(inputs)
+    def _run(self, encodings, output):
+        """Returns ``output`` of the tensor model for the encoded texts."""
         tensors = [pb_utils.Tensor(name, np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
                    for name in self.inputs]
-        response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=["logits"],
+        response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=[output],
                                              inputs=tensors).exec()
         if response.has_error():
             raise RuntimeError(f"model '{self.classifier}': {response.error().message()}")
-        logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
+        return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
+
+    def _classify(self, inputs):
+        encodings = self.tokenizer.encode_batch(inputs)
+        if self.language_model:
+            # Only the small nll output comes back: a batch's logits would be seq * vocab floats per text.
+            nll = self._run(encodings, "nll")
+            tokens = np.array([[max(sum(e.attention_mask) - 1, 0)] for e in encodings], dtype=np.int64)
+            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("NLL", nll), pb_utils.Tensor("TOKENS", tokens)])
+        logits = self._run(encodings, "logits")
         labels = self.labels[logits.argmax(-1)].reshape(-1, 1)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)])
 

@@ -1,0 +1,120 @@
+"""Decoder-only language models served by the real Triton: logits and per-text NLL equal PyTorch over HTTP and gRPC
+(GPT-2's fused projection, Llama's grouped-query heads, headless layers), served perplexity equals in-process
+perplexity, and compare reports perplexity and tokens/s."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
+from exporter.data import read_examples
+from exporter.errors import HeadpruneError
+from exporter.evaluation.quality import Evaluator
+from exporter.onnx.export import random_inputs
+from exporter.triton.config import DeploymentOptions, read_config
+from exporter.triton.repository import export_to_repository
+from serving.benchmark.compare import CompareSettings
+from serving.client import TritonClient
+from serving.report.runner import run_comparison
+from serving.server.process import TritonServer, free_port
+
+PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headless
+         "llama_pruned": {"decoder": {0: [0, 1], 1: [0], 2: [3]}}}  # group 0 gone; uneven groups copy a head
+
+
+@pytest.fixture(scope="module")
+def served(gpt2_dir, llama_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    dirs = {"gpt2": gpt2_dir, "llama": llama_dir}
+    for name, plan in PLANS.items():
+        source = dirs[name.split("_")[0]]
+        model = load_model(source)
+        apply_plan(model, HeadPlan(plan))
+        dirs[name] = save_pruned(model, load_tokenizer(source), root / name, source=source)
+    options = DeploymentOptions(max_batch_size=8)
+    for name, folder in dirs.items():
+        export_to_repository(folder, root / "repo", name, options=options)
+    with TritonServer(root / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
+        yield {"server": server, "repo": root / "repo", "dirs": dirs}
+
+
+def client_for(served, protocol: str) -> TritonClient:
+    server = served["server"]
+    return TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_pruned", "llama_pruned"])
+def test_served_logits_and_nll_equal_onnxruntime_and_pytorch(served, protocol, name):
+    client = client_for(served, protocol)
+    model = load_model(served["dirs"][name])
+    session = ort.InferenceSession(str(served["repo"] / name / "1" / "model.onnx"))
+    for batch, seq in ((1, 4), (3, 11), (8, 20)):
+        feed = random_inputs(model, ["input_ids", "attention_mask"], batch, seq, seed=batch)
+        out = client.infer(name, feed, ["logits", "nll"])
+        local = session.run(["logits", "nll"], feed)
+        with torch.no_grad():
+            logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits
+        log_probs = torch.log_softmax(logits[:, :-1].double(), -1)
+        targets = torch.from_numpy(feed["input_ids"][:, 1:])
+        picked = log_probs.gather(-1, targets[..., None])[..., 0] * torch.from_numpy(feed["attention_mask"][:, 1:])
+        nll = -picked.sum(-1, keepdim=True).numpy()
+        assert out["logits"].shape == (batch, seq, model.config.vocab_size)
+        assert np.abs(out["logits"] - local[0]).max() <= 1e-5 and np.abs(out["nll"] - local[1]).max() <= 1e-4
+        assert np.abs(out["logits"] - logits.numpy()).max() <= 1e-4
+        assert np.abs(out["nll"] - nll).max() <= 1e-3
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_perplexity_equals_in_process_perplexity(served, protocol, lm_data):
+    client = client_for(served, protocol)
+    examples = read_examples(lm_data, "language-modeling")
+    texts = [e["text"] for e in examples]
+    for name, folder in served["dirs"].items():
+        nll, tokens = client.score_text(f"{name}_text", texts, batch_size=8)
+        model, tokenizer = load_model(folder), load_tokenizer(folder)
+        expected = Evaluator(model, tokenizer, examples)()
+        assert [int(t) for t in tokens] == [len(tokenizer(t)["input_ids"]) - 1 for t in texts]
+        assert np.exp(nll.sum() / tokens.sum()) == pytest.approx(expected.value, rel=1e-5)
+        # One text alone: the same as within a padded batch.
+        alone, _ = client.score_text(f"{name}_text", texts[:1])
+        assert alone[0] == pytest.approx(nll[0], rel=1e-5, abs=1e-5)
+
+
+def test_language_model_configs_and_refusals(served, gpt2_dir, tmp_path):
+    config = read_config(served["repo"] / "llama_pruned" / "config.pbtxt")
+    vocab = load_model(served["dirs"]["llama_pruned"]).config.vocab_size
+    assert [o.name for o in config.output] == ["logits", "nll"] and list(config.output[0].dims) == [-1, vocab]
+    description = json.loads(config.parameters["deployment"].string_value)
+    assert description["task"] == "language-modeling" and description["heads"] == 12 - 4
+    text = read_config(served["repo"] / "llama_pruned_text" / "config.pbtxt")
+    assert [o.name for o in text.output] == ["NLL", "TOKENS"] and [i.name for i in text.input] == ["TEXT"]
+    for options in (dict(optimize=True), dict(precision="int8")):
+        with pytest.raises(HeadpruneError, match="language model"):
+            export_to_repository(gpt2_dir, tmp_path / "repo", "x", **options)
+    assert not (tmp_path / "repo" / "x").exists()
+
+
+@pytest.mark.slow
+def test_compare_reports_perplexity_and_tokens_per_second(served, lm_data, tmp_path):
+    settings = CompareSettings(repo=served["repo"], baseline="llama", candidates=["llama_pruned"], data=lm_data,
+                               out=tmp_path / "report", url=served["server"].http_url, batch_sizes=[1, 4],
+                               concurrency=[1], seq_len=16, trials=2, requests=6, examples=8, max_windows=1, warmup=1)
+    report_md = run_comparison(settings)
+    report = json.loads((report_md.parent / "report.json").read_text())
+    for name in ("llama", "llama_pruned"):
+        quality = report["deployments"][name]["quality"]
+        expected = Evaluator(load_model(served["dirs"][name]), load_tokenizer(served["dirs"][name]),
+                             read_examples(lm_data, "language-modeling"))()
+        assert quality["metric"] == "perplexity" and quality["value"] == pytest.approx(expected.value, rel=1e-5)
+    assert "p_value" in report["deployments"]["llama_pruned"]["quality"]
+    text = report_md.read_text()
+    assert "tokens/s" in text and "perplexity" in text
+    row = next(line for line in text.splitlines() if line.startswith("| llama | 4 | 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[11]) == pytest.approx(16 * float(cells[10]), rel=0.01)  # tokens/s = examples/s x seq_len
