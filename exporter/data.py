@@ -1,4 +1,5 @@
-"""Example files (JSONL, CSV, TSV) and their conversion into model batches (torch is loaded only to encode)."""
+"""Example files (JSONL, CSV, TSV, plain text, image folders) and their conversion into model batches (torch is
+loaded only to encode)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from exporter.errors import HeadpruneError
 
 # Canonical column roles per task; users may map them to other column names.
 REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target"),
-            "language-modeling": ("text",)}
-OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": (), "language-modeling": ()}
+            "language-modeling": ("text",), "image-classification": ("image", "label")}
+OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": (), "language-modeling": (),
+            "image-classification": ()}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Class names of transformers' causal language models end with one of these.
 CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
-ROLES = ("text", "text_pair", "label", "source", "target")
-TEXTS = ("text", "text_pair", "source", "target")
+ROLES = ("text", "text_pair", "label", "source", "target", "image")
+TEXTS = ("text", "text_pair", "source", "target", "image")
 
 
 def task_of_config(config) -> str:
@@ -28,6 +31,8 @@ def task_of_config(config) -> str:
         return "translation"
     if any((name or "").endswith(CAUSAL_LM_CLASSES) for name in (config.architectures or [])):
         return "language-modeling"
+    if any((name or "").endswith("ForImageClassification") for name in (config.architectures or [])):
+        return "image-classification"
     return "regression" if config.num_labels == 1 else "classification"
 
 
@@ -35,6 +40,8 @@ def task_of(model) -> str:
     """Returns the task of a model (as ``task_of_config``, judged by the model's own class)."""
     if type(model).__name__.endswith(CAUSAL_LM_CLASSES):
         return "language-modeling"
+    if type(model).__name__.endswith("ForImageClassification"):
+        return "image-classification"
     return task_of_config(model.config)
 
 
@@ -100,6 +107,27 @@ def _rows(path: Path, encoding: str) -> list[tuple[int, dict]]:
                          "use a .jsonl, .csv or .tsv file (or .txt, one passage per line, for a language model)")
 
 
+def _image_folder_rows(path: Path) -> list[tuple[str, dict]]:
+    """Returns (where, row) for every image in the class subfolders of ``path`` (the folder name is the label)."""
+    rows = []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for image in sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES):
+            rows.append((f"image '{image}'", {"image": str(image), "label": folder.name}))
+    return rows
+
+
+def load_image(path: str | Path):
+    """Returns the image file at ``path`` decoded by Pillow (RGB); raises HeadpruneError naming the file otherwise."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise HeadpruneError(f"image '{path}' cannot be read ({type(error).__name__}: {error})",
+                             "replace or remove the file (PNG, JPEG, BMP, GIF, WebP or TIFF)") from error
+
+
 def _example(where: str, row: dict, names: dict[str, str], task: str, config) -> dict:
     """Returns one row as a canonical example; raises HeadpruneError saying ``where`` a value is missing or wrong."""
     example = {role: row[name] for role, name in names.items() if row.get(name) is not None}
@@ -110,6 +138,9 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config) ->
         if role in example and not isinstance(example[role], str):
             raise HeadpruneError(f"{where}: {role} {example[role]!r} is not a string",
                                  f"write the '{names[role]}' values as strings")
+    if "image" in example and not Path(example["image"]).is_file():
+        raise HeadpruneError(f"{where}: image '{example['image']}' does not exist",
+                             "write image paths relative to the data file, or absolute")
     if config is not None and "label" in example:
         try:
             label_value(example["label"], task, config)
@@ -129,10 +160,19 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
     or has a wrong one, or the file is not in ``encoding``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise HeadpruneError(f"data file '{path}' does not exist", "pass the path of a .jsonl, .csv or .tsv file")
+    images = task == "image-classification"
+    if images and path.is_dir():
+        rows, columns = _image_folder_rows(path), {}  # a folder's rows name their roles already
+    elif not path.is_file():
+        raise HeadpruneError(f"data file '{path}' does not exist",
+                             "pass an image folder (one subfolder per label) or a CSV of image paths and labels"
+                             if images else "pass the path of a .jsonl, .csv or .tsv file")
+    else:
+        rows = [(f"data file '{path}' line {line}", row) for line, row in _rows(path, encoding)]
+        if images:  # image paths are relative to the data file
+            rows = [(where, {**row, **({"image": str(path.parent / row["image"])} if row.get("image") else {})})
+                    for where, row in rows]
     columns = columns or {}
-    rows = _rows(path, encoding)
     if not rows:
         raise HeadpruneError(f"data file '{path}' holds no examples", "add examples, one per line/row")
     names = {role: columns.get(role, role) for role in REQUIRED[task] + OPTIONAL[task]}
@@ -144,7 +184,7 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
             f"{task}; it has columns {sorted(present)}",
             f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})",
         )
-    examples = [_example(f"data file '{path}' line {line}", row, names, task, config) for line, row in rows]
+    examples = [_example(where, row, names, task, config) for where, row in rows]
     if max_examples is not None and max_examples < len(examples):
         examples = random.Random(seed).sample(examples, max_examples)
     return examples
@@ -197,6 +237,9 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
                           max_length=max_length, return_tensors="pt")
         batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
         return dict(batch)
+    if task == "image-classification":  # ``tokenizer`` is the model's image processor
+        pixels = tokenizer([load_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": torch.tensor([label_value(e["label"], task, config) for e in examples])}
     if task == "language-modeling":
         if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none; padded positions are masked anyway
             tokenizer.pad_token = tokenizer.eos_token

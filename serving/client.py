@@ -116,6 +116,13 @@ class TritonClient:
         out = self.infer(model, arrays, ["LOGITS", "LABEL"])
         return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
 
+    def classify_images(self, model: str, images: list[bytes]) -> tuple[np.ndarray, list[str]]:
+        """Returns (logits, label names) for encoded images (the bytes of PNG, JPEG, ... files) sent to a
+        ``<name>_image`` model."""
+        out = self.infer(model, {"IMAGE": np.array([[bytes(image)] for image in images], dtype=object)},
+                         ["LOGITS", "LABEL"])
+        return out["LOGITS"], [label.decode() if isinstance(label, bytes) else str(label) for label in out["LABEL"].reshape(-1)]
+
     def score_text(self, model: str, texts: list[str], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Returns (summed next-token negative log-likelihood, tokens predicted) per text, from a language model's
         ``<name>_text`` model, sent ``batch_size`` texts per request."""

@@ -12,7 +12,15 @@ pytest.register_assert_rewrite("benchmarks.faults")
 import torch  # noqa: E402
 
 from exporter import load_model, load_tokenizer  # noqa: E402
-from tests.helpers import make_bert, make_causal_lm, make_marian, random_sentences, write_jsonl  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    make_bert,
+    make_causal_lm,
+    make_marian,
+    make_vit,
+    random_images,
+    random_sentences,
+    write_jsonl,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,29 @@ def lm_data(workdir) -> Path:
     path = workdir / "lm.txt"
     path.write_text("\n".join(lines[:12]) + "\n\n" + "\n".join(lines[12:]) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def vit_dir(workdir) -> Path:
+    return make_vit(workdir / "vit")
+
+
+@pytest.fixture(scope="session")
+def image_data(workdir, vit_dir) -> Path:
+    """An image folder (one subfolder per label, PNG and JPEG files) labelled by the tiny ViT's own predictions with
+    every sixth label flipped, as cls_data is."""
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    images = random_images(48, seed=5)
+    model, processor = ViTForImageClassification.from_pretrained(vit_dir), ViTImageProcessor.from_pretrained(vit_dir)
+    with torch.no_grad():
+        predicted = model(**processor(images, return_tensors="pt")).logits.argmax(-1).tolist()
+    root = workdir / "images"
+    for i, (image, label) in enumerate(zip(images, predicted)):
+        folder = root / model.config.id2label[(label + (i % 6 == 0)) % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:02d}.{'jpg' if i % 3 == 0 else 'png'}")
+    return root
 
 
 @pytest.fixture(scope="session")

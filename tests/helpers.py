@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -28,6 +29,9 @@ from transformers import (
     MPNetConfig,
     MPNetForSequenceClassification,
     PreTrainedTokenizerFast,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
 )
 
 WORDS = ("the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
@@ -58,15 +62,16 @@ def random_sentences(count: int, seed: int, low: int = 3, high: int = 9) -> list
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(count)]
 
 
-def center_decision(model, tokenizer, texts: list[str]) -> None:
-    """Shifts a binary classifier's output bias so that about half of ``texts`` fall on each side.
+def center_decision(model, tokenizer, texts: list[str] | None = None, inputs: dict | None = None) -> None:
+    """Shifts a binary classifier's output bias so that about half of ``texts`` (or of the batch ``inputs``) fall on
+    each side.
 
     A random model otherwise predicts one class for nearly everything, and accuracy
     comparisons between deployments would then prove little. The boundary goes into the
     widest gap between margins near the median, so no text sits on a near-tie.
     """
     with torch.no_grad():
-        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        logits = model(**(inputs if inputs is not None else tokenizer(texts, padding=True, return_tensors="pt"))).logits
         margins = sorted(set((logits[:, 1] - logits[:, 0]).tolist()))
         middle = margins[len(margins) // 4: max(len(margins) * 3 // 4, len(margins) // 4 + 2)]
         low, high = max(zip(middle, middle[1:]), key=lambda pair: pair[1] - pair[0])
@@ -151,6 +156,39 @@ def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: 
     model = randomize(model.eval(), seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def random_images(count: int, seed: int) -> list:
+    """Returns ``count`` RGB images of different sizes: smooth colour gradients plus noise, so resizing matters."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        height, width = rng.integers(12, 40, size=2)
+        ys, xs = np.mgrid[0:height, 0:width]
+        base = rng.uniform(0, 255, size=3) + rng.uniform(-4, 4, size=3) * (xs + ys)[..., None]
+        pixels = np.clip(base + rng.normal(0, 20, size=(height, width, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def make_vit(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8, image_size: int = 16,
+             patch_size: int = 4) -> Path:
+    """Saves a tiny random ViT image classifier (2 labels) with its image processor (resize to image_size, rescale,
+    normalize); returns its folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    labels = dict(num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = ViTConfig(hidden_size=heads * head_size, num_hidden_layers=layers, num_attention_heads=heads,
+                       intermediate_size=4 * heads * head_size, image_size=image_size, patch_size=patch_size, **labels)
+    model = randomize(ViTForImageClassification(config).eval(), seed)
+    processor = ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.4, 0.5, 0.6],
+                                  image_std=[0.2, 0.25, 0.3])
+    center_decision(model, None, inputs=processor(random_images(100, seed + 100), return_tensors="pt"))
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
     return path
 
 

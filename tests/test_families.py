@@ -36,6 +36,8 @@ ARCHITECTURES = {
     "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
                    ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
                               "position_buckets": 8, "norm_rel_ebd": "layer_norm", "type_vocab_size": 0}),
+    "vit": ("ViTConfig", "ViTForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                                           intermediate_size=64, image_size=16, patch_size=4)),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=40)),
     # Grouped-query attention: 4 query heads over 2 key/value heads (Qwen2 adds Q/K/V biases).
     "llama": ("LlamaConfig", "LlamaForCausalLM", ENCODER | {"num_key_value_heads": 2, "attention_bias": True}),
@@ -60,6 +62,8 @@ def tiny(model_type: str) -> tuple:
     model = randomize(getattr(transformers, model_name)(getattr(transformers, config_name)(**values)).eval())
     ids = torch.randint(3, 50, (2, 7))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if model_type == "vit":
+        inputs = {"pixel_values": torch.randn(2, 3, 16, 16)}
     if model.config.is_encoder_decoder:
         inputs["decoder_input_ids"] = torch.randint(3, 50, (2, 5))
     return model, inputs

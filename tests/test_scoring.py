@@ -17,7 +17,7 @@ from exporter.pruning.scoring import batch_loss, query_masks
 @pytest.mark.parametrize("model_fixture,data_fixture", [("bert_dir", "cls_data"), ("distilbert_dir", "cls_data"),
                                                         ("mpnet_dir", "cls_data"), ("deberta_dir", "cls_data"),
                                                         ("marian_dir", "mt_data"), ("gpt2_dir", "lm_data"),
-                                                        ("llama_dir", "lm_data")])
+                                                        ("llama_dir", "lm_data"), ("vit_dir", "image_data")])
 def test_importance_equals_finite_difference_of_the_gate(request, model_fixture, data_fixture):
     path, data = request.getfixturevalue(model_fixture), request.getfixturevalue(data_fixture)
     model = load_model(path).double()
@@ -25,7 +25,7 @@ def test_importance_equals_finite_difference_of_the_gate(request, model_fixture,
     examples = read_examples(data, task_of(model))[:8]
     scores = compute_importance(model, tokenizer, examples, method="batch", normalize=False, batch_size=len(examples))
     batch = encode_batch(tokenizer, examples, task_of(model), model.config)
-    tokens = {side: int(mask.sum()) for side, mask in query_masks(batch, task_of(model)).items()}
+    tokens = {side: int(mask.sum()) for side, mask in query_masks(batch, task_of(model), model.config).items()}
     inventory = build_inventory(model)
     gates = HeadGates(inventory)
     # Llama's RMSNorm computes in float32 even in a float64 model: a wider step keeps rounding out of the estimate.

@@ -52,7 +52,7 @@ class Evaluator:
                                  "perplexity for language models",
                                  "score and prune it (importance uses squared error), then evaluate it with your own metric")
         self.max_new_tokens = max_new_tokens
-        key = "source" if self.task == "translation" else "text"
+        key = {"translation": "source", "image-classification": "image"}.get(self.task, "text")
         ordered = sorted(examples, key=lambda e: len(str(e[key])))
         self.batches = [encode_batch(tokenizer, chunk, self.task, model.config, max_length)
                         for chunk in batches(ordered, batch_size)]
@@ -106,7 +106,7 @@ class Evaluator:
         self.gates.mask(plan)
         record = self._recording() if not plan.removed else nullcontext()
         with torch.inference_mode(), self.gates, record, self._replaying(plan):
-            if self.task == "classification":
+            if self.task in ("classification", "image-classification"):
                 predictions, labels = [], []
                 for batch in self.batches:
                     logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits

@@ -41,7 +41,10 @@ class Validation:
 
 
 def input_names(model) -> list[str]:
-    """Returns the ONNX input names of a classifier: ids, mask, and token types when the model uses them."""
+    """Returns the ONNX input names of a model: ``pixel_values`` for an image model; otherwise ids, mask, and token
+    types when the model uses them."""
+    if task_of(model) == "image-classification":
+        return ["pixel_values"]
     names = ["input_ids", "attention_mask"]
     if getattr(model.config, "type_vocab_size", 0) and model.config.type_vocab_size > 1:
         names.append("token_type_ids")
@@ -71,9 +74,17 @@ class _Outputs(torch.nn.Module):
         return logits, token_losses(logits, labels).sum(-1, keepdim=True)
 
 
+def pixel_shape(config) -> list[int]:
+    """Returns the (channels, height, width) of an image model's pixel input."""
+    return [config.num_channels, config.image_size, config.image_size]
+
+
 def random_inputs(model, names: list[str], batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
-    """Returns random int64 inputs: real token ids, a padded attention mask, segment ids."""
+    """Returns random inputs: real token ids, a padded attention mask, segment ids (int64); or standard normal
+    float32 pixels of the model's image shape (``seq`` unused)."""
     rng = np.random.default_rng(seed)
+    if names == ["pixel_values"]:
+        return {"pixel_values": rng.standard_normal((batch, *pixel_shape(model.config))).astype(np.float32)}
     ids = rng.integers(0, model.config.vocab_size, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     for row in range(batch):
@@ -96,6 +107,7 @@ def export_onnx(model, path: str | Path) -> list[str]:
     example = random_inputs(model, names, *EXPORT_SHAPE, seed=0)
     outputs = output_names(model)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
+    axes["pixel_values"] = {0: "batch"}
     axes["logits"] = {0: "batch", 1: "sequence"} if "nll" in outputs else {0: "batch"}
     axes["nll"] = {0: "batch"}
     try:

@@ -17,7 +17,7 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
 
 from exporter.atomic import atomic_dir, read_json
 from exporter.data import task_of_config
@@ -109,10 +109,14 @@ def model_task(path: str | Path) -> str:
 
 
 def load_tokenizer(path: str | Path):
-    """Returns the tokenizer stored in a model folder, or None when the folder has none."""
+    """Returns the input processor stored in a model folder: its tokenizer, or for an image model without one its
+    image processor (``preprocessor_config.json``); None when the folder has neither."""
     path = Path(path)
     if not any((path / name).exists() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-        return None
+        if not (path / "preprocessor_config.json").is_file():
+            return None
+        refuse_custom_code(path)
+        return AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
     refuse_custom_code(path)
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
@@ -121,8 +125,8 @@ def require_tokenizer(path: str | Path):
     """Returns the tokenizer stored in a model folder; raises HeadpruneError when it has none."""
     tokenizer = load_tokenizer(path)
     if tokenizer is None:
-        raise HeadpruneError(f"'{path}' has no tokenizer files", "save the tokenizer into the model folder "
-                             "(tokenizer.save_pretrained)")
+        raise HeadpruneError(f"'{path}' has no tokenizer files (nor an image processor config)",
+                             "save the tokenizer (or image processor) into the model folder (save_pretrained)")
     return tokenizer
 
 

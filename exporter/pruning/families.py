@@ -123,6 +123,23 @@ def _deberta_attention() -> AttentionType:
     )
 
 
+def _vit_attention() -> AttentionType:
+    return AttentionType(
+        name="encoder",
+        layers="layers",
+        attention="attention",
+        query="attention.q_proj",
+        key="attention.k_proj",
+        value="attention.v_proj",
+        output="attention.o_proj",
+        config_heads="num_attention_heads",
+        head_count_attr="num_attention_heads",
+        head_size_attr="head_dim",
+        width_attr=None,
+        query_side="encoder",
+    )
+
+
 def _kept_position_bias(attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     # MPNetAttention passes the bias as the third positional argument; a keyword is accepted too.
     kept = attention.headprune_bias_heads
@@ -279,6 +296,12 @@ FAMILIES: tuple[ModelFamily, ...] = (
         kind="encoder",
     ),
     ModelFamily(
+        name="vit-encoder",
+        model_types=("vit",),
+        attention_types=(_vit_attention(),),
+        kind="encoder",
+    ),
+    ModelFamily(
         name="bart-encoder-decoder",
         model_types=("marian", "bart", "mbart"),
         attention_types=(
@@ -313,6 +336,12 @@ def usable_positions(config) -> int:
     if positions and config.model_type in PADDING_OFFSET_POSITIONS:
         positions -= (config.pad_token_id or 0) + 1
     return max(positions, 0)
+
+
+def image_tokens(config) -> int:
+    """Returns the number of tokens an image model attends over: its patches and the [CLS] token ViT prepends."""
+    patches = (config.image_size // config.patch_size) ** 2
+    return patches + 1
 
 
 def supported_model_types() -> list[str]:

@@ -26,6 +26,7 @@ from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.progress import Advance, Phases, no_phases, no_progress
 from exporter.pruning.checkpoint import load_model, require_tokenizer
+from exporter.pruning.families import image_tokens
 from exporter.pruning.gates import HeadGates
 from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
@@ -55,10 +56,13 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
-def query_masks(batch: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
-    """Returns the 0/1 masks of real (non-padding) query tokens on each side of the model."""
+def query_masks(batch: dict[str, torch.Tensor], task: str, config=None) -> dict[str, torch.Tensor]:
+    """Returns the 0/1 masks of real (non-padding) query tokens on each side of the model (``config`` is needed for
+    images, whose every patch token is real)."""
     if task == "language-modeling":
         return {"decoder": batch["attention_mask"]}
+    if task == "image-classification":
+        return {"encoder": torch.ones(batch["pixel_values"].shape[0], image_tokens(config), dtype=torch.long)}
     masks = {"encoder": batch["attention_mask"]}
     if task == "translation":
         masks["decoder"] = (batch["labels"] != -100).long()
@@ -115,7 +119,7 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
     with _frozen_parameters(model), gates:
         for chunk in batches(examples, batch_size):
             batch = encode_batch(tokenizer, chunk, task, model.config, max_length)
-            masks.update(query_masks(batch, task))
+            masks.update(query_masks(batch, task, model.config))
             for name, mask in masks.items():
                 tokens[name] += int(mask.sum())
             batch_loss(model, batch).backward()

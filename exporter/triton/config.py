@@ -82,12 +82,15 @@ def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -
 
 
 def classifier_config(name: str, inputs: list[str], num_labels: int, options: DeploymentOptions,
-                      parameters: dict[str, str], vocab_size: int | None = None) -> pb.ModelConfig:
-    """Returns the config of an ONNX classifier: int64 [batch, seq] inputs, fp32 [batch, labels] logits; or, given
-    the ``vocab_size`` of a language model, fp32 [batch, seq, vocab] logits and [batch, 1] ``nll``."""
+                      parameters: dict[str, str], vocab_size: int | None = None,
+                      pixels: list[int] | None = None) -> pb.ModelConfig:
+    """Returns the config of an ONNX classifier: int64 [batch, seq] inputs (fp32 [batch, *``pixels``] for an image
+    model), fp32 [batch, labels] logits; or, given the ``vocab_size`` of a language model, fp32 [batch, seq, vocab]
+    logits and [batch, 1] ``nll``."""
     config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size,
                             default_model_filename=MODEL_FILE)
-    config.input.extend(_tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs)
+    config.input.extend(_tensor(pb.ModelInput, n, FP32, pixels) if pixels else _tensor(pb.ModelInput, n, INT64, [-1])
+                        for n in inputs)
     if vocab_size is None:
         config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
     else:
@@ -125,6 +128,20 @@ def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[in
         "task": "language-modeling" if id2label is None else "classification",
         "id2label": json.dumps({str(k): v for k, v in (id2label or {}).items()}),
     })
+    return config
+
+
+def image_config(name: str, classifier: str, id2label: dict[int, str], options: DeploymentOptions,
+                 preprocessing: dict) -> pb.ModelConfig:
+    """Returns the config of the image front end (Python, BLS): encoded image bytes in (IMAGE); LOGITS, LABEL out."""
+    config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
+    config.input.append(_tensor(pb.ModelInput, "IMAGE", STRING, [1]))
+    config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
+    config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
+    _batching(config, options)
+    _instances(config, DeploymentOptions(instances=options.instances))
+    _parameters(config, {"classifier": classifier, "preprocessing": json.dumps(preprocessing),
+                         "id2label": json.dumps({str(k): v for k, v in id2label.items()})})
     return config
 
 

@@ -23,7 +23,8 @@ CONFIG_PARAMETER = "deployment"
 
 @dataclass(frozen=True)
 class DeploymentDescription:
-    """Static facts of one exported version: a classifier, or a translation model (``task``, ``generation``).
+    """Static facts of one exported version: a text or image classifier, a language model, or a translation model
+    (``task``, ``generation``). An image model's ``max_positions`` and ``max_length`` are its fixed token count.
 
     FLOPs per example at ``seq`` tokens are ``seq * flops_linear + seq**2 * flops_attention``.
     """
@@ -53,6 +54,7 @@ class DeploymentDescription:
     task: str = "classification"
     generation: dict = field(default_factory=dict)
     precision: str = "fp32"
+    input_shape: list = field(default_factory=list)  # an image model's pixel input (channels, height, width)
 
     def flops_at(self, seq_len: int) -> int:
         """Returns the forward FLOPs of one example of ``seq_len`` tokens."""

@@ -1,7 +1,8 @@
 """The layout of a Triton model repository, owned by one small object.
 
 ``<root>/<name>/config.pbtxt``, ``<root>/<name>/<version>/model.onnx`` and the
-version's ``deployment.json``; the text front end of model ``name`` is ``<name>_text``;
+version's ``deployment.json``; the text front end of model ``name`` is ``<name>_text`` (``<name>_image``
+for an image model);
 a translation model exported as ``name`` is served as ``<name>_translate``.
 Versions are built beside the repository (Triton tries to load every folder inside
 it, hidden ones included) and renamed in. Light to import: no PyTorch.
@@ -19,12 +20,18 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 TEXT_SUFFIX = "_text"
+IMAGE_SUFFIX = "_image"
 TRANSLATE_SUFFIX = "_translate"
 
 
 def text_model_name(name: str) -> str:
     """Returns the name of the text front end of model ``name``."""
     return f"{name}{TEXT_SUFFIX}"
+
+
+def image_model_name(name: str) -> str:
+    """Returns the name of the image front end of image model ``name``."""
+    return f"{name}{IMAGE_SUFFIX}"
 
 
 def translate_model_name(name: str) -> str:

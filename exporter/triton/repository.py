@@ -23,15 +23,15 @@ from exporter.atomic import atomic_dir, atomic_write_json, remove_stale, signals
 from exporter.data import task_of
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
-from exporter.onnx.export import Validation, export_onnx, require_valid, validate_onnx
+from exporter.onnx.export import Validation, export_onnx, pixel_shape, require_valid, validate_onnx
 from exporter.onnx.quantize import PRECISIONS, quantize_int8
 from exporter.pruning.checkpoint import load_model, load_tokenizer
-from exporter.pruning.families import usable_positions
+from exporter.pruning.families import image_tokens, usable_positions
 from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
-from exporter.triton.config import DeploymentOptions, classifier_config, text_config, write_config
+from exporter.triton.config import DeploymentOptions, classifier_config, image_config, text_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
-from exporter.triton.layout import MODEL_FILE, ModelRepository, check_name, text_model_name
+from exporter.triton.layout import MODEL_FILE, ModelRepository, check_name, image_model_name, text_model_name
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ExportResult:
     model_path: Path
     validation: Validation
     fused_attention: int | None
-    text_model: str
+    front_end: str  # the text or image front end's model name
     heads: int
     original_heads: int
     precision: str = "fp32"
@@ -53,15 +53,15 @@ class ExportResult:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
-                "text_model": self.text_model, "heads": self.heads, "original_heads": self.original_heads,
+                "front_end": self.front_end, "heads": self.heads, "original_heads": self.original_heads,
                 "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict()}
 
 
 def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
     """Returns the valid [low, high) range of each integer input, from the model's vocabulary sizes."""
-    ranges = {"input_ids": [0, config.vocab_size], "attention_mask": [0, 2],
+    ranges = {"input_ids": [0, getattr(config, "vocab_size", 0)], "attention_mask": [0, 2],
               "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
-    return {name: ranges[name] for name in names}
+    return {name: ranges[name] for name in names if name in ranges}  # pixel values are not integers
 
 
 def check_precision(precision: str) -> None:
@@ -74,6 +74,24 @@ def check_version(version: int | None) -> None:
     """Raises HeadpruneError unless ``version`` is None (next free version) or a positive integer."""
     if version is not None and version < 1:
         raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
+
+
+def image_preprocessing(model_dir: Path) -> dict:
+    """Returns what the served image front end needs of the folder's image processor (resize to height x width,
+    resampling filter, rescale factor, normalization mean and std); raises HeadpruneError for one it cannot mirror."""
+    processor = load_tokenizer(model_dir)
+    settings = processor.to_dict() if processor is not None else {}
+    size = settings.get("size") or {}
+    if processor is None or set(size) != {"height", "width"} or settings.get("do_center_crop") \
+            or settings.get("do_pad"):
+        raise HeadpruneError(f"'{model_dir}' has no image processor the image front end can mirror (it needs "
+                             "preprocessor_config.json resizing to a height and width, without crop or padding)",
+                             "save the model's ViT image processor into the folder (ViTImageProcessor.save_pretrained)")
+    return {"resize": bool(settings.get("do_resize", True)), "height": size["height"], "width": size["width"],
+            "resample": int(settings.get("resample", 2)),
+            "rescale_factor": settings.get("rescale_factor") if settings.get("do_rescale", True) else None,
+            "mean": list(settings["image_mean"]) if settings.get("do_normalize", True) else None,
+            "std": list(settings["image_std"]) if settings.get("do_normalize", True) else None}
 
 
 def require_fast_tokenizer(model_dir: Path):
@@ -92,7 +110,8 @@ def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, 
     slight overcount); each attention layer adds 2 * 2 * heads * head_size per pair of
     positions, for the scores and the weighted sum. A layer without heads costs nothing there.
     """
-    linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D)))
+    # Linear and Conv1D layers; an image model's patch embedding, applied once per patch, counts like one too.
+    linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D, nn.Conv2d)))
     attention = sum(4 * len(layer.kept) * layer.head_size for layer in inventory.layers)
     return linear, attention
 
@@ -102,7 +121,9 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
     """Returns the description of an exported classifier or language model."""
     summary = inventory.summary(model)
     config = model.config
+    task = task_of(model)
     linear, attention = flop_coefficients(model, inventory)
+    labelled = task in ("classification", "image-classification")
     return DeploymentDescription(
         family=summary["family"], model_type=summary["model_type"], source_checkpoint=str(source.resolve()),
         weights_sha256=checkpoint_hash(source), head_plan=HeadPlan.of_model(inventory).to_dict(),
@@ -110,12 +131,14 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
         heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
         parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
         flops_linear=linear, flops_attention=attention, inputs=inputs, input_ranges=input_ranges(config, inputs),
-        id2label={} if task_of(model) == "language-modeling" else {str(k): v for k, v in config.id2label.items()},
-        label2id={} if task_of(model) == "language-modeling" else {str(k): int(v) for k, v in config.label2id.items()},
-        vocab_size=config.vocab_size, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
-        max_positions=usable_positions(config), max_length=max_length,
+        id2label={str(k): v for k, v in config.id2label.items()} if labelled else {},
+        label2id={str(k): int(v) for k, v in config.label2id.items()} if labelled else {},
+        vocab_size=getattr(config, "vocab_size", 0) or 0, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
+        max_positions=image_tokens(config) if task == "image-classification" else usable_positions(config),
+        max_length=image_tokens(config) if task == "image-classification" else max_length,
         onnx_bytes=onnx_bytes, validation=validation,
-        task="language-modeling" if task_of(model) == "language-modeling" else "classification",
+        task=task if task in ("language-modeling", "image-classification") else "classification",
+        input_shape=pixel_shape(config) if task == "image-classification" else [],
     )
 
 
@@ -164,6 +187,14 @@ def _write_text_model(repository: ModelRepository, name: str, config, tokenizer)
         write_config(config, staging)
 
 
+def _write_image_model(repository: ModelRepository, name: str, config) -> None:
+    with atomic_dir(repository.folder(name), repository.staging, overwrite=True) as staging:
+        version = staging / "1"
+        version.mkdir()
+        (version / "model.py").write_text(resources.files("exporter.triton.models").joinpath("image.py").read_text())
+        write_config(config, staging)
+
+
 def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]:
     # The backend reads input_ranges; clients read the description (also from a remote server).
     return {
@@ -180,31 +211,39 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
 def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                          atol: float = 1e-4, optimize: bool = False,
                          options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32") -> ExportResult:
-    """Exports the classifier or causal language model in ``model_dir`` into the Triton repository ``repo``;
-    returns what was written.
+    """Exports the text or image classifier or causal language model in ``model_dir`` into the Triton repository
+    ``repo``; returns what was written.
 
-    A language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
+    A text model gets a text front end (``<name>_text``), an image model an image front end (``<name>_image``). A
+    language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
     that scores texts. ``precision`` "int8" quantizes a classifier's validated FP32 graph (after fusion, if asked)
     and checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is neither,
     the name is unusable, or a graph fails its check.
     """
     check_precision(precision)
     check_name(name)
-    check_name(text_model_name(name))  # both names must fit before anything is written
+    check_name(text_model_name(name))  # every name must fit before anything is written
+    check_name(image_model_name(name))
     check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
-    language_model = task_of(model) == "language-modeling"
-    if not language_model and (model.config.is_encoder_decoder
-                               or not type(model).__name__.endswith("ForSequenceClassification")):
-        raise HeadpruneError(f"'{model_dir}' is not a sequence classifier or causal language model "
+    task = task_of(model)
+    language_model, images = task == "language-modeling", task == "image-classification"
+    if task not in ("language-modeling", "image-classification") and (
+            model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification")):
+        raise HeadpruneError(f"'{model_dir}' is not a sequence or image classifier or causal language model "
                              f"({type(model).__name__})",
-                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune') or a "
-                             "*ForCausalLM one")
-    if language_model and (optimize or precision != "fp32"):
-        raise HeadpruneError(f"'{model_dir}' is a language model: attention fusion and INT8 are measured for "
-                             "classifiers only", "export it without `optimize` and in fp32")
-    tokenizer = require_fast_tokenizer(model_dir)
+                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune'), a "
+                             "*ForImageClassification or a *ForCausalLM one")
+    if (language_model or images) and (optimize or precision != "fp32"):
+        raise HeadpruneError(f"'{model_dir}' is a{' language' if language_model else 'n image'} model: attention "
+                             "fusion and INT8 are measured for text classifiers only",
+                             "export it without `optimize` and in fp32")
+    front_end = image_model_name(name) if images else text_model_name(name)
+    if images:
+        preprocessing = image_preprocessing(model_dir)
+    else:
+        tokenizer = require_fast_tokenizer(model_dir)
     inventory = build_inventory(model)
     positions = usable_positions(model.config) or options.max_length
     # Texts tokenised beyond the model's positions would fail inside ONNX Runtime.
@@ -232,10 +271,15 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                                              validation=checked), precision=precision)
         description.write(staged)
         config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description),
-                                   vocab_size=model.config.vocab_size if language_model else None)
+                                   vocab_size=model.config.vocab_size if language_model else None,
+                                   pixels=description.input_shape or None)
 
-        def write_configs() -> None:  # the text front end's tokenizer and limits describe the served version too
+        def write_configs() -> None:  # the front end's tokenizer and limits describe the served version too
             id2label = None if language_model else {int(k): v for k, v in model.config.id2label.items()}
+            if images:
+                _write_image_model(repository, front_end, image_config(front_end, name, id2label, options, preprocessing))
+                write_config(config, repository.folder(name))
+                return
             # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
             pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
                 else (tokenizer.eos_token_id, tokenizer.eos_token)
@@ -244,5 +288,5 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             write_config(config, repository.folder(name))
 
         target = install_with_configs(repository, name, version, staged, write_configs)
-    return ExportResult(name, version, target / MODEL_FILE, validation, fused, text_model_name(name),
+    return ExportResult(name, version, target / MODEL_FILE, validation, fused, front_end,
                         inventory.kept_head_count(), inventory.original_head_count(), precision, quantization)

@@ -121,7 +121,11 @@ def token_inputs(names: list[str], vocab_size: int, batch: int, seq_len: int, se
 
 
 def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
-    """Returns fixed random int64 inputs of shape (batch, seq_len) for one deployment."""
+    """Returns fixed random inputs for one deployment: int64 tokens of shape (batch, seq_len), or an image model's
+    standard normal float32 pixels."""
+    if facts.input_shape:
+        pixels = np.random.default_rng(seed).standard_normal((batch, *facts.input_shape)).astype(np.float32)
+        return {"pixel_values": pixels}
     return token_inputs(facts.inputs, facts.vocab_size, batch, seq_len, seed)
 
 
@@ -169,7 +173,7 @@ class Comparison:
             if too_big:
                 raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
                                      f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes")
-            if fact.task != "translation" and settings.seq_len > fact.max_positions:
+            if fact.task in ("classification", "language-modeling") and settings.seq_len > fact.max_positions:
                 raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of "
                                      f"'{name}'", f"measure at {fact.max_positions} tokens or fewer")
         tasks = {fact.task for fact in facts.values()}
@@ -242,7 +246,7 @@ class Comparison:
         settings = self.settings
         if self._examples is None:
             baseline = self.facts[settings.baseline]
-            labels = None if self.task != "classification" else \
+            labels = None if self.task not in ("classification", "image-classification") else \
                 SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
             self._examples = read_examples(settings.data, self.task, settings.columns, settings.max_examples,
                                            settings.seed, settings.encoding, config=labels)
@@ -253,7 +257,8 @@ class Comparison:
         todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
         measure = {"translation": self._translation_quality, "language-modeling": self._language_model_quality,
-                   "classification": self._classification_quality}[self.task]
+                   "classification": self._classification_quality,
+                   "image-classification": self._image_quality}[self.task]
         for name in todo:
             self._where = f"the quality of '{name}'"
             self.journal.append({"record": "quality", "deployment": name, **measure(client, self.facts[name], examples,
@@ -285,6 +290,17 @@ class Comparison:
         # Per-sentence BLEU statistics: the report tests each candidate's change with a paired bootstrap.
         return {**score.to_dict(), "per_example": [list(row) for row in score.per_example],
                 "chrf": character.value, "chrf_signature": character.signature, "translations": hypotheses}
+
+    @staticmethod
+    def _image_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+        predictions, labels = [], []
+        for chunk in batches(examples, min(16, facts.max_batch_size)):
+            logits, _ = client.classify_images(facts.quality_model, [Path(e["image"]).read_bytes() for e in chunk])
+            predictions += logits.argmax(-1).tolist()
+            labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
+            advance(len(chunk))
+        score = accuracy(predictions, labels)
+        return {**score.to_dict(), "per_example": list(score.per_example)}
 
     @staticmethod
     def _language_model_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 from exporter.errors import HeadpruneError
 from exporter.triton.config import read_config
 from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
-from exporter.triton.layout import ModelRepository, text_model_name, translate_model_name
+from exporter.triton.layout import ModelRepository, image_model_name, text_model_name, translate_model_name
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class DeploymentFacts:
 
     @property
     def flops_per_example(self) -> int:
-        """Returns the forward FLOPs of one example at the measured sequence length."""
-        return self.description.flops_at(self.seq_len)
+        """Returns the forward FLOPs of one example at the measured sequence length (an image's own token count)."""
+        return self.description.flops_at(self.description.max_length if self.description.input_shape else self.seq_len)
 
     @property
     def latency_model(self) -> str:
@@ -39,7 +39,10 @@ class DeploymentFacts:
 
     @property
     def quality_model(self) -> str:
-        """Returns the served model that quality is measured through: the text front end, or the translation model."""
+        """Returns the served model that quality is measured through: the text or image front end, or the translation
+        model."""
+        if self.description.task == "image-classification":
+            return image_model_name(self.name)
         return translate_model_name(self.name) if self.description.task == "translation" else text_model_name(self.name)
 
     @property
@@ -70,7 +73,7 @@ class DeploymentFacts:
                 "id2label": d.id2label, "label2id": d.label2id, "vocab_size": d.vocab_size,
                 "max_batch_size": self.max_batch_size, "max_positions": self.max_positions,
                 "max_length": d.max_length, "pruned_share": self.pruned_share, "task": d.task,
-                "precision": d.precision}
+                "precision": d.precision, "input_shape": d.input_shape}
 
 
 def exported_model(repository: ModelRepository, name: str) -> str | None:

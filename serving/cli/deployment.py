@@ -83,7 +83,7 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
     emit(result.to_dict(), as_json,
          f"exported {name} version {result.version} ({result.heads}/{result.original_heads} heads) -> {result.model_path}\n"
          f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){details}\n"
-         f"text front end: {result.text_model}")
+         f"front end: {result.front_end}")
 
 
 def _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json):

@@ -329,6 +329,9 @@ class Report:
         inputs = "real source sentences of the data (greedy search)" if translation else f"sequence length {sig['seq_len']}"
         if self.language_model:
             inputs += f" (tokens/s = examples/s x {sig['seq_len']})"
+        shapes = {tuple(d.facts["input_shape"]) for d in self.deployments.values() if d.facts.get("input_shape")}
+        if shapes:
+            inputs = "random images of " + ", ".join("x".join(map(str, shape)) for shape in sorted(shapes)) + " pixels"
         lines.append(f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
                      f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
                      f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "

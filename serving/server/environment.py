@@ -18,7 +18,7 @@ from exporter.errors import HeadpruneError
 
 # The packages the backends import (serving/server/backends, exporter/triton/models), with the why of each.
 BACKEND_PACKAGES = {"numpy": "every Python backend", "onnxruntime": "the ONNX models",
-                    "tokenizers": "the text and translation front ends"}
+                    "tokenizers": "the text and translation front ends", "pillow": "the image front ends"}
 _PROBE = ("import importlib.metadata as m, json, sys\n"
           "def version(name):\n"
           "    try:\n"

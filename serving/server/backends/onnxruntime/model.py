@@ -130,27 +130,31 @@ class TritonPythonModel:
             key = tuple((name, array.shape[1:]) for name, array in arrays.items()) if self.batched else index
             groups.setdefault(key, []).append((index, arrays))
         for members in groups.values():
-            self._run_group(members, responses)
+            self._run_group(members, requests, responses)
         return responses
 
-    def _run_group(self, members, responses):
+    def _run_group(self, members, requests, responses):
         # Requests of equal shape run as one batch, as Triton's native backend would.
         names = [name for name, _, _ in self.inputs]
         feed = {name: np.concatenate([arrays[name] for _, arrays in members]) for name in names}
+        asked = {index: set(requests[index].requested_output_names()) or set(self.outputs) for index, _ in members}
+        # Only the outputs some request asked for are computed and copied: a language model's logits are large.
+        outputs = [name for name in self.outputs if any(name in wanted for wanted in asked.values())]
         try:
-            results = self.session.run(self.outputs, feed)
+            results = self.session.run(outputs, feed)
         except Exception as error:  # onnxruntime raises its own exception types
             if len(members) == 1:
                 responses[members[0][0]] = _error_response(error)
                 return
             # Run each request alone so that only the one that fails gets the error.
             for member in members:
-                self._run_group([member], responses)
+                self._run_group([member], requests, responses)
             return
         start = 0
         for index, arrays in members:
             size = len(next(iter(arrays.values())))
-            tensors = [pb_utils.Tensor(name, result[start:start + size]) for name, result in zip(self.outputs, results)]
+            tensors = [pb_utils.Tensor(name, result[start:start + size]) for name, result in zip(outputs, results)
+                       if name in asked[index]]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
 
