@@ -195,6 +195,28 @@ def _plots(results: dict, docs: Path) -> None:
         save_figure(figure, docs / "perf_sequence.png")
 
 
+def _gpu_speed(data: dict | None) -> list[str]:
+    """The paper's GPU speed table (benchmarks/gpu_speed.py), or why it is missing."""
+    lines = ["## 10. GPU speed table (PyTorch, the paper's RQ5)", ""]
+    if data is None:
+        return lines + ["Not measured yet: no session so far had a GPU machine. `benchmarks/gpu_speed.py` is written "
+                        "and its logic is tested on the CPU; run it on a GPU (`python -m benchmarks.gpu_speed --out "
+                        "benchmarks/results/gpu_speed.json`) and this section fills in.", ""]
+    env = data["environment"]
+    lines += [f"Device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}. "
+              f"Sequence length {data['settings']['seq_len']}, {data['settings']['trials']} interleaved trials per "
+              "cell; pruned / unpruned examples/s, median [range over trials].", "",
+              "| model | precision | attention | batch | heads | speedup | peak MiB (unpruned / pruned) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        peak = row.get("peak_mib") or {}
+        memory = f"{peak['unpruned']:.0f} / {peak['pruned']:.0f}" if peak.get("unpruned") is not None else ""
+        lines.append(f"| {row['model']} | {row['precision']} | {row['attention']} | {row['batch']} | "
+                     f"{row['heads']['pruned']}/{row['heads']['unpruned']} | {row['speedup']:.3f}x "
+                     f"[{row['speedup_min']:.3f}–{row['speedup_max']:.3f}] | {memory} |")
+    return lines + [""]
+
+
 def render(results: Path, docs: Path) -> Path:
     """Writes docs/performance.md (and its plots) from the result files; returns its path."""
     data = _load(results)
@@ -215,5 +237,6 @@ def render(results: Path, docs: Path) -> Path:
             lines += renderer(data[key])
     if "gpu" in data and "speedups" in data["gpu"]:
         lines += ["## 9. GPU", "", f"Report: {data['gpu']['report']}", ""]
+    lines += _gpu_speed(data.get("gpu_speed"))
     _plots(data, docs)
     return atomic_write_text(docs / "performance.md", "\n".join(lines))
