@@ -131,6 +131,12 @@ class TritonClient:
         return (np.concatenate([out["NLL"].reshape(-1) for out in outputs]),
                 np.concatenate([out["TOKENS"].reshape(-1) for out in outputs]))
 
+    def generate(self, model: str, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Returns the greedy continuation of each prompt by a ``<name>_generate`` model."""
+        parameters = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
+        out = self.infer(model, {"PROMPT": strings_array(prompts)}, ["GENERATED"], parameters)
+        return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in out["GENERATED"].reshape(-1)]
+
     def translate(self, model: str, sources: list[str], num_beams: int = 1, max_new_tokens: int | None = None,
                   batch_size: int = 16) -> list[str]:
         """Returns the translations of raw source sentences by a ``<name>_translate`` model (greedy unless

@@ -55,12 +55,12 @@ def deberta_dir(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def gpt2_dir(workdir) -> Path:
-    return make_causal_lm(workdir / "gpt2", model_type="gpt2")
+    return make_causal_lm(workdir / "gpt2", model_type="gpt2", steps=150)
 
 
 @pytest.fixture(scope="session")
 def llama_dir(workdir) -> Path:
-    return make_causal_lm(workdir / "llama", model_type="llama")
+    return make_causal_lm(workdir / "llama", model_type="llama", steps=150)
 
 
 @pytest.fixture(scope="session")

@@ -134,10 +134,10 @@ def word_tokenizer(eos_template: bool = False) -> PreTrainedTokenizerFast:
 
 
 def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: int = 3, heads: int = 4,
-                   key_value_heads: int = 2, head_size: int = 8) -> Path:
+                   key_value_heads: int = 2, head_size: int = 8, steps: int = 0) -> Path:
     """Saves a tiny random causal language model (GPT-2, or Llama with ``key_value_heads`` grouped-query heads and
-    Q/K/V biases) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none;
-    returns its folder."""
+    Q/K/V biases) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none, trained
+    for ``steps`` steps on successor chains; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer()
     tokenizer.pad_token = None
@@ -154,9 +154,45 @@ def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: 
                              bos_token_id=1, eos_token_id=1, pad_token_id=None)
         model = LlamaForCausalLM(config)
     model = randomize(model.eval(), seed)
+    if steps:
+        train_successor_chains(model, tokenizer, steps, seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def successor_chains(count: int, seed: int) -> list[list[int]]:
+    """Returns ``count`` token-id sentences of 3 to 9 words in which each word's successor is fixed (a seeded cycle
+    through the vocabulary's words), each ending with </s> (id 1)."""
+    words = list(range(3, 3 + len(WORDS)))
+    cycle = random.Random(99).sample(words, len(words))
+    successor = {a: b for a, b in zip(cycle, cycle[1:] + cycle[:1])}
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(count):
+        word, sentence = rng.choice(words), []
+        for _ in range(rng.randint(3, 9)):
+            sentence.append(word)
+            word = successor[word]
+        sentences.append(sentence + [1])
+    return sentences
+
+
+def train_successor_chains(model, tokenizer, steps: int, seed: int) -> None:
+    """Trains a causal language model for seconds on successor_chains, so that its greedy continuations depend on
+    the prompt, with clear margins, and end (random ones repeat one token or end at once)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        rows = successor_chains(32, seed=1000 * seed + step)
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [1] * (width - len(row)) for row in rows])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
 
 
 def random_images(count: int, seed: int) -> list:

@@ -1,6 +1,7 @@
 """Decoder-only language models served by the real Triton: logits and per-text NLL equal PyTorch over HTTP and gRPC
 (GPT-2's fused projection, Llama's grouped-query heads, headless layers), served perplexity equals in-process
-perplexity, and compare reports perplexity and tokens/s."""
+perplexity, greedy generation with a KV cache equals transformers' generate, and compare reports perplexity and
+tokens/s."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_prun
 from exporter.data import read_examples
 from exporter.errors import HeadpruneError
 from exporter.evaluation.quality import Evaluator
+from exporter.onnx.causal import pytorch_greedy_continuations
 from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.repository import export_to_repository
@@ -24,7 +26,7 @@ from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
 
 PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headless
-         "llama_pruned": {"decoder": {0: [0, 1], 1: [0], 2: [3]}}}  # group 0 gone; uneven groups copy a head
+         "llama_pruned": {"decoder": {0: [0], 1: [0, 1], 2: [3]}}}  # layer 1's group 0 gone; uneven groups copy a head
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,38 @@ def test_served_perplexity_equals_in_process_perplexity(served, protocol, lm_dat
         # One text alone: the same as within a padded batch.
         alone, _ = client.score_text(f"{name}_text", texts[:1])
         assert alone[0] == pytest.approx(nll[0], rel=1e-5, abs=1e-5)
+
+
+PROMPTS = ["the movie was", "a really dull and boring plot about the actor who", "fun", "el pelicula es muy"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("name", ["gpt2_pruned", "llama", "llama_pruned"])
+def test_served_generation_equals_transformers_greedy_generate(served, protocol, name):
+    client = client_for(served, protocol)
+    model, tokenizer = load_model(served["dirs"][name]), load_tokenizer(served["dirs"][name])
+    eos = model.config.eos_token_id
+    for prompts, budget in ((PROMPTS, 12), (PROMPTS[2:3], 20)):  # a batch of uneven prompts, then one alone
+        continuations = client.generate(f"{name}_generate", prompts, budget)
+        expected = pytorch_greedy_continuations(model, [tokenizer(p)["input_ids"] for p in prompts], eos, eos, budget)
+        assert continuations == tokenizer.batch_decode(expected, skip_special_tokens=True)
+        assert any(continuations)  # something was generated: equal empty outputs would prove nothing
+
+
+def test_generation_checks_requests_and_describes_itself(served):
+    client = client_for(served, "http")
+    config = read_config(served["repo"] / "llama_pruned_generate" / "config.pbtxt")
+    settings = json.loads(config.parameters["generation"].string_value)
+    assert settings["layout"]["heads"] == [3, 1, 3]  # key/value heads: a group gone; copies where groups are uneven
+    validation = json.loads((served["repo"] / "llama_pruned_generate" / "1" / "validation.json").read_text())
+    assert validation["passed"] and validation["exact_matches"] == validation["prompts"]
+    with pytest.raises(HeadpruneError, match="PROMPT row 1 must not be empty"):
+        client.generate("llama_generate", ["fun", " "])
+    with pytest.raises(HeadpruneError, match="max_new_tokens must be an integer from 1 to"):
+        client.generate("llama_generate", ["fun"], 0)
+    with pytest.raises(HeadpruneError, match="PROMPT row 0 has .* tokens; this model takes at most"):
+        client.generate("llama_generate", [" ".join(["fun"] * 60)], 10)
+    assert len(client.generate("llama_generate", ["fun"], 3)) == 1  # the server still answers
 
 
 def test_language_model_configs_and_refusals(served, gpt2_dir, tmp_path):

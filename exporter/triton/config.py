@@ -147,9 +147,16 @@ def image_config(name: str, classifier: str, id2label: dict[int, str], options: 
 
 def translation_config(name: str, options: DeploymentOptions, parameters: dict[str, str]) -> pb.ModelConfig:
     """Returns the config of a translation model (Python): UTF-8 SOURCE in, TRANSLATION out, one row per sentence."""
+    return generation_config(name, options, parameters, "SOURCE", "TRANSLATION")
+
+
+def generation_config(name: str, options: DeploymentOptions, parameters: dict[str, str], source: str,
+                      output: str) -> pb.ModelConfig:
+    """Returns the config of a generating model (Python): UTF-8 text in (``source``), generated text out
+    (``output``), one row per text."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
-    config.input.append(_tensor(pb.ModelInput, "SOURCE", STRING, [1]))
-    config.output.append(_tensor(pb.ModelOutput, "TRANSLATION", STRING, [1]))
+    config.input.append(_tensor(pb.ModelInput, source, STRING, [1]))
+    config.output.append(_tensor(pb.ModelOutput, output, STRING, [1]))
     # Concurrent requests reach one execute() together and are decoded as one batch.
     _batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))

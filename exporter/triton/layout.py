@@ -2,7 +2,7 @@
 
 ``<root>/<name>/config.pbtxt``, ``<root>/<name>/<version>/model.onnx`` and the
 version's ``deployment.json``; the text front end of model ``name`` is ``<name>_text`` (``<name>_image``
-for an image model);
+for an image model), and a language model's generation model ``<name>_generate``;
 a translation model exported as ``name`` is served as ``<name>_translate``.
 Versions are built beside the repository (Triton tries to load every folder inside
 it, hidden ones included) and renamed in. Light to import: no PyTorch.
@@ -21,6 +21,7 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 TEXT_SUFFIX = "_text"
 IMAGE_SUFFIX = "_image"
+GENERATE_SUFFIX = "_generate"
 TRANSLATE_SUFFIX = "_translate"
 
 
@@ -32,6 +33,11 @@ def text_model_name(name: str) -> str:
 def image_model_name(name: str) -> str:
     """Returns the name of the image front end of image model ``name``."""
     return f"{name}{IMAGE_SUFFIX}"
+
+
+def generate_model_name(name: str) -> str:
+    """Returns the name of the generation model of language model ``name``."""
+    return f"{name}{GENERATE_SUFFIX}"
 
 
 def translate_model_name(name: str) -> str:

@@ -31,7 +31,14 @@ from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
 from exporter.triton.config import DeploymentOptions, classifier_config, image_config, text_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
-from exporter.triton.layout import MODEL_FILE, ModelRepository, check_name, image_model_name, text_model_name
+from exporter.triton.layout import (
+    MODEL_FILE,
+    ModelRepository,
+    check_name,
+    generate_model_name,
+    image_model_name,
+    text_model_name,
+)
 
 
 @dataclass
@@ -48,13 +55,15 @@ class ExportResult:
     original_heads: int
     precision: str = "fp32"
     quantization: Validation | None = None
+    generation: dict | None = None  # a language model's <name>_generate, and how it matched PyTorch
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
                 "front_end": self.front_end, "heads": self.heads, "original_heads": self.original_heads,
-                "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict()}
+                "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict(),
+                "generation": self.generation}
 
 
 def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
@@ -216,7 +225,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
 
     A text model gets a text front end (``<name>_text``), an image model an image front end (``<name>_image``). A
     language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
-    that scores texts. ``precision`` "int8" quantizes a classifier's validated FP32 graph (after fusion, if asked)
+    that scores texts, and as ``<name>_generate``: greedy generation over a step graph with a KV cache. ``precision`` "int8" quantizes a classifier's validated FP32 graph (after fusion, if asked)
     and checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is neither,
     the name is unusable, or a graph fails its check.
     """
@@ -224,6 +233,7 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     check_name(name)
     check_name(text_model_name(name))  # every name must fit before anything is written
     check_name(image_model_name(name))
+    check_name(generate_model_name(name))
     check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
@@ -288,5 +298,11 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             write_config(config, repository.folder(name))
 
         target = install_with_configs(repository, name, version, staged, write_configs)
+    generation = None
+    if language_model:
+        from exporter.triton.generation import export_generation  # it builds on this module
+
+        generation = export_generation(model, tokenizer, model_dir, repository, name, version, options).to_dict()
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, front_end,
-                        inventory.kept_head_count(), inventory.original_head_count(), precision, quantization)
+                        inventory.kept_head_count(), inventory.original_head_count(), precision, quantization,
+                        generation)

@@ -70,6 +70,7 @@ def _copy_code(folder: Path) -> None:
     models = resources.files("exporter.triton.models")
     (folder / "model.py").write_text(models.joinpath("translate.py").read_text())
     (folder / "search.py").write_text(models.joinpath("search.py").read_text())
+    (folder / "common.py").write_text(models.joinpath("common.py").read_text())
 
 
 def export_translation_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,

@@ -83,7 +83,9 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
     emit(result.to_dict(), as_json,
          f"exported {name} version {result.version} ({result.heads}/{result.original_heads} heads) -> {result.model_path}\n"
          f"max |ONNX - PyTorch| = {result.validation.max_abs_diff:.3g} (tolerance {atol:g}){details}\n"
-         f"front end: {result.front_end}")
+         f"front end: {result.front_end}"
+         + (f"\ngeneration: {result.generation['name']} (greedy continuations equal transformers' on "
+            f"{result.generation['exact_matches']} of {result.generation['prompts']} prompts)" if result.generation else ""))
 
 
 def _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json):
@@ -228,6 +230,21 @@ def translate(sources, model, beams, max_new_tokens, url, protocol, as_json):
     translations = TritonClient(url, protocol).translate(model, list(sources), beams, max_new_tokens)
     emit({"model": model, "results": [{"source": s, "translation": t} for s, t in zip(sources, translations)]},
          as_json, "\n".join(translations))
+
+
+@main.command()
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--model", required=True, help="A <name>_generate model written by 'headprune export' (a language model).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None, help="Token budget per prompt (default: 32).")
+@click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of a running Triton.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def generate(prompts, model, max_new_tokens, url, protocol, as_json):
+    """Continue PROMPTS with a served <name>_generate model (greedy); prints one continuation per line."""
+    continuations = TritonClient(url, protocol).generate(model, list(prompts), max_new_tokens)
+    emit({"model": model, "results": [{"prompt": p, "continuation": c} for p, c in zip(prompts, continuations)]},
+         as_json, "\n".join(continuations))
 
 
 @main.command()

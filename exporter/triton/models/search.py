@@ -1,7 +1,8 @@
-"""Greedy and beam search over an exported encoder/decoder pair (numpy only).
+"""Greedy and beam search over an exported encoder/decoder pair, and greedy generation over a decoder-only
+language model's step graph (numpy only).
 
-Used in process (over ONNX Runtime sessions) and by the Triton translation model,
-which ships this file next to its ``model.py``: it imports nothing from headprune.
+Used in process (over ONNX Runtime sessions) and by the Triton translation and generation
+models, which ship this file next to their ``model.py``: it imports nothing from headprune.
 ``encode(feeds)`` and ``decode(feeds)`` run the two graphs of ``exporter.onnx.seq2seq``
 and return dicts of arrays. Greedy search reproduces transformers' ``generate``
 (``num_beams=1``) and beam search its ``early_stopping=True`` beams: start token,
@@ -137,3 +138,43 @@ class Seq2SeqSearch:
             sequences = [beam_sequences for _, _, _, beam_sequences in survivors]
             tokens = np.array([sequence[-1] for beams in sequences for sequence in beams], dtype=np.int64)
         return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in ended]
+
+
+class CausalSearch:
+    """Greedy generation with a KV cache over one exported decoder-only step graph (``exporter.onnx.causal``).
+
+    Prompts are padded on the left and run in one first step; then one token per step. A
+    continuation that produced EOS leaves the batch. Positions count each row's real tokens, so
+    padding moves no row's positions, as transformers' ``generate`` does."""
+
+    def __init__(self, step, layout, eos_id, pad_id):
+        self.run = step
+        self.layers = [(l, n) for l, n in enumerate(layout["heads"]) if n]
+        self.head_size = layout["head_size"]
+        self.eos_id, self.pad_id = eos_id, pad_id
+
+    def greedy(self, prompts, max_new_tokens):
+        """Returns the greedy continuation of each prompt (token ids, up to and including EOS)."""
+        width = max(len(p) for p in prompts)
+        tokens = np.array([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=np.int64)
+        mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        positions = np.maximum(mask.cumsum(-1) - 1, 0)
+        state = {f"past.{layer}.{part}": np.zeros((len(prompts), heads, 0, self.head_size), dtype=np.float32)
+                 for layer, heads in self.layers for part in ("key", "value")}
+        results = [[] for _ in prompts]
+        active = np.arange(len(prompts))
+        for _ in range(max_new_tokens):
+            outputs = self.run({**state, "input_ids": tokens, "attention_mask": mask, "position_ids": positions})
+            state = {name: outputs[name.replace("past.", "present.", 1)] for name in state}
+            chosen = outputs["logits"].argmax(-1)
+            for row, token in zip(active, chosen):
+                results[row].append(int(token))
+            going = chosen != self.eos_id
+            active, chosen = active[going], chosen[going]
+            if not len(active):
+                break
+            state = {name: value[going] for name, value in state.items()}
+            tokens = chosen.reshape(-1, 1).astype(np.int64)
+            mask = np.concatenate([mask[going], np.ones((len(active), 1), dtype=np.int64)], axis=1)
+            positions = positions[going][:, -1:] + 1
+        return results

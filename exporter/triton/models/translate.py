@@ -20,7 +20,8 @@ import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from search import Seq2SeqSearch, session_runner  # noqa: E402  (shipped next to this file)
+from common import integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
+from search import Seq2SeqSearch, session_runner  # noqa: E402
 
 
 def _bls_runner(spec):
@@ -33,15 +34,6 @@ def _bls_runner(spec):
             raise RuntimeError(f"{spec['model']}: {response.error().message()}")
         return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
     return run
-
-
-def _integer(parameters, name, default, low, high):
-    value = parameters.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"parameter {name} must be an integer from {low} to {high}; received {value!r}")
-    return value
 
 
 class TritonPythonModel:
@@ -68,27 +60,12 @@ class TritonPythonModel:
 
     def _request(self, request):
         """Returns (token ids of each source, num_beams, max_new_tokens) of one request; raises ValueError when it is bad."""
-        tensor = pb_utils.get_input_tensor_by_name(request, "SOURCE")
-        if tensor is None:
-            raise ValueError("input SOURCE is missing")
-        sources = []
-        for row, value in enumerate(tensor.as_numpy().reshape(-1)):
-            try:
-                text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-            except UnicodeDecodeError as error:
-                raise ValueError(f"SOURCE row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
-            if not text.strip():
-                raise ValueError(f"SOURCE row {row} must not be empty")
-            ids = self.tokenizer.encode(text).ids
-            tokens = len(ids)
-            if tokens > self.settings["max_length"]:
-                raise ValueError(f"SOURCE row {row} has {tokens} tokens; this model takes at most "
-                                 f"{self.settings['max_length']} (split the text into sentences)")
-            sources.append(ids)
+        sources = token_rows(pb_utils.get_input_tensor_by_name(request, "SOURCE"), "SOURCE", self.tokenizer,
+                             self.settings["max_length"], "split the text into sentences")
         parameters = json.loads(request.parameters() or "{}")
-        beams = _integer(parameters, "num_beams", 1, 1, self.limits["max_beams"])
-        new_tokens = _integer(parameters, "max_new_tokens", self.limits["default_new_tokens"], 1,
-                              self.limits["max_new_tokens"])
+        beams = integer_parameter(parameters, "num_beams", 1, 1, self.limits["max_beams"])
+        new_tokens = integer_parameter(parameters, "max_new_tokens", self.limits["default_new_tokens"], 1,
+                                       self.limits["max_new_tokens"])
         return sources, beams, new_tokens
 
     def _translate(self, sources, beams, new_tokens):

@@ -1,0 +1,69 @@
+"""Triton Python model: prompts in, greedy continuations out, for a decoder-only language model with a KV cache.
+
+Runs the exported step graph (``generate.onnx``) with ONNX Runtime in its own process and decodes
+with ``search.py`` (shipped beside this file), tokenising with the checkpoint's ``tokenizers``
+tokenizer. Request parameter: ``max_new_tokens``. Requests that arrive together and ask for the
+same budget are decoded as one batch (prompts padded on the left); a continuation leaves the batch at
+its end of sequence. A bad request (empty or over-long prompt, a budget out of range) gets its own
+error; the others are still answered.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
+from search import CausalSearch, session_runner  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.settings = json.loads(parameters["generation"])
+        step = session_runner(os.path.join(folder, "generate.onnx"), int(parameters.get("threads", "0")))
+        s = self.settings
+        self.search = CausalSearch(step, s["layout"], s["eos_id"], s["pad_id"])
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+
+    def _request(self, request):
+        """Returns (token ids of each prompt, max_new_tokens) of one request; raises ValueError when it is bad."""
+        parameters = json.loads(request.parameters() or "{}")
+        limit = self.settings["max_new_tokens"]
+        new_tokens = integer_parameter(parameters, "max_new_tokens", min(limit, 32), 1, limit)
+        prompts = token_rows(pb_utils.get_input_tensor_by_name(request, "PROMPT"), "PROMPT", self.tokenizer,
+                             self.settings["positions"] - new_tokens, "shorten the prompt or ask for fewer new tokens")
+        return prompts, new_tokens
+
+    def execute(self, requests):
+        responses, groups = [None] * len(requests), {}
+        for index, request in enumerate(requests):
+            try:
+                prompts, new_tokens = self._request(request)
+                groups.setdefault(new_tokens, []).append((index, prompts))
+            except ValueError as error:
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+        for new_tokens, members in groups.items():
+            try:
+                generated = self.search.greedy([p for _, prompts in members for p in prompts], new_tokens)
+                texts = self.tokenizer.decode_batch(generated, skip_special_tokens=True)
+            except Exception as error:  # fails this group's requests only, with what went wrong
+                for index, _ in members:
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
+                        f"cannot generate for this request ({type(error).__name__}: {error})"))
+                continue
+            start = 0
+            for index, prompts in members:
+                rows = np.array([t.encode("utf-8") for t in texts[start:start + len(prompts)]], dtype=object)
+                start += len(prompts)
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("GENERATED", rows.reshape(-1, 1))])
+        return responses
