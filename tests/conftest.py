@@ -64,6 +64,16 @@ def llama_dir(workdir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mistral_dir(workdir) -> Path:
+    return make_causal_lm(workdir / "mistral", model_type="mistral", steps=150)
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(workdir) -> Path:
+    return make_causal_lm(workdir / "qwen2", model_type="qwen2", steps=150)
+
+
+@pytest.fixture(scope="session")
 def lm_data(workdir) -> Path:
     """Plain text, one passage per line, with a blank line that must be skipped."""
     lines = random_sentences(24, seed=4, low=2, high=12)

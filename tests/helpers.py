@@ -26,9 +26,13 @@ from transformers import (
     LlamaForCausalLM,
     MarianConfig,
     MarianMTModel,
+    MistralConfig,
+    MistralForCausalLM,
     MPNetConfig,
     MPNetForSequenceClassification,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     ViTConfig,
     ViTForImageClassification,
     ViTImageProcessor,
@@ -135,8 +139,8 @@ def word_tokenizer(eos_template: bool = False) -> PreTrainedTokenizerFast:
 
 def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: int = 3, heads: int = 4,
                    key_value_heads: int = 2, head_size: int = 8, steps: int = 0) -> Path:
-    """Saves a tiny random causal language model (GPT-2, or Llama with ``key_value_heads`` grouped-query heads and
-    Q/K/V biases) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none, trained
+    """Saves a tiny random causal language model (GPT-2, Llama with ``key_value_heads`` grouped-query heads and
+    Q/K/V biases, Mistral with them and a sliding window, or Qwen2 with sliding layers after a full one) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none, trained
     for ``steps`` steps on successor chains; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer()
@@ -147,6 +151,18 @@ def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: 
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=layers, n_head=heads, n_positions=64,
                             bos_token_id=1, eos_token_id=1)
         model = GPT2LMHeadModel(config)
+    elif model_type == "mistral":  # a sliding window of 4 positions, shorter than most prompts
+        config = MistralConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
+                               num_attention_heads=heads, num_key_value_heads=key_value_heads,
+                               intermediate_size=2 * width, max_position_embeddings=64, sliding_window=4,
+                               bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        model = MistralForCausalLM(config)
+    elif model_type == "qwen2":  # sliding-window layers (window 4) after a full-attention first layer
+        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=key_value_heads,
+                             intermediate_size=2 * width, max_position_embeddings=64, use_sliding_window=True,
+                             sliding_window=4, max_window_layers=1, bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        model = Qwen2ForCausalLM(config)
     else:
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
                              num_attention_heads=heads, num_key_value_heads=key_value_heads,

@@ -30,9 +30,9 @@ PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headl
 
 
 @pytest.fixture(scope="module")
-def served(gpt2_dir, llama_dir, tmp_path_factory):
+def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
-    dirs = {"gpt2": gpt2_dir, "llama": llama_dir}
+    dirs = {"gpt2": gpt2_dir, "llama": llama_dir, "mistral": mistral_dir, "qwen2": qwen2_dir}
     for name, plan in PLANS.items():
         source = dirs[name.split("_")[0]]
         model = load_model(source)
@@ -51,7 +51,7 @@ def client_for(served, protocol: str) -> TritonClient:
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-@pytest.mark.parametrize("name", ["gpt2", "gpt2_pruned", "llama_pruned"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_pruned", "llama_pruned", "mistral", "qwen2"])
 def test_served_logits_and_nll_equal_onnxruntime_and_pytorch(served, protocol, name):
     client = client_for(served, protocol)
     model = load_model(served["dirs"][name])
@@ -68,7 +68,9 @@ def test_served_logits_and_nll_equal_onnxruntime_and_pytorch(served, protocol, n
         nll = -picked.sum(-1, keepdim=True).numpy()
         assert out["logits"].shape == (batch, seq, model.config.vocab_size)
         assert np.abs(out["logits"] - local[0]).max() <= 1e-5 and np.abs(out["nll"] - local[1]).max() <= 1e-4
-        assert np.abs(out["logits"] - logits.numpy()).max() <= 1e-4
+        # At real tokens: a padded query whose sliding window holds only padding attends to nothing real.
+        real = feed["attention_mask"].astype(bool)
+        assert np.abs(out["logits"] - logits.numpy())[real].max() <= 1e-4
         assert np.abs(out["nll"] - nll).max() <= 1e-3
 
 
@@ -78,6 +80,8 @@ def test_served_perplexity_equals_in_process_perplexity(served, protocol, lm_dat
     examples = read_examples(lm_data, "language-modeling")
     texts = [e["text"] for e in examples]
     for name, folder in served["dirs"].items():
+        if name == "qwen2":
+            continue  # transformers loads a qwen2 folder's tokenizer as Qwen2's own BPE, not the test's word-level one
         nll, tokens = client.score_text(f"{name}_text", texts, batch_size=8)
         model, tokenizer = load_model(folder), load_tokenizer(folder)
         expected = Evaluator(model, tokenizer, examples)()
@@ -92,7 +96,7 @@ PROMPTS = ["the movie was", "a really dull and boring plot about the actor who",
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-@pytest.mark.parametrize("name", ["gpt2_pruned", "llama", "llama_pruned"])
+@pytest.mark.parametrize("name", ["gpt2_pruned", "llama", "llama_pruned", "mistral"])  # qwen2: see the export check
 def test_served_generation_equals_transformers_greedy_generate(served, protocol, name):
     client = client_for(served, protocol)
     model, tokenizer = load_model(served["dirs"][name]), load_tokenizer(served["dirs"][name])
@@ -109,8 +113,9 @@ def test_generation_checks_requests_and_describes_itself(served):
     config = read_config(served["repo"] / "llama_pruned_generate" / "config.pbtxt")
     settings = json.loads(config.parameters["generation"].string_value)
     assert settings["layout"]["heads"] == [3, 1, 3]  # key/value heads: a group gone; copies where groups are uneven
-    validation = json.loads((served["repo"] / "llama_pruned_generate" / "1" / "validation.json").read_text())
-    assert validation["passed"] and validation["exact_matches"] == validation["prompts"]
+    for name in ("llama_pruned", "qwen2"):  # qwen2: full and sliding-window layers, one mask each, matched on token ids
+        validation = json.loads((served["repo"] / f"{name}_generate" / "1" / "validation.json").read_text())
+        assert validation["passed"] and validation["exact_matches"] == validation["prompts"] == 12
     with pytest.raises(HeadpruneError, match="PROMPT row 1 must not be empty"):
         client.generate("llama_generate", ["fun", " "])
     with pytest.raises(HeadpruneError, match="max_new_tokens must be an integer from 1 to"):

@@ -7,7 +7,8 @@ heads -> ``logits`` (batch, vocabulary) of the last position and ``present.{l}.k
 positions). A layer's key/value heads are what its attention computes: grouped-query layers may hold fewer
 than their query heads, or copies where pruning left groups uneven; a layer without heads has no cache
 tensors. The graph runs the model's own layers over a KV cache rebuilt from the tensors, with positions and
-the causal mask given explicitly (a headless first layer has no cache to count positions from).
+the causal masks (sliding windows included) given explicitly (a headless first layer has no cache to count
+positions from).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from exporter.onnx.export import OPSET
+from exporter.onnx.masks import step_masks
 from exporter.pruning.inventory import build_inventory
 
 GENERATE_FILE = "generate.onnx"
@@ -51,15 +53,6 @@ class CausalCacheLayout:
         return {"heads": list(self.heads), "head_size": self.head_size}
 
 
-def causal_mask(attention_mask: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
-    """Returns the additive (batch, 1, new, past + new) mask: a query sees real keys at its position or before."""
-    total = attention_mask.shape[1]
-    keys = torch.arange(total, device=attention_mask.device)
-    queries = torch.arange(new, device=attention_mask.device) + (total - new)
-    allowed = (keys[None, :] <= queries[:, None])[None, None] & attention_mask[:, None, None, :].bool()
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
 class CausalStep(nn.Module):
     """The model's forward over new tokens and a KV cache given as tensors: last logits and the updated cache."""
 
@@ -73,7 +66,7 @@ class CausalStep(nn.Module):
         for index, heads in enumerate(self.layout.heads):
             if heads:
                 cache.update(next(given), next(given), index)
-        mask = causal_mask(attention_mask, input_ids.shape[1], self.model.dtype)
+        mask = step_masks(self.model.config, attention_mask, input_ids.shape[1], self.model.dtype)
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
                             use_cache=True).logits[:, -1]
         presents = []

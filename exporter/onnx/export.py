@@ -13,6 +13,7 @@ import torch
 
 from exporter.data import task_of
 from exporter.errors import HeadpruneError
+from exporter.onnx.masks import step_masks
 from exporter.pruning.scoring import token_losses
 
 OPSET = 17
@@ -69,7 +70,9 @@ class _Outputs(torch.nn.Module):
         feed = dict(zip(self.names, inputs))
         if not self.language_model:
             return self.model(**feed).logits
-        logits = self.model(**feed, use_cache=False).logits
+        # The causal mask is built here: transformers' sliding-window masks trace to the example's length.
+        mask = step_masks(self.model.config, feed["attention_mask"], feed["input_ids"].shape[1], self.model.dtype)
+        logits = self.model(input_ids=feed["input_ids"], attention_mask=mask, use_cache=False).logits
         labels = feed["input_ids"].masked_fill(feed["attention_mask"] == 0, -100)
         return logits, token_losses(logits, labels).sum(-1, keepdim=True)
 
