@@ -94,15 +94,18 @@ def examples_per_second(model, inputs: dict, device: str, seconds: float) -> flo
 
 
 def peak_memory_mib(model, inputs: dict, device: str) -> float | None:
-    """Returns the peak device memory (MiB) of one forward pass with the model loaded; None on a CPU."""
+    """Returns the device memory (MiB) one forward pass of ``model`` needs: its weights plus the peak the pass adds
+    (so another model resident on the device does not count); None on a CPU."""
     if not device.startswith("cuda"):
         return None
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         model(**inputs)
     _sync(device)
-    return torch.cuda.max_memory_allocated() / 2**20
+    return (weights + torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def measure_pair(name: str, base, pruned, device: str, batches: list[int], seq_len: int, trials: int,
@@ -180,8 +183,9 @@ def prepare_carry(folder: Path, minilm: Path, score_data: Path, examples: int = 
     model, tokenizer = load_model(minilm), load_tokenizer(minilm)
     model.half().save_pretrained(folder / "minilm")
     tokenizer.save_pretrained(folder / "minilm")
-    lines = score_data.read_text(encoding="utf-8").splitlines(keepends=True)[:examples]
-    (folder / "score.jsonl").write_text("".join(lines), encoding="utf-8")
+    header = 0 if score_data.suffix.lower() in (".jsonl", ".json") else 1  # CSV/TSV keep their header line
+    lines = score_data.read_text(encoding="utf-8").splitlines(keepends=True)[:examples + header]
+    (folder / f"score{score_data.suffix}").write_text("".join(lines), encoding="utf-8")
     return folder
 
 
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Only write --minilm (fp16) and --score-data into FOLDER for the GPU machine, and stop.")
     args = parser.parse_args(argv)
     if args.prepare_carry:
+        if not (args.minilm and args.score_data):
+            parser.error("--prepare-carry needs --minilm and --score-data")
         print(f"wrote {prepare_carry(args.prepare_carry, args.minilm, args.score_data)}")
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():

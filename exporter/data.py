@@ -128,8 +128,9 @@ def load_image(path: str | Path):
                              "replace or remove the file (PNG, JPEG, BMP, GIF, WebP or TIFF)") from error
 
 
-def _example(where: str, row: dict, names: dict[str, str], task: str, config) -> dict:
-    """Returns one row as a canonical example; raises HeadpruneError saying ``where`` a value is missing or wrong."""
+def _example(where: str, row: dict, names: dict[str, str], task: str, config, folder: Path | None = None) -> dict:
+    """Returns one row as a canonical example (an image path taken relative to ``folder``, the data file's); raises
+    HeadpruneError saying ``where`` a value is missing or wrong."""
     example = {role: row[name] for role, name in names.items() if row.get(name) is not None}
     for role in REQUIRED[task]:
         if example.get(role) in (None, ""):
@@ -138,6 +139,8 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config) ->
         if role in example and not isinstance(example[role], str):
             raise HeadpruneError(f"{where}: {role} {example[role]!r} is not a string",
                                  f"write the '{names[role]}' values as strings")
+    if "image" in example and folder is not None:
+        example["image"] = str(folder / example["image"])
     if "image" in example and not Path(example["image"]).is_file():
         raise HeadpruneError(f"{where}: image '{example['image']}' does not exist",
                              "write image paths relative to the data file, or absolute")
@@ -161,6 +164,7 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
     """
     path = Path(path)
     images = task == "image-classification"
+    folder = path.parent if images and not path.is_dir() else None  # image paths in a file are relative to it
     if images and path.is_dir():
         rows, columns = _image_folder_rows(path), {}  # a folder's rows name their roles already
     elif not path.is_file():
@@ -169,9 +173,6 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
                              if images else "pass the path of a .jsonl, .csv or .tsv file")
     else:
         rows = [(f"data file '{path}' line {line}", row) for line, row in _rows(path, encoding)]
-        if images:  # image paths are relative to the data file
-            rows = [(where, {**row, **({"image": str(path.parent / row["image"])} if row.get("image") else {})})
-                    for where, row in rows]
     columns = columns or {}
     if not rows:
         raise HeadpruneError(f"data file '{path}' holds no examples", "add examples, one per line/row")
@@ -184,7 +185,7 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
             f"{task}; it has columns {sorted(present)}",
             f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})",
         )
-    examples = [_example(where, row, names, task, config) for where, row in rows]
+    examples = [_example(where, row, names, task, config, folder) for where, row in rows]
     if max_examples is not None and max_examples < len(examples):
         examples = random.Random(seed).sample(examples, max_examples)
     return examples
@@ -243,8 +244,9 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
     if task == "language-modeling":
         if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none; padded positions are masked anyway
             tokenizer.pad_token = tokenizer.eos_token
+        # Right padding: positions then count from each text's first token without position ids, as served.
         batch = tokenizer([e["text"] for e in examples], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
+                          return_tensors="pt", padding_side="right")
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}

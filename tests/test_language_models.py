@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,38 @@ def test_plain_text_data_needs_a_language_model_and_other_formats_name_their_tex
     with pytest.raises(HeadpruneError, match="lacks text"):
         read_examples(tmp_path / "lm.jsonl", "language-modeling")
     assert read_examples(tmp_path / "lm.jsonl", "language-modeling", columns={"text": "passage"}) == [{"text": "the film"}]
+
+
+def test_left_padding_tokenizers_score_as_right_padding_ones(llama_dir, lm_data):
+    """Llama's own tokenizers pad on the left; without position ids that would shift every padded row."""
+    model, tokenizer = load_model(llama_dir), load_tokenizer(llama_dir)
+    examples = read_examples(lm_data, "language-modeling")
+    right = Evaluator(model, tokenizer, examples, batch_size=8)().value
+    tokenizer.padding_side = "left"
+    assert Evaluator(model, tokenizer, examples, batch_size=8)().value == pytest.approx(right, rel=1e-6)
+
+
+def test_gpt2_fused_projection_counts_once_and_one_token_texts_have_no_perplexity(gpt2_dir, tmp_path):
+    model = load_model(gpt2_dir)
+    attention = model.transformer.h[0].attn
+    expected = sum(p.numel() for m in (attention.c_attn, attention.c_proj) for p in m.parameters())
+    assert build_inventory(model).get("decoder", 0).parameter_count() == expected
+    (tmp_path / "short.txt").write_text("fun\ngreat\n")
+    with pytest.raises(HeadpruneError, match="none of the 2 texts has a token to predict"):
+        Evaluator(model, load_tokenizer(gpt2_dir), read_examples(tmp_path / "short.txt", "language-modeling"))()
+
+
+def test_generation_stops_at_any_end_of_sequence_id():
+    from exporter.triton.models.search import CausalSearch
+
+    script = iter([5, 9, 7])  # per step, the token every row picks
+
+    def step(feeds):
+        rows = feeds["input_ids"].shape[0]
+        logits = np.zeros((rows, 12), dtype=np.float32)
+        logits[:, next(script)] = 1.0
+        present = np.zeros((rows, 1, feeds["attention_mask"].shape[1], 2), dtype=np.float32)
+        return {"logits": logits, "present.0.key": present, "present.0.value": present}
+
+    search = CausalSearch(step, {"heads": [1], "head_size": 2}, eos_ids=[11, 9], pad_id=0)
+    assert search.greedy([[3, 4], [6]], max_new_tokens=3) == [[5, 9], [5, 9]]

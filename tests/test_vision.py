@@ -40,6 +40,12 @@ def test_image_folder_and_csv_give_the_same_examples(image_data, tmp_path):
     finally:
         (image_data / "labels.csv").unlink()
     assert sorted((e["image"], e["label"]) for e in from_csv) == sorted((e["image"], e["label"]) for e in from_folder)
+    (tmp_path / "images").symlink_to(image_data)
+    renamed = ["path\tclass"] + [f"images/{p.relative_to(image_data)}\t{p.parent.name}" for p in image_files(image_data)[:3]]
+    (tmp_path / "renamed.tsv").write_text("\n".join(renamed) + "\n")
+    mapped = read_examples(tmp_path / "renamed.tsv", "image-classification", columns={"image": "path", "label": "class"})
+    assert [e["image"] for e in mapped] == [str(tmp_path / "images" / p.relative_to(image_data))
+                                            for p in image_files(image_data)[:3]]
 
 
 def test_unreadable_images_and_missing_files_name_the_file(vit_dir, tmp_path):

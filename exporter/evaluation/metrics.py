@@ -88,5 +88,10 @@ def perplexity(statistics: list[tuple[float, int]]) -> QualityScore:
     """Returns the corpus perplexity of per-text (summed next-token negative log-likelihood, predicted tokens)."""
     statistics = tuple((float(nll), int(tokens)) for nll, tokens in statistics)
     tokens = sum(row[1] for row in statistics)
+    if not tokens:
+        from exporter.errors import HeadpruneError
+
+        raise HeadpruneError(f"none of the {len(statistics)} texts has a token to predict (each is one token long), "
+                             "so perplexity is undefined", "evaluate on texts of two tokens or more")
     return QualityScore("perplexity", corpus_perplexity(statistics), len(statistics),
                         f"next-token perplexity over {tokens} predicted tokens", statistics)

@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
@@ -113,21 +112,20 @@ def export_causal_onnx(model, folder: str | Path) -> CausalCacheLayout:
     return layout
 
 
-def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (ids, attention mask) of token-id prompts padded on the left to one width, as generation wants."""
-    width = max(map(len, prompts))
-    ids = np.array([[pad_id] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
-    return ids, mask
-
-
-def pytorch_greedy_continuations(model, prompts: list[list[int]], pad_id: int, eos_id: int,
+def pytorch_greedy_continuations(model, prompts: list[list[int]], pad_id: int, eos_ids: int | list[int],
                                  max_new_tokens: int) -> list[list[int]]:
-    """Returns transformers' greedy continuations of left-padded prompts, cut after EOS."""
+    """Returns transformers' greedy continuations of left-padded prompts, cut after the first end-of-sequence id."""
+    from exporter.triton.models.search import left_padded
+
+    eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
     ids, mask = left_padded(prompts, pad_id)
     with torch.no_grad():
         generated = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                                    max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                                   eos_token_id=eos_id)
-    rows = [row[ids.shape[1]:].tolist() for row in generated]
-    return [row[:row.index(eos_id) + 1] if eos_id in row else row for row in rows]
+                                   eos_token_id=eos_ids)
+    continuations = []
+    for row in generated:
+        tokens = row[ids.shape[1]:].tolist()
+        ends = [i for i, token in enumerate(tokens) if token in eos_ids]
+        continuations.append(tokens[:ends[0] + 1] if ends else tokens)
+    return continuations

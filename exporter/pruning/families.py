@@ -47,11 +47,11 @@ class AttentionType:
     key: str
     value: str
     output: str
-    config_heads: str
-    head_count_attr: str | None
-    head_size_attr: str
-    width_attr: str | None
-    query_side: str
+    config_heads: str = "num_attention_heads"
+    head_count_attr: str | None = "num_attention_heads"
+    head_size_attr: str = "attention_head_size"
+    width_attr: str | None = None
+    query_side: str = "encoder"
     headless_cache: Callable[..., None] | None = None
     key_value_heads: str | None = None
     groups_attr: str | None = None
@@ -61,83 +61,44 @@ class AttentionType:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A family of Hugging Face architectures sharing one attention layout; ``kind`` is "encoder",
-    "encoder-decoder" or "decoder" (causal language models)."""
+    """A family of Hugging Face architectures sharing one attention layout."""
 
     name: str
     model_types: tuple[str, ...]
     attention_types: tuple[AttentionType, ...]
-    kind: str
+
+
+def _inside(module: str, query: str, key: str, value: str, output: str, output_module: str | None = None) -> dict:
+    """Returns the paths of an attention module and its projections (the output projection under ``output_module``
+    when it lives outside the attention module)."""
+    return {"attention": module, "query": f"{module}.{query}", "key": f"{module}.{key}", "value": f"{module}.{value}",
+            "output": f"{output_module or module}.{output}"}
 
 
 def _bert_attention() -> AttentionType:
-    return AttentionType(
-        name="encoder",
-        layers="encoder.layer",
-        attention="attention.self",
-        query="attention.self.query",
-        key="attention.self.key",
-        value="attention.self.value",
-        output="attention.output.dense",
-        config_heads="num_attention_heads",
-        head_count_attr="num_attention_heads",
-        head_size_attr="attention_head_size",
-        width_attr="all_head_size",
-        query_side="encoder",
-    )
+    return AttentionType(name="encoder", layers="encoder.layer",
+                         **_inside("attention.self", "query", "key", "value", "dense", "attention.output"),
+                         width_attr="all_head_size")
 
 
 def _distilbert_attention() -> AttentionType:
-    return AttentionType(
-        name="encoder",
-        layers="transformer.layer",
-        attention="attention",
-        query="attention.q_lin",
-        key="attention.k_lin",
-        value="attention.v_lin",
-        output="attention.out_lin",
-        config_heads="n_heads",
-        head_count_attr="n_heads",
-        head_size_attr="attention_head_size",
-        width_attr=None,  # its forward infers the head count from the projections' width
-        query_side="encoder",
-    )
+    # Its forward infers the head count from the projections' width.
+    return AttentionType(name="encoder", layers="transformer.layer",
+                         **_inside("attention", "q_lin", "k_lin", "v_lin", "out_lin"),
+                         config_heads="n_heads", head_count_attr="n_heads")
 
 
 def _deberta_attention() -> AttentionType:
-    return AttentionType(
-        name="encoder",
-        layers="encoder.layer",
-        attention="attention.self",
-        query="attention.self.query_proj",
-        key="attention.self.key_proj",
-        value="attention.self.value_proj",
-        output="attention.output.dense",
-        config_heads="num_attention_heads",
-        head_count_attr="num_attention_heads",
-        head_size_attr="attention_head_size",
-        width_attr="all_head_size",
-        query_side="encoder",
-        # Absent with share_att_key (DeBERTa-v3), where the positional terms reuse query_proj and key_proj.
-        per_head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
-    )
+    return AttentionType(name="encoder", layers="encoder.layer",
+                         **_inside("attention.self", "query_proj", "key_proj", "value_proj", "dense", "attention.output"),
+                         width_attr="all_head_size",
+                         # Absent with share_att_key (DeBERTa-v3), where the positional terms reuse query_proj and key_proj.
+                         per_head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"))
 
 
 def _vit_attention() -> AttentionType:
-    return AttentionType(
-        name="encoder",
-        layers="layers",
-        attention="attention",
-        query="attention.q_proj",
-        key="attention.k_proj",
-        value="attention.v_proj",
-        output="attention.o_proj",
-        config_heads="num_attention_heads",
-        head_count_attr="num_attention_heads",
-        head_size_attr="head_dim",
-        width_attr=None,
-        query_side="encoder",
-    )
+    return AttentionType(name="encoder", layers="layers", **_inside("attention", "q_proj", "k_proj", "v_proj", "o_proj"),
+                         head_size_attr="head_dim")
 
 
 def _kept_position_bias(attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -160,21 +121,8 @@ def mpnet_position_bias(attention: nn.Module, kept: list[int]) -> None:
 
 
 def _mpnet_attention() -> AttentionType:
-    return AttentionType(
-        name="encoder",
-        layers="encoder.layer",
-        attention="attention.attn",
-        query="attention.attn.q",
-        key="attention.attn.k",
-        value="attention.attn.v",
-        output="attention.attn.o",
-        config_heads="num_attention_heads",
-        head_count_attr="num_attention_heads",
-        head_size_attr="attention_head_size",
-        width_attr="all_head_size",
-        query_side="encoder",
-        on_shrink=mpnet_position_bias,
-    )
+    return AttentionType(name="encoder", layers="encoder.layer", **_inside("attention.attn", "q", "k", "v", "o"),
+                         width_attr="all_head_size", on_shrink=mpnet_position_bias)
 
 
 def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=None, cache=None,
@@ -215,59 +163,23 @@ def causal_headless_cache(attention: nn.Module, hidden_states, *args, cache=None
 
 
 def _gpt2_attention() -> AttentionType:
-    return AttentionType(
-        name="decoder",
-        layers="h",
-        attention="attn",
-        query="attn.c_attn",  # one Conv1D computes [query | key | value]
-        key="attn.c_attn",
-        value="attn.c_attn",
-        output="attn.c_proj",
-        config_heads="num_attention_heads",
-        head_count_attr="num_heads",
-        head_size_attr="head_dim",
-        width_attr="split_size",
-        query_side="decoder",
-        headless_cache=causal_headless_cache,
-    )
+    # One Conv1D computes [query | key | value].
+    return AttentionType(name="decoder", layers="h", **_inside("attn", "c_attn", "c_attn", "c_attn", "c_proj"),
+                         head_count_attr="num_heads", head_size_attr="head_dim", width_attr="split_size",
+                         query_side="decoder", headless_cache=causal_headless_cache)
 
 
 def _llama_attention() -> AttentionType:
-    return AttentionType(
-        name="decoder",
-        layers="layers",
-        attention="self_attn",
-        query="self_attn.q_proj",
-        key="self_attn.k_proj",
-        value="self_attn.v_proj",
-        output="self_attn.o_proj",
-        config_heads="num_attention_heads",
-        head_count_attr=None,
-        head_size_attr="head_dim",
-        width_attr=None,
-        query_side="decoder",
-        headless_cache=causal_headless_cache,
-        key_value_heads="num_key_value_heads",
-        groups_attr="num_key_value_groups",
-    )
+    return AttentionType(name="decoder", layers="layers", **_inside("self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
+                         head_count_attr=None, head_size_attr="head_dim", query_side="decoder",
+                         headless_cache=causal_headless_cache, key_value_heads="num_key_value_heads",
+                         groups_attr="num_key_value_groups")
 
 
 def _bart_attention(name: str, stack: str, module: str, config_heads: str, query_side: str) -> AttentionType:
-    return AttentionType(
-        name=name,
-        layers=f"{stack}.layers",
-        attention=module,
-        query=f"{module}.q_proj",
-        key=f"{module}.k_proj",
-        value=f"{module}.v_proj",
-        output=f"{module}.out_proj",
-        config_heads=config_heads,
-        head_count_attr="num_heads",
-        head_size_attr="head_dim",
-        width_attr=None,
-        query_side=query_side,
-        headless_cache=bart_headless_cache,
-    )
+    return AttentionType(name=name, layers=f"{stack}.layers", **_inside(module, "q_proj", "k_proj", "v_proj", "out_proj"),
+                         config_heads=config_heads, head_count_attr="num_heads", head_size_attr="head_dim",
+                         query_side=query_side, headless_cache=bart_headless_cache)
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
@@ -275,31 +187,26 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="bert-encoder",
         model_types=("bert", "roberta", "electra", "xlm-roberta", "camembert"),
         attention_types=(_bert_attention(),),
-        kind="encoder",
     ),
     ModelFamily(
         name="distilbert-encoder",
         model_types=("distilbert",),
         attention_types=(_distilbert_attention(),),
-        kind="encoder",
     ),
     ModelFamily(
         name="mpnet-encoder",
         model_types=("mpnet",),
         attention_types=(_mpnet_attention(),),
-        kind="encoder",
     ),
     ModelFamily(
         name="deberta-v2-encoder",
         model_types=("deberta-v2",),
         attention_types=(_deberta_attention(),),
-        kind="encoder",
     ),
     ModelFamily(
         name="vit-encoder",
         model_types=("vit",),
         attention_types=(_vit_attention(),),
-        kind="encoder",
     ),
     ModelFamily(
         name="bart-encoder-decoder",
@@ -309,19 +216,16 @@ FAMILIES: tuple[ModelFamily, ...] = (
             _bart_attention("decoder", "decoder", "self_attn", "decoder_attention_heads", "decoder"),
             _bart_attention("cross", "decoder", "encoder_attn", "decoder_attention_heads", "decoder"),
         ),
-        kind="encoder-decoder",
     ),
     ModelFamily(
         name="gpt2-decoder",
         model_types=("gpt2",),
         attention_types=(_gpt2_attention(),),
-        kind="decoder",
     ),
     ModelFamily(
         name="llama-decoder",
         model_types=("llama", "qwen2", "mistral"),
         attention_types=(_llama_attention(),),
-        kind="decoder",
     ),
 )
 

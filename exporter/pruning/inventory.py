@@ -85,7 +85,8 @@ class AttentionLayer:
         """Returns the number of parameters in this layer's Q/K/V and output projections."""
         spec = self.attention_type
         paths = [spec.query, spec.key, spec.value, spec.output, *self.present_extras()] if self.kept else [spec.output]
-        return sum(p.numel() for path in paths for p in get_path(self.layer, path).parameters())
+        # A fused projection (GPT-2's c_attn) plays three roles: count it once.
+        return sum(p.numel() for path in dict.fromkeys(paths) for p in get_path(self.layer, path).parameters())
 
 
 @dataclass

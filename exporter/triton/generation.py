@@ -83,12 +83,13 @@ def generation_settings(model, tokenizer, layout: CausalCacheLayout, max_new_tok
     """Returns what the served search needs besides the graph: cache layout, end and padding ids, limits."""
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None \
         else model.config.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    if eos is None:
+    eos_ids = [int(i) for i in (eos if isinstance(eos, list) else [eos] if eos is not None else [])]
+    if not eos_ids:
         raise HeadpruneError("the model names no end-of-sequence token (eos_token_id)",
                              "set eos_token_id in its config.json or generation_config.json")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return {"layout": layout.to_dict(), "eos_id": int(eos), "pad_id": int(pad),
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    # Generation stops at any of them, as transformers' generate does (Llama 3 and Qwen2 chat models list several).
+    return {"layout": layout.to_dict(), "eos_ids": eos_ids, "pad_id": int(pad),
             "positions": usable_positions(model.config), "max_new_tokens": int(max_new_tokens)}
 
 
@@ -112,10 +113,10 @@ def export_generation(model, tokenizer, model_dir: Path, repository: ModelReposi
         layout = export_causal_onnx(model, staged)
         settings = generation_settings(model, tokenizer, layout, max_new_tokens)
         prompts = validation_prompts(tokenizer)
-        search = CausalSearch(session_runner(staged / GENERATE_FILE), settings["layout"], settings["eos_id"],
+        search = CausalSearch(session_runner(staged / GENERATE_FILE), settings["layout"], settings["eos_ids"],
                               settings["pad_id"])
         new = min(VALIDATION_NEW_TOKENS, max_new_tokens)
-        expected = pytorch_greedy_continuations(model, prompts, settings["pad_id"], settings["eos_id"], new)
+        expected = pytorch_greedy_continuations(model, prompts, settings["pad_id"], settings["eos_ids"], new)
         matches = sum(a == b for a, b in zip(search.greedy(prompts, new), expected))
         result = GenerationExport(served, version, repository.version_folder(served, version),
                                   step_difference(model, layout, staged / GENERATE_FILE), len(prompts), matches, atol)

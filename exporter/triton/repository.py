@@ -1,10 +1,12 @@
-"""Writing a classifier into a Triton model repository.
+"""Writing a text or image classifier, or a causal language model, into a Triton model repository.
 
 Each export writes ``<repo>/<name>/<version>/model.onnx`` with its ``deployment.json``,
-the model's ``config.pbtxt``, and the text front end ``<name>_text``: a Python (BLS)
-model that tokenises raw strings, calls ``<name>`` and returns LOGITS and LABEL. A
-version is built beside the repository and renamed into place only after it
-validated, so Triton never sees a half-written version.
+the model's ``config.pbtxt``, and a Python (BLS) front end that calls ``<name>``: the text
+front end ``<name>_text`` (raw strings in; LOGITS and LABEL out, or a language model's
+NLL and TOKENS) or the image front end ``<name>_image`` (encoded images in). A language
+model also gets ``<name>_generate`` (exporter.triton.generation). A version is built
+beside the repository and renamed into place only after it validated, so Triton never
+sees a half-written version.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class ExportResult:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
-                "front_end": self.front_end, "heads": self.heads, "original_heads": self.original_heads,
+                "front_end": self.front_end, "text_model": self.front_end,  # text_model: the name before image models "heads": self.heads, "original_heads": self.original_heads,
                 "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict(),
                 "generation": self.generation}
 
@@ -187,20 +189,14 @@ def install_with_configs(repository: ModelRepository, name: str, version: int, s
         return install_version(repository, name, version, staged)
 
 
-def _write_text_model(repository: ModelRepository, name: str, config, tokenizer) -> None:
+def _write_front_end(repository: ModelRepository, name: str, config, code: str, tokenizer=None) -> None:
+    """Writes the Python front end ``name`` (its ``code`` file from exporter/triton/models, and the tokenizer)."""
     with atomic_dir(repository.folder(name), repository.staging, overwrite=True) as staging:
         version = staging / "1"
         version.mkdir()
-        (version / "model.py").write_text(resources.files("exporter.triton.models").joinpath("text.py").read_text())
-        tokenizer.save_pretrained(version / "tokenizer")
-        write_config(config, staging)
-
-
-def _write_image_model(repository: ModelRepository, name: str, config) -> None:
-    with atomic_dir(repository.folder(name), repository.staging, overwrite=True) as staging:
-        version = staging / "1"
-        version.mkdir()
-        (version / "model.py").write_text(resources.files("exporter.triton.models").joinpath("image.py").read_text())
+        (version / "model.py").write_text(resources.files("exporter.triton.models").joinpath(code).read_text())
+        if tokenizer is not None:
+            tokenizer.save_pretrained(version / "tokenizer")
         write_config(config, staging)
 
 
@@ -231,14 +227,14 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     """
     check_precision(precision)
     check_name(name)
-    check_name(text_model_name(name))  # every name must fit before anything is written
-    check_name(image_model_name(name))
-    check_name(generate_model_name(name))
     check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
     task = task_of(model)
     language_model, images = task == "language-modeling", task == "image-classification"
+    front_end = image_model_name(name) if images else text_model_name(name)
+    for served in (front_end, *([generate_model_name(name)] if language_model else [])):
+        check_name(served)  # every name must fit before anything is written
     if task not in ("language-modeling", "image-classification") and (
             model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification")):
         raise HeadpruneError(f"'{model_dir}' is not a sequence or image classifier or causal language model "
@@ -249,7 +245,6 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         raise HeadpruneError(f"'{model_dir}' is a{' language' if language_model else 'n image'} model: attention "
                              "fusion and INT8 are measured for text classifiers only",
                              "export it without `optimize` and in fp32")
-    front_end = image_model_name(name) if images else text_model_name(name)
     if images:
         preprocessing = image_preprocessing(model_dir)
     else:
@@ -287,22 +282,23 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         def write_configs() -> None:  # the front end's tokenizer and limits describe the served version too
             id2label = None if language_model else {int(k): v for k, v in model.config.id2label.items()}
             if images:
-                _write_image_model(repository, front_end, image_config(front_end, name, id2label, options, preprocessing))
+                _write_front_end(repository, front_end, image_config(front_end, name, id2label, options, preprocessing),
+                                 "image.py")
                 write_config(config, repository.folder(name))
                 return
             # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
             pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
                 else (tokenizer.eos_token_id, tokenizer.eos_token)
             text = text_config(text_model_name(name), name, names, id2label, options, pad_id, pad_token)
-            _write_text_model(repository, text_model_name(name), text, tokenizer)
+            _write_front_end(repository, front_end, text, "text.py", tokenizer)
             write_config(config, repository.folder(name))
 
-        target = install_with_configs(repository, name, version, staged, write_configs)
-    generation = None
-    if language_model:
-        from exporter.triton.generation import export_generation  # it builds on this module
+        generation = None
+        if language_model:  # validated and installed first: a failure leaves the scoring model uninstalled too
+            from exporter.triton.generation import export_generation  # it builds on this module
 
-        generation = export_generation(model, tokenizer, model_dir, repository, name, version, options).to_dict()
+            generation = export_generation(model, tokenizer, model_dir, repository, name, version, options).to_dict()
+        target = install_with_configs(repository, name, version, staged, write_configs)
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, front_end,
                         inventory.kept_head_count(), inventory.original_head_count(), precision, quantization,
                         generation)

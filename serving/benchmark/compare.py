@@ -266,18 +266,26 @@ class Comparison:
         return len(todo)
 
     @staticmethod
-    def _classification_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+    def _served_accuracy(facts: DeploymentFacts, examples: list[dict], advance, classify) -> dict:
+        """Returns the accuracy of ``classify(chunk) -> logits`` over ``examples``, chunk by chunk."""
         predictions, labels = [], []
         for chunk in batches(examples, min(16, facts.max_batch_size)):
-            # Pair tasks send both texts: the served front end tokenises them as the model was trained.
-            pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
-            logits, _ = client.classify_text(facts.quality_model, [str(e["text"]) for e in chunk], pairs)
-            predictions += logits.argmax(-1).tolist()
+            predictions += classify(chunk).argmax(-1).tolist()
             labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
             advance(len(chunk))
         score = accuracy(predictions, labels)
         # Per-example correctness: the report tests each candidate's change with a paired test.
         return {**score.to_dict(), "per_example": list(score.per_example)}
+
+    @classmethod
+    def _classification_quality(cls, client: TritonClient, facts: DeploymentFacts, examples: list[dict],
+                                advance) -> dict:
+        def classify(chunk):
+            # Pair tasks send both texts: the served front end tokenises them as the model was trained.
+            pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
+            return client.classify_text(facts.quality_model, [str(e["text"]) for e in chunk], pairs)[0]
+
+        return cls._served_accuracy(facts, examples, advance, classify)
 
     @staticmethod
     def _translation_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
@@ -291,16 +299,10 @@ class Comparison:
         return {**score.to_dict(), "per_example": [list(row) for row in score.per_example],
                 "chrf": character.value, "chrf_signature": character.signature, "translations": hypotheses}
 
-    @staticmethod
-    def _image_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
-        predictions, labels = [], []
-        for chunk in batches(examples, min(16, facts.max_batch_size)):
-            logits, _ = client.classify_images(facts.quality_model, [Path(e["image"]).read_bytes() for e in chunk])
-            predictions += logits.argmax(-1).tolist()
-            labels += [label_id(e["label"], facts.label2id, len(facts.id2label)) for e in chunk]
-            advance(len(chunk))
-        score = accuracy(predictions, labels)
-        return {**score.to_dict(), "per_example": list(score.per_example)}
+    @classmethod
+    def _image_quality(cls, client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
+        return cls._served_accuracy(facts, examples, advance, lambda chunk: client.classify_images(
+            facts.quality_model, [Path(e["image"]).read_bytes() for e in chunk])[0])
 
     @staticmethod
     def _language_model_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:

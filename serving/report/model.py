@@ -337,7 +337,8 @@ class Report:
                      f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
                      "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
                      f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}.")
-        lines += ["", "## Quality", "", "| deployment | heads | quality | change (points) | p (paired test) |",
+        unit = "perplexity" if self.language_model else "points"
+        lines += ["", "## Quality", "", f"| deployment | heads | quality | change ({unit}) | p (paired test) |",
                   "|---|---|---|---|---|"]
         for name, entry in self.deployments.items():
             change = self.quality_change(name)

@@ -12,12 +12,11 @@ import json
 import os
 import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
+from common import grouped_responses, integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
 from search import CausalSearch, session_runner  # noqa: E402
 
 
@@ -29,41 +28,22 @@ class TritonPythonModel:
         self.settings = json.loads(parameters["generation"])
         step = session_runner(os.path.join(folder, "generate.onnx"), int(parameters.get("threads", "0")))
         s = self.settings
-        self.search = CausalSearch(step, s["layout"], s["eos_id"], s["pad_id"])
+        self.search = CausalSearch(step, s["layout"], s["eos_ids"], s["pad_id"])
         self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
 
     def _request(self, request):
-        """Returns (token ids of each prompt, max_new_tokens) of one request; raises ValueError when it is bad."""
+        """Returns (max_new_tokens, token ids of each prompt) of one request; raises ValueError when it is bad."""
         parameters = json.loads(request.parameters() or "{}")
         limit = self.settings["max_new_tokens"]
         new_tokens = integer_parameter(parameters, "max_new_tokens", min(limit, 32), 1, limit)
         prompts = token_rows(pb_utils.get_input_tensor_by_name(request, "PROMPT"), "PROMPT", self.tokenizer,
                              self.settings["positions"] - new_tokens, "shorten the prompt or ask for fewer new tokens")
-        return prompts, new_tokens
+        return new_tokens, prompts
+
+    def _generate(self, new_tokens, prompts):
+        return self.tokenizer.decode_batch(self.search.greedy(prompts, new_tokens), skip_special_tokens=True)
 
     def execute(self, requests):
-        responses, groups = [None] * len(requests), {}
-        for index, request in enumerate(requests):
-            try:
-                prompts, new_tokens = self._request(request)
-                groups.setdefault(new_tokens, []).append((index, prompts))
-            except ValueError as error:
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
-        for new_tokens, members in groups.items():
-            try:
-                generated = self.search.greedy([p for _, prompts in members for p in prompts], new_tokens)
-                texts = self.tokenizer.decode_batch(generated, skip_special_tokens=True)
-            except Exception as error:  # fails this group's requests only, with what went wrong
-                for index, _ in members:
-                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                        f"cannot generate for this request ({type(error).__name__}: {error})"))
-                continue
-            start = 0
-            for index, prompts in members:
-                rows = np.array([t.encode("utf-8") for t in texts[start:start + len(prompts)]], dtype=object)
-                start += len(prompts)
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("GENERATED", rows.reshape(-1, 1))])
-        return responses
+        return grouped_responses(pb_utils, requests, self._request, self._generate, "GENERATED", "generate")

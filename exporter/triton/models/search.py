@@ -140,6 +140,14 @@ class Seq2SeqSearch:
         return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in ended]
 
 
+def left_padded(prompts, pad_id):
+    """Returns (ids, attention mask) of token-id prompts padded on the left to one width, as generation wants."""
+    width = max(len(p) for p in prompts)
+    ids = np.array([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=np.int64)
+    mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+    return ids, mask
+
+
 class CausalSearch:
     """Greedy generation with a KV cache over one exported decoder-only step graph (``exporter.onnx.causal``).
 
@@ -147,17 +155,15 @@ class CausalSearch:
     continuation that produced EOS leaves the batch. Positions count each row's real tokens, so
     padding moves no row's positions, as transformers' ``generate`` does."""
 
-    def __init__(self, step, layout, eos_id, pad_id):
+    def __init__(self, step, layout, eos_ids, pad_id):
         self.run = step
         self.layers = [(l, n) for l, n in enumerate(layout["heads"]) if n]
         self.head_size = layout["head_size"]
-        self.eos_id, self.pad_id = eos_id, pad_id
+        self.eos_ids, self.pad_id = list(eos_ids), pad_id
 
     def greedy(self, prompts, max_new_tokens):
-        """Returns the greedy continuation of each prompt (token ids, up to and including EOS)."""
-        width = max(len(p) for p in prompts)
-        tokens = np.array([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=np.int64)
-        mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        """Returns the greedy continuation of each prompt (token ids, up to and including an end-of-sequence id)."""
+        tokens, mask = left_padded(prompts, self.pad_id)
         positions = np.maximum(mask.cumsum(-1) - 1, 0)
         state = {f"past.{layer}.{part}": np.zeros((len(prompts), heads, 0, self.head_size), dtype=np.float32)
                  for layer, heads in self.layers for part in ("key", "value")}
@@ -169,7 +175,7 @@ class CausalSearch:
             chosen = outputs["logits"].argmax(-1)
             for row, token in zip(active, chosen):
                 results[row].append(int(token))
-            going = chosen != self.eos_id
+            going = ~np.isin(chosen, self.eos_ids)
             active, chosen = active[going], chosen[going]
             if not len(active):
                 break

@@ -20,7 +20,7 @@ import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
+from common import grouped_responses, integer_parameter, token_rows  # noqa: E402  (shipped next to this file)
 from search import Seq2SeqSearch, session_runner  # noqa: E402
 
 
@@ -79,26 +79,10 @@ class TritonPythonModel:
             generated = self.search.beam(ids, mask, beams, new_tokens)
         return self.tokenizer.decode_batch(generated, skip_special_tokens=True)
 
+    def _parse(self, request):
+        sources, beams, new_tokens = self._request(request)
+        return (beams, new_tokens), sources
+
     def execute(self, requests):
-        responses, groups = [None] * len(requests), {}
-        for index, request in enumerate(requests):
-            try:
-                sources, beams, new_tokens = self._request(request)
-                groups.setdefault((beams, new_tokens), []).append((index, sources))
-            except ValueError as error:
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
-        for (beams, new_tokens), members in groups.items():
-            try:
-                translations = self._translate([s for _, sources in members for s in sources], beams, new_tokens)
-            except Exception as error:  # fails this group's requests only, with what went wrong
-                for index, _ in members:
-                    responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                        f"cannot translate this request ({type(error).__name__}: {error})"))
-                continue
-            start = 0
-            for index, sources in members:
-                rows = np.array([t.encode("utf-8") for t in translations[start:start + len(sources)]], dtype=object)
-                start += len(sources)
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("TRANSLATION", rows.reshape(-1, 1))])
-        return responses
+        return grouped_responses(pb_utils, requests, self._parse, lambda key, sources: self._translate(sources, *key),
+                                 "TRANSLATION", "translate")
