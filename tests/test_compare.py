@@ -90,6 +90,8 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     markdown = (out / "report.md").read_text().splitlines()
     assert markdown[1].startswith("**Verdict:**") and "p50" in markdown[3] and "batch 4" in markdown[3]
     assert (out / "latency.csv").read_text().count("\n") == 1 + 12
+    perf = (out / "perf_analyzer_p25_batch4.csv").read_text().splitlines()  # a row per concurrency, 1 and 2
+    assert perf[0].startswith("Concurrency,Inferences/Second,Client Send,") and len(perf) == 3
     for png in ("latency_vs_batch", "throughput_vs_concurrency", "quality_vs_latency", "quality_vs_pruned", "head_importance"):
         assert (out / f"{png}.png").read_bytes()[:8] == PNG
     (out / "report.md").unlink()

@@ -49,8 +49,8 @@ def latency_records(name: str, rng: np.random.Generator, mean_ms: float, request
                 records.append({"record": "latency", "deployment": name, "batch_size": batch, "concurrency": clients,
                                 "trial": trial, "windows": 1, "latencies_ms": latencies.tolist(),
                                 "wall_s": requests * batch / throughput, "throughput": throughput,
-                                "server": {f"{s}_us": 10.0 for s in ("queue", "compute_input", "compute_infer",
-                                                                     "compute_output")}})
+                                "server": {"queue_us": 5.0, "compute_input_us": 7.0, "compute_infer_us": 10.0,
+                                           "compute_output_us": 3.0}})
     return records
 
 
@@ -187,6 +187,24 @@ def test_latency_csv_has_a_row_per_cell_and_leaves_unsupported_percentiles_empty
     for row in rows:
         assert row["p99"] == "" and float(row["p95"]) > 0 and (row["requests"], row["trials"]) == ("60", "2")
         assert float(row["compute_infer_us"]) == 10.0
+
+
+def test_perf_analyzer_csvs_have_its_columns_and_the_cells_numbers(tmp_path):
+    report = make_report(tmp_path, {"a": 1.3}, requests=30, trials=2, batch_sizes=(1, 4), concurrency=(1, 2, 4))
+    files = report.perf_analyzer_csvs()
+    assert sorted(files) == [f"perf_analyzer_{d}_batch{b}.csv" for d in ("a", "base") for b in (1, 4)]
+    rows = list(csv.DictReader(io.StringIO(files["perf_analyzer_a_batch4.csv"])))
+    assert list(rows[0]) == ["Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
+                             "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
+                             "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency"]
+    cells = {c.concurrency: c for c in report.cells if c.deployment == "a" and c.batch_size == 4}
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2, 4]
+    for row in rows:
+        stats = cells[int(row["Concurrency"])].stats
+        assert float(row["Inferences/Second"]) == pytest.approx(stats.throughput, abs=1e-3)
+        assert int(row["p50 latency"]) == round(1000 * stats.p50) and row["p99 latency"] == ""  # 60 requests
+        assert [int(row[f"Server {s}"]) for s in ("Queue", "Compute Input", "Compute Infer", "Compute Output")] == [5, 7, 10, 3]
+        assert int(row["Network+Server Send/Recv"]) == round(1000 * stats.mean - 25)
 
 
 def test_verdict_picks_the_fastest_candidate_within_max_drop(tmp_path):

@@ -18,6 +18,10 @@ from serving.benchmark.compare import STAGES
 from serving.benchmark.latency import PERCENTILES, TAIL, LatencyStats, Speedup, min_samples
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
+# perf_analyzer's CSV layout (its -f option): one row per concurrency, times in microseconds.
+PERF_ANALYZER_COLUMNS = ("Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv", "Server Queue",
+                         "Server Compute Input", "Server Compute Infer", "Server Compute Output", "Client Recv",
+                         "p50 latency", "p90 latency", "p95 latency", "p99 latency")
 
 
 @dataclass(frozen=True)
@@ -308,6 +312,29 @@ class Report:
             writer.writerow({"deployment": c.deployment, "batch_size": c.batch_size, "concurrency": c.concurrency,
                              **c.stats.to_dict(), **c.server})
         return buffer.getvalue()
+
+    def perf_analyzer_csvs(self) -> dict[str, str]:
+        """Returns {file name: CSV} in perf_analyzer's layout, one file per deployment and batch size
+        (``perf_analyzer_<deployment>_batch<b>.csv``), one row per concurrency, so tools that read perf_analyzer's
+        output read these. Times are in µs; the client's send and receive are not measured apart, so they are 0 and
+        their time is in Network+Server Send/Recv (mean latency minus Triton's stages); a percentile too few
+        requests support is empty."""
+        files = {}
+        for deployment in self.deployments:
+            for batch in sorted({c.batch_size for c in self.cells if c.deployment == deployment}):
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerow(PERF_ANALYZER_COLUMNS)
+                for c in sorted((c for c in self.cells if c.deployment == deployment and c.batch_size == batch),
+                                key=lambda c: c.concurrency):
+                    stages = [c.server[f"{s}_us"] for s in STAGES]
+                    percentiles = ["" if getattr(c.stats, f"p{q}") is None else round(1000 * getattr(c.stats, f"p{q}"))
+                                   for q in PERCENTILES]
+                    network = max(round(1000 * c.stats.mean - sum(stages)), 0)
+                    writer.writerow([c.concurrency, round(c.stats.throughput, 3), 0, network,
+                                     *(round(s) for s in stages), 0, *percentiles])
+                files[f"perf_analyzer_{deployment}_batch{batch}.csv"] = buffer.getvalue()
+        return files
 
     def markdown(self) -> str:
         """Returns report.md: the verdict in the first five lines, then every table."""

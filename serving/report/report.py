@@ -143,7 +143,9 @@ def render_report(folder: str | Path) -> Path:
 
 
 def _render(report: Report, folder: Path) -> None:
-    """Writes latency.csv, the plots and report.md of ``report`` into ``folder``."""
+    """Writes latency.csv (and its perf_analyzer-layout copies), the plots and report.md of ``report`` into ``folder``."""
     atomic_write_text(folder / "latency.csv", report.latency_csv())
+    for name, text in report.perf_analyzer_csvs().items():
+        atomic_write_text(folder / name, text)
     plots.plot_report(report, folder, report.plot_names())
     atomic_write_text(folder / "report.md", report.markdown())
