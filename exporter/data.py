@@ -154,7 +154,8 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config, fo
 
 def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = None,
                   max_examples: int | None = None, seed: int = 0, encoding: str = "utf-8", config=None) -> list[dict]:
-    """Returns the examples of a data file with canonical keys (text/label or source/target).
+    """Returns the examples of a data file (for images, also a folder of one subfolder per label) with canonical
+    keys (text/label, source/target, text alone for a language model, image/label with the image's path).
 
     ``columns`` maps a role to the file's column name; ``max_examples`` takes a
     seeded random subset. Blank lines are skipped. With ``config`` (the model's),

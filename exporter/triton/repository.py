@@ -221,9 +221,10 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
 
     A text model gets a text front end (``<name>_text``), an image model an image front end (``<name>_image``). A
     language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
-    that scores texts, and as ``<name>_generate``: greedy generation over a step graph with a KV cache. ``precision`` "int8" quantizes a classifier's validated FP32 graph (after fusion, if asked)
-    and checks the INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is neither,
-    the name is unusable, or a graph fails its check.
+    that scores texts, and as ``<name>_generate``: greedy generation over a step graph with a KV cache.
+    ``precision`` "int8" quantizes a text classifier's validated FP32 graph (after fusion, if asked) and checks the
+    INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is none of these, the name is
+    unusable, or a graph fails its check.
     """
     check_precision(precision)
     check_name(name)
@@ -284,13 +285,12 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             if images:
                 _write_front_end(repository, front_end, image_config(front_end, name, id2label, options, preprocessing),
                                  "image.py")
-                write_config(config, repository.folder(name))
-                return
-            # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
-            pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
-                else (tokenizer.eos_token_id, tokenizer.eos_token)
-            text = text_config(text_model_name(name), name, names, id2label, options, pad_id, pad_token)
-            _write_front_end(repository, front_end, text, "text.py", tokenizer)
+            else:
+                # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
+                pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
+                    else (tokenizer.eos_token_id, tokenizer.eos_token)
+                text = text_config(front_end, name, names, id2label, options, pad_id, pad_token)
+                _write_front_end(repository, front_end, text, "text.py", tokenizer)
             write_config(config, repository.folder(name))
 
         generation = None
