@@ -27,7 +27,7 @@ from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_onnx, pixel_shape, require_valid, validate_onnx
 from exporter.onnx.quantize import PRECISIONS, quantize_int8
-from exporter.pruning.checkpoint import load_model, load_tokenizer
+from exporter.pruning.checkpoint import load_model, load_tokenizer, model_task
 from exporter.pruning.families import image_tokens, usable_positions
 from exporter.pruning.inventory import HeadInventory, build_inventory
 from exporter.pruning.plan import HeadPlan
@@ -230,12 +230,12 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     check_name(name)
     check_version(version)
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
-    model = load_model(model_dir)
-    task = task_of(model)
+    task = model_task(model_dir)  # from config.json alone: the names are checked before the model is loaded
     language_model, images = task == "language-modeling", task == "image-classification"
     front_end = image_model_name(name) if images else text_model_name(name)
     for served in (front_end, *([generate_model_name(name)] if language_model else [])):
         check_name(served)  # every name must fit before anything is written
+    model = load_model(model_dir)
     if task not in ("language-modeling", "image-classification") and (
             model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification")):
         raise HeadpruneError(f"'{model_dir}' is not a sequence or image classifier or causal language model "
