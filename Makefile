@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-mt bench soak clean
+.PHONY: setup browser test demo demo-mt bench soak clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The report page tests drive a real headless Chromium: Debian's package (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) sh -c \
+	    'apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }'; } || \
+	  echo "warning: could not install Chromium (apt-get install chromium): the report page tests will fail" >&2
 
 test: setup
 	$(BIN)/python -m pytest -q

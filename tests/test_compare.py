@@ -94,11 +94,14 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     assert perf[0].startswith("Concurrency,Inferences/Second,Client Send,") and len(perf) == 3
     for png in ("latency_vs_batch", "throughput_vs_concurrency", "quality_vs_latency", "quality_vs_pruned", "head_importance"):
         assert (out / f"{png}.png").read_bytes()[:8] == PNG
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and report["verdict"]["text"].replace("'", "&#x27;") in page
     (out / "report.md").unlink()
+    (out / "report.html").unlink()
     (out / "latency_vs_batch.png").unlink()
     again = CliRunner().invoke(main, ["report", str(out)])
     assert again.exit_code == 0 and (out / "report.md").read_text().splitlines() == markdown
-    assert (out / "latency_vs_batch.png").exists()
+    assert (out / "latency_vs_batch.png").exists() and (out / "report.html").read_text() == page
 
 
 class Interrupt:

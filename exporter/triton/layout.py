@@ -87,6 +87,33 @@ class ModelRepository:
         """Returns the folder of one version of a model."""
         return self.folder(name) / str(version)
 
+    def models(self) -> list[str]:
+        """Returns the names of the models the repository holds (folders with a config.pbtxt), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{CONFIG_FILE}") if NAME_PATTERN.fullmatch(p.parent.name))
+
+    def deployment_models(self, name: str) -> list[str]:
+        """Returns the models that serve deployment ``name``: the model itself and its front ends, or its translation
+        model; none when the repository does not hold it."""
+        held = set(self.models())
+        related = (name, text_model_name(name), image_model_name(name), generate_model_name(name),
+                   translate_model_name(name))
+        return [model for model in related if model in held]
+
+    def deployments(self) -> list[str]:
+        """Returns the names of the deployments the repository holds: each model that is not another's front end or
+        generation model, and each translation model without its suffix."""
+        held = set(self.models())
+        names = []
+        for model in sorted(held):
+            if model.endswith(TRANSLATE_SUFFIX):
+                names.append(model.removesuffix(TRANSLATE_SUFFIX))
+            elif not any(model.endswith(suffix) and model.removesuffix(suffix) in held
+                         for suffix in (TEXT_SUFFIX, IMAGE_SUFFIX, GENERATE_SUFFIX)):
+                names.append(model)
+        return sorted(set(names))
+
     @property
     def staging(self) -> Path:
         """Returns the folder beside the repository where versions are built before they are renamed in."""

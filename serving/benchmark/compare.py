@@ -6,9 +6,10 @@ import itertools
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +44,7 @@ class CompareSettings:
     seq_len: int = 128
     protocol: str = "http"
     url: str | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)  # deployment -> HOST:PORT of the Triton serving it
     trials: int = 3
     warmup: int = 5
     requests: int = 10
@@ -77,13 +79,17 @@ class CompareSettings:
         for name, values in (("`batch_sizes`", self.batch_sizes), ("`concurrency`", self.concurrency)):
             if not values or min(values) < 1:
                 raise HeadpruneError(f"{name} needs positive integers, got {values}", f"pass e.g. {name} 1,4,16")
+        unknown = sorted(set(self.endpoints) - set(self.deployments))
+        if unknown:
+            raise HeadpruneError(f"an endpoint is given for {', '.join(map(repr, unknown))}, which is not compared",
+                                 "give endpoints only for the baseline and the candidates")
         if self.trials < 1 or self.requests < 1 or self.seq_len < 2:
             raise HeadpruneError("`trials` and `requests` must be >= 1 and `seq_len` >= 2", "give larger values")
 
 
 @contextmanager
-def _server_url(settings: CompareSettings) -> Iterator[str]:
-    if settings.url:
+def _server_url(settings: CompareSettings) -> Iterator[str | None]:
+    if settings.url or set(settings.deployments) <= set(settings.endpoints):
         yield settings.url
         return
     server = TritonServer(settings.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
@@ -189,9 +195,10 @@ class Comparison:
 
     def _describe(self, name: str) -> DeploymentFacts:
         settings = self.settings
-        if settings.url and not exported_model(ModelRepository(settings.repo), name):
+        url = settings.endpoints.get(name, settings.url)
+        if url and not exported_model(ModelRepository(settings.repo), name):
             # A remote server whose repository this machine cannot read describes its models itself.
-            client = TritonClient(settings.url, settings.protocol)
+            client = TritonClient(url, settings.protocol)
             try:
                 return describe_remote_deployment(client, name, settings.seq_len)
             finally:
@@ -225,12 +232,15 @@ class Comparison:
         done = self._done()
         measured = 0
         with _server_url(self.settings) as url:
-            client = lambda: TritonClient(url, self.settings.protocol)  # noqa: E731
-            main = client()
+            # Each deployment is measured where it is served: its own endpoint, or the one server.
+            def client(name: str) -> TritonClient:
+                return TritonClient(self.settings.endpoints.get(name, url), self.settings.protocol)
+
+            main = client(self.settings.baseline)
             try:
                 self._where = "the server's version"
                 self.server = main.server_metadata()
-                measured += self._quality(main, done)
+                measured += self._quality(client, done)
                 measured += self._latency(client, done)
             except HeadpruneError as error:
                 raise HeadpruneError(f"{error.message}, while measuring {self._where} (the {len(done) + measured} "
@@ -252,7 +262,7 @@ class Comparison:
                                            settings.seed, settings.encoding, config=labels)
         return self._examples
 
-    def _quality(self, client: TritonClient, done: set) -> int:
+    def _quality(self, client_of: Callable[[str], TritonClient], done: set) -> int:
         examples = self.examples()
         todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
@@ -261,8 +271,12 @@ class Comparison:
                    "image-classification": self._image_quality}[self.task]
         for name in todo:
             self._where = f"the quality of '{name}'"
-            self.journal.append({"record": "quality", "deployment": name, **measure(client, self.facts[name], examples,
-                                                                                   advance)})
+            client = client_of(name)
+            try:
+                self.journal.append({"record": "quality", "deployment": name,
+                                     **measure(client, self.facts[name], examples, advance)})
+            finally:
+                client.close()
         return len(todo)
 
     @staticmethod
@@ -315,7 +329,7 @@ class Comparison:
         # Per-text (nll, tokens): the report tests each candidate's change with a paired bootstrap.
         return {**score.to_dict(), "per_example": [list(row) for row in score.per_example]}
 
-    def _latency(self, make_client, done: set) -> int:
+    def _latency(self, client_of: Callable[[str], TritonClient], done: set) -> int:
         settings = self.settings
         cells = list(itertools.product(settings.batch_sizes, settings.concurrency))
         total = settings.trials * len(cells) * len(settings.deployments)
@@ -329,7 +343,8 @@ class Comparison:
                 for name in names[shift:] + names[:shift]:
                     if ("latency", name, batch, concurrency, trial) not in done:
                         self._where = f"the latency of '{name}' at batch {batch}, concurrency {concurrency} (trial {trial + 1})"
-                        self.journal.append(self._measure(make_client, name, batch, concurrency, trial))
+                        self.journal.append(self._measure(partial(client_of, name), name, batch, concurrency,
+                                                          trial))
                         count += 1
                     advance(1)
         return count

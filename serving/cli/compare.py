@@ -13,11 +13,25 @@ from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
 from serving.report.report import render_report
 from serving.report.runner import run_comparison
+from serving.report.viewer import open_report, report_page
 
 
 def setting(name: str):
     """Returns CompareSettings' default for field ``name``."""
     return default_of(CompareSettings, name)
+
+
+def endpoint_map(values: tuple[str, ...]) -> dict[str, str]:
+    """Returns {deployment: HOST:PORT} of --endpoint NAME=HOST:PORT options; raises click.BadParameter otherwise."""
+    endpoints = {}
+    for value in values:
+        name, _, address = value.partition("=")
+        host, _, port = address.rpartition(":")
+        if not name or not host or not port.isdigit() or name in endpoints:
+            raise click.BadParameter(f"{value!r} is not NAME=HOST:PORT (each deployment once), e.g. "
+                                     "minilm_pruned50=127.0.0.1:8001", param_hint="--endpoint")
+        endpoints[name] = address
+    return endpoints
 
 
 @main.command()
@@ -30,6 +44,9 @@ def setting(name: str):
 @click.option("--concurrency", default=",".join(map(str, setting("concurrency"))), show_default=True, callback=lambda c, p, v: int_list(v))
 @click.option("--seq-len", default=setting("seq_len"), show_default=True, help="Tokens per example in the latency runs.")
 @click.option("--url", default=None, help="HOST:PORT of a running Triton (default: start the embedded server).")
+@click.option("--endpoint", "endpoints", multiple=True, metavar="NAME=HOST:PORT", callback=lambda c, p, v: endpoint_map(v),
+              help="Measure deployment NAME on the Triton at HOST:PORT (repeatable; e.g. one per InferenceService of "
+                   "a cluster). Others use --url or the embedded server.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=setting("protocol"), show_default=True)
 @click.option("--trials", default=setting("trials"), show_default=True, help="Interleaved trials per cell.")
 @click.option("--requests", default=setting("requests"), show_default=True, help="Least requests per measurement window.")
@@ -45,18 +62,18 @@ def setting(name: str):
               help="Start over in an existing non-empty --out, deleting its earlier measurements (refused otherwise).")
 @data_options
 @friendly_errors
-def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, protocol, trials, requests,
+def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq_len, url, endpoints, protocol, trials, requests,
             examples, max_windows, warmup, max_drop, max_examples, scores, resume, overwrite, **options):
     """Compare pruned deployments against the baseline, through Triton: quality (accuracy, BLEU,
     or perplexity for language models), latency percentiles and throughput per batch size and
     concurrency (and tokens/s for language models), Triton's time breakdown, and static facts.
-    Writes report.md, report.json, latency.csv and PNG plots to --out.
+    Writes report.md, report.html, report.json, latency.csv and PNG plots to --out.
 
     Results are written as they are measured: Ctrl-C keeps them and --resume continues. An existing
     non-empty --out is refused unless --resume or --overwrite (which starts over, deleting its measurements)."""
     settings = CompareSettings(repo=repo, baseline=baseline, candidates=list(candidates), data=data, out=out,
                                batch_sizes=batch_sizes, concurrency=concurrency, seq_len=seq_len, protocol=protocol,
-                               url=url, trials=trials, warmup=warmup, requests=requests, examples=examples,
+                               url=url, endpoints=endpoints, trials=trials, warmup=warmup, requests=requests, examples=examples,
                                max_windows=max_windows,
                                max_drop=max_drop, max_examples=max_examples, scores=scores,
                                **data_source(options))
@@ -72,13 +89,32 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
     finally:
         bars.close()
     click.echo("\n".join(path.read_text().splitlines()[:5]))
-    click.echo(f"\nreport: {path}  (also report.json, latency.csv, plots)")
+    click.echo(f"\nreport: {path}  (also report.html, report.json, latency.csv, plots)")
 
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--open", "open_page", is_flag=True,
+              help="Then open report.html in the browser; where there is none, serve it on --host:--port until Ctrl-C.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (with --open, no browser).")
+@click.option("--port", default=0, show_default=True, help="Port to serve on (0: a free one).")
 @friendly_errors
-def report(folder: Path):
-    """Re-render report.md, latency.csv and the plots of FOLDER from its report.json (no measuring)."""
+def report(folder: Path, open_page: bool, host: str, port: int):
+    """Re-render report.md, report.html, latency.csv and the plots of FOLDER from its report.json (no measuring)."""
     path = render_report(folder)
     click.echo("\n".join(path.read_text().splitlines()[:5]))
+    click.echo(f"\nreport: {path}  (also {report_page(folder)})")
+    if not open_page:
+        return
+    server = open_report(folder, host=host, port=port)
+    if server is None:
+        click.echo("opened in the browser")
+        return
+    click.echo(f"no browser here: serving {server.url} (from another machine: ssh -L "
+               f"{server.httpd.server_address[1]}:127.0.0.1:{server.httpd.server_address[1]} this-host); Ctrl-C stops")
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 
 from exporter.evaluation.metrics import LOWER_IS_BETTER, gain, in_points
-from exporter.evaluation.significance import ALPHA
 from serving.benchmark.compare import STAGES
-from serving.benchmark.latency import PERCENTILES, TAIL, LatencyStats, Speedup, min_samples
+from serving.benchmark.latency import PERCENTILES, LatencyStats, Speedup
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
 # perf_analyzer's CSV layout (its -f option): one row per concurrency, times in microseconds.
@@ -170,12 +168,6 @@ def _significance(speedup: Speedup) -> str:
     if not speedup.significant:
         return "not significantly different from 1: the interval includes it"
     return f"significantly {'faster' if speedup.ratio > 1 else 'slower'}: the interval excludes 1"
-
-
-def _count_range(values: list[int]) -> str:
-    """Returns '12' or '12–48' for the counts of the cells ('0' for none)."""
-    low, high = min(values, default=0), max(values, default=0)
-    return str(low) if low == high else f"{low}–{high}"
 
 
 # The top-level keys of report.json a Report reads; any other is kept in ``extra``.
@@ -338,94 +330,5 @@ class Report:
 
     def markdown(self) -> str:
         """Returns report.md: the verdict in the first five lines, then every table."""
-        base, lowest = self.baseline, self.lowest_concurrency
-        lines = [f"# headprune: {self.title}", f"**Verdict:** {self.verdict().text}"]
-        for name in self.candidates:
-            entry, delta = self.deployments[name], self.quality_points(name)
-            speed = ", ".join(f"batch {s.batch_size} {s.speedup.format()}"
-                              for s in self.speedups if s.candidate == name and s.concurrency == lowest)
-            unit = "" if entry.quality and entry.quality.metric in LOWER_IS_BETTER else " points"
-            change = f" ({self.quality_change(name)}{unit})" if delta is not None else ""
-            precision = entry.facts.get("precision", "fp32")
-            weights = "" if precision == "fp32" else f", {precision.upper()} weights"
-            lines.append(f"- **{name}** ({100 * entry.pruned_share:.0f} % of heads pruned{weights}): {entry.quality_text()}"
-                         f"{change}; throughput vs {base} at concurrency {lowest}: {speed or 'not measured'}")
-        sig = self.signature
-        requests, trials = (_count_range([getattr(c.stats, k) for c in self.cells]) for k in ("requests", "trials"))
-        translation = any(d.facts.get("task") == "translation" for d in self.deployments.values())
-        inputs = "real source sentences of the data (greedy search)" if translation else f"sequence length {sig['seq_len']}"
-        if self.language_model:
-            inputs += f" (tokens/s = examples/s x {sig['seq_len']})"
-        shapes = {tuple(d.facts["input_shape"]) for d in self.deployments.values() if d.facts.get("input_shape")}
-        if shapes:
-            inputs = "random images of " + ", ".join("x".join(map(str, shape)) for shape in sorted(shapes)) + " pixels"
-        lines.append(f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
-                     f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
-                     f"{'' if self.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
-                     "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
-                     f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}.")
-        unit = "perplexity" if self.language_model else "points"
-        lines += ["", "## Quality", "", f"| deployment | heads | quality | change ({unit}) | p (paired test) |",
-                  "|---|---|---|---|---|"]
-        for name, entry in self.deployments.items():
-            change = self.quality_change(name)
-            p_value = entry.quality.p_value if entry.quality else None
-            mark = "*" if p_value is not None and p_value < ALPHA else ""
-            lines.append(f"| {name} | {entry.heads}/{entry.facts['original_heads']} | {entry.quality_text()} | "
-                         f"{'' if name == base or not change else f'{change}{mark}'} | "
-                         f"{'' if p_value is None else f'{p_value:.2g}'} |")
-        lines += ["", f"\\* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for "
-                  "BLEU and perplexity, on the same examples)."]
-        q = self.deployments[base].quality
-        if q and q.signature:
-            lines += ["", f"Metric signature: `{q.signature}`"]
-        if q and q.chrf_signature:
-            lines += ["", f"chrF signature: `{q.chrf_signature}`"]
-        tokens = self.language_model
-        lines += ["", "## Latency and throughput", "",
-                  "| deployment | batch | concurrency | requests | trials | p50 ms | p90 | p95 | p99 | mean | examples/s | "
-                  + ("tokens/s | " if tokens else "") + "range over trials |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if tokens else "") + "---|"]
-        for c in self.cells:
-            s = c.stats
-            values = [getattr(s, f"p{q}") for q in PERCENTILES]
-            percentiles = " | ".join("–" if v is None else f"{v:.2f}" for v in values)
-            per_token = f"{s.throughput * sig['seq_len']:.0f} | " if tokens else ""
-            lines.append(f"| {c.deployment} | {c.batch_size} | {c.concurrency} | {s.requests} | {s.trials} | "
-                         f"{percentiles} | {s.mean:.2f} | {s.throughput:.1f} | {per_token}"
-                         f"{s.throughput_min:.1f}-{s.throughput_max:.1f} |")
-        if any(getattr(c.stats, f"p{q}") is None for c in self.cells for q in PERCENTILES):
-            lines += ["", "– too few requests for this percentile: " + ", ".join(
-                f"p{q} needs at least {min_samples(q)}" for q in PERCENTILES if q > TAIL) +
-                " (a percentile q needs n·(1 − q/100) ≥ 1, at least one request beyond it)."]
-        lines += ["", "## Speedup: measured vs predicted from FLOPs", "",
-                  "Measured: candidate / baseline throughput [95 % bootstrap interval]; n.s. = the interval includes 1.0.",
-                  "", "| candidate | batch | concurrency | requests (baseline/candidate) | trials (baseline/candidate) | "
-                  "measured | predicted (FLOPs) |", "|---|---|---|---|---|---|---|"]
-        for s in self.speedups:
-            m = s.speedup
-            lines.append(f"| {s.candidate} | {s.batch_size} | {s.concurrency} | "
-                         f"{m.baseline_requests}/{m.candidate_requests} | {m.baseline_trials}/{m.candidate_trials} | "
-                         f"{m.format()} | {s.predicted:.2f}x |")
-        lines += ["", "## Where the time goes (Triton statistics, µs per request)", "",
-                  "| deployment | batch | concurrency | queue | compute input | compute infer | compute output |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in self.cells:
-            t = c.server
-            lines.append(f"| {c.deployment} | {c.batch_size} | {c.concurrency} | {t['queue_us']:.0f} | "
-                         f"{t['compute_input_us']:.0f} | {t['compute_infer_us']:.0f} | {t['compute_output_us']:.0f} |")
-        lines += ["", "## Static facts", "",
-                  "| deployment | heads per layer | parameters | attention parameters | ONNX MB | GFLOPs/example |",
-                  "|---|---|---|---|---|---|"]
-        for name, entry in self.deployments.items():
-            e = entry.facts
-            heads = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in e["heads_per_layer"].items())
-            lines.append(f"| {name} | {heads} | {e['parameters']:,} | {e['attention_parameters']:,} | "
-                         f"{e['onnx_bytes'] / 1e6:.1f} | {e['flops_per_example'] / 1e9:.3f} |")
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in self.plot_names()]
-        env = self.environment
-        lines += ["", "## Signature", "", f"- command: `{' '.join(self.command)}`", f"- created: {self.created}",
-                  f"- settings: `{json.dumps(self.signature)}`",
-                  "- weights: " + ", ".join(f"{n} {e.facts['weights_sha256']}" for n, e in self.deployments.items()),
-                  f"- machine: {env['machine']}", f"- libraries: {env['libraries']}", f"- server: {env['server']}", ""]
-        return "\n".join(lines)
+        from serving.report.document import build_document, render_markdown
+        return render_markdown(build_document(self))

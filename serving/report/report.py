@@ -1,8 +1,8 @@
 """The comparison report: built once from the measurements into a Report, written as report.json, rendered from
 it alone.
 
-``render_report(folder)`` re-creates report.md, latency.csv and the plots from
-report.json without measuring anything (``headprune report``).
+``render_report(folder)`` re-creates report.md, report.html, latency.csv and the plots
+from report.json without measuring anything (``headprune report``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from serving.benchmark.compare import STAGES, CompareSettings
 from serving.benchmark.journal import record_type
 from serving.benchmark.latency import LatencyStats, Speedup, bootstrap_throughput, ratios
 from serving.report import plots
+from serving.report.document import build_document, render_markdown
+from serving.report.html import render_html
 from serving.report.model import Cell, CellSpeedup, Deployment, MeanSpeedup, Quality, Report
 
 
@@ -134,8 +136,8 @@ def read_report_json(folder: str | Path) -> dict:
 
 
 def render_report(folder: str | Path) -> Path:
-    """Re-renders report.md, latency.csv and the plots from ``folder``/report.json, all replaced together; returns
-    report.md's path."""
+    """Re-renders report.md, report.html, latency.csv and the plots from ``folder``/report.json, all replaced
+    together; returns report.md's path."""
     report = Report.from_dict(read_report_json(folder))
     with atomic_files(folder) as staging:
         _render(report, staging)
@@ -143,9 +145,13 @@ def render_report(folder: str | Path) -> Path:
 
 
 def _render(report: Report, folder: Path) -> None:
-    """Writes latency.csv (and its perf_analyzer-layout copies), the plots and report.md of ``report`` into ``folder``."""
+    """Writes latency.csv (and its perf_analyzer-layout copies), the plots, report.md and report.html (the plots
+    inline) of ``report`` into ``folder``."""
     atomic_write_text(folder / "latency.csv", report.latency_csv())
     for name, text in report.perf_analyzer_csvs().items():
         atomic_write_text(folder / name, text)
     plots.plot_report(report, folder, report.plot_names())
-    atomic_write_text(folder / "report.md", report.markdown())
+    document = build_document(report)
+    atomic_write_text(folder / "report.md", render_markdown(document))
+    images = {name: (folder / name).read_bytes() for name in document.plots if (folder / name).is_file()}
+    atomic_write_text(folder / "report.html", render_html(document, images))

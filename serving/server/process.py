@@ -73,6 +73,8 @@ class TritonServer:
     grpc_port: int = 8001
     metrics_port: int = 8002
     allow_model_control: bool = False
+    # Triton flags that choose the models to load (a deployment manifest's), instead of loading them all.
+    model_args: tuple[str, ...] = ()
     log_file: Path | None = None
     startup_timeout: float = 180.0
     python: str = field(default_factory=lambda: sys.executable)  # whose packages the backend stubs import
@@ -120,6 +122,8 @@ class TritonServer:
     def command(self, backends: Path) -> list[str]:
         """Returns the tritonserver command line."""
         control = ["--model-control-mode=explicit", "--load-model=*"] if self.allow_model_control else ["--model-control-mode=none"]
+        if self.model_args:
+            control = list(self.model_args)
         return [
             str(_pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repo).resolve()}",
@@ -143,7 +147,8 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         """Starts the server and waits until every model is ready; raises HeadpruneError with Triton's reason."""
-        if self.allow_model_control and not is_loopback(self.host) and not self.expose_model_control:
+        # Explicit model control (also behind model_args) opens Triton's load and unload API.
+        if (self.allow_model_control or self.model_args) and not is_loopback(self.host) and not self.expose_model_control:
             raise HeadpruneError(f"model control on {self.host} would let any host that reaches it load models, and so "
                                  "run code in the server", "bind to 127.0.0.1, or confirm with `expose_model_control`")
         if not Path(self.repo).is_dir():
