@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -95,7 +96,7 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     for png in ("latency_vs_batch", "throughput_vs_concurrency", "quality_vs_latency", "quality_vs_pruned", "head_importance"):
         assert (out / f"{png}.png").read_bytes()[:8] == PNG
     page = (out / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and report["verdict"]["text"].replace("'", "&#x27;") in page
+    assert page.startswith("<!DOCTYPE html>") and html.escape(report["verdict"]["text"]) in page
     (out / "report.md").unlink()
     (out / "report.html").unlink()
     (out / "latency_vs_batch.png").unlink()

@@ -8,25 +8,31 @@ import json
 import re
 from importlib.metadata import version
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 import yaml
 from click.testing import CliRunner
+from tritonclient.utils import InferenceServerException
 
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
+from exporter.triton.config import read_config
+from exporter.triton.layout import ModelRepository
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
 from serving.cli import main
 from serving.client import TritonClient
 from serving.deploy import helm
 from serving.deploy.schemas import SchemaError, check_inference_services, check_kubernetes
-from serving.deploy.served import served_deployment
+from serving.deploy.served import ADMIN_HEADER, model_args, served_deployment
 from serving.deploy.settings import DeploySettings, Storage
 from serving.deploy.writer import write_deployment
 from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
 
 BUCKET = "s3://models-bucket/headprune/repo"
+CANARY_BUCKET = "s3://models-bucket/headprune/canary"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,8 @@ def documents(path) -> list[dict]:
 
 def test_kserve_writes_an_inference_service_per_deployment_and_a_canary_split(repo, tmp_path):
     result = write_deployment(settings(repo, tmp_path / "k", baseline="base", canary="base_p50", canary_percent=25,
-                                       min_replicas=0, max_replicas=4, scale_metric="rps", scale_target=30, gpus=1))
+                                       canary_storage_uri=CANARY_BUCKET, min_replicas=0, max_replicas=4,
+                                       scale_metric="rps", scale_target=30, gpus=1))
     out = tmp_path / "k"
     (base,), (pruned,), (canary,) = (documents(out / "kserve" / f) for f in ("base.yaml", "base-p50.yaml",
                                                                                "base-canary.yaml"))
@@ -62,14 +69,28 @@ def test_kserve_writes_an_inference_service_per_deployment_and_a_canary_split(re
         model = predictor["model"]
         assert model["modelFormat"] == {"name": "triton"} and model["protocolVersion"] == "v2"
         assert model["storageUri"] == BUCKET and model["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
-        assert model["args"] == ["--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
+        assert model["args"] == model_args(models) and model["args"][:len(models) + 1] == [
+            "--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
+        assert model["env"] == [{"name": "HEADPRUNE_ADMIN_KEY",
+                                 "valueFrom": {"secretKeyRef": {"name": "headprune-admin", "key": "HEADPRUNE_ADMIN_KEY"}}}]
         assert model["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
         assert model["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
-    # The canary takes the baseline's name, so applied over it, KServe splits that service's traffic.
-    assert canary["metadata"]["name"] == "base" and canary["spec"]["predictor"]["canaryTrafficPercent"] == 25
-    assert canary["spec"]["predictor"]["model"]["args"] == pruned["spec"]["predictor"]["model"]["args"]
+    # The canary takes the baseline's name and its model names, so applied over it, the new revision answers the
+    # requests the baseline answers: the candidate's files, renamed, from a repository of their own.
+    predictor = canary["spec"]["predictor"]
+    assert canary["metadata"]["name"] == "base" and predictor["canaryTrafficPercent"] == 25
+    assert predictor["model"]["args"] == base["spec"]["predictor"]["model"]["args"]
+    assert predictor["model"]["storageUri"] == CANARY_BUCKET
+    renamed = ModelRepository(out / "canary-repository")
+    assert renamed.models() == ["base", "base_text"]
+    assert (renamed.version_folder("base", 1) / "model.onnx").read_bytes() == \
+        (repo / "base_p50" / "1" / "model.onnx").read_bytes()
+    text = read_config(renamed.config_path("base_text"))
+    assert text.name == "base_text" and text.parameters["classifier"].string_value == "base"
     manifest = json.loads((out / "deployments.json").read_text())
-    assert manifest == result.manifest and manifest["canary"] == {"baseline": "base", "candidate": "base_p50", "percent": 25}
+    assert manifest == result.manifest and manifest["canary"] == {
+        "baseline": "base", "candidate": "base_p50", "percent": 25, "storage_uri": CANARY_BUCKET,
+        "models": {"base_p50": "base", "base_p50_text": "base_text"}}
     assert manifest["deployments"]["base_p50"]["heads"] == 8 and manifest["deployments"]["base"]["heads"] == 12
     assert manifest["deployments"]["base"]["files"] == ["kserve/base.yaml", "kserve/base-canary.yaml"]
     assert "KServe SDK" in manifest["checked_against"]["InferenceService"]
@@ -78,18 +99,20 @@ def test_kserve_writes_an_inference_service_per_deployment_and_a_canary_split(re
                        if p.is_file())
     assert described == ["base/1/deployment.json", "base/config.pbtxt", "base_p50/1/deployment.json",
                          "base_p50/config.pbtxt", "base_p50_text/config.pbtxt", "base_text/config.pbtxt"]
-    assert "kubectl apply -f kserve/base-canary.yaml" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "kubectl apply -n default -f kserve/base-canary.yaml" in readme and f"canary-repository {CANARY_BUCKET}" in readme
 
 
-def test_helm_values_fill_tritons_chart_and_its_objects_pass_kubernetes_schema(repo, tmp_path):
+def test_helm_values_fill_tritons_chart_for_one_release_and_its_objects_pass_kubernetes_schema(repo, tmp_path):
     write_deployment(settings(repo, tmp_path / "h", target="helm", storage_uri="pvc://model-claim/exports/repo",
                               queue_target_us=200, max_replicas=5, namespace="serving"))
-    (values,) = documents(tmp_path / "h" / "helm" / "base-p50" / "values.yaml")
-    assert values["serverArgs"] == ["--model-repository=/models/exports/repo", "--model-control-mode=explicit",
-                                    "--load-model=base_p50", "--load-model=base_p50_text"]
+    (values,) = documents(tmp_path / "h" / "helm" / "values.yaml")
+    assert values["serverArgs"] == ["--model-repository=/models/exports/repo",
+                                    *model_args(["base", "base_text", "base_p50", "base_p50_text"])]
+    assert values["envFrom"] == [{"secretRef": {"name": "headprune-admin"}}]
     assert values["volumes"] == [{"name": "model-repository",
                                   "persistentVolumeClaim": {"claimName": "model-claim", "readOnly": True}}]
-    assert values["volumeMounts"][0]["mountPath"] == "/models" and values["image"]["numGpus"] == 0
+    assert values["volumeMounts"][0]["mountPath"] == "/models"
     scaling = values["autoscaling"]
     assert (scaling["minReplicas"], scaling["maxReplicas"]) == (1, 5)
     assert scaling["metrics"] == [{"type": "Pods", "pods": {"metric": {"name": "avg_time_queue_us"},
@@ -97,9 +120,12 @@ def test_helm_values_fill_tritons_chart_and_its_objects_pass_kubernetes_schema(r
     rule = values["prometheus-adapter"]["rules"]["custom"][0]
     assert rule["name"] == {"matches": "nv_inference_queue_duration_us", "as": "avg_time_queue_us"}
     assert 'namespace="serving"' in rule["seriesQuery"] and "nv_inference_request_success" in rule["metricsQuery"]
-    s3 = helm.chart_values(served_deployment(repo, "base", "base"), settings(repo, tmp_path, target="helm"),
+    s3 = helm.chart_values([served_deployment(repo, "base", "base")], settings(repo, tmp_path, target="helm"),
                            Storage.parse(BUCKET))
     assert s3["serverArgs"][0] == f"--model-repository={BUCKET}" and "volumes" not in s3
+    readme = (tmp_path / "h" / "README.md").read_text()
+    assert "helm dependency build server/deploy/k8s-onprem" in readme
+    assert "helm install headprune server/deploy/k8s-onprem -n serving -f helm/values.yaml" in readme
 
 
 def test_the_schema_checks_refuse_broken_objects(repo, tmp_path):
@@ -119,8 +145,8 @@ def test_the_schema_checks_refuse_broken_objects(repo, tmp_path):
         with pytest.raises(SchemaError, match=re.escape(f"at {path}:")):
             check_inference_services([changed])
     deployment = served_deployment(repo, "base", "base")
-    values = helm.chart_values(deployment, settings(repo, tmp_path, target="helm"), Storage.parse(BUCKET))
-    objects = helm.chart_objects(values, "base", "default", deployment)
+    values = helm.chart_values([deployment], settings(repo, tmp_path, target="helm"), Storage.parse(BUCKET))
+    objects = helm.chart_objects(values, "headprune", "default")
     assert [check_kubernetes(o) for o in objects] == ["1.30", "1.30"]
     hpa = copy.deepcopy(objects[1])
     hpa["spec"]["metrics"][0]["pod"] = hpa["spec"]["metrics"][0].pop("pods")  # a field HPA's metrics do not have
@@ -136,7 +162,8 @@ def test_the_schema_checks_refuse_broken_objects(repo, tmp_path):
     (["--storage-uri", "http://example.com/repo"], "is not a model repository location"),
     (["--storage-uri", "s3://Upper/repo"], "is not a model repository location"),
     (["--storage-uri", "pvc://claim/../etc"], "is not a model repository location"),
-    (["--namespace", "Team_A"], "is not a Kubernetes namespace name"),
+    (["--namespace", "Team_A"], "--namespace 'Team_A' is not a Kubernetes name"),
+    (["--baseline", "base", "--canary", "base_p50"], "a canary needs --canary-storage-uri"),
     (["--deployment", "missing"], "has no deployment 'missing' (it holds: base, base_p50)"),
     (["--baseline", "base"], "needs both --baseline and --canary"),
     (["--baseline", "base", "--canary", "base_p50", "--target", "helm"], "a canary split is a KServe feature"),
@@ -166,33 +193,55 @@ def test_names_that_are_not_kubernetes_names_are_refused(repo, tmp_path):
         write_deployment(settings(repo, tmp_path / "d"))  # an earlier deploy is kept unless --overwrite
 
 
+ADMIN_KEY = "test-admin-key"
+
+
+def start_from_manifest(repo, path) -> TritonServer:
+    """Starts Triton on ``repo`` with the arguments of the InferenceService at ``path``, the admin key in place of
+    the variable Kubernetes expands."""
+    (manifest,) = documents(path)
+    args = tuple(a.replace("$(HEADPRUNE_ADMIN_KEY)", ADMIN_KEY) for a in manifest["spec"]["predictor"]["model"]["args"])
+    return TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                        model_args=args).start()
+
+
 @pytest.mark.slow
 def test_each_manifest_loads_its_deployment_in_triton_and_compare_measures_them_from_descriptions(
         repo, tmp_path, cls_data):
-    out = write_deployment(settings(repo, tmp_path / "k")).out
-    servers, endpoints = [], {}
+    out = write_deployment(settings(repo, tmp_path / "k", baseline="base", canary="base_p50",
+                                    canary_storage_uri=CANARY_BUCKET)).out
+    servers = {}
     try:
         for name, service in (("base", "base"), ("base_p50", "base-p50")):
-            (manifest,) = documents(out / "kserve" / f"{service}.yaml")
-            args = tuple(manifest["spec"]["predictor"]["model"]["args"])
-            server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                  model_args=args).start()
-            servers.append(server)
-            endpoints[name] = server.http_url
-            client = TritonClient(server.http_url, "http")
-            ready = sorted(m["name"] for m in client.models() if m.get("state") == "READY")
+            servers[name] = start_from_manifest(repo, out / "kserve" / f"{service}.yaml")
+            client = httpclient.InferenceServerClient(servers[name].http_url)
+            # The repository API answers only with the admin key; inference needs none.
+            with pytest.raises(InferenceServerException, match="restricted|denied|[Uu]nauthorized|API"):
+                client.get_model_repository_index()
+            index = client.get_model_repository_index(headers={ADMIN_HEADER: ADMIN_KEY})
             client.close()
-            assert ready == sorted(a.removeprefix("--load-model=") for a in args if a.startswith("--load-model="))
+            ready = sorted(m["name"] for m in index if m.get("state") == "READY")
+            assert ready == sorted(served_deployment(repo, name, service).models)
+        # The canary revision answers the baseline's requests with the candidate's model.
+        servers["canary"] = start_from_manifest(out / "canary-repository", out / "kserve" / "base-canary.yaml")
+        texts = ["a few words here", "another short sentence", "one more"]
+        answers = {}
+        for name, model in (("canary", "base_text"), ("base_p50", "base_p50_text"), ("base", "base_text")):
+            client = TritonClient(servers[name].http_url, "http")
+            answers[name] = client.classify_text(model, texts)[0]
+            client.close()
+        assert np.allclose(answers["canary"], answers["base_p50"], atol=1e-6)
+        assert not np.allclose(answers["canary"], answers["base"], atol=1e-3)
         # From a folder with descriptions only: no checkpoint, no ONNX file.
         assert not list((out / "descriptions").rglob("*.onnx"))
         path = run_comparison(CompareSettings(
             repo=out / "descriptions", baseline="base", candidates=["base_p50"], data=cls_data, out=tmp_path / "r",
-            endpoints=endpoints, batch_sizes=[1], concurrency=[1], seq_len=16, trials=1, requests=8, examples=8,
-            max_windows=1, warmup=1))
+            endpoints={name: servers[name].http_url for name in ("base", "base_p50")}, batch_sizes=[1],
+            concurrency=[1], seq_len=16, trials=1, requests=8, examples=8, max_windows=1, warmup=1))
     finally:
-        for server in servers:
+        for server in servers.values():
             server.stop()
     report = json.loads((path.parent / "report.json").read_text())
     assert report["complete"] and {n: d["heads"] for n, d in report["deployments"].items()} == {"base": 12, "base_p50": 8}
     assert all(d["quality"]["examples"] == 64 for d in report["deployments"].values())
-    assert (path.parent / "report.html").is_file()
+    assert report["signature"]["endpoints"] == {name: servers[name].http_url for name in ("base", "base_p50")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -29,7 +30,7 @@ PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 900}
 @pytest.fixture(scope="module")
 def report_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
-    # 30 requests cannot support p95/p99: the page must show those cells as empty, not as numbers.
+    # 2 trials of 30 requests cannot support a p99: the page must show those cells as empty, not as numbers.
     report = make_report(folder, {"p25": 1.2, "p50": 1.5}, {"base": 0.9, "p25": 0.89, "p50": 0.85}, requests=30,
                          trials=2, max_drop=2, batch_sizes=(1, 4, 16), concurrency=(1, 2))
     write_report(report, folder)
@@ -102,7 +103,7 @@ def test_the_page_renders_the_verdict_plots_and_report_json_numbers_in_chromium(
             assert speedups == [[s[field] for field in SPEEDUP_FIELDS] for s in report["speedups"]]
             texts = [[cell["text"] for cell in row] for row in table_rows(page, "latency")]
             assert [row[5] for row in texts] == [f"{c['p50']:.2f}" for c in report["cells"]]
-            assert {row[8] for row in texts} == {"–"}  # no p99 from 60 requests
+            assert {row[8] for row in texts} == {"–"} and "–" not in {row[7] for row in texts}  # p99 no, p95 yes
             page.close()
 
 
@@ -132,6 +133,8 @@ def test_open_hands_the_page_to_a_browser_or_serves_it_on_loopback(report_folder
         assert server.url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(server.url, timeout=10) as response:
             assert response.read() == (report_folder / "report.html").read_bytes()
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # the page only: not the data beside it
+            urllib.request.urlopen(server.url.replace("report.html", "report.json"), timeout=10)
     finally:
         server.stop()
     with pytest.raises(HeadpruneError, match="has no report.html"):

@@ -66,7 +66,8 @@ class CompareSettings:
     def signature(self) -> dict:
         """Returns the settings that change the numbers (compared on --resume)."""
         keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
-                "requests", "examples", "max_windows", "stability", "max_examples", "seed", "columns", "encoding")
+                "requests", "examples", "max_windows", "stability", "max_examples", "seed", "columns", "encoding",
+                "endpoints")
         data = asdict(self)
         return {key: data[key] for key in keys} | {"data": str(self.data)}
 
@@ -226,7 +227,8 @@ class Comparison:
         return keys
 
     def run(self, resume: bool = False) -> list[dict]:
-        """Measures every missing cell; returns all journal records. Triton is started unless settings.url is set."""
+        """Measures every missing cell; returns all journal records. Triton is started unless settings.url is set or
+        every deployment has its own endpoint."""
         if not self.facts:
             self.prepare(resume)
         done = self._done()

@@ -23,7 +23,8 @@ def run_demo_command(run: Callable[[PhaseBars], Path], reports: Path) -> None:
     finally:
         bars.close()
     click.echo("\n".join(path.read_text().splitlines()[:5]))
-    click.echo(f"\nreport: {path}\nfindings: {Path(reports) / 'results.md'}\n"
+    click.echo(f"\nreport: {path} (in a browser: {path.with_name('report.html')}; `headprune report "
+               f"{path.parent} --open`)\nfindings: {Path(reports) / 'results.md'}\n"
                f"took {(time.monotonic() - started) / 60:.1f} minutes")
 
 

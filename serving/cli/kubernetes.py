@@ -27,7 +27,15 @@ def setting(name: str):
 @click.option("--baseline", default=None, help="KServe canary: the deployment whose traffic is split.")
 @click.option("--canary", default=None, help="KServe canary: the pruned deployment that takes --canary-percent of it.")
 @click.option("--canary-percent", default=setting("canary_percent"), show_default=True)
+@click.option("--canary-storage-uri", default=None,
+              help="KServe canary: where you will upload the canary repository deploy writes (the candidate's models "
+                   "under the baseline's names, so the canary answers the baseline's requests).")
 @click.option("--namespace", default=setting("namespace"), show_default=True)
+@click.option("--release", default=setting("release"), show_default=True,
+              help="Helm: the one release that serves the deployments side by side.")
+@click.option("--admin-secret", default=setting("admin_secret"), show_default=True,
+              help="The Secret whose HEADPRUNE_ADMIN_KEY guards Triton's model repository API (create it first: "
+                   "see the README deploy writes).")
 @click.option("--image", default=setting("image"), show_default=True,
               help="Triton container (the default is the release of the server the tests run).")
 @click.option("--min-replicas", default=setting("min_replicas"), show_default=True, help="KServe: 0 scales to zero.")
@@ -48,19 +56,20 @@ def setting(name: str):
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print deployments.json's data.")
 @friendly_errors
-def deploy(repo, target, storage_uri, out, deployments, baseline, canary, canary_percent, namespace, image,
-           min_replicas, max_replicas, scale_metric, scale_target, queue_target_us, prometheus_url, cpu, memory, gpus,
+def deploy(repo, target, storage_uri, out, deployments, baseline, canary, canary_percent, canary_storage_uri, namespace,
+           release, admin_secret, image, min_replicas, max_replicas, scale_metric, scale_target, queue_target_us, prometheus_url, cpu, memory, gpus,
            protocol, overwrite, as_json):
     """Write what Kubernetes runs to serve the repository's deployments with Triton: a KServe InferenceService per
-    deployment (and a canary split of a baseline's traffic to a pruned candidate), or values for Triton's Helm chart
-    autoscaled on queue time. Every object is checked against its schema (Kubernetes', KServe's) before --out is
+    deployment (and a canary split of a baseline's traffic to a pruned candidate), or values for one release of
+    Triton's Helm chart, autoscaled on queue time. Every object is checked against its schema (Kubernetes', KServe's) before --out is
     written; --out also gets README.md (the commands to run), deployments.json and descriptions/ (what `compare
     --repo` needs to measure the cluster, no weights)."""
     from serving.deploy.writer import write_deployment
 
     settings = DeploySettings(repo=repo, target=target, out=out, storage_uri=storage_uri, deployments=list(deployments),
-                              baseline=baseline, canary=canary, canary_percent=canary_percent, namespace=namespace,
-                              image=image, min_replicas=min_replicas, max_replicas=max_replicas,
+                              baseline=baseline, canary=canary, canary_percent=canary_percent,
+                              canary_storage_uri=canary_storage_uri, namespace=namespace, release=release,
+                              admin_secret=admin_secret, image=image, min_replicas=min_replicas, max_replicas=max_replicas,
                               scale_metric=scale_metric, scale_target=scale_target, queue_target_us=queue_target_us,
                               prometheus_url=prometheus_url, cpu=cpu, memory=memory, gpus=gpus, protocol=protocol)
     result = write_deployment(settings, overwrite=overwrite)

@@ -51,7 +51,10 @@ def _definitions(version: str):
     import kubernetes_validate.utils as kv
     from referencing import Registry, Resource
 
-    folder = f"v{[v for v in kv.all_versions() if kv.major_minor(v) <= version][-1]}-local-strict"
+    def numbers(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in kv.major_minor(text).split("."))
+
+    folder = f"v{[v for v in kv.all_versions() if numbers(v) <= numbers(version)][-1]}-local-strict"
     schema = kv.schema_contents(f"kubernetes-json-schema/{folder}/_definitions.json", version)
     registry = Resource.from_contents(schema) @ Registry()
 
@@ -140,14 +143,19 @@ def check_inference_services(resources: list[dict]) -> str:
 
     The check runs in a fresh interpreter: the SDK registers protobuf messages under the same names as
     tritonclient's, and the two cannot be imported into one process."""
-    checker = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(resources), capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                 filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))})
+    root = str(Path(__file__).resolve().parents[2])
+    try:
+        checker = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(resources), capture_output=True,
+                                 text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                     filter(None, [root, os.environ.get("PYTHONPATH")]))})
+    except subprocess.TimeoutExpired as error:
+        raise HeadpruneError("the InferenceService check did not finish in 300 s",
+                             "run deploy again; if it persists, report it as a headprune bug") from error
     try:
         answer = json.loads(checker.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise HeadpruneError(f"the InferenceService check failed: {checker.stderr.strip()[-400:]}",
-                             "install the KServe SDK: pip install 'headprune[deploy]'") from None
+        raise HeadpruneError(f"the InferenceService check failed: {checker.stderr.strip()[-400:] or 'no output'}",
+                             "check that the KServe SDK imports (pip install 'headprune[deploy]')") from None
     if "error" in answer:
         error_type = SchemaError if answer["schema"] else HeadpruneError
         raise error_type(answer["error"], answer["fix"])
@@ -162,6 +170,9 @@ def _main() -> None:
                           "fix": "pip install 'headprune[deploy]'", "schema": False}))
     except HeadpruneError as error:
         print(json.dumps({"error": error.message, "fix": error.fix, "schema": isinstance(error, SchemaError)}))
+    except Exception as error:  # noqa: BLE001  (anything else the SDK raises, reported to the parent in words)
+        print(json.dumps({"error": f"the KServe SDK failed on the InferenceService: {type(error).__name__}: {error}",
+                          "fix": "report this as a headprune bug, with the command that wrote it", "schema": False}))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ _CLAIM = r"(?P<holder>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
 _PATH = r"(?P<path>/[^\s]*)?"
 _STORAGE = {"s3": re.compile(f"s3://{_BUCKET}{_PATH}"), "gs": re.compile(f"gs://{_BUCKET}{_PATH}"),
             "pvc": re.compile(f"pvc://{_CLAIM}{_PATH}")}
-# KServe names the predictor's Knative revisions '<name>-predictor-00001', which must stay within 63 characters.
-KSERVE_NAME_LIMIT = 45
+# KServe serves an InferenceService at the host '<name>-predictor-<namespace>.<domain>', whose first label must
+# stay within 63 characters; Helm release names are limited to 53.
+KSERVE_HOST_SUFFIX = "-predictor-"
 HELM_NAME_LIMIT = 53
 
 
@@ -80,7 +81,10 @@ class DeploySettings:
     baseline: str | None = None
     canary: str | None = None
     canary_percent: int = 10
+    canary_storage_uri: str | None = None
     namespace: str = "default"
+    release: str = "headprune"
+    admin_secret: str = "headprune-admin"
     image: str = TRITON_IMAGE
     min_replicas: int = 1
     max_replicas: int = 3
@@ -93,14 +97,23 @@ class DeploySettings:
     gpus: int = 0
     protocol: str = "http"
 
+    @property
+    def name_limit(self) -> int:
+        """Returns the longest Kubernetes name a deployment may get on this target and namespace."""
+        if self.target == "kserve":
+            return 63 - len(KSERVE_HOST_SUFFIX) - len(self.namespace)
+        return HELM_NAME_LIMIT
+
     def check(self) -> Storage:
         """Returns the parsed storage URI; raises HeadpruneError for any setting that cannot work."""
         if self.target not in TARGETS:
             raise HeadpruneError(f"unknown deploy target {self.target!r}", f"choose one of {', '.join(TARGETS)}")
         storage = Storage.parse(self.storage_uri)
-        if not _DNS_LABEL.fullmatch(self.namespace) or len(self.namespace) > 63:
-            raise HeadpruneError(f"--namespace {self.namespace!r} is not a Kubernetes namespace name",
-                                 "use lower-case letters, digits and '-', starting with a letter (at most 63)")
+        for option, value, limit in (("--namespace", self.namespace, 63), ("--admin-secret", self.admin_secret, 63),
+                                     ("--release", self.release, HELM_NAME_LIMIT)):
+            if not _DNS_LABEL.fullmatch(value) or len(value) > limit:
+                raise HeadpruneError(f"{option} {value!r} is not a Kubernetes name",
+                                     f"use lower-case letters, digits and '-', starting with a letter (at most {limit})")
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
             raise HeadpruneError(f"replicas {self.min_replicas}..{self.max_replicas} are not a range",
                                  "give 0 <= --min-replicas <= --max-replicas, and --max-replicas >= 1")
@@ -115,6 +128,10 @@ class DeploySettings:
         if not self.image or any(c.isspace() for c in self.image):
             raise HeadpruneError(f"--image {self.image!r} is not a container image reference",
                                  f"give e.g. {TRITON_IMAGE}")
+        self._check_canary(storage)
+        return storage
+
+    def _check_canary(self, storage: Storage) -> None:
         if (self.baseline is None) != (self.canary is None):
             raise HeadpruneError("a canary split needs both --baseline and --canary", "give both, or neither")
         if self.canary is not None:
@@ -125,4 +142,9 @@ class DeploySettings:
             if not 1 <= self.canary_percent <= 99:
                 raise HeadpruneError(f"--canary-percent {self.canary_percent} is not a traffic share",
                                      "give 1 to 99 (the candidate's share; the baseline keeps the rest)")
-        return storage
+            # The canary revision answers the baseline's requests, so it serves the candidate under the baseline's
+            # model names: a repository of its own, which deploy writes and the user uploads.
+            if not self.canary_storage_uri or Storage.parse(self.canary_storage_uri).uri == storage.uri:
+                raise HeadpruneError("a canary needs --canary-storage-uri, a location other than --storage-uri",
+                                     "give where you will upload the canary repository deploy writes (e.g. "
+                                     f"{storage.uri}-canary)")

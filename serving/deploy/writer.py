@@ -2,9 +2,10 @@
 against their schemas and written together into one folder.
 
 The folder holds, beside the manifests, ``deployments.json`` (what was written, for machines),
-``README.md`` (the commands to run) and ``descriptions/``: each served model's config.pbtxt and
+``README.md`` (the commands to run), ``descriptions/``: each served model's config.pbtxt and
 deployment.json without its weights, which ``headprune compare --repo`` reads to measure the
-cluster's deployments from a machine that has neither the checkpoints nor the ONNX files.
+cluster's deployments from a machine that has neither the checkpoints nor the ONNX files, and for a
+canary, ``canary-repository/``: the candidate's models under the baseline's names.
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ from exporter.triton.description import FILE as DESCRIPTION_FILE
 from exporter.triton.layout import ModelRepository
 from serving.deploy import helm, kserve
 from serving.deploy.schemas import check_inference_services, check_kubernetes
-from serving.deploy.served import ServedDeployment, served_deployment
-from serving.deploy.settings import (
-    HELM_NAME_LIMIT,
-    KSERVE_NAME_LIMIT,
-    KUBERNETES_VERSION,
-    DeploySettings,
-    Storage,
-    kubernetes_name,
+from serving.deploy.served import (
+    ADMIN_HEADER,
+    ADMIN_KEY_VARIABLE,
+    ServedDeployment,
+    renamed_models,
+    served_deployment,
+    write_renamed_repository,
 )
+from serving.deploy.settings import KUBERNETES_VERSION, DeploySettings, Storage, kubernetes_name
 
 FORMAT = "headprune-deploy/1"
 DESCRIPTIONS = "descriptions"
+CANARY_REPOSITORY = "canary-repository"
+HELM_VALUES = "helm/values.yaml"
+FIRST_LOCAL_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -54,109 +58,163 @@ def _deployments(settings: DeploySettings) -> dict[str, ServedDeployment]:
     if not names:
         raise HeadpruneError(f"model repository '{settings.repo}' holds no deployment",
                              "export a model into it with `headprune export` first")
-    limit = KSERVE_NAME_LIMIT if settings.target == "kserve" else HELM_NAME_LIMIT
-    served = {name: served_deployment(repository.root, name, kubernetes_name(name, limit)) for name in names}
+    served = {name: served_deployment(repository.root, name, kubernetes_name(name, settings.name_limit))
+              for name in names}
     services: dict[str, str] = {}
     for name, deployment in served.items():
         if deployment.service in services:
             raise HeadpruneError(f"deployments {services[deployment.service]!r} and {name!r} both become the "
                                  f"Kubernetes name {deployment.service!r}", "deploy one of them (--deployment)")
         services[deployment.service] = name
-    if settings.canary:
-        tasks = {served[n].description.task for n in (settings.baseline, settings.canary)}
-        if len(tasks) > 1:
-            raise HeadpruneError(f"--canary {settings.canary!r} and --baseline {settings.baseline!r} do different "
-                                 "tasks, so one cannot take the other's traffic", "split traffic between like models")
     return served
 
 
+def _manifest_path(deployment: ServedDeployment) -> str:
+    return f"kserve/{deployment.service}.yaml"
+
+
+def _canary_path(baseline: ServedDeployment) -> str:
+    return f"kserve/{baseline.service}-canary.yaml"
+
+
 def _kserve(settings: DeploySettings, served: dict[str, ServedDeployment]) -> dict[str, list[dict]]:
-    files = {f"kserve/{d.service}.yaml": [kserve.inference_service(d, settings)] for d in served.values()}
+    files = {_manifest_path(d): [kserve.inference_service(d, settings)] for d in served.values()}
     if settings.canary:
-        baseline = served[settings.baseline]
-        files[f"kserve/{baseline.service}-canary.yaml"] = [kserve.inference_service(
-            served[settings.canary], settings, name=baseline.service, canary_percent=settings.canary_percent)]
+        baseline, candidate = served[settings.baseline], served[settings.canary]
+        files[_canary_path(baseline)] = [kserve.inference_service(
+            candidate, settings, name=baseline.service, models=list(renamed_models(candidate, baseline).values()),
+            storage_uri=settings.canary_storage_uri, canary_percent=settings.canary_percent)]
     check_inference_services([resource for objects in files.values() for resource in objects])
     return files
 
 
 def _helm(settings: DeploySettings, storage: Storage, served: dict[str, ServedDeployment]) -> dict[str, list[dict]]:
-    files = {}
-    for deployment in served.values():
-        values = helm.chart_values(deployment, settings, storage)
-        for resource in helm.chart_objects(values, deployment.service, settings.namespace, deployment):
-            check_kubernetes(resource)
-        files[f"helm/{deployment.service}/values.yaml"] = [values]
-    return files
+    values = helm.chart_values(list(served.values()), settings, storage)
+    for resource in helm.chart_objects(values, settings.release, settings.namespace):
+        check_kubernetes(resource)
+    return {HELM_VALUES: [values]}
 
 
-def _commands(settings: DeploySettings, storage: Storage, served: dict[str, ServedDeployment],
-              files: dict[str, list[dict]]) -> list[str]:
-    repo = Path(settings.repo).resolve()
-    upload = {"s3": f"aws s3 sync {repo} {storage.uri}", "gs": f"gsutil -m rsync -r {repo} {storage.uri}",
-              "pvc": f"kubectl cp {repo}/. POD:/mnt/{storage.path}  "
-                     f"# POD: any pod that mounts the claim {storage.holder} at /mnt"}[storage.scheme]
-    commands = [upload]
-    if settings.target == "kserve":
-        canary = [path for path in files if path.endswith("-canary.yaml")]
-        commands += [f"kubectl apply -f {path}" for path in files if path not in canary]
-        commands += [f"kubectl apply -f {path}  # once the baseline is Ready: the canary split" for path in canary]
-        commands.append(f"kubectl get inferenceservices -n {settings.namespace}")
-        port = kserve.PORTS[settings.protocol]["containerPort"]
-        forward = [f"kubectl port-forward -n {settings.namespace} $(kubectl get pod -n {settings.namespace} -l "
-                   f"serving.kserve.io/inferenceservice={d.service} -o name | head -n 1) {8000 + i}:{port}  "
-                   f"# {d.name} on 127.0.0.1:{8000 + i}" for i, d in enumerate(served.values())]
-    else:
-        commands.append("git clone https://github.com/triton-inference-server/server  # Triton's chart: "
-                        "server/deploy/k8s-onprem")
-        commands += [f"helm install {d.service} server/deploy/k8s-onprem -n {settings.namespace} "
-                     f"-f helm/{d.service}/values.yaml" for d in served.values()]
-        forward = [f"kubectl port-forward -n {settings.namespace} deployment/{d.service}-{helm.CHART} "
-                   f"{8000 + i}:8000  # {d.name} on 127.0.0.1:{8000 + i}" for i, d in enumerate(served.values())]
-    # A comparison of the baseline (or the first deployment) with the others that do the same task.
-    ports = {d.name: 8000 + i for i, d in enumerate(served.values())}
-    baseline = served[settings.baseline or next(iter(served))]
-    alike = [d.name for d in served.values() if d.description.task == baseline.description.task and d is not baseline]
-    endpoints = " ".join(f"--endpoint {n}=127.0.0.1:{ports[n]}" for n in [baseline.name, *alike])
+def _files_of(settings: DeploySettings, deployment: ServedDeployment, served: dict[str, ServedDeployment]) -> list[str]:
+    """Returns the files that serve ``deployment``: its manifest or the values, and the canary split it takes part in."""
+    if settings.target == "helm":
+        return [HELM_VALUES]
+    canary = [_canary_path(served[settings.baseline])] if deployment.name in (settings.baseline, settings.canary) else []
+    return [_manifest_path(deployment), *canary]
+
+
+def _upload(repo: Path, storage: Storage) -> str:
+    return {"s3": f"aws s3 sync {repo} {storage.uri}", "gs": f"gsutil -m rsync -r {repo} {storage.uri}",
+            "pvc": f"kubectl cp {repo}/. POD:/mnt/{storage.path}  "
+                   f"# POD: any pod that mounts the claim {storage.holder} at /mnt"}[storage.scheme]
+
+
+def _compare(served: dict[str, ServedDeployment], baseline: str | None, addresses: dict[str, str]) -> str:
+    """Returns the compare command for the baseline (or the first deployment) and the others of the same task."""
+    first = served[baseline or next(iter(served))]
+    alike = [d.name for d in served.values() if d.description.task == first.description.task and d is not first]
+    compared = [first.name, *alike]
+    shared = {addresses[n] for n in compared}
+    endpoints = f"--url {shared.pop()}" if len(shared) == 1 else " ".join(f"--endpoint {n}={addresses[n]}"
+                                                                          for n in compared)
     candidates = " ".join(f"--candidate {n}" for n in alike) or "--candidate NAME"
-    commands += forward + [f"headprune compare --repo {DESCRIPTIONS} {endpoints} --baseline {baseline.name} "
-                           f"{candidates} --data EVAL.jsonl --out report"]
-    return commands
+    return (f"headprune compare --repo {DESCRIPTIONS} {endpoints} --baseline {first.name} {candidates} "
+            "--data EVAL.jsonl --out report")
+
+
+def _commands(settings: DeploySettings, storage: Storage, served: dict[str, ServedDeployment]) -> list[str]:
+    """Returns the shell commands, run from the deploy folder, that upload, apply and measure the deployments."""
+    ns = f"-n {settings.namespace}"
+    commands = [f"kubectl create secret generic {settings.admin_secret} {ns} "
+                f"--from-literal={ADMIN_KEY_VARIABLE}=$(openssl rand -hex 16)  # the key of Triton's model "
+                f"repository API (header {ADMIN_HEADER})", _upload(Path(settings.repo).resolve(), storage)]
+    if settings.canary:
+        commands.append(_upload(Path(CANARY_REPOSITORY), Storage.parse(settings.canary_storage_uri)))
+    ports = {name: FIRST_LOCAL_PORT + index for index, name in enumerate(served)}
+    if settings.target == "kserve":
+        commands += [f"kubectl apply {ns} -f {_manifest_path(d)}" for d in served.values()]
+        if settings.canary:
+            commands.append(f"kubectl apply {ns} -f {_canary_path(served[settings.baseline])}  # once the baseline "
+                            "is Ready: the canary split")
+        commands.append(f"kubectl get inferenceservices {ns}")
+        port = kserve.PORTS[settings.protocol]["containerPort"]
+        commands += [f"kubectl port-forward {ns} $(kubectl get pod {ns} -l serving.kserve.io/inferenceservice="
+                     f"{d.service},component=predictor -o name | head -n 1) {ports[d.name]}:{port} &"
+                     for d in served.values()]
+        addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    else:
+        chart = "server/deploy/k8s-onprem"
+        name = settings.release if helm.CHART in settings.release else f"{settings.release}-{helm.CHART}"
+        commands += ["git clone https://github.com/triton-inference-server/server  # Triton's chart",
+                     f"helm dependency build {chart}  # its prometheus-adapter and traefik subcharts",
+                     f"helm install {settings.release} {chart} {ns} -f {HELM_VALUES}",
+                     f"kubectl port-forward {ns} deployment/{name} {FIRST_LOCAL_PORT}:8000 &"]
+        addresses = {name: f"127.0.0.1:{FIRST_LOCAL_PORT}" for name in served}
+    return commands + [_compare(served, settings.baseline, addresses)]
 
 
 def _copy_descriptions(repo: Path, served: dict[str, ServedDeployment], folder: Path) -> None:
     repository, copy = ModelRepository(repo), ModelRepository(folder)
-    for deployment in served.values():
-        for model in deployment.models:
-            copy.folder(model).mkdir(parents=True)
-            shutil.copyfile(repository.config_path(model), copy.config_path(model))
-            version = repository.served_version(model)
-            source = repository.version_folder(model, version) / DESCRIPTION_FILE
-            if source.is_file():
-                target = copy.version_folder(model, version)
-                target.mkdir()
-                shutil.copyfile(source, target / DESCRIPTION_FILE)
+    for model in dict.fromkeys(m for deployment in served.values() for m in deployment.models):
+        copy.folder(model).mkdir(parents=True)
+        shutil.copyfile(repository.config_path(model), copy.config_path(model))
+        version = repository.served_version(model)
+        source = repository.version_folder(model, version) / DESCRIPTION_FILE
+        if source.is_file():
+            target = copy.version_folder(model, version)
+            target.mkdir()
+            shutil.copyfile(source, target / DESCRIPTION_FILE)
+
+
+def _checked_against(target: str) -> dict[str, str]:
+    from importlib.metadata import version
+
+    schemas = f"kubernetes-validate {version('kubernetes-validate')} strict schemas, Kubernetes {KUBERNETES_VERSION}"
+    if target == "kserve":
+        return {"InferenceService": f"KServe SDK {version('kserve')} models; embedded Kubernetes types: {schemas}"}
+    return {"Deployment, HorizontalPodAutoscaler (what the chart makes of the values)": schemas}
+
+
+def _readme(manifest: dict) -> str:
+    lines = [f"# headprune deploy: {manifest['target']}", "",
+             f"Serves {', '.join(manifest['deployments'])} from `{manifest['storage_uri']}` in namespace "
+             f"`{manifest['namespace']}` with `{manifest['image']}`.", ""]
+    if manifest["canary"]:
+        canary = manifest["canary"]
+        lines += [f"Canary: `{canary['candidate']}` takes {canary['percent']} % of `{canary['baseline']}`'s traffic "
+                  f"once the canary file is applied over the running baseline (KServe serverless mode). It serves the "
+                  f"candidate under the baseline's model names from `{canary['storage_uri']}` (upload "
+                  f"`{CANARY_REPOSITORY}/` there). Promote it by removing `canaryTrafficPercent`; roll back by "
+                  "applying the baseline's file again.", ""]
+    lines += ["Checked against: " + "; ".join(f"{k}: {v}" for k, v in manifest["checked_against"].items()) + ".", "",
+              "Run, from this folder (a pod must be running for each port-forward: keep `--min-replicas` at 1 or "
+              "more while measuring; a port-forward bypasses the ingress and its autoscaler):", "", "```sh",
+              *manifest["commands"], "```", "",
+              "`deployments.json` lists every file and deployment; `descriptions/` holds each served model's "
+              "config.pbtxt and deployment.json (no weights) for `headprune compare --repo descriptions`.", ""]
+    return "\n".join(lines)
 
 
 def write_deployment(settings: DeploySettings, overwrite: bool = False) -> DeployResult:
     """Writes the manifests (``kserve/``) or chart values (``helm/``) of the repository's deployments into
-    ``settings.out``, with deployments.json, README.md and descriptions/, all at once; returns what it wrote. Every
-    object is checked against its schema first; an existing non-empty folder is replaced only with ``overwrite``."""
+    ``settings.out``, with deployments.json, README.md, descriptions/ and a canary's repository, all at once; returns
+    what it wrote. Every object is checked against its schema first; an existing non-empty folder is replaced only
+    with ``overwrite``."""
     storage = settings.check()
     served = _deployments(settings)
+    renamed = renamed_models(served[settings.canary], served[settings.baseline]) if settings.canary else {}
     files = _kserve(settings, served) if settings.target == "kserve" else _helm(settings, storage, served)
-    commands = _commands(settings, storage, served, files)
     manifest = {
         "format": FORMAT, "target": settings.target, "repository": str(settings.repo), "storage_uri": storage.uri,
-        "namespace": settings.namespace, "image": settings.image,
+        "namespace": settings.namespace, "image": settings.image, "admin_secret": settings.admin_secret,
         "deployments": {d.name: {"service": d.service, "models": d.models, "version": d.version,
-                                 "files": _files_of(settings, d, served),
-                                 "task": d.description.task, "heads": d.description.heads,
-                                 "original_heads": d.description.original_heads,
+                                 "files": _files_of(settings, d, served), "task": d.description.task,
+                                 "heads": d.description.heads, "original_heads": d.description.original_heads,
                                  "precision": d.description.precision} for d in served.values()},
-        "canary": {"baseline": settings.baseline, "candidate": settings.canary,
-                   "percent": settings.canary_percent} if settings.canary else None,
-        "checked_against": _checked_against(settings.target), "commands": commands}
+        "canary": {"baseline": settings.baseline, "candidate": settings.canary, "percent": settings.canary_percent,
+                   "storage_uri": Storage.parse(settings.canary_storage_uri).uri, "models": renamed}
+        if settings.canary else None,
+        "checked_against": _checked_against(settings.target), "commands": _commands(settings, storage, served)}
     with atomic_dir(settings.out, overwrite=overwrite) as staging:
         for path, objects in files.items():
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
@@ -164,42 +222,7 @@ def write_deployment(settings: DeploySettings, overwrite: bool = False) -> Deplo
         atomic_write_json(staging / "deployments.json", manifest)
         atomic_write_text(staging / "README.md", _readme(manifest))
         _copy_descriptions(Path(settings.repo), served, staging / DESCRIPTIONS)
+        if renamed:
+            write_renamed_repository(Path(settings.repo), renamed, staging / CANARY_REPOSITORY)
     written = sorted(str(p.relative_to(settings.out)) for p in Path(settings.out).rglob("*") if p.is_file())
     return DeployResult(Path(settings.out), written, manifest)
-
-
-def _files_of(settings: DeploySettings, deployment: ServedDeployment, served: dict[str, ServedDeployment]) -> list[str]:
-    """Returns the files that serve ``deployment``: its manifest or values, and the canary split it takes part in."""
-    if settings.target == "helm":
-        return [f"helm/{deployment.service}/values.yaml"]
-    canary = [f"kserve/{served[settings.baseline].service}-canary.yaml"] \
-        if deployment.name in (settings.baseline, settings.canary) else []
-    return [f"kserve/{deployment.service}.yaml", *canary]
-
-
-def _checked_against(target: str) -> dict[str, str]:
-    from importlib.metadata import version
-
-    if target == "kserve":
-        return {"InferenceService": f"KServe SDK {version('kserve')} models; embedded Kubernetes types: "
-                                    f"kubernetes-validate {version('kubernetes-validate')} strict schemas, "
-                                    f"Kubernetes {KUBERNETES_VERSION}"}
-    return {"Deployment, HorizontalPodAutoscaler (what the chart makes of the values)":
-            f"kubernetes-validate {version('kubernetes-validate')} strict schemas, Kubernetes {KUBERNETES_VERSION}"}
-
-
-def _readme(manifest: dict) -> str:
-    lines = [f"# headprune deploy: {manifest['target']}", "",
-             f"Serves {', '.join(manifest['deployments'])} from `{manifest['storage_uri']}` in namespace "
-             f"`{manifest['namespace']}` with `{manifest['image']}`.", "",
-             "Checked against: " + "; ".join(f"{k}: {v}" for k, v in manifest["checked_against"].items()) + ".", "",
-             "Run, from this folder:", "", "```sh", *manifest["commands"], "```", "",
-             "`deployments.json` lists every file and deployment; `descriptions/` holds each served model's "
-             "config.pbtxt and deployment.json (no weights) for `headprune compare --repo descriptions`.", ""]
-    if manifest["canary"]:
-        canary = manifest["canary"]
-        lines[4:4] = [f"Canary: `{canary['candidate']}` takes {canary['percent']} % of `{canary['baseline']}`'s traffic "
-                      "once the canary file is applied over the running baseline (KServe serverless mode); promote it "
-                      "by removing `canaryTrafficPercent`, roll back by applying the baseline's file again.", ""]
-    return "\n".join(lines)
-

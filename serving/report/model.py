@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from exporter.evaluation.metrics import LOWER_IS_BETTER, gain, in_points
 from serving.benchmark.compare import STAGES
 from serving.benchmark.latency import PERCENTILES, LatencyStats, Speedup
+from serving.report.document import build_document, render_markdown
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
 # perf_analyzer's CSV layout (its -f option): one row per concurrency, times in microseconds.
@@ -330,5 +331,4 @@ class Report:
 
     def markdown(self) -> str:
         """Returns report.md: the verdict in the first five lines, then every table."""
-        from serving.report.document import build_document, render_markdown
         return render_markdown(build_document(self))

@@ -15,7 +15,16 @@ from exporter.errors import HeadpruneError
 PAGE = "report.html"
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+class _PageHandler(SimpleHTTPRequestHandler):
+    """Serves report.html (at / too) and nothing else: the folder's journal and JSON stay private."""
+
+    def send_head(self):
+        if self.path.split("?", 1)[0] not in ("/", f"/{PAGE}"):
+            self.send_error(404, "only the report page is served")
+            return None
+        self.path = f"/{PAGE}"
+        return super().send_head()
+
     def log_message(self, format, *args):  # noqa: A002  (the base class's signature)
         pass
 
@@ -24,7 +33,7 @@ class ReportServer:
     """Serves one report folder over HTTP on ``host``:``port`` (0: a free port) from a background thread."""
 
     def __init__(self, folder: Path, host: str = "127.0.0.1", port: int = 0):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
+        handler = functools.partial(_PageHandler, directory=str(folder))
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as error:

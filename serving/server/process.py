@@ -73,13 +73,14 @@ class TritonServer:
     grpc_port: int = 8001
     metrics_port: int = 8002
     allow_model_control: bool = False
-    # Triton flags that choose the models to load (a deployment manifest's), instead of loading them all.
-    model_args: tuple[str, ...] = ()
     log_file: Path | None = None
     startup_timeout: float = 180.0
     python: str = field(default_factory=lambda: sys.executable)  # whose packages the backend stubs import
     # Model control on an address other hosts reach lets any of them run code in the server: refused unless confirmed.
     expose_model_control: bool = False
+    # Triton flags that choose the models to load (a deployment manifest's): they replace the control mode that
+    # allow_model_control would choose, and count as model control for the loopback check.
+    model_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = field(default=None, init=False)
     _backends: Path | None = field(default=None, init=False)
 
