@@ -245,3 +245,13 @@ def test_each_manifest_loads_its_deployment_in_triton_and_compare_measures_them_
     assert report["complete"] and {n: d["heads"] for n, d in report["deployments"].items()} == {"base": 12, "base_p50": 8}
     assert all(d["quality"]["examples"] == 64 for d in report["deployments"].values())
     assert report["signature"]["endpoints"] == {name: servers[name].http_url for name in ("base", "base_p50")}
+
+
+def test_compare_endpoints_are_checked(repo, tmp_path, cls_data):
+    result = CliRunner().invoke(main, ["compare", "--repo", str(repo), "--baseline", "base", "--candidate", "base_p50",
+                                       "--data", str(cls_data), "--out", str(tmp_path / "r"), "--endpoint", "base"])
+    assert result.exit_code == 2 and "is not NAME=HOST:PORT" in result.output
+    stray = CompareSettings(repo=repo, baseline="base", candidates=["base_p50"], data=cls_data, out=tmp_path / "r",
+                            endpoints={"other": "127.0.0.1:8000"})
+    with pytest.raises(HeadpruneError, match="an endpoint is given for 'other', which is not compared"):
+        stray.check()
