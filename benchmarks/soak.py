@@ -106,7 +106,7 @@ def soak(server: TritonServer, model: str, texts: list[str], requests: int, conc
 
     def work(worker: int) -> None:
         protocol = PROTOCOLS[worker % 2]
-        client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+        client = TritonClient(server.url(protocol), protocol)
         while (index := next(counter)) < requests:
             answer = _send(client, model, plan[index], expected, index)
             with lock:
@@ -158,7 +158,7 @@ def overload(server: TritonServer, model: str, texts: list[str], clients: int) -
 
     def work(index: int) -> None:
         protocol = PROTOCOLS[index % 2]
-        client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+        client = TritonClient(server.url(protocol), protocol)
         try:
             start.wait()
             answers[index] = _send(client, model, [texts[index % len(texts)]], expected, index)

@@ -38,6 +38,8 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from serving.client import TritonClient
+
 WORDS = ("the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
          "not really quite long short dull bright dark slow fast el la una pelicula buena mala muy es fue").split()
 
@@ -320,3 +322,8 @@ def random_plan(draw, inventory) -> dict:
         if heads:
             plan.setdefault(layer.attention_type.name, {})[layer.index] = sorted(heads)
     return plan
+
+
+def client_for(served: dict, protocol: str) -> TritonClient:
+    """Returns a client of the Triton server in ``served["server"]`` (a module fixture) over ``protocol``."""
+    return TritonClient(served["server"].url(protocol), protocol)

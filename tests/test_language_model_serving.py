@@ -21,9 +21,9 @@ from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
-from serving.client import TritonClient
 from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
+from tests.helpers import client_for
 
 PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headless
          "llama_pruned": {"decoder": {0: [0], 1: [0, 1], 2: [3]}}}  # layer 1's group 0 gone; uneven groups copy a head
@@ -44,10 +44,6 @@ def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, tmp_path_factory):
     with TritonServer(root / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
-
-def client_for(served, protocol: str) -> TritonClient:
-    server = served["server"]
-    return TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

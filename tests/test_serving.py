@@ -55,11 +55,6 @@ def deployment(bert_dir, distilbert_dir, mpnet_dir, deberta_dir, tmp_path_factor
                "dirs": {"base": bert_dir, **{name: root / name for name, _ in families}}}
 
 
-def url(server, protocol: str) -> str:
-    """Returns the server's address for ``protocol``."""
-    return server.http_url if protocol == "http" else server.grpc_url
-
-
 def listening_addresses(port: int) -> set[str]:
     """Returns the local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp)."""
     addresses = set()
@@ -82,7 +77,7 @@ def listening_addresses(port: int) -> set[str]:
 @pytest.mark.parametrize("name", ["base", "pruned", "distilbert", "mpnet", "deberta"])
 def test_served_outputs_equal_onnxruntime_and_pytorch(deployment, protocol, name):
     server = deployment["server"]
-    client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    client = TritonClient(server.url(protocol), protocol)
     model = load_model(deployment["dirs"][name])
     names = [i["name"] for i in client.config(name)["input"]]
     session = ort.InferenceSession(str(deployment["repo"] / name / "1" / "model.onnx"))
@@ -122,7 +117,7 @@ def test_the_served_check_fails_far_above_tolerance_on_a_wrong_model_or_input(de
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_text_ensemble_matches_tokenising_in_python(deployment, protocol):
     server = deployment["server"]
-    client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    client = TritonClient(server.url(protocol), protocol)
     for name, folder in deployment["dirs"].items():
         logits, labels = client.classify_text(f"{name}_text", TEXTS)
         model, tokenizer = load_model(folder), load_tokenizer(folder)
@@ -171,7 +166,7 @@ def bad_requests():
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_bad_requests_get_errors_and_the_server_keeps_serving(deployment, protocol):
     server = deployment["server"]
-    client = TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
+    client = TritonClient(server.url(protocol), protocol)
     for model, arrays, message in bad_requests():
         outputs = ["LOGITS"] if model.endswith("_text") else ["logits"]
         with pytest.raises(HeadpruneError) as raised:
@@ -191,7 +186,7 @@ def infer_together(server, model: str, requests: list[dict], outputs: list[str])
     HeadpruneError, how many executions Triton ran for them)."""
     before = executions(server, model)
     # Each thread makes its own client: the HTTP client works only in the thread that made it.
-    results = call_together(lambda i: TritonClient(url(server, PROTOCOLS[i % 2]), PROTOCOLS[i % 2]).infer(
+    results = call_together(lambda i: TritonClient(server.url(PROTOCOLS[i % 2]), PROTOCOLS[i % 2]).infer(
         model, requests[i], outputs), len(requests))
     return results, executions(server, model) - before
 
@@ -254,7 +249,7 @@ def test_one_bad_text_never_fails_the_others_in_its_batch(deployment):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name, max_length", [("base", 128), ("batched", BATCHING.max_length)])
 def test_sentence_pairs_match_tokenising_pairs_in_python(deployment, protocol, name, max_length):
-    client = TritonClient(url(deployment["server"], protocol), protocol)
+    client = TritonClient(deployment["server"].url(protocol), protocol)
     folder = deployment["dirs"]["base"]
     logits, labels = client.classify_text(f"{name}_text", TEXTS, PAIRS)
     expected = text_reference(folder, TEXTS, PAIRS, max_length)

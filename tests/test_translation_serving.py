@@ -18,7 +18,7 @@ from exporter.triton.translation import MAX_BEAMS, export_translation_to_reposit
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import call_together, make_trained_marian, random_sentences, write_jsonl
+from tests.helpers import call_together, client_for, make_trained_marian, random_sentences, write_jsonl
 
 ALL = [0, 1, 2, 3]
 PLAN = {"encoder": {0: [1], 1: ALL}, "decoder": {0: ALL, 2: [3]}, "cross": {1: ALL, 2: [0]}}
@@ -68,10 +68,6 @@ def test_the_bls_loop_over_served_graphs_translates_like_the_one_model(served, n
     steps = client.statistics("pruned_decoder")["model_stats"][0]["inference_stats"]["success"]["count"]
     assert int(steps) >= 2  # the decoder steps really went through the served graph, not an in-process session
 
-
-def client_for(served, protocol):
-    server = served["server"]
-    return TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -19,9 +19,9 @@ from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
-from serving.client import TritonClient
 from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
+from tests.helpers import client_for
 
 PLAN = {"encoder": {0: [1, 2], 1: [0, 1, 2, 3], 2: [3]}}  # uneven, one layer headless
 
@@ -84,10 +84,6 @@ def served(vit_dir, tmp_path_factory):
     with TritonServer(root / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
-
-def client_for(served, protocol: str) -> TritonClient:
-    server = served["server"]
-    return TritonClient(server.http_url if protocol == "http" else server.grpc_url, protocol)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

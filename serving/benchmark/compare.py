@@ -96,7 +96,7 @@ def _server_url(settings: CompareSettings) -> Iterator[str | None]:
     server = TritonServer(settings.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           log_file=settings.out / "triton.log")
     with server:
-        yield server.http_url if settings.protocol == "http" else server.grpc_url
+        yield server.url(settings.protocol)
 
 
 def _stage_totals(statistics: dict, name: str) -> dict[str, tuple[int, int]]:

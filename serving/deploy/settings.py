@@ -50,11 +50,16 @@ class Storage:
         return cls(uri, scheme, match.group("holder"), (match.group("path") or "").strip("/"))
 
 
+def is_dns_label(value: str, limit: int) -> bool:
+    """Returns True when ``value`` is a DNS-1035 label (what Kubernetes names are) of at most ``limit`` characters."""
+    return bool(_DNS_LABEL.fullmatch(value)) and len(value) <= limit
+
+
 def kubernetes_name(deployment: str, limit: int) -> str:
     """Returns the Kubernetes name of deployment ``deployment`` (lower case, '-' for '_' and '.'); raises
     HeadpruneError when that is not a DNS-1035 label of at most ``limit`` characters."""
     name = re.sub(r"[_.]", "-", deployment.lower())
-    if not _DNS_LABEL.fullmatch(name) or len(name) > limit:
+    if not is_dns_label(name, limit):
         raise HeadpruneError(f"deployment {deployment!r} becomes {name!r}, which is not a Kubernetes name (a DNS-1035 "
                              f"label: a letter, then letters, digits and '-', at most {limit} characters)",
                              "re-export the model under a shorter name that starts with a letter")
@@ -111,7 +116,7 @@ class DeploySettings:
         storage = Storage.parse(self.storage_uri)
         for option, value, limit in (("--namespace", self.namespace, 63), ("--admin-secret", self.admin_secret, 63),
                                      ("--release", self.release, HELM_NAME_LIMIT)):
-            if not _DNS_LABEL.fullmatch(value) or len(value) > limit:
+            if not is_dns_label(value, limit):
                 raise HeadpruneError(f"{option} {value!r} is not a Kubernetes name",
                                      f"use lower-case letters, digits and '-', starting with a letter (at most {limit})")
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:

@@ -94,6 +94,10 @@ class TritonServer:
         """Returns HOST:PORT of the gRPC endpoint."""
         return f"{self._client_host}:{self.grpc_port}"
 
+    def url(self, protocol: str) -> str:
+        """Returns HOST:PORT of the endpoint for ``protocol`` ("http" or "grpc")."""
+        return self.http_url if protocol == "http" else self.grpc_url
+
     @property
     def metrics_url(self) -> str:
         """Returns the URL of the Prometheus metrics page."""
