@@ -33,6 +33,7 @@ class BenchModels:
     """Paths of the benchmark's checkpoints and data, and how long making them took (seconds; 0 when cached)."""
 
     base: Path
+    scores: Path
     pruned50: Path
     pruned80: Path
     distilled80: Path
@@ -103,4 +104,4 @@ def prepare_models(cache: Path, budget: DemoBudget = DemoBudget(), level: float 
             distill(paths["pruned80"], base, train, paths["distilled80"], overwrite=True, progress=advance)
 
     _timed(seconds, "distill", (paths["distilled80"] / "recovery.json").exists(), recover)
-    return BenchModels(base, paths["pruned50"], paths["pruned80"], paths["distilled80"], splits, rescored, seconds)
+    return BenchModels(base, work / "scores.json", paths["pruned50"], paths["pruned80"], paths["distilled80"], splits, rescored, seconds)

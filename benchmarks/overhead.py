@@ -1,17 +1,23 @@
 """Serving overhead: the same ONNX file run in process and through Triton (HTTP and gRPC with tritonclient, and
 HTTP with a second, minimal load generator: one keep-alive connection, Triton's JSON protocol), measured in
-alternating blocks with idle gaps; client CPU time per request next to the server's compute time."""
+alternating blocks with idle gaps; client CPU time per request next to the server's compute time, and the serving
+floor: the same requests to a model that does no work, served next to it."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
 from benchmarks.inprocess import IDLE_GAP_S, block_stats, session, timed_blocks
+from benchmarks.served import stage_onnx_models
 from exporter.triton.layout import MODEL_FILE, ModelRepository
 from serving.benchmark.compare import latency_inputs, server_breakdown
 from serving.benchmark.deployment import describe_deployment
@@ -42,12 +48,44 @@ class RawHttpClient:
         self.connection.close()
 
 
+FLOOR_MODEL = "serving_floor"
+
+
+def write_floor_model(path: Path, input_names: list[str], labels: int = 2) -> Path:
+    """Writes an ONNX classifier that does no work (its logits are the first input's first ``labels`` ids, cast to
+    float) with the given INT64 inputs; returns ``path``."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"]) for name in input_names]
+    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+                 for name, value in (("start", 0), ("end", labels), ("axis", 1))]
+    nodes = [*constants, helper.make_node("Slice", [input_names[0], "start", "end", "axis"], ["first_ids"]),
+             helper.make_node("Cast", ["first_ids"], ["logits"], to=TensorProto.FLOAT)]
+    output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])
+    graph = helper.make_model(helper.make_graph(nodes, FLOOR_MODEL, inputs, [output]),
+                                   opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return path
+
+
 def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int = 3, seq_len: int = 128) -> dict:
     """Returns, per batch size, p50 latency in process and through each client, their ratios, client CPU time per
-    request and Triton's compute time per request."""
+    request and Triton's compute time per request; ``floor_*`` paths send the same requests to a model that does no
+    work, served (for the duration of the measurement) from the same repository."""
     facts = describe_deployment(repo, model, seq_len)
     onnx_path = ModelRepository(repo).version_folder(model, facts.version) / MODEL_FILE
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    with tempfile.TemporaryDirectory(prefix="headprune-floor-") as folder:
+        floor = write_floor_model(Path(folder) / MODEL_FILE, [i.name for i in session(onnx_path).get_inputs()])
+        stage_onnx_models(repo, {FLOOR_MODEL: floor}, max(batch_sizes))
+        try:
+            results = _measure(repo, model, facts, onnx_path, ports, batch_sizes, rounds, seq_len)
+        finally:
+            shutil.rmtree(repo / FLOOR_MODEL)
+    return {"model": model, "seq_len": seq_len, "rounds": rounds, "batch_sizes": results}
+
+
+def _measure(repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_sizes: list[int], rounds: int,
+             seq_len: int) -> dict:
     results = {}
     with TritonServer(repo, **ports) as server:
         local = session(onnx_path)
@@ -59,7 +97,8 @@ def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int
                 inputs = latency_inputs(facts, batch, seq_len, seed=0)
                 runs = {"in_process": lambda: local.run(None, inputs),
                         **{f"triton_{p}": (lambda c=c: c.infer(model, inputs, ["logits"])) for p, c in clients.items()},
-                        "triton_http_raw": lambda: raw.infer(model, inputs)}
+                        "triton_http_raw": lambda: raw.infer(model, inputs),
+                        **{f"floor_{p}": (lambda c=c: c.infer(FLOOR_MODEL, inputs, ["logits"])) for p, c in clients.items()}}
                 cpu = {name: 0.0 for name in runs}
                 counts = {name: 0 for name in runs}
 
@@ -88,4 +127,4 @@ def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int
             for client in clients.values():
                 client.close()
             raw.close()
-    return {"model": model, "seq_len": seq_len, "rounds": rounds, "batch_sizes": results}
+    return results

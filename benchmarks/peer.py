@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.inprocess import MINILM_VOCAB, feed, session
+from benchmarks.served import stage_onnx_models
 from exporter.atomic import atomic_write_text
-from exporter.triton.config import DeploymentOptions, classifier_config, write_config
 from serving.benchmark.latency import speedup_of_trials
 from serving.benchmark.loadgen import Cell, interleaved_windows
 from serving.client import TritonClient
@@ -47,23 +47,13 @@ def export_peer(python: Path, checkpoint: Path, plan: Path, out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _stage(repo: Path, models: dict[str, Path], max_batch_size: int) -> None:
-    """Writes a repository serving each ``name: ONNX file`` (linked) under a classifier config of its own inputs."""
-    for name, onnx_file in models.items():
-        version = repo / name / "1"
-        version.mkdir(parents=True)
-        (version / "model.onnx").symlink_to(onnx_file.resolve())
-        inputs = [i.name for i in session(onnx_file).get_inputs()]
-        write_config(classifier_config(name, inputs, 2, DeploymentOptions(max_batch_size=max_batch_size), {}), repo / name)
-
-
 def compare_with_peer(ours: Path, peer_onnx: Path, trials: int = 5, seq_len: int = 128,
                       vocab_size: int = MINILM_VOCAB) -> dict:
     """Serves both ONNX files in one Triton; returns their largest logit difference on the same inputs and ours /
     peer's throughput at batch 1 and 16 (interleaved trials, bootstrap intervals)."""
     with tempfile.TemporaryDirectory(prefix="headprune-peer-") as folder:
         repo = Path(folder)
-        _stage(repo, {"ours": ours, "peer": peer_onnx}, 16)
+        stage_onnx_models(repo, {"ours": ours, "peer": peer_onnx}, 16)
         local = session(ours)
         cells = [Cell("batch1", feed(local, 1, seq_len, vocab_size=vocab_size), 1, 24),
                  Cell("batch16", feed(local, 16, seq_len, vocab_size=vocab_size), 1, 4)]

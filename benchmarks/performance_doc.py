@@ -74,6 +74,30 @@ def _headline(served: dict) -> list[str]:
     return lines
 
 
+def _ceiling(data: dict) -> list[str]:
+    have = data["int8_instructions"]
+    dot_products = [flag for flag in ("avx512_vnni", "avx_vnni", "amx_int8") if flag in have]
+    rows = {row["model"]: row for row in data["rows"]}
+    lines = ["### What heads and INT8 can give on this CPU (in process)", "",
+             f"The CPU's 8-bit instructions: {', '.join(have) or 'unknown'}"
+             + ("" if dot_products else " (no VNNI or AMX dot-product instructions, which ONNX Runtime's 8-bit matrix "
+                                        "products use where present)")
+             + f". Each model against the unpruned FP32 model, {data['rounds']} alternating blocks per model, "
+               f"sequence length {data['seq_len']}; the model with one head left is a bound, its accuracy aside.", "",
+             "| model | heads | precision | throughput at batch 16 | throughput at batch 1 | p50 at batch 1 vs unpruned |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['what']} | {r['heads']} of {data['original_heads']} | {r['precision']} | {_fmt(r['b16'])} | "
+              f"{_fmt(r['b1'])} | {r['p50_b1_ratio']:.2f}x |" for r in data["rows"]]
+    bound = rows["one_head_int8"]
+    reach = ("so no deployment within 1 point reaches the batch-16 target with heads and INT8 on this CPU"
+             if bound["b16"]["ci_high"] < TARGETS["b16"] else
+             f"only this bound reaches the batch-16 target of {TARGETS['b16']}x")
+    lines += ["", f"With every head but one removed and INT8, throughput at batch 16 is {_fmt(bound['b16'])}: {reach}. "
+              f"The headline's model ({rows['headline']['heads']} heads, INT8) measures {_fmt(rows['headline']['b16'])} "
+              "here, in process.", ""]
+    return lines
+
+
 def _batches(served: dict) -> list[str]:
     rows = [s for s in served["speedups"] if s["candidate"] == "minilm_pruned50" and s["concurrency"] == 1]
     lines = ["## 2. 50 % of heads pruned vs unpruned, by batch size (served)", "",
@@ -89,10 +113,10 @@ def _overhead(data: dict) -> list[str]:
              f"Model {data['model']}, sequence length {data['seq_len']}, {data['rounds']} alternating blocks per path "
              "with idle gaps. `triton_http_raw` is the second load generator (one keep-alive connection, JSON protocol).", "",
              "| batch | path | p50 ms | vs in process | added ms | client CPU ms/request | requests |", "|---|---|---|---|---|---|---|"]
-    checks = []
+    checks, floors = [], []
     for batch, paths in data["batch_sizes"].items():
         for name, row in paths.items():
-            if isinstance(row, dict):
+            if isinstance(row, dict) and not name.startswith("floor_"):
                 client = "–" if name == "in_process" else f"{row['client_cpu_ms_per_request']:.2f}"
                 lines.append(f"| {batch} | {name} | {row['p50_ms']:.2f} | {row['ratio_to_in_process']:.3f}x | "
                              f"{row['added_ms']:+.2f} | {client} | {row['requests']} |")
@@ -100,8 +124,17 @@ def _overhead(data: dict) -> list[str]:
                      f"{paths['server_compute_infer_ms']:.2f} | | | | |")
         difference = paths["triton_http_raw"]["p50_ms"] / paths["triton_http"]["p50_ms"] - 1
         checks.append(f"batch {batch}: {100 * difference:+.1f} %")
+        if "floor_http" in paths:
+            local = paths["in_process"]["p50_ms"]
+            floors.append(f"batch {batch}: {paths['floor_http']['p50_ms']:.2f} ms over HTTP, "
+                          f"{paths['floor_grpc']['p50_ms']:.2f} ms over gRPC "
+                          f"({100 * paths['floor_http']['p50_ms'] / local:.1f} % and "
+                          f"{100 * paths['floor_grpc']['p50_ms'] / local:.1f} % of the in-process p50)")
     lines += ["", "Goal: <= 1.05x at batch 1, <= 1.02x at batch 16. Second load generator vs tritonclient over HTTP "
               f"(p50; goal within 10 %): {', '.join(checks)}.", ""]
+    if floors:
+        lines += ["The floor: the same requests to a model that does no work, served next to it (Triton's Python-backend "
+                  f"path and the client, nothing else): {'; '.join(floors)}.", ""]
     return lines
 
 
@@ -226,11 +259,12 @@ def render(results: Path, docs: Path) -> Path:
              "(trials, then requests within them); n.s. = the interval includes 1.0.", "",
              f"Machine: {env.get('processor')} x {env.get('cpus')} CPUs, {env.get('platform')}; "
              f"libraries: {', '.join(f'{k} {v}' for k, v in env.get('libraries', {}).items())}.", ""]
-    ran = [s for s in ("served", "overhead", "fusion", "sequence", "memory", "peer", "scoring", "tune") if s in data]
+    ran = [s for s in ("served", "ceiling", "overhead", "fusion", "sequence", "memory", "peer", "scoring", "tune")
+           if s in data]
     lines += [f"Sections run on the CPU: {', '.join(ran)}. GPU: "
               + (f"not run ({data['gpu']['skipped']})." if "gpu" in data and "skipped" in data["gpu"]
                  else "see section 9." if "gpu" in data else "not run."), ""]
-    renderers = [("served", _headline), ("served", _batches), ("overhead", _overhead), ("fusion", _fusion),
+    renderers = [("served", _headline), ("ceiling", _ceiling), ("served", _batches), ("overhead", _overhead), ("fusion", _fusion),
                  ("sequence", _sequence), ("memory", _memory), ("peer", _peer), ("scoring", _scoring), ("tune", _tune)]
     for key, renderer in renderers:
         if key in data:

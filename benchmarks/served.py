@@ -5,7 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from exporter.triton.config import DeploymentOptions
+from benchmarks.inprocess import session
+from exporter.triton.config import DeploymentOptions, classifier_config, write_config
+from exporter.triton.layout import MODEL_FILE, ModelRepository
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
 from serving.demo.pipeline import DemoBudget
@@ -19,6 +21,12 @@ def export_variants(models: dict[str, tuple], repo: Path, max_batch_size: int) -
         kwargs = dict(extra[0]) if extra else {}
         options = kwargs.pop("options", DeploymentOptions(max_batch_size=max_batch_size))
         export_to_repository(checkpoint, repo, name, options=options, precision=precision, **kwargs)
+
+
+def onnx_path(repo: Path, name: str) -> Path:
+    """Returns the served version's model.onnx of ``name``."""
+    repository = ModelRepository(repo)
+    return repository.version_folder(name, repository.served_version(name)) / MODEL_FILE
 
 
 def compare_repository(repo: Path, names: list[str], data: Path, out: Path, command: list[str], **settings) -> Path:
@@ -44,3 +52,13 @@ def compare_served(models: dict[str, tuple], data: Path, out: Path, batch_sizes:
         export_variants(models, repo, max(batch_sizes))
         return compare_repository(repo, list(models), data, out, command, batch_sizes=batch_sizes, concurrency=[1],
                                   trials=trials, seq_len=seq_len)
+
+
+def stage_onnx_models(repo: Path, models: dict[str, Path], max_batch_size: int) -> None:
+    """Writes a repository serving each ``name: ONNX file`` (linked) under a classifier config of its own inputs."""
+    for name, onnx_file in models.items():
+        version = repo / name / "1"
+        version.mkdir(parents=True)
+        (version / "model.onnx").symlink_to(onnx_file.resolve())
+        inputs = [i.name for i in session(onnx_file).get_inputs()]
+        write_config(classifier_config(name, inputs, 2, DeploymentOptions(max_batch_size=max_batch_size), {}), repo / name)

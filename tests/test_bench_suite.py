@@ -7,19 +7,25 @@ import json
 import time
 
 import numpy as np
+import onnx
 import pytest
 
 from benchmarks import inprocess
+from benchmarks.ceiling import int8_instructions, measure_ceiling
 from benchmarks.memory import served_memory
-from benchmarks.overhead import RawHttpClient, measure_overhead
+from benchmarks.overhead import RawHttpClient, measure_overhead, write_floor_model
 from benchmarks.performance_doc import render
 from benchmarks.waterfall import p50_ratio, step_shares
+from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.prune import prune_checkpoint
+from exporter.pruning.scoring import compute_importance
 from exporter.triton.config import DeploymentOptions
 from exporter.triton.repository import export_to_repository
+from serving.benchmark.latency import Speedup
 from serving.client import TritonClient
 from serving.server.process import TritonServer, free_port
+from tests.helpers import random_sentences
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,13 +89,47 @@ def test_the_second_load_generator_gets_tritonclients_answer_and_overhead_is_mea
         np.testing.assert_allclose(raw.infer("base", inputs).reshape(expected.shape), expected, rtol=1e-6)
         client.close()
         raw.close()
+    before = sorted(p.name for p in bench_repo.iterdir())
     result = measure_overhead(bench_repo, "base", [1], rounds=1, seq_len=16)
     paths = result["batch_sizes"]["1"]
-    assert set(paths) == {"in_process", "triton_http", "triton_grpc", "triton_http_raw", "server_compute_infer_ms"}
+    assert set(paths) == {"in_process", "triton_http", "triton_grpc", "triton_http_raw", "floor_http", "floor_grpc",
+                          "server_compute_infer_ms"}
     assert paths["in_process"]["ratio_to_in_process"] == 1.0
     assert all(paths[p]["p50_ms"] > paths["in_process"]["p50_ms"] * 0.5 and paths[p]["requests"] >= 2
                for p in ("triton_http", "triton_grpc", "triton_http_raw"))
+    assert all(paths[p]["p50_ms"] > 0 and paths[p]["requests"] >= 2 for p in ("floor_http", "floor_grpc"))
     assert paths["server_compute_infer_ms"] > 0
+    assert sorted(p.name for p in bench_repo.iterdir()) == before  # the floor model is served only while measuring
+
+
+def test_the_floor_model_answers_with_its_first_ids_and_does_nothing_else(tmp_path):
+    path = write_floor_model(tmp_path / "model.onnx", ["input_ids", "attention_mask"], labels=3)
+    ids = np.arange(2 * 5, dtype=np.int64).reshape(2, 5) + 7
+    logits = inprocess.session(path).run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    np.testing.assert_array_equal(logits, ids[:, :3].astype(np.float32))
+    assert [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type != "Constant"] == ["Slice", "Cast"]
+
+
+def test_int8_instructions_are_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512fp16 avx512_vnni\n\nprocessor\t: 1\n")
+    assert int8_instructions(cpuinfo) == ["avx2", "avx512_vnni"]  # avx512fp16 is not avx512f
+    assert int8_instructions(tmp_path / "missing") == []
+
+
+def test_the_ceiling_measures_int8_the_headline_and_a_one_head_model_against_the_base(bert_dir, bench_repo, tmp_path):
+    model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
+    texts = [{"text": text, "label": i % 2} for i, text in enumerate(random_sentences(8, seed=4))]
+    compute_importance(model, tokenizer, texts).save(tmp_path / "scores.json")
+    headline = prune_checkpoint(bert_dir, tmp_path / "headline", plan=HeadPlan.from_dict({"encoder": {"0": [0, 1]}})).out
+    result = measure_ceiling(bert_dir, tmp_path / "scores.json", headline, next((bench_repo / "pruned").glob("*/model.onnx")),
+                             rounds=1, seq_len=16)
+    rows = {r["model"]: r for r in result["rows"]}
+    assert set(rows) == {"int8", "headline", "one_head", "one_head_int8"} and result["original_heads"] == 12
+    assert [rows[n]["heads"] for n in ("int8", "headline", "one_head", "one_head_int8")] == [12, 10, 1, 1]
+    assert [rows[n]["precision"] for n in ("int8", "one_head", "one_head_int8")] == ["int8", "fp32", "int8"]
+    assert all(r["b16"]["ratio"] > 0 and r["b1"]["baseline_trials"] == 1 and r["p50_b1_ratio"] > 0 for r in rows.values())
+    assert result["baseline_p50_b1_ms"] > 0
 
 
 def test_served_memory_finds_each_models_process_and_the_weights_pruning_removed(bench_repo):
@@ -115,7 +155,35 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     results.mkdir()
     (results / "served.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **served}))
     (results / "gpu.json").write_text(json.dumps({"skipped": "no CUDA device on this machine"}))
+
+    def ceiling_row(model, heads, precision, b16):
+        return {"model": model, "what": model, "heads": heads, "precision": precision, "p50_b1_ratio": 1 / b16,
+                "b16": Speedup(b16, b16 - 0.05, b16 + 0.05, 5, 5, 50, 50).to_dict(),
+                "b1": Speedup(b16, b16 - 0.1, b16 + 0.1, 5, 5, 500, 500).to_dict()}
+
+    rows = [ceiling_row("int8", 72, "int8", 1.55), ceiling_row("headline", 14, "int8", 2.29),
+            ceiling_row("one_head", 1, "fp32", 1.64), ceiling_row("one_head_int8", 1, "int8", 2.40)]
+    ceiling = {"int8_instructions": ["avx2"], "original_heads": 72, "seq_len": 128, "rounds": 5, "rows": rows}
+    (results / "ceiling.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **ceiling}))
     text = render(results, tmp_path / "docs").read_text()
+    assert "8-bit instructions: avx2 (no VNNI or AMX" in text and "| one_head_int8 | 1 of 72 | int8 | 2.40x [2.35–2.45] |" in text
+    assert ("With every head but one removed and INT8, throughput at batch 16 is 2.40x [2.35–2.45]: so no deployment "
+            "within 1 point reaches the batch-16 target") in text
+    rows[3] = ceiling_row("one_head_int8", 1, "int8", 2.60)
+    (results / "ceiling.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **ceiling}))
+    assert "only this bound reaches the batch-16 target of 2.5x" in render(results, tmp_path / "docs").read_text()
+
+    def path(p50):
+        return {"p50_ms": p50, "ratio_to_in_process": p50 / 20, "added_ms": p50 - 20, "client_cpu_ms_per_request": 0.5,
+                "requests": 100}
+
+    paths = {"in_process": path(20.0), "triton_http": path(21.0), "triton_grpc": path(22.0), "triton_http_raw": path(21.0),
+             "floor_http": path(0.8), "floor_grpc": path(1.0), "server_compute_infer_ms": 20.5}
+    overhead = {"model": "minilm", "seq_len": 128, "rounds": 5, "batch_sizes": {"1": paths}}
+    (results / "overhead.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **overhead}))
+    text = render(results, tmp_path / "docs").read_text()
+    assert "batch 1: 0.80 ms over HTTP, 1.00 ms over gRPC (4.0 % and 5.0 % of the in-process p50)" in text
+    assert "| 1 | triton_http | 21.00 | 1.050x |" in text and "| floor_http |" not in text
     assert "**minilm_pruned80_distilled_int8**: 86.3 % accuracy vs 86.9 % unpruned (-0.6 points" in text
     assert "throughput at batch 16 **2.50x [" in text
     assert "p50 latency at batch 1 **0.40x**" in text

@@ -137,6 +137,15 @@ def test_int8_export_quantizes_the_matmuls_and_stays_close_to_fp32(uneven_dir, t
         export_to_repository(uneven_dir, tmp_path / "repo", "bad", precision="int4")
 
 
+def test_int8_export_of_a_fused_graph_quantizes_its_attention_nodes(uneven_dir, tmp_path):
+    # The fused Attention node is a contrib op without an inferred output type; the quantizer used to stop on it.
+    both = export_to_repository(uneven_dir, tmp_path / "repo", "both", optimize=True, precision="int8")
+    operators = [n.op_type for n in onnx.load(str(both.model_path)).graph.node]
+    assert operators.count("QAttention") == 2 and "Attention" not in operators
+    assert both.quantization.passed and 0 < both.quantization.max_abs_diff <= both.quantization.atol
+    assert both.fused_attention == 2 and both.validation.max_abs_diff <= 1e-4
+
+
 def test_int8_check_refuses_a_graph_too_far_from_fp32_and_keeps_the_fp32_graph(uneven_dir, tmp_path):
     model = load_model(uneven_dir)
     names = export_onnx(model, tmp_path / "m.onnx")

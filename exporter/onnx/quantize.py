@@ -35,6 +35,7 @@ def quantize_int8(model, path: str | Path, names: list[str],
 
     The FP32 graph is kept until the check is done, so a failed check leaves it in place.
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = Path(path)
@@ -42,7 +43,9 @@ def quantize_int8(model, path: str | Path, names: list[str],
     hint = _DropPreprocessingHint()
     logging.getLogger().addFilter(hint)
     try:
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+        # A fused graph's Attention outputs have no inferred type (a contrib op): they are FP32.
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
     finally:
         logging.getLogger().removeFilter(hint)
     validation = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
