@@ -53,7 +53,8 @@ def measure_ceiling(base: Path, scores: Path, headline: Path, headline_onnx: Pat
             inputs = {name: inprocess.feed(s, batch, seq_len, vocab_size=vocab_size) for name, s in sessions.items()}
             blocks[batch] = inprocess.timed_blocks({n: (lambda s=s, n=n: s.run(None, inputs[n])) for n, s in sessions.items()},
                                                    rounds)
-    variants = {"int8": ("INT8 alone", total, "int8"), "headline": ("the headline's model", _heads(load_model(headline)), "int8"),
+    variants = {"int8": ("INT8 alone", total, "int8"),
+                "headline": ("the headline's model", _heads(load_model(headline)), "int8"),
                 "one_head": ("every head but one removed", one_head.heads, "fp32"),
                 "one_head_int8": ("every head but one removed", one_head.heads, "int8")}
     base_p50 = inprocess.block_stats(blocks[1]["base"], 1).p50

@@ -51,11 +51,14 @@ headprune serve --repo model_repo --host 0.0.0.0 --http-port 9000 --grpc-port 90
   threads per instance; `headprune tune MODEL` measures the combinations that fit the cores
   and writes the fastest into `config.pbtxt` (restart the server to apply it).
 * **Queue limits** protect the server from more traffic than it can serve:
-  `--max-queue-size` (default {max_queue_size} requests waiting per model; 0: no limit) and
-  `--queue-timeout-ms` (default {queue_timeout_ms} ms; a request not started by then is
-  refused; 0: no timeout). Requests beyond the limit are refused at once with
+  `--max-queue-size` (requests waiting per model; default {max_queue_size}: no limit) and
+  `--queue-timeout-ms` (a request not started by then is refused; default
+  {queue_timeout_ms}: no timeout). Requests beyond the limit are refused at once with
   `Exceeds maximum queue size`; clients should back off and retry. Clients may ask for a
-  shorter timeout per request (Triton's `timeout` request parameter).
+  shorter timeout per request (Triton's `timeout` request parameter). They are off by
+  default: with any limit, the bundled Triton's (2.51) batcher can hold a request that
+  arrives while the instance is busy for 500 ms (README, `export`). The overload figures
+  below are for a model exported with a limit.
 * The same repository runs unchanged in a stock Triton container
   (`tritonserver --model-repository=/models`) when that container's Python has the
   backends' packages (numpy<2, onnxruntime, tokenizers), and on Kubernetes from a volume or

@@ -67,11 +67,11 @@ def compare_with_peer(ours: Path, peer_onnx: Path, trials: int = 5, seq_len: int
                                           ["logits"])
     rng = np.random.default_rng(0)
 
-    def trials(name: str, label: str) -> tuple[list[list[float]], list[float]]:
-        measured = windows[name][label]
-        return [w.latencies_ms for w in measured], [w.throughput for w in measured]
+    def measured(name: str, label: str) -> tuple[list[list[float]], list[float]]:
+        cell_windows = windows[name][label]
+        return [w.latencies_ms for w in cell_windows], [w.throughput for w in cell_windows]
 
-    speedups = {cell.label: speedup_of_trials(trials("peer", cell.label), trials("ours", cell.label), rng).to_dict()
+    speedups = {cell.label: speedup_of_trials(measured("peer", cell.label), measured("ours", cell.label), rng).to_dict()
                 for cell in cells}
     difference = float(np.abs(logits["ours"] - logits["peer"]).max())
     return {"speedup_ours_over_peer": speedups, "max_abs_logit_difference": difference,

@@ -138,6 +138,21 @@ def _overhead(data: dict) -> list[str]:
     return lines
 
 
+def _queue(data: dict) -> list[str]:
+    limits = ", ".join(f"`{k}` {v}" for k, v in data["limited"].items())
+    lines = ["### Queue limits in the bundled Triton (2.51)", "",
+             f"The unpruned model exported with the default (no queue policy) and with a queue limit ({limits}), "
+             f"served side by side: batch 1, sequence length {data['seq_len']}, {data['trials']} interleaved trials of "
+             f"{data['requests_per_window']} requests. Held: answered more than {data['held_ms']} ms after the p50 "
+             "(the batcher's 500 ms wait for a busy instance).", "",
+             "| export | clients at once | p50 ms | mean ms | held | requests/s |", "|---|---|---|---|---|---|"]
+    for name, cells in data["models"].items():
+        for label, c in cells.items():
+            lines.append(f"| {name} | {label.removeprefix('concurrency')} | {c['p50_ms']:.1f} | {c['mean_ms']:.1f} | "
+                         f"{c['held']} of {c['requests']} | {c['throughput']:.1f} |")
+    return lines + [""]
+
+
 def _fusion(data: dict) -> list[str]:
     lines = ["## 4. Attention fusion (`--optimize`) vs plain export, in process", "",
              "| model | batch | fused / plain throughput |", "|---|---|---|"]
@@ -259,12 +274,13 @@ def render(results: Path, docs: Path) -> Path:
              "(trials, then requests within them); n.s. = the interval includes 1.0.", "",
              f"Machine: {env.get('processor')} x {env.get('cpus')} CPUs, {env.get('platform')}; "
              f"libraries: {', '.join(f'{k} {v}' for k, v in env.get('libraries', {}).items())}.", ""]
-    ran = [s for s in ("served", "ceiling", "overhead", "fusion", "sequence", "memory", "peer", "scoring", "tune")
+    ran = [s for s in ("served", "ceiling", "overhead", "queue", "fusion", "sequence", "memory", "peer", "scoring", "tune")
            if s in data]
     lines += [f"Sections run on the CPU: {', '.join(ran)}. GPU: "
               + (f"not run ({data['gpu']['skipped']})." if "gpu" in data and "skipped" in data["gpu"]
                  else "see section 9." if "gpu" in data else "not run."), ""]
-    renderers = [("served", _headline), ("ceiling", _ceiling), ("served", _batches), ("overhead", _overhead), ("fusion", _fusion),
+    renderers = [("served", _headline), ("ceiling", _ceiling), ("served", _batches), ("overhead", _overhead),
+                 ("queue", _queue), ("fusion", _fusion),
                  ("sequence", _sequence), ("memory", _memory), ("peer", _peer), ("scoring", _scoring), ("tune", _tune)]
     for key, renderer in renderers:
         if key in data:

@@ -10,6 +10,8 @@ library versions):
   tune       `headprune tune` on the headline model
   served     the headline waterfall and the 50 %-pruned speedup over batch sizes, through Triton
   overhead   Triton vs in-process p50, HTTP and gRPC, and a second load generator
+  queue      the unpruned model exported with and without a queue limit, served side by side (Triton 2.51's
+             batcher holds requests 500 ms under a limit)
   memory     server resident memory per model, ONNX sizes, bytes of weights removed
   peer       the 50 % plan applied by transformers 4.x prune_heads and exported by Optimum (O2), in its
              own virtual environment, served next to ours
@@ -198,6 +200,12 @@ def _ceiling(models: BenchModels, repo: Path, reports: Path) -> dict:
     return measure_ceiling(models.base, models.scores, models.distilled80, onnx_path(repo, INT8))
 
 
+def _queue(models: BenchModels, repo: Path, reports: Path) -> dict:
+    from benchmarks.queue_policy import measure_queue_policy
+
+    return measure_queue_policy(models.base)
+
+
 def _scoring(models: BenchModels, repo: Path, reports: Path) -> dict:
     from benchmarks.scoring_cost import measure_scoring
 
@@ -218,6 +226,7 @@ RUNNERS = {
     "tune": lambda models, repo, reports: tune_section(repo),
     "served": _served,
     "overhead": _overhead,
+    "queue": _queue,
     "memory": lambda models, repo, reports: memory_section(repo),
     "peer": lambda models, repo, reports: peer_section(models, repo),
     "scoring": _scoring,

@@ -15,6 +15,7 @@ from benchmarks.ceiling import int8_instructions, measure_ceiling
 from benchmarks.memory import served_memory
 from benchmarks.overhead import RawHttpClient, measure_overhead, write_floor_model
 from benchmarks.performance_doc import render
+from benchmarks.queue_policy import measure_queue_policy, summarize
 from benchmarks.waterfall import p50_ratio, step_shares
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.plan import HeadPlan
@@ -23,6 +24,7 @@ from exporter.pruning.scoring import compute_importance
 from exporter.triton.config import DeploymentOptions
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.latency import Speedup
+from serving.benchmark.loadgen import Window
 from serving.client import TritonClient
 from serving.server.process import TritonServer, free_port
 from tests.helpers import random_sentences
@@ -184,6 +186,13 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     text = render(results, tmp_path / "docs").read_text()
     assert "batch 1: 0.80 ms over HTTP, 1.00 ms over gRPC (4.0 % and 5.0 % of the in-process p50)" in text
     assert "| 1 | triton_http | 21.00 | 1.050x |" in text and "| floor_http |" not in text
+
+    cell = {"p50_ms": 20.0, "mean_ms": 150.0, "requests": 120, "held": 30, "throughput": 6.5}
+    queue = {"limited": {"max_queue_size": 256}, "trials": 3, "seq_len": 128, "requests_per_window": 40, "held_ms": 400,
+             "models": {"limited": {"concurrency1": cell}}}
+    (results / "queue.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **queue}))
+    text = render(results, tmp_path / "docs").read_text()
+    assert "queue limit (`max_queue_size` 256)" in text and "| limited | 1 | 20.0 | 150.0 | 30 of 120 | 6.5 |" in text
     assert "**minilm_pruned80_distilled_int8**: 86.3 % accuracy vs 86.9 % unpruned (-0.6 points" in text
     assert "throughput at batch 16 **2.50x [" in text
     assert "p50 latency at batch 1 **0.40x**" in text
@@ -199,6 +208,7 @@ def test_the_peer_comparison_serves_both_files_and_compares_their_outputs(bench_
     assert same["max_abs_logit_difference"] == 0 and same["same_predictions"]
     assert set(same["speedup_ours_over_peer"]) == {"batch1", "batch16"}
     assert all(s["baseline_trials"] == s["candidate_trials"] == 2 for s in same["speedup_ours_over_peer"].values())
+    assert json.loads(json.dumps(same))["trials"] == 2  # the suite saves it as JSON
     different = compare_with_peer(ours, other, trials=1, seq_len=16, vocab_size=40)
     assert different["max_abs_logit_difference"] > 1e-3  # two heads removed: a real difference is seen
 
@@ -222,3 +232,13 @@ def test_a_curve_can_stop_at_the_share_the_benchmark_needs(bert_dir, cls_data):
     half = pruning_curve(evaluator, build_inventory(model), score, 0.25, rescore=True, up_to=0.5)
     assert [p["fraction"] for p in half.points] == [0.0, 0.25, 0.5]
     assert half.points == full.points[:3]  # the same iterative plan, only shorter
+
+
+def test_the_queue_policy_benchmark_serves_both_exports_and_counts_held_requests(bert_dir):
+    result = measure_queue_policy(bert_dir, trials=1, seq_len=16, requests=6, vocab_size=40)
+    assert set(result["models"]) == {"default", "limited"}
+    for cells in result["models"].values():
+        assert set(cells) == {"concurrency1", "concurrency4"}
+        assert all(c["requests"] == 6 and c["throughput"] > 0 and 0 <= c["held"] <= 6 for c in cells.values())
+    held = summarize([Window([20.0] * 8 + [530.0, 540.0], 1.2, 1)])
+    assert held["held"] == 2 and held["p50_ms"] == 20.0 and held["throughput"] == 10 / 1.2

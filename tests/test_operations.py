@@ -51,7 +51,8 @@ def served(tmp_path_factory):
     export_to_repository(root / "pruned", root / "repo", "pruned")
     # Larger, so that 256 requests sent at once cannot all be served before the queue fills.
     slow = make_bert(root / "slow", layers=4, heads=8, head_size=32)
-    export_to_repository(slow, root / "repo", "limited", options=DeploymentOptions(max_batch_size=2, max_queue_size=8))
+    export_to_repository(slow, root / "repo", "limited", options=DeploymentOptions(max_batch_size=2, max_queue_size=8,
+                                                                                          queue_timeout_ms=30_000))
     with TritonServer(root / "repo", **ports()) as server:
         yield server
 

@@ -28,10 +28,11 @@ class DeploymentOptions:
     max_length: int = 128
     threads: int = 0  # ONNX Runtime intra-op threads per instance; 0 = its default (one per physical core)
     spinning: bool = True  # ONNX Runtime threads spin between runs (its default)
-    # Overload protection: beyond this many waiting requests Triton refuses new ones at once (0: no limit) ...
-    max_queue_size: int = 256
+    # Overload protection, off unless asked for: beyond this many waiting requests Triton refuses new ones at once
+    # (0: no limit) ...
+    max_queue_size: int = 0
     # ... and a request that waited this long without starting is refused (0: waits forever).
-    queue_timeout_ms: int = 30_000
+    queue_timeout_ms: int = 0
 
     def __post_init__(self):
         if self.max_batch_size < 1 or self.instances < 1 or min(self.queue_delay_us, self.threads, self.max_queue_size,
@@ -58,12 +59,17 @@ def _instances(config: pb.ModelConfig, options: DeploymentOptions) -> None:
     config.instance_group.append(pb.ModelInstanceGroup(count=options.instances, kind=kind))
 
 
-def _batching(config: pb.ModelConfig, options: DeploymentOptions) -> None:
+def apply_batching(config: pb.ModelConfig, options: DeploymentOptions) -> None:
+    """Sets the config's dynamic batching (delay, and the queue policy when ``options`` limit the queue)."""
     batching = config.dynamic_batching
     batching.max_queue_delay_microseconds = options.queue_delay_us
-    batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
-        timeout_action=pb.ModelQueuePolicy.REJECT, max_queue_size=options.max_queue_size,
-        default_timeout_microseconds=options.queue_timeout_ms * 1000, allow_timeout_override=True))
+    # Any queue policy stops Triton's (2.51) batcher from handing the next batch to a busy instance ahead of time;
+    # it then waits for the instance instead, misses the instance's wake-up and holds the request 500 ms
+    # (tests/test_queue_policy.py). So the policy is written only when a limit is asked for.
+    if options.max_queue_size or options.queue_timeout_ms:
+        batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
+            timeout_action=pb.ModelQueuePolicy.REJECT, max_queue_size=options.max_queue_size,
+            default_timeout_microseconds=options.queue_timeout_ms * 1000, allow_timeout_override=True))
 
 
 def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -> pb.ModelConfig:
@@ -96,7 +102,7 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
     else:
         config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [-1, vocab_size]))
         config.output.append(_tensor(pb.ModelOutput, "nll", FP32, [1]))
-    _batching(config, options)
+    apply_batching(config, options)
     apply_serving_settings(config, options)
     if options.tensorrt:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -120,7 +126,7 @@ def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[in
         config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
         config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
     # Concurrent requests then reach one execute() together, like the classifier's.
-    _batching(config, options)
+    apply_batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, {
         "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
@@ -138,7 +144,7 @@ def image_config(name: str, classifier: str, id2label: dict[int, str], options: 
     config.input.append(_tensor(pb.ModelInput, "IMAGE", STRING, [1]))
     config.output.append(_tensor(pb.ModelOutput, "LOGITS", FP32, [len(id2label)]))
     config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
-    _batching(config, options)
+    apply_batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, {"classifier": classifier, "preprocessing": json.dumps(preprocessing),
                          "id2label": json.dumps({str(k): v for k, v in id2label.items()})})
@@ -158,7 +164,7 @@ def generation_config(name: str, options: DeploymentOptions, parameters: dict[st
     config.input.append(_tensor(pb.ModelInput, source, STRING, [1]))
     config.output.append(_tensor(pb.ModelOutput, output, STRING, [1]))
     # Concurrent requests reach one execute() together and are decoded as one batch.
-    _batching(config, options)
+    apply_batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
     _parameters(config, parameters)
     return config

@@ -31,7 +31,9 @@ from serving.server.process import TritonServer
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
 @click.option("--queue-delay-us", default=default_of(DeploymentOptions, "queue_delay_us"), show_default=True, help="Dynamic batching max queue delay (microseconds).")
 @click.option("--max-queue-size", default=default_of(DeploymentOptions, "max_queue_size"), show_default=True,
-              help="Requests allowed to wait per model; beyond it Triton refuses new ones at once (0: no limit).")
+              help="Requests allowed to wait per model; beyond it Triton refuses new ones at once (0: no limit). "
+                   "A limit or timeout costs latency: Triton 2.51 then holds a request that arrives while the "
+                   "instance is busy for 500 ms.")
 @click.option("--queue-timeout-ms", default=default_of(DeploymentOptions, "queue_timeout_ms"), show_default=True,
               help="A request not started after waiting this long is refused (0: no timeout).")
 @click.option("--tensorrt", is_flag=True, help="Add the ORT TensorRT accelerator block (GPU deployments).")
