@@ -40,7 +40,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.suite
 
 # Sustained load and overload through the served 50 %-pruned MiniLM: benchmarks/results/soak.json and
-# docs/operations.md (about 25 minutes on 2 cores; reuses make bench's cached models).
+# docs/operations.md (about 10 minutes on 2 cores; reuses make bench's cached models).
 soak: setup
 	$(BIN)/python -m benchmarks.soak
 

@@ -18,7 +18,7 @@ library versions):
   scoring    importance scoring vs a plain forward+backward pass: time and peak memory
   gpu        the served comparison with CUDA instances, when a GPU is present
 
-Run: make bench (about 35 minutes on 2 cores from a fresh clone; 20 with the models cached),
+Run: make bench (about 25 minutes on 2 cores from a fresh clone, less with the models cached),
 or .venv/bin/python -m benchmarks.suite [--sections fusion,served] [--render-only].
 """
 
