@@ -276,6 +276,14 @@ def make_trained_marian(path: Path, seed: int = 0, layers: int = 2, steps: int =
     make_marian(path, seed=seed, layers=layers)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     model = MarianMTModel.from_pretrained(path)
+    train_to_reverse(model, tokenizer, seed, steps)
+    model.save_pretrained(path)
+    return path
+
+
+def train_to_reverse(model, tokenizer, seed: int, steps: int) -> None:
+    """Trains a translation ``model`` in place, for ``steps`` batches of random sentences, to reverse its input;
+    leaves it in eval mode."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for step in range(steps):
@@ -287,8 +295,7 @@ def make_trained_marian(path: Path, seed: int = 0, layers: int = 2, steps: int =
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval().save_pretrained(path)
-    return path
+    model.eval()
 
 
 def call_together(send: Callable[[int], object], count: int) -> list:

@@ -60,7 +60,15 @@ def test_a_killed_export_leaves_its_staging_outside_the_repository_and_the_next_
     check_rerun(case, left, again, [1])
 
 
-def test_signals_wait_until_a_deferred_block_ends():
+@pytest.fixture
+def interruptible():
+    """Python's own SIGINT handler, which a shell that starts the tests in the background leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signals_wait_until_a_deferred_block_ends(interruptible):
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
