@@ -34,8 +34,8 @@ demo: setup
 demo-mt: setup
 	$(BIN)/headprune demo-mt
 
-# The performance benchmark: benchmarks/results/*.json and docs/performance.md (about 35 minutes on 2 cores from a
-# fresh clone, 20 once its models are cached).
+# The performance benchmark: benchmarks/results/*.json and docs/performance.md (about 28 minutes on 2 cores from a
+# fresh clone, 18 once its models are cached).
 bench: setup
 	$(BIN)/python -m benchmarks.suite
 

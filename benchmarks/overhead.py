@@ -111,7 +111,9 @@ def _measure(repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_
                     return wrapped
 
                 before = clients["http"].statistics(model)
-                blocks = timed_blocks({name: counted(name, run) for name, run in runs.items()}, rounds)
+                # Longer blocks for large batches: a 0.6 s block would hold two 300 ms requests at batch 16.
+                blocks = timed_blocks({name: counted(name, run) for name, run in runs.items()}, rounds,
+                                      block_s=0.15 * max(batch, 4))
                 after = clients["http"].statistics(model)
                 stats = {name: block_stats(b, batch) for name, b in blocks.items()}
                 local_p50 = stats["in_process"].p50

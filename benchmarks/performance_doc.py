@@ -89,9 +89,12 @@ def _ceiling(data: dict) -> list[str]:
     lines += [f"| {r['what']} | {r['heads']} of {data['original_heads']} | {r['precision']} | {_fmt(r['b16'])} | "
               f"{_fmt(r['b1'])} | {r['p50_b1_ratio']:.2f}x |" for r in data["rows"]]
     bound = rows["one_head_int8"]
-    reach = ("so no deployment within 1 point reaches the batch-16 target with heads and INT8 on this CPU"
-             if bound["b16"]["ci_high"] < TARGETS["b16"] else
-             f"only this bound reaches the batch-16 target of {TARGETS['b16']}x")
+    if bound["b16"]["ci_high"] < TARGETS["b16"]:
+        reach = "so no deployment within 1 point reaches the batch-16 target with heads and INT8 on this CPU"
+    elif rows["headline"]["b16"]["ratio"] >= TARGETS["b16"]:
+        reach = f"the headline's model reaches the batch-16 target of {TARGETS['b16']}x here too"
+    else:
+        reach = f"only this bound reaches the batch-16 target of {TARGETS['b16']}x"
     lines += ["", f"With every head but one removed and INT8, throughput at batch 16 is {_fmt(bound['b16'])}: {reach}. "
               f"The headline's model ({rows['headline']['heads']} heads, INT8) measures {_fmt(rows['headline']['b16'])} "
               "here, in process.", ""]

@@ -18,8 +18,7 @@ from exporter.triton.translation import MAX_BEAMS, export_translation_to_reposit
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import (call_together, client_for, make_trained_marian, random_sentences, train_to_reverse,
-                           write_jsonl)
+from tests.helpers import call_together, client_for, make_trained_marian, random_sentences, train_to_reverse, write_jsonl
 
 ALL = [0, 1, 2, 3]
 PLAN = {"encoder": {0: [1], 1: ALL}, "decoder": {0: ALL, 2: [3]}, "cross": {1: ALL, 2: [0]}}
