@@ -60,10 +60,10 @@ def write_floor_model(path: Path, input_names: list[str], labels: int = 2) -> Pa
     nodes = [*constants, helper.make_node("Slice", [input_names[0], "start", "end", "axis"], ["first_ids"]),
              helper.make_node("Cast", ["first_ids"], ["logits"], to=TensorProto.FLOAT)]
     output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])
-    graph = helper.make_model(helper.make_graph(nodes, FLOOR_MODEL, inputs, [output]),
-                                   opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
+    model = helper.make_model(helper.make_graph(nodes, FLOOR_MODEL, inputs, [output]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return path
 
 
@@ -75,7 +75,7 @@ def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int
     onnx_path = ModelRepository(repo).version_folder(model, facts.version) / MODEL_FILE
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     with tempfile.TemporaryDirectory(prefix="headprune-floor-") as folder:
-        floor = write_floor_model(Path(folder) / MODEL_FILE, [i.name for i in session(onnx_path).get_inputs()])
+        floor = write_floor_model(Path(folder) / MODEL_FILE, list(facts.inputs))
         stage_onnx_models(repo, {FLOOR_MODEL: floor}, max(batch_sizes))
         try:
             results = _measure(repo, model, facts, onnx_path, ports, batch_sizes, rounds, seq_len)

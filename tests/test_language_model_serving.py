@@ -45,7 +45,6 @@ def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, tmp_path_factory):
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
 
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("name", ["gpt2", "gpt2_pruned", "llama_pruned", "mistral", "qwen2"])
 def test_served_logits_and_nll_equal_onnxruntime_and_pytorch(served, protocol, name):

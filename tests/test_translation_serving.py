@@ -72,7 +72,6 @@ def test_the_bls_loop_over_served_graphs_translates_like_the_one_model(served, n
     assert int(steps) >= 2  # the decoder steps really went through the served graph, not an in-process session
 
 
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("name", ["base", "pruned"])
 def test_served_greedy_translations_equal_in_process_generation(served, protocol, name):

@@ -85,7 +85,6 @@ def served(vit_dir, tmp_path_factory):
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
 
-
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("name", ["vit", "vit_pruned"])
 def test_served_pixels_and_images_equal_pytorch(served, protocol, name, image_data):
