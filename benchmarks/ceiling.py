@@ -14,18 +14,7 @@ from exporter.pruning.inventory import build_inventory
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scores import HeadScores
 
-# Flags of /proc/cpuinfo that decide how fast ONNX Runtime's 8-bit matrix products run on x86.
-INT8_INSTRUCTIONS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def int8_instructions(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """Returns which of INT8_INSTRUCTIONS this CPU has (empty where /proc/cpuinfo is not readable)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in INT8_INSTRUCTIONS if flag in flags]
+from exporter.machine import int8_instructions
 
 
 def _heads(model) -> int:

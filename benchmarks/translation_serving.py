@@ -37,6 +37,7 @@ from exporter.triton.translation import export_translation_to_repository
 from serving.benchmark.latency import LatencyStats, Speedup, bootstrap_throughput, ratios
 from serving.client import TritonClient
 from serving.demo.assets import default_cache
+from serving.demo.tatoeba import SPLITS_FOLDER
 from serving.demo.translation import model_folder
 from serving.server.process import TritonServer, free_port
 
@@ -127,7 +128,7 @@ def main() -> None:
     cache = default_cache()
     parser.add_argument("--model", type=Path, default=model_folder(cache, TranslationSettings()) / "model",
                         help="translation model folder (default: the one `make demo-mt` trained)")
-    parser.add_argument("--test", type=Path, default=cache / "translation-splits" / "test.jsonl")
+    parser.add_argument("--test", type=Path, default=cache / SPLITS_FOLDER / "test.jsonl")
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--batch-sizes", default="1,8,32")

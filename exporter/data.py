@@ -12,10 +12,12 @@ from pathlib import Path
 from exporter.errors import HeadpruneError
 
 # Canonical column roles per task; users may map them to other column names.
+# TEXTS_ONLY reads a classifier's texts without labels (recovery needs none).
+TEXTS_ONLY = "texts"
 REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target"),
-            "language-modeling": ("text",), "image-classification": ("image", "label")}
+            "language-modeling": ("text",), "image-classification": ("image", "label"), TEXTS_ONLY: ("text",)}
 OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": (), "language-modeling": (),
-            "image-classification": ()}
+            "image-classification": (), TEXTS_ONLY: ("text_pair",)}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Class names of transformers' causal language models end with one of these.
 CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
@@ -231,13 +233,15 @@ def label_value(label, task: str, config):
 
 
 def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length: int = 128) -> dict:
-    """Returns model inputs (torch tensors, with ``labels``) for a list of canonical examples."""
+    """Returns model inputs (torch tensors, with ``labels`` where the examples have them) for a list of canonical
+    examples."""
     import torch  # reading data files needs no torch: only encoding does
     if task in ("classification", "regression"):
         pairs = [e["text_pair"] for e in examples] if all("text_pair" in e for e in examples) else None
         batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
-        batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
+        if all("label" in e for e in examples):  # texts read without labels (TEXTS_ONLY) are encoded alone
+            batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
         return dict(batch)
     if task == "image-classification":  # ``tokenizer`` is the model's image processor
         pixels = tokenizer([load_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]

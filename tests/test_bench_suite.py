@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from benchmarks import inprocess
-from benchmarks.ceiling import int8_instructions, measure_ceiling
+from benchmarks.ceiling import measure_ceiling
 from benchmarks.memory import served_memory
 from benchmarks.overhead import RawHttpClient, measure_overhead, write_floor_model
 from benchmarks.performance_doc import render
@@ -23,6 +23,7 @@ from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scoring import compute_importance
 from exporter.triton.config import DeploymentOptions
 from exporter.triton.repository import export_to_repository
+from exporter.machine import cpu_model, int8_instructions
 from serving.benchmark.latency import Speedup
 from serving.benchmark.loadgen import Window
 from serving.client import TritonClient
@@ -114,9 +115,11 @@ def test_the_floor_model_answers_with_its_first_ids_and_does_nothing_else(tmp_pa
 
 def test_int8_instructions_are_read_from_the_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512fp16 avx512_vnni\n\nprocessor\t: 1\n")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512fp16 avx512_vnni\n\n"
+                       "processor\t: 1\n")
     assert int8_instructions(cpuinfo) == ["avx2", "avx512_vnni"]  # avx512fp16 is not avx512f
-    assert int8_instructions(tmp_path / "missing") == []
+    assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    assert int8_instructions(tmp_path / "missing") == [] and cpu_model(tmp_path / "missing") == ""
 
 
 def test_the_ceiling_measures_int8_the_headline_and_a_one_head_model_against_the_base(bert_dir, bench_repo, tmp_path):

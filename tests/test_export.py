@@ -18,9 +18,10 @@ from exporter.onnx.export import export_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
 from exporter.onnx.quantize import quantize_int8
 from exporter.triton.description import DeploymentDescription
-from exporter.triton.repository import export_to_repository
+from exporter.triton.repository import export_to_repository, require_same_decisions, text_feeds
 from serving.benchmark.deployment import describe_deployment
 from serving.cli import main
+from tests.helpers import random_sentences
 
 UNEVEN = {"encoder": {0: [0], 1: [0, 1, 2], 2: [0, 1, 2, 3]}}  # heads left: 3, 1, 0
 
@@ -133,6 +134,10 @@ def test_int8_export_quantizes_the_matmuls_and_stays_close_to_fp32(uneven_dir, t
     result = CliRunner().invoke(main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli",
                                        "--quantize", "int8"])
     assert result.exit_code == 0 and "INT8: max |INT8 - FP32|" in result.output
+    as_json = CliRunner().invoke(main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli",
+                                        "--json"])
+    data = json.loads(as_json.output)
+    assert (data["heads"], data["original_heads"], data["front_end"], data["version"]) == (4, 12, "cli_text", 2)
     with pytest.raises(HeadpruneError, match="precision 'int4' is unknown"):
         export_to_repository(uneven_dir, tmp_path / "repo", "bad", precision="int4")
 
@@ -153,3 +158,34 @@ def test_int8_check_refuses_a_graph_too_far_from_fp32_and_keeps_the_fp32_graph(u
     validation = quantize_int8(model, tmp_path / "m.onnx", names, relative_tolerance=1e-6)
     assert not validation.passed and validation.max_abs_diff > validation.atol > 0
     assert (tmp_path / "m.onnx").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_int8_check_demands_the_fp32_decisions_on_real_texts(uneven_dir, tmp_path):
+    texts = random_sentences(64, seed=8)
+    result = export_to_repository(uneven_dir, tmp_path / "repo", "checked", precision="int8", validation_texts=texts)
+    check = result.quantization
+    assert check.texts == 64 and check.agreement is not None and check.agreement >= check.min_agreement
+    assert json.loads((result.model_path.parent / "validation.json").read_text())["quantization"]["agreement"] == \
+        check.agreement
+    # A demand no graph meets: the same check refuses it and leaves nothing behind.
+    model = load_model(uneven_dir)
+    names = export_onnx(model, tmp_path / "m.onnx")
+    tokenizer = load_tokenizer(uneven_dir)
+    feeds = text_feeds(tokenizer, texts, names, 64)
+    refused = quantize_int8(model, tmp_path / "m.onnx", names, feeds=feeds, min_agreement=1.01)
+    assert not refused.passed and refused.max_abs_diff <= refused.atol
+    with pytest.raises(HeadpruneError, match="predicts another class"):
+        require_same_decisions(refused)
+
+
+def test_int8_weights_use_seven_bits_where_the_cpu_lacks_dot_products(uneven_dir, tmp_path):
+    model = load_model(uneven_dir)
+    ranges = {}
+    for reduce in (False, True):
+        path = tmp_path / f"{reduce}.onnx"
+        names = export_onnx(model, path)
+        assert quantize_int8(model, path, names, reduce_range=reduce).reduce_range is reduce
+        weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_quantized")]
+        ranges[reduce] = max(int(np.abs(w.astype(int)).max()) for w in weights)
+    assert ranges[True] <= 64 < ranges[False]

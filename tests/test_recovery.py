@@ -124,7 +124,8 @@ def test_distillation_moves_the_pruned_model_towards_the_teacher_and_keeps_its_h
     assert [layer.kept for layer in distilled.layers] == [[0, 2, 3], [1, 3], [0, 1, 2]]
     stored = json.loads((tmp_path / "distilled" / "recovery.json").read_text())
     assert stored["method"] == "distill" and stored["examples"] == 192
-    data = write_jsonl(tmp_path / "texts.jsonl", texts)
+    # Texts alone, as --help promises: no label column.
+    data = write_jsonl(tmp_path / "texts.jsonl", [{"text": e["text"]} for e in texts])
     result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
                                        "--out", str(tmp_path / "cli"), "--max-examples", "64"])
     assert result.exit_code == 0 and "distilled 1 epoch(s) on 64 examples" in result.output, result.output

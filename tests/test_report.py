@@ -60,13 +60,19 @@ def quality(name: str, value: float) -> dict:
 
 
 def make_report(tmp_path, speeds: dict[str, float], accuracies: dict[str, float] | None = None, requests: int = 200,
-                trials: int = 3, max_drop: float | None = None, batch_sizes=(1, 4), concurrency=(1,), seed: int = 7):
-    """Returns a report of 'base' and candidates whose latencies are truly ``speeds[name]`` times lower."""
+                trials: int = 3, max_drop: float | None = None, batch_sizes=(1, 4), concurrency=(1,), seed: int = 7,
+                per_example: dict[str, list[int]] | None = None):
+    """Returns a report of 'base' and candidates whose latencies are truly ``speeds[name]`` times lower (with
+    ``per_example`` correctness, whose mean then is the accuracy)."""
     rng = np.random.default_rng(seed)
     names = ["base", *speeds]
     accuracies = accuracies or {}
     records = [{"record": "start", "signature": {}, "started": 0.0}]
     records += [quality(n, accuracies.get(n, 0.9)) for n in names]
+    for record in records[1:]:
+        if per_example and record["deployment"] in per_example:
+            correct = per_example[record["deployment"]]
+            record.update(value=sum(correct) / len(correct), examples=len(correct), per_example=correct)
     for name in names:
         records += latency_records(name, rng, 10.0 / speeds.get(name, 1.0), requests, trials, batch_sizes, concurrency)
     settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=list(speeds), data=tmp_path / "d",
@@ -222,6 +228,24 @@ def test_verdict_picks_the_fastest_candidate_within_max_drop(tmp_path):
     nobody = replace(report, max_drop=0.1, candidates=["fastest", "middle"]).verdict()
     assert nobody.best is None and "keep base" in nobody.text
     assert report.markdown().splitlines()[1] == f"**Verdict:** {chosen.text}"
+
+
+def test_within_max_drop_means_the_whole_interval_lies_above_the_drop(tmp_path):
+    base = [1] * 900 + [0] * 100
+    lost8 = [0] * 8 + [1] * 892 + [0] * 100  # -0.8 points, but only 1,000 examples: the interval reaches below -1
+    same = list(base)
+    report = make_report(tmp_path, {"fast": 1.6, "equal": 1.2}, max_drop=1,
+                         per_example={"base": base, "fast": lost8, "equal": same})
+    fast = report.deployments["fast"].quality
+    assert report.quality_points("fast") == pytest.approx(-0.8) and fast.gain_low < -1 < fast.gain_high
+    chosen = report.verdict()
+    assert chosen.best == "equal" and "95 % interval [+0.00, +0.00]" in chosen.text
+    nobody = replace(report, candidates=["fast"]).verdict()
+    assert nobody.best is None and "not distinguishable" not in nobody.text
+    assert f"none is distinguishable from a drop of 1 (fast (95 % interval [{fast.gain_low:+.2f}" in nobody.text
+    table = next(line for line in report.markdown().splitlines() if line.startswith("| fast |"))
+    assert f"[{fast.gain_low:+.2f}, {fast.gain_high:+.2f}]" in table
+    assert "non-inferiority" in report.markdown()
 
 
 def test_markdown_shows_sample_counts_and_the_rule(tmp_path):

@@ -55,6 +55,15 @@ def test_tatoeba_pairs_are_deduplicated_and_splits_are_disjoint_by_source(tmp_pa
     assert all(row["target"].startswith("Frase") for row in splits["test"])
     with pytest.raises(HeadpruneError, match="distinct sources"):
         split_by_source(found, {"test": 100})
+    # Paraphrases: case and punctuation make no other source, and a shared translation keeps a pair out of training.
+    paraphrased = [{"source": "Hi.", "target": "¡Hola!"}, {"source": "hi!", "target": "Hola."},
+                   {"source": "Hello.", "target": "¡Hola!"}, {"source": "Good night.", "target": "Buenas noches."}]
+    for seed in range(20):
+        held = split_by_source(paraphrased, {"test": 1}, seed=seed)
+        if held["test"][0]["source"] == "Hi.":
+            break
+    assert held["test"] == [{"source": "Hi.", "target": "¡Hola!"}]
+    assert held["train"] == [{"source": "Good night.", "target": "Buenas noches."}]
     paths = write_translation_splits(tmp_path, tmp_path / "cache", {"score": 10, "test": 20})
     first = {name: path.read_text() for name, path in paths.items()}
     assert write_translation_splits(tmp_path, tmp_path / "cache", {"score": 10, "test": 20}) == paths

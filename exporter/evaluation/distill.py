@@ -42,7 +42,7 @@ def distill(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict
 
     def loss_of(chunk: list[dict]) -> torch.Tensor:
         batch = encode_batch(tokenizer, chunk, "classification", student.config, max_length)
-        batch.pop("labels")
+        batch.pop("labels", None)
         with torch.no_grad():
             target = F.log_softmax(teacher(**batch).logits / temperature, dim=-1)
         predicted = F.log_softmax(student(**batch).logits / temperature, dim=-1)

@@ -107,7 +107,7 @@ def recover_by_rescaling(pruned_dir: str | Path, teacher_dir: str | Path, exampl
     encoded = []
     for chunk in batches(examples, batch_size):
         batch = encode_batch(tokenizer, chunk, "classification", pruned.config)
-        batch.pop("labels")
+        batch.pop("labels", None)
         encoded.append(batch)
     scales = rescale_heads(pruned, teacher, encoded)
     record = {"method": "rescale", "teacher": str(teacher_dir), "examples": len(examples), "scales": scales}

@@ -4,14 +4,21 @@ Weights of every MatMul and embedding become 8-bit with one scale per output cha
 scale per tensor lost more accuracy on the demo classifier); activations are quantized on
 the fly, per batch. Quantization changes the logits by design, so the
 graph is checked against the FP32 graph it came from with a tolerance of its own, and
-the accuracy that matters is measured through Triton like any other deployment.
+the accuracy that matters is measured through Triton like any other deployment. Given real
+texts, the check also demands that INT8 and FP32 pick the same class on nearly all of them
+(random inputs say little about decisions). On a CPU without 8-bit dot products (VNNI, AMX)
+ONNX Runtime's U8S8 kernels can saturate, so weights are quantized to 7 bits there
+(``reduce_range``), as ONNX Runtime advises.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from exporter.onnx.export import Validation, validate_onnx
 
@@ -20,6 +27,43 @@ PRECISIONS = ("fp32", "int8")  # of classifiers: translation graphs are exported
 # random inputs. Measured: 0.06 for the demo's MiniLM, 0.24 for the tiny test BERT (its weights are
 # random, so 8 bits fit them worse); a graph quantized wrongly is off by the whole range.
 INT8_RELATIVE_TOLERANCE = 0.35
+# Share of real texts whose predicted class INT8 must leave unchanged.
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class Int8Check(Validation):
+    """The INT8 graph against its FP32 graph: logits on random inputs (within ``atol``) and, given real texts, the
+    share of them whose argmax is unchanged (at least ``min_agreement``); whether weights used 7 bits."""
+
+    agreement: float | None = None
+    texts: int = 0
+    min_agreement: float = MIN_AGREEMENT
+    reduce_range: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """Returns True when the logits are within tolerance and the decisions agree often enough."""
+        return super().passed and (self.agreement is None or self.agreement >= self.min_agreement)
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return {**super().to_dict(), "agreement": self.agreement, "texts": self.texts,
+                "min_agreement": self.min_agreement, "reduce_range": self.reduce_range, "passed": self.passed}
+
+
+def argmax_agreement(path: Path, reference_path: Path, feeds: list[dict]) -> float:
+    """Returns the share of examples in ``feeds`` (batches of ONNX inputs) whose argmax of the first output is the
+    same in both graphs."""
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (path, reference_path)]
+    same = total = 0
+    for feed in feeds:
+        mine, theirs = (s.run(None, feed)[0].argmax(-1) for s in sessions)
+        same += int(np.sum(mine == theirs))
+        total += mine.size
+    return same / max(total, 1)
 
 
 class _DropPreprocessingHint(logging.Filter):
@@ -29,15 +73,22 @@ class _DropPreprocessingHint(logging.Filter):
 
 
 def quantize_int8(model, path: str | Path, names: list[str],
-                  relative_tolerance: float = INT8_RELATIVE_TOLERANCE) -> Validation:
+                  relative_tolerance: float = INT8_RELATIVE_TOLERANCE, feeds: list[dict] | None = None,
+                  reduce_range: bool | None = None, min_agreement: float = MIN_AGREEMENT) -> Int8Check:
     """Replaces the FP32 graph at ``path`` by its dynamic INT8 version; returns how far its logits are from FP32's
-    (the tolerance is ``relative_tolerance`` of the FP32 logits' range).
+    (the tolerance is ``relative_tolerance`` of the FP32 logits' range) and, given ``feeds`` (batches of real
+    inputs), on what share of them the predicted class is unchanged. ``reduce_range`` (7-bit weights) defaults to
+    this CPU lacking 8-bit dot products.
 
     The FP32 graph is kept until the check is done, so a failed check leaves it in place.
     """
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from exporter.machine import has_int8_dot_products
+
+    if reduce_range is None:
+        reduce_range = not has_int8_dot_products()
     path = Path(path)
     quantized = path.with_name(f"{path.stem}.int8{path.suffix}")
     hint = _DropPreprocessingHint()
@@ -45,10 +96,13 @@ def quantize_int8(model, path: str | Path, names: list[str],
     try:
         # A fused graph's Attention outputs have no inferred type (a contrib op): they are FP32.
         quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+                         reduce_range=reduce_range, extra_options={"DefaultTensorType": TensorProto.FLOAT})
     finally:
         logging.getLogger().removeFilter(hint)
-    validation = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
+    logits = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
+    agreement = argmax_agreement(quantized, path, feeds) if feeds else None
+    validation = Int8Check(logits.max_abs_diff, logits.atol, logits.shapes, agreement,
+                           sum(len(next(iter(f.values()))) for f in feeds or []), min_agreement, reduce_range)
     if validation.passed:
         os.replace(quantized, path)
     else:

@@ -108,6 +108,11 @@ def model_task(path: str | Path) -> str:
     return task_of_config(_read_config(Path(path)))
 
 
+def model_config(path: str | Path):
+    """Returns the checked config of a model folder (reads config.json only)."""
+    return _read_config(Path(path))
+
+
 def load_tokenizer(path: str | Path):
     """Returns the input processor stored in a model folder: its tokenizer, or for an image model without one its
     image processor (``preprocessor_config.json``); None when the folder has neither."""

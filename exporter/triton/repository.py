@@ -26,7 +26,7 @@ from exporter.data import task_of
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_onnx, pixel_shape, require_valid, validate_onnx
-from exporter.onnx.quantize import PRECISIONS, quantize_int8
+from exporter.onnx.quantize import MIN_AGREEMENT, PRECISIONS, Int8Check, quantize_int8
 from exporter.pruning.checkpoint import load_model, load_tokenizer, model_task
 from exporter.pruning.families import image_tokens, usable_positions
 from exporter.pruning.inventory import HeadInventory, build_inventory
@@ -63,7 +63,9 @@ class ExportResult:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
                 "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
-                "front_end": self.front_end, "text_model": self.front_end,  # text_model: the name before image models "heads": self.heads, "original_heads": self.original_heads,
+                # text_model: the front end's key before image models had front ends of their own.
+                "front_end": self.front_end, "text_model": self.front_end, "heads": self.heads,
+                "original_heads": self.original_heads,
                 "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict(),
                 "generation": self.generation}
 
@@ -200,6 +202,27 @@ def _write_front_end(repository: ModelRepository, name: str, config, code: str, 
         write_config(config, staging)
 
 
+def text_feeds(tokenizer, texts: list[str], names: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
+    """Returns ONNX input batches (int64 arrays of the graph's ``names``) of ``texts`` as the text front end
+    tokenises them."""
+    feeds = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+        ids = encoded["input_ids"]
+        feeds.append({name: (encoded[name] if name in encoded else 0 * ids).astype("int64") for name in names})
+    return feeds
+
+
+def require_same_decisions(check: Int8Check) -> None:
+    """Raises HeadpruneError when the INT8 graph changed the predicted class of too many validation texts."""
+    if check.agreement is not None and check.agreement < check.min_agreement:
+        raise HeadpruneError(f"the INT8 model predicts another class than the FP32 model on "
+                             f"{100 * (1 - check.agreement):.1f} % of the {check.texts} validation texts (at most "
+                             f"{100 * (1 - check.min_agreement):g} % allowed); nothing was written",
+                             "export this model in FP32, or recover it (distil) before quantizing")
+
+
 def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]:
     # The backend reads input_ranges; clients read the description (also from a remote server).
     return {
@@ -215,7 +238,9 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
 
 def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                          atol: float = 1e-4, optimize: bool = False,
-                         options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32") -> ExportResult:
+                         options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32",
+                         validation_texts: list[str] | None = None,
+                         min_agreement: float = MIN_AGREEMENT) -> ExportResult:
     """Exports the text or image classifier or causal language model in ``model_dir`` into the Triton repository
     ``repo``; returns what was written.
 
@@ -223,7 +248,8 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     language model is exported as its full-sequence forward (logits, and each row's ``nll``) with a text front end
     that scores texts, and as ``<name>_generate``: greedy generation over a step graph with a KV cache.
     ``precision`` "int8" quantizes a text classifier's validated FP32 graph (after fusion, if asked) and checks the
-    INT8 logits against it. Raises HeadpruneError (and writes nothing) when the model is none of these, the name is
+    INT8 logits against it, and given ``validation_texts`` (real texts of the task), requires the INT8 model to
+    predict the FP32 model's class on at least ``min_agreement`` of them. Raises HeadpruneError (and writes nothing) when the model is none of these, the name is
     unusable, or a graph fails its check.
     """
     check_precision(precision)
@@ -267,7 +293,9 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
             fused, validation = optimize_attention(model, inventory, staged / MODEL_FILE, names, atol)
         quantization = None
         if precision == "int8":
-            quantization = quantize_int8(model, staged / MODEL_FILE, names)
+            feeds = text_feeds(tokenizer, validation_texts, names, options.max_length) if validation_texts else None
+            quantization = quantize_int8(model, staged / MODEL_FILE, names, feeds=feeds, min_agreement=min_agreement)
+            require_same_decisions(quantization)
             require_valid(quantization, "the INT8 model (against the FP32 graph)")
         checked = {**validation.to_dict(), "fused_attention": fused,
                    "quantization": quantization and quantization.to_dict()}

@@ -18,6 +18,7 @@ import numpy as np
 from exporter.data import batches, label_id, read_examples
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import accuracy, bleu, chrf, perplexity
+from exporter.machine import cpu_model, int8_instructions
 from exporter.progress import Phases, no_phases
 from exporter.pruning.scores import HeadScores
 from exporter.triton.layout import ModelRepository
@@ -137,9 +138,10 @@ def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) 
 
 
 def machine() -> dict:
-    """Returns the platform, processor, CPU count and Python version of this machine."""
+    """Returns the platform, processor, CPU model, its 8-bit instructions, CPU count and Python version."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version()}
+            "cpu_model": cpu_model(), "int8_instructions": int8_instructions(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
 
 
 def library_versions() -> dict:

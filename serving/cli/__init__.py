@@ -5,7 +5,7 @@ heavy libraries (torch, transformers) only when they run, so ``headprune --help`
 serving commands start without them.
 """
 
-from serving.cli import compare, demo, deployment, kubernetes, pruning, translation  # noqa: F401  (registers the commands)
+from serving.cli import compare, demo, deployment, kubernetes, optimize, pruning, translation  # noqa: F401  (registers the commands)
 from serving.cli.app import main
 
 __all__ = ["main"]

@@ -11,9 +11,6 @@ from serving.benchmark.compare import CompareSettings
 from serving.cli.app import Terminated, data_options, data_source, default_of, friendly_errors, int_list, main
 from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
-from serving.report.report import render_report
-from serving.report.runner import run_comparison
-from serving.report.viewer import open_report, report_page
 
 
 def setting(name: str):
@@ -77,6 +74,8 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
                                max_windows=max_windows,
                                max_drop=max_drop, max_examples=max_examples, scores=scores,
                                **data_source(options))
+    from serving.report.runner import run_comparison  # plotting libraries load only when a report is written
+
     bars = PhaseBars()
     try:
         path = run_comparison(settings, resume=resume, overwrite=overwrite, phases=bars,
@@ -101,6 +100,9 @@ def compare(repo, baseline, candidates, data, out, batch_sizes, concurrency, seq
 @friendly_errors
 def report(folder: Path, open_page: bool, host: str, port: int):
     """Re-render report.md, report.html, latency.csv and the plots of FOLDER from its report.json (no measuring)."""
+    from serving.report.report import render_report
+    from serving.report.viewer import open_report, report_page
+
     path = render_report(folder)
     click.echo("\n".join(path.read_text().splitlines()[:5]))
     click.echo(f"\nreport: {path}  (also {report_page(folder)})")

@@ -135,11 +135,11 @@ def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epoch
     (Kwon et al. 2022); the scales are folded into the output projections.
     Either way OUT is a pruned checkpoint of the same shape, with OUT/recovery.json saying
     what was done. Measure the result with `compare`."""
-    from exporter.data import read_examples
+    from exporter.data import TEXTS_ONLY, read_examples
 
     if max_examples is None and method == "rescale":
         max_examples = RESCALE_EXAMPLES
-    examples = read_examples(data, "classification", max_examples=max_examples, seed=seed, **data_source(options))
+    examples = read_examples(data, TEXTS_ONLY, max_examples=max_examples, seed=seed, **data_source(options))
     if method == "rescale":
         from exporter.evaluation.rescale import recover_by_rescaling
 

@@ -30,7 +30,7 @@ from exporter.triton.config import DeploymentOptions
 from exporter.triton.translation import export_translation_to_repository
 from serving.benchmark.compare import CompareSettings
 from serving.demo.assets import fetch_asset
-from serving.demo.tatoeba import TATOEBA, write_translation_splits
+from serving.demo.tatoeba import SPLITS_FOLDER, TATOEBA, write_translation_splits
 from serving.report.plots import plot_curves, plot_training_curve
 from serving.report.results import write_results
 from serving.report.runner import run_comparison
@@ -141,9 +141,11 @@ def run_translation_experiments(model_dir: Path, splits: dict[str, list[dict]], 
 
 
 def model_folder(cache: Path, settings: TranslationSettings) -> Path:
-    """Returns where the model trained with ``settings`` is cached: one folder per settings, so that a change of
-    the defaults trains afresh instead of reusing a model trained otherwise."""
-    digest = hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    """Returns where the model trained with ``settings`` on the current splits is cached: one folder per settings and
+    splits version, so that a change of either trains afresh instead of reusing a model trained otherwise (on data
+    that may now be held out)."""
+    identity = {**asdict(settings), "splits": SPLITS_FOLDER}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return cache / f"{MODEL_FOLDER}-{digest}"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter.evaluation.metrics import LOWER_IS_BETTER
-from exporter.evaluation.significance import ALPHA
+from exporter.evaluation.significance import ALPHA, format_p_value
 from serving.benchmark.latency import PERCENTILES, TAIL, min_samples
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def _quality_table(report: Report) -> Table:
                      Entry(entry.quality_text(), entry.quality.value if entry.quality else None),
                      Entry("" if name == report.baseline or not change else f"{change}{mark}",
                            None if name == report.baseline else report.quality_points(name)),
-                     Entry("" if p_value is None else f"{p_value:.2g}", p_value)])
+                     Entry(_interval(entry.quality), entry.quality.gain_low if entry.quality else None),
+                     Entry("" if p_value is None else format_p_value(entry.quality.metric, p_value), p_value)])
     notes = [Note(f"* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for BLEU and "
                   "perplexity, on the same examples).")]
     q = report.deployments[report.baseline].quality
@@ -122,8 +123,16 @@ def _quality_table(report: Report) -> Table:
     if q and q.chrf_signature:
         notes.append(Note("chrF signature: ", q.chrf_signature))
     unit = "perplexity" if report.language_model else "points"
-    return Table("quality", "Quality", ("deployment", "heads", "quality", f"change ({unit})", "p (paired test)"), rows,
-                 notes=notes)
+    if report.max_drop is not None:
+        notes.append(Note(f"Within {report.max_drop:g} {unit} means the interval's lower bound lies above "
+                          f"-{report.max_drop:g} (non-inferiority); a candidate whose interval reaches below it is not "
+                          "distinguishable from such a drop."))
+    return Table("quality", "Quality", ("deployment", "heads", "quality", f"change ({unit})",
+                                        "gain, 95 % interval (paired bootstrap)", "p (paired test)"), rows, notes=notes)
+
+
+def _interval(quality) -> str:
+    return "" if quality is None or quality.gain_low is None else f"[{quality.gain_low:+.2f}, {quality.gain_high:+.2f}]"
 
 
 def _latency_table(report: Report) -> Table:

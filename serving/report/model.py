@@ -34,6 +34,9 @@ class Quality:
     p_value: float | None = None
     chrf: float | None = None  # translation: chrF of the same outputs, with its own sacrebleu signature
     chrf_signature: str | None = None
+    # The 95 % paired-bootstrap interval of the gain over the baseline, in points (negative is worse).
+    gain_low: float | None = None
+    gain_high: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Quality | None:
@@ -52,8 +55,10 @@ class Quality:
         return f"{self.metric} {self.value:.2f}" + (f", chrF {self.chrf:.2f}" if self.chrf is not None else "")
 
     def to_dict(self) -> dict:
-        """Returns JSON-ready data (``p_value`` only where a paired test was made, chrF only where measured)."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("p_value", "chrf", "chrf_signature")}
+        """Returns JSON-ready data (``p_value`` and the interval only where a paired test was made, chrF only where
+        measured)."""
+        optional = ("p_value", "chrf", "chrf_signature", "gain_low", "gain_high")
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in optional}
 
 
 @dataclass(frozen=True)
@@ -255,25 +260,49 @@ class Report:
         """Returns True when the deployments are language models (scored by perplexity, measured in tokens/s too)."""
         return any(d.facts.get("task") == "language-modeling" for d in self.deployments.values())
 
+    def within(self, name: str) -> bool:
+        """Returns whether candidate ``name`` stays within ``max_drop`` of the baseline's quality: the lower bound of
+        its change's 95 % interval lies above -max_drop (non-inferiority); for a report.json written before intervals,
+        the change itself is at least -max_drop."""
+        if self.max_drop is None:
+            return True
+        quality, points = self.deployments[name].quality, self.quality_points(name)
+        if points is None:
+            return False
+        if quality.gain_low is not None:
+            return quality.gain_low > -self.max_drop
+        return points >= -self.max_drop
+
+    def interval_text(self, name: str) -> str:
+        """Returns ' (95 % interval [-2.60, +1.00])' for a candidate with a paired interval, '' otherwise."""
+        quality = self.deployments[name].quality
+        if quality is None or quality.gain_low is None:
+            return ""
+        return f" (95 % interval [{quality.gain_low:+.2f}, {quality.gain_high:+.2f}])"
+
     def verdict(self) -> Verdict:
-        """Returns the verdict: the fastest candidate (within ``max_drop`` points of quality, if given), and whether
-        its speedup is significant."""
+        """Returns the verdict: the fastest candidate (within ``max_drop`` points of quality by ``within``, if given),
+        and whether its speedup is significant."""
         candidates, base, limit = self.candidates, self.baseline, self.max_drop
         points = {c: self.quality_points(c) for c in candidates}
-        eligible = [c for c in candidates if limit is None or (points[c] is not None and points[c] >= -limit)]
+        eligible = [c for c in candidates if self.within(c)]
         means = self.mean_speedups
         speed = {c: means[c].speedup.ratio if c in means else math.nan for c in candidates}
         best = max(eligible, key=lambda c: -math.inf if math.isnan(speed[c]) else speed[c], default=None)
         unit = "point" if limit == 1 else "points"
         significant = None
         if best is None:
-            text = f"no candidate stays within {limit:g} {unit} of {base}'s quality; keep {base}."
+            shown = "; ".join(f"{c}{self.interval_text(c)}" for c in candidates if self.interval_text(c))
+            text = (f"no candidate stays within {limit:g} {unit} of {base}'s quality"
+                    + (f": none is distinguishable from a drop of {limit:g} ({shown})" if shown else "")
+                    + f"; keep {base}.")
         else:
             delta = points[best]
             within = f" within {limit:g} {unit} of {base}" if limit is not None else ""
             metric = self.deployments[best].quality.metric if delta is not None else ""
             quality = "quality not measured" if delta is None else f"{metric} {self.quality_change(best)}" \
                 if metric in LOWER_IS_BETTER else f"{delta:+.2f} points"
+            quality += self.interval_text(best) if delta is not None else ""
             if best in means:
                 mean = means[best].speedup
                 significant = mean.significant

@@ -16,7 +16,7 @@ import numpy as np
 
 from exporter.atomic import atomic_files, atomic_write_json, atomic_write_text, read_json
 from exporter.errors import HeadpruneError
-from exporter.evaluation.significance import paired_p_value
+from exporter.evaluation.significance import paired_gain_interval, paired_p_value
 from exporter.pruning.scores import HeadScores
 from serving.benchmark.compare import STAGES, CompareSettings
 from serving.benchmark.journal import record_type
@@ -94,11 +94,12 @@ def _paired_quality(measured: dict | None, baseline: dict | None, is_baseline: b
     the baseline (None where nothing was measured)."""
     if measured is None:
         return None
-    p_value = None
+    p_value = low = high = None
     if not is_baseline and baseline and measured.get("per_example") and baseline.get("per_example"):
         p_value = paired_p_value(measured["metric"], baseline["per_example"], measured["per_example"])
+        low, high = paired_gain_interval(measured["metric"], baseline["per_example"], measured["per_example"])
     return Quality(measured["metric"], measured["value"], measured["examples"], measured["signature"], p_value,
-                   measured.get("chrf"), measured.get("chrf_signature"))
+                   measured.get("chrf"), measured.get("chrf_signature"), low, high)
 
 
 def _mean_speedups(measured: dict[str, list[tuple[int, Speedup, np.ndarray]]]) -> dict[str, MeanSpeedup]:

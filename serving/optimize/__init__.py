@@ -1,0 +1,6 @@
+"""`headprune optimize`: the fastest deployment within a quality budget, chosen on a dev split and proven on a held-out
+test split through the real server.
+
+levers.py says which levers (pruning, distillation, INT8) apply to which task, search.py chooses on the dev split,
+proof.py measures the choice once on the test split, report.py writes what was found.
+"""

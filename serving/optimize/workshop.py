@@ -1,0 +1,129 @@
+"""Making candidates: re-scored pruning plans per level, pruned and distilled checkpoints, exports into the work
+repository. Everything made is kept under the optimization's folder, so a rerun reuses it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from exporter.data import read_examples
+from exporter.onnx.quantize import MIN_AGREEMENT
+from exporter.progress import Phases, no_phases
+from exporter.triton.config import DeploymentOptions
+from serving.optimize.search import Candidate, OptimizeSettings, load_plans, save_plans, served_models
+
+
+class Workshop:
+    """Builds each candidate the search asks for (``make``), reusing what an earlier run left in ``settings.out``."""
+
+    def __init__(self, settings: OptimizeSettings, task: str, phases: Phases = no_phases,
+                 say: Callable[[str], None] = lambda _: None):
+        self.settings, self.task, self.phases, self.say = settings, task, phases, say
+        self.repo = settings.out / "repo"
+        self.seconds: dict[str, float] = {}
+        self._plans: dict[float, dict] | None = None
+
+    def _examples(self, path: Path, max_examples: int | None = None) -> list[dict]:
+        from exporter.pruning.checkpoint import model_config
+
+        settings = self.settings
+        return read_examples(path, self.task, settings.columns, max_examples, settings.seed, settings.encoding,
+                             config=model_config(settings.model) if self.task == "classification" else None)
+
+    def plans(self) -> dict[float, dict]:
+        """Returns {level: head plan dict}: heads pruned by importance re-scored before every step (on the training
+        data), with the masked model's dev quality at each level recorded in plans.json."""
+        if self._plans is not None:
+            return self._plans
+        path = self.settings.out / "plans.json"
+        if not path.exists():
+            self._plans = self._rescored_plans(path)
+        else:
+            self._plans = load_plans(path)[0]
+        return self._plans
+
+    def _rescored_plans(self, path: Path) -> dict[float, dict]:
+        from exporter.evaluation.experiments import pruning_curve
+        from exporter.evaluation.quality import Evaluator
+        from exporter.pruning.checkpoint import load_model, load_tokenizer
+        from exporter.pruning.inventory import build_inventory
+        from exporter.pruning.scoring import compute_importance
+
+        settings = self.settings
+        began = time.monotonic()
+        model, tokenizer = load_model(settings.model), load_tokenizer(settings.model)
+        scoring = self._examples(settings.train, settings.score_examples)
+        rescoring = scoring[: settings.rescore_examples]
+        evaluator = Evaluator(model, tokenizer, self._examples(settings.dev), replay=True)
+
+        def scored(removed):
+            if removed is None:
+                return compute_importance(model, tokenizer, scoring)
+            return compute_importance(model, tokenizer, rescoring, removed=removed)
+
+        advance = self.phases("re-scored importance and masked dev quality (levels)", len(settings.levels) + 1)
+        curve = pruning_curve(evaluator, build_inventory(model), scored, settings.step, rescore=True,
+                              progress=advance, up_to=settings.max_level)
+        by_level = {round(point["fraction"], 6): point for point in curve.points}
+        plans = {level: by_level[level]["plan"] for level in settings.levels if level in by_level}
+        save_plans(path, plans, curve.metric, {level: by_level[level]["metric"] for level in plans})
+        self.seconds["plans"] = round(time.monotonic() - began, 1)
+        return plans
+
+    def checkpoint(self, level: float, distilled: bool) -> Path:
+        """Returns the checkpoint of ``level`` (the unpruned model for 0), pruned and distilled once."""
+        from exporter.pruning.plan import HeadPlan
+        from exporter.pruning.prune import prune_checkpoint
+
+        settings = self.settings
+        if not level:
+            return settings.model
+        pruned = settings.out / "checkpoints" / f"p{round(100 * level)}"
+        if not (pruned / "config.json").exists():
+            prune_checkpoint(settings.model, pruned, plan=HeadPlan.from_dict(self.plans()[level]), overwrite=True)
+        if not distilled:
+            return pruned
+        recovered = pruned.with_name(f"{pruned.name}_distilled")
+        if not (recovered / "recovery.json").exists():
+            from exporter.evaluation.distill import distill
+
+            train = self._examples(settings.train)
+            distill(pruned, settings.model, train, recovered, epochs=settings.distill_epochs, seed=settings.seed,
+                    overwrite=True, progress=self.phases(f"distilling the {round(100 * level)} % pruned model",
+                                                         settings.distill_epochs * len(train)))
+        return recovered
+
+    def make(self, candidate: Candidate) -> None:
+        """Exports ``candidate`` into the work repository unless it is there already."""
+        if served_models(self.repo, [candidate.name]):
+            return
+        export_deployment(self.checkpoint(candidate.level, candidate.distill), self.repo, candidate.name,
+                          candidate.precision, self.task, self.settings.batch_size, self.validation_texts(),
+                          self.settings.min_int8_agreement)
+
+    def validation_texts(self) -> list[str] | None:
+        """Returns the training texts an INT8 export must classify as FP32 does (a classifier's; None otherwise)."""
+        if self.task != "classification":
+            return None
+        return [str(e["text"]) for e in self._examples(self.settings.train, VALIDATION_TEXTS)]
+
+
+# Training texts on which an INT8 candidate must keep the FP32 decisions (the choice itself is made on dev).
+VALIDATION_TEXTS = 512
+
+
+def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, task: str, batch_size: int,
+                      validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT) -> str:
+    """Exports ``checkpoint`` as deployment ``name`` of ``repo`` (a translation model as ``<name>_translate``), with a
+    max batch size fitting ``batch_size`` and the front ends' chunks of 16, an INT8 classifier required to keep the
+    FP32 class on ``min_agreement`` of ``validation_texts``; returns the model name written."""
+    options = DeploymentOptions(max_batch_size=max(batch_size, 16))
+    if task == "translation":
+        from exporter.triton.translation import export_translation_to_repository
+
+        return export_translation_to_repository(checkpoint, repo, name, options=options).name
+    from exporter.triton.repository import export_to_repository
+
+    return export_to_repository(checkpoint, repo, name, options=options, precision=precision,
+                                validation_texts=validation_texts, min_agreement=min_agreement).name
