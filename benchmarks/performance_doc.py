@@ -9,10 +9,6 @@ from exporter.atomic import atomic_write_text
 from serving.benchmark.latency import Speedup
 from serving.report.plots import plt, save_figure
 
-LEVER_NAMES = {"minilm_pruned80": "prune 80 % of heads (re-scored importance)",
-               "minilm_pruned80_distilled": "recover: distil from the unpruned model (1 epoch)",
-               "minilm_pruned80_distilled_int8": "quantize: dynamic INT8 weights",
-               "minilm_pruned80_distilled_int8_tuned": "serving settings chosen by `headprune tune`"}
 TARGETS = {"b16": 2.5, "b1_latency": 0.45, "pruning_b16": 1.35}
 
 
@@ -24,54 +20,29 @@ def _fmt(speedup: dict) -> str:
     return Speedup.from_dict(speedup).format()
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:.1f} %"
+def _headline(result: dict) -> list[str]:
+    """Returns section 1 from `headprune optimize`'s result: the targets, then optimize.md's content."""
+    from serving.optimize.report import render_markdown
 
-
-def _headline(served: dict) -> list[str]:
-    steps = served["steps"]
-    best = steps[-1]
-    total = served["waterfall_b16"][-1]["cumulative"]
-    latency = served["p50_b1"][best]
-    quality = served["quality"]
-    base_q = quality[steps[0]]["value"]
-    pruning = next(r["cumulative"] for r in served["waterfall_b16"] if r["step"] == "minilm_pruned80_distilled")
-    drop = 100 * (quality[best]["value"] - base_q)
-
-    def verdict(met: bool) -> str:
-        return "met" if met else "not met"
-
-    lines = ["## 1. The headline: fastest deployment within 1 point", "",
-             f"**{best}**: {_points(quality[best]['value'])} accuracy vs {_points(base_q)} unpruned ({drop:+.1f} points, "
-             f"paired McNemar p = {quality[best].get('p_value', float('nan')):.2g}); throughput at batch 16 "
-             f"**{_fmt(total)}** the unpruned model's (target >= {TARGETS['b16']}x: "
-             f"{verdict(total['ratio'] >= TARGETS['b16'])}); p50 latency at batch 1 "
-             f"**{latency['ratio']:.2f}x** [{latency['ci_low']:.2f}–{latency['ci_high']:.2f}] of the unpruned "
-             f"({latency['candidate_p50_ms']:.1f} vs {latency['baseline_p50_ms']:.1f} ms; target <= {TARGETS['b1_latency']}x: "
-             f"{verdict(latency['ratio'] <= TARGETS['b1_latency'])}); pruning's own share (pruned + distilled, FP32) at "
-             f"batch 16 **{_fmt(pruning)}** (target >= {TARGETS['pruning_b16']}x: "
-             f"{verdict(pruning['ratio'] >= TARGETS['pruning_b16'])}).", "",
-             "Baseline: the unpruned model exported plainly, served with default settings. Every step is served by the "
-             f"same Triton, measured in {served['trials']} interleaved trials at sequence length 128, concurrency 1; "
-             "accuracy through the "
-             f"text front end on the demo's {quality[steps[0]]['examples']} evaluation sentences.", "",
-             "| step | lever | heads | accuracy | share at batch 16 | cumulative at batch 16 | share at batch 1 | "
-             "p50 batch 1 vs unpruned |", "|---|---|---|---|---|---|---|---|",
-             f"| {steps[0]} | unpruned, plain export, default settings | {served['heads'][steps[0]][0]} | "
-             f"{_points(base_q)} | | | | |"]
-    for row16, row1 in zip(served["waterfall_b16"], served["waterfall_b1"]):
-        name = row16["step"]
-        q = quality[name]
-        p = q.get("p_value")
-        lines.append(f"| {name} | {LEVER_NAMES.get(name, name)} | {served['heads'][name][0]} | {_points(q['value'])}"
-                     f"{'' if p is None else f' (p = {p:.2g})'} | {_fmt(row16['share'])} | {_fmt(row16['cumulative'])} | "
-                     f"{_fmt(row1['share'])} | {served['p50_b1'][name]['ratio']:.2f}x |")
-    fusion = "kept" if served["fusion_kept"] else "not kept: it did not measure faster on this model (section 4)"
-    tuned = ("the exported defaults: no setting was significantly faster (section `tune` below)"
-             if served["tuned_settings"] is None else served["tuned_settings"])
-    lines += ["", f"Attention fusion: {fusion}. Serving settings: {tuned}.", "",
-              "![waterfall](perf_waterfall.png)", ""]
-    return lines
+    lines = ["## 1. The headline: `headprune optimize` on the demo's MiniLM", ""]
+    proof = result.get("proof")
+    if proof:
+        steps = {row["step"]["name"]: row for row in proof["steps"]}
+        final = proof["steps"][-1]
+        total, latency = Speedup.from_dict(final["throughput"]), Speedup.from_dict(final["p50_b1"])
+        pruning = next((Speedup.from_dict(row["throughput"]) for name, row in steps.items()
+                        if name.startswith("fp32_distilled")), None)
+        met = {True: "met", False: "not met"}
+        lines += [f"Targets (on this machine): throughput at batch 16 >= {TARGETS['b16']}x: {total.format()}, "
+                  f"{met[total.ratio >= TARGETS['b16']]}; p50 at batch 1 <= {TARGETS['b1_latency']}x the unpruned "
+                  f"model's: {1 / latency.ratio:.2f}x, {met[1 / latency.ratio <= TARGETS['b1_latency']]}"
+                  + (f"; pruning's own share (pruned + distilled, FP32) >= {TARGETS['pruning_b16']}x: "
+                     f"{pruning.format()}, {met[pruning.ratio >= TARGETS['pruning_b16']]}" if pruning else "")
+                  + ". The optimizer chooses by its rule, not by these targets.", ""]
+    body = render_markdown(result).splitlines()[1:]  # its own title left out
+    lines += ["#" + line if line.startswith("## ") else line.replace("](waterfall.png)", "](perf_waterfall.png)")
+              for line in body]
+    return lines + [""]
 
 
 def _ceiling(data: dict) -> list[str]:
@@ -99,6 +70,21 @@ def _ceiling(data: dict) -> list[str]:
               f"The headline's model ({rows['headline']['heads']} heads, INT8) measures {_fmt(rows['headline']['b16'])} "
               "here, in process.", ""]
     return lines
+
+
+def _stale_headline_note(data: dict) -> list[str]:
+    """Returns a warning where the in-process sections measured another headline model than the optimizer chose."""
+    chosen = (data.get("optimize") or {}).get("chosen")
+    rows = {row["model"]: row for row in data["ceiling"]["rows"]}
+    if not chosen or "headline" not in rows:
+        return []
+    total = data["ceiling"]["original_heads"]
+    heads = total - round(chosen["level"] * total)
+    if rows["headline"]["heads"] == heads:
+        return []
+    return [f"Note: this section, `fusion`, `tune` and `memory` measured an earlier headline model "
+            f"({rows['headline']['heads']} heads), not the optimizer's choice ({heads} heads, {chosen['label']}): "
+            "rerun them (`--sections fusion,ceiling,tune,memory`).", ""]
 
 
 def _batches(served: dict) -> list[str]:
@@ -227,22 +213,11 @@ def _tune(data: dict) -> list[str]:
 
 
 def _plots(results: dict, docs: Path) -> None:
-    served = results.get("served")
-    if served:
-        figure, axis = plt.subplots(figsize=(8, 4))
-        labels = ["unpruned"] + [LEVER_NAMES.get(r["step"], r["step"]).split(":")[0] for r in served["waterfall_b16"]]
-        values = [1.0] + [r["cumulative"]["ratio"] for r in served["waterfall_b16"]]
-        low = [0.0] + [r["cumulative"]["ratio"] - r["cumulative"]["ci_low"] for r in served["waterfall_b16"]]
-        high = [0.0] + [r["cumulative"]["ci_high"] - r["cumulative"]["ratio"] for r in served["waterfall_b16"]]
-        axis.bar(labels, values, yerr=[low, high], color="tab:blue", capsize=4)
-        for i, name in enumerate([served["steps"][0]] + [r["step"] for r in served["waterfall_b16"]]):
-            axis.text(i, 0.05, _points(served["quality"][name]["value"]), ha="center", color="white", fontsize=8)
-        axis.axhline(TARGETS["b16"], color="tab:red", linestyle="--", label=f"target {TARGETS['b16']}x")
-        axis.set_ylabel("throughput vs unpruned (batch 16)")
-        axis.set_title("Each lever's share, served through Triton (accuracy in the bars)")
-        axis.legend()
-        figure.autofmt_xdate(rotation=15)
-        save_figure(figure, docs / "perf_waterfall.png")
+    optimized = results.get("optimize")
+    if optimized and optimized.get("proof"):
+        from serving.optimize.report import plot_waterfall
+
+        plot_waterfall(optimized, docs / "perf_waterfall.png")
     sequence = results.get("sequence")
     if sequence:
         figure, axis = plt.subplots(figsize=(6, 4))
@@ -290,17 +265,19 @@ def render(results: Path, docs: Path) -> Path:
              "(trials, then requests within them); n.s. = the interval includes 1.0.", "",
              f"Machine: {env.get('processor')} x {env.get('cpus')} CPUs, {env.get('platform')}; "
              f"libraries: {', '.join(f'{k} {v}' for k, v in env.get('libraries', {}).items())}.", ""]
-    ran = [s for s in ("served", "ceiling", "overhead", "queue", "fusion", "sequence", "memory", "peer", "scoring", "tune")
-           if s in data]
+    ran = [s for s in ("optimize", "served", "ceiling", "overhead", "queue", "fusion", "sequence", "memory", "peer",
+                       "scoring", "tune") if s in data]
     lines += [f"Sections run on the CPU: {', '.join(ran)}. GPU: "
               + (f"not run ({data['gpu']['skipped']})." if "gpu" in data and "skipped" in data["gpu"]
                  else "see section 9." if "gpu" in data else "not run."), ""]
-    renderers = [("served", _headline), ("ceiling", _ceiling), ("served", _batches), ("overhead", _overhead),
+    renderers = [("optimize", _headline), ("ceiling", _ceiling), ("served", _batches), ("overhead", _overhead),
                  ("queue", _queue), ("fusion", _fusion),
                  ("sequence", _sequence), ("memory", _memory), ("peer", _peer), ("scoring", _scoring), ("tune", _tune)]
     for key, renderer in renderers:
         if key in data:
             lines += renderer(data[key])
+            if key == "ceiling":
+                lines += _stale_headline_note(data)
     if "gpu" in data and "speedups" in data["gpu"]:
         lines += ["## 9. GPU", "", f"Report: {data['gpu']['report']}", ""]
     lines += _gpu_speed(data.get("gpu_speed"))

@@ -212,7 +212,7 @@ def main() -> None:
     from serving.server.process import free_port
 
     started = time.monotonic()
-    models = prepare_models(default_cache())
+    models = prepare_models(default_cache(), headline=False)  # the soak serves the 50 %-pruned model only
     shutil.rmtree(args.repo, ignore_errors=True)
     export_to_repository(models.pruned50, args.repo, "pruned50")
     limited = DeploymentOptions(max_batch_size=8, max_queue_size=args.queue)

@@ -2,13 +2,15 @@
 
 Sections (each writes benchmarks/results/<section>.json atomically, with the machine and
 library versions):
-  fusion     attention fusion (--optimize) vs plain, unpruned and pruned, in process
+  optimize   the headline: `headprune optimize` on the demo's MiniLM (chosen on the scoring split, proven on the
+             evaluation split through Triton: the waterfall, end to end, the search's trials)
+  fusion     attention fusion (--optimize) vs plain, unpruned, 50 % pruned and the headline's model, in process
   sequence   50 %-pruned vs unpruned over sequence lengths 32-512, in process, next to the
              speedup predicted from the measured share of time in attention
   ceiling    the most heads and INT8 can give on this CPU: INT8 alone, the headline's model and every head
              but one removed (FP32, INT8) vs the unpruned model, in process, next to the CPU's 8-bit instructions
-  tune       `headprune tune` on the headline model
-  served     the headline waterfall and the 50 %-pruned speedup over batch sizes, through Triton
+  tune       `headprune tune` on the headline's model
+  served     the 50 %-pruned speedup over batch sizes, through Triton, next to the FLOP prediction
   overhead   Triton vs in-process p50, HTTP and gRPC, and a second load generator
   queue      the unpruned model exported with and without a queue limit, served side by side (Triton 2.51's
              batcher holds requests 500 ms under a limit)
@@ -45,8 +47,7 @@ BATCH_SIZES = [1, 4, 16, 64]
 SERVED_TRIALS = 5
 SEQ_LENGTHS = [32, 64, 128, 256, 512]
 BASELINE, PRUNED50 = "minilm", "minilm_pruned50"
-PRUNED80, DISTILLED, INT8, TUNED = ("minilm_pruned80", "minilm_pruned80_distilled", "minilm_pruned80_distilled_int8",
-                                   "minilm_pruned80_distilled_int8_tuned")
+HEADLINE, HEADLINE_FP32 = "minilm_best", "minilm_best_fp32"  # the optimizer's choice, and its checkpoint in FP32
 
 
 def save(section: str, data: dict, started: float) -> Path:
@@ -62,16 +63,16 @@ def export_all(models: BenchModels, repo: Path, fused: bool) -> None:
     export_variants({
         BASELINE: (models.base, "fp32"), f"{BASELINE}_fused": (models.base, "fp32", {"optimize": True}),
         PRUNED50: (models.pruned50, "fp32"), f"{PRUNED50}_fused": (models.pruned50, "fp32", {"optimize": True}),
-        PRUNED80: (models.pruned80, "fp32"), DISTILLED: (models.distilled80, "fp32"),
-        f"{DISTILLED}_fused": (models.distilled80, "fp32", {"optimize": True}),
-        INT8: (models.distilled80, "int8", {"optimize": fused}),
+        HEADLINE_FP32: (models.headline, "fp32"),
+        f"{HEADLINE_FP32}_fused": (models.headline, "fp32", {"optimize": True}),
+        HEADLINE: (models.headline, models.headline_precision, {"optimize": fused}),
     }, repo, max(BATCH_SIZES))
 
 
 def fusion_section(repo: Path) -> dict:
     """Returns fused / plain throughput in process for each model at batch 1 and 16."""
     rows = []
-    for name in (BASELINE, PRUNED50, DISTILLED):
+    for name in (BASELINE, PRUNED50, HEADLINE_FP32):
         sessions = {"plain": inprocess.session(onnx_path(repo, name)),
                     "fused": inprocess.session(onnx_path(repo, f"{name}_fused"))}
         for batch in (1, 16):
@@ -85,7 +86,9 @@ def fusion_section(repo: Path) -> dict:
 
 def fusion_kept(fusion: dict) -> bool:
     """Returns whether fusion measured significantly faster on the headline's model at batch 16."""
-    row = next(r for r in fusion["rows"] if r["model"] == DISTILLED and r["batch"] == 16)
+    row = next((r for r in fusion["rows"] if r["model"] == HEADLINE_FP32 and r["batch"] == 16), None)
+    if row is None:  # measured before the headline came from the optimizer
+        return False
     return row["speedup"]["significant"] and row["speedup"]["ratio"] > 1
 
 
@@ -109,39 +112,25 @@ def sequence_section(repo: Path) -> dict:
 
 
 def tune_section(repo: Path) -> dict:
-    """Runs the serving-settings search on the headline's INT8 model (config left unchanged); returns its result."""
+    """Runs the serving-settings search on the headline's model (config left unchanged); returns its result."""
     from serving.benchmark.tune import TuneSettings, tune
 
-    return tune(TuneSettings(repo, INT8, batch=16), write=False).to_dict()
+    return tune(TuneSettings(repo, HEADLINE, batch=16), write=False).to_dict()
 
 
-def served_section(models: BenchModels, repo: Path, tuned: dict, fused: bool, out: Path) -> dict:
-    """Serves every step of the headline and the 50 %-pruned model, compares them through Triton; returns the
-    waterfall at batch 16, p50 ratios at batch 1, speedups per batch size and each step's accuracy."""
-    from benchmarks.waterfall import p50_ratio, read_journal, step_shares
-    from serving.benchmark.tune import ServingSettings
-
-    steps = [BASELINE, PRUNED80, DISTILLED, INT8]
-    chosen = None
-    if tuned["chosen"] != tuned["current"]:
-        chosen = ServingSettings(**tuned["chosen"])
-        export_variants({TUNED: (models.distilled80, "int8", {
-            "optimize": fused, "options": chosen.options(DeploymentOptions(max_batch_size=max(BATCH_SIZES)))})},
-            repo, max(BATCH_SIZES))
-        steps.append(TUNED)
-    names = [BASELINE, PRUNED50, *steps[1:]]
+def served_section(models: BenchModels, repo: Path, out: Path) -> dict:
+    """Serves the unpruned and the 50 %-pruned model and compares them through Triton at every batch size; returns
+    the speedups (next to the FLOP prediction) and each one's accuracy."""
+    names = [BASELINE, PRUNED50]
     compare_repository(repo, names, models.splits["eval"], out, ["make", "bench"], batch_sizes=BATCH_SIZES,
                        concurrency=[1], trials=SERVED_TRIALS, warmup=1, requests=6, examples=128, max_windows=1)
     report = json.loads((out / "report.json").read_text())
-    records = read_journal(out)
     quality = {n: report["deployments"][n]["quality"] for n in names}
-    return {"steps": steps, "trials": SERVED_TRIALS, "fusion_kept": fused, "tuned_settings": chosen and chosen.label,
+    return {"trials": SERVED_TRIALS,
             "heads": {n: [report["deployments"][n]["heads"], report["deployments"][n]["original_heads"]] for n in names},
-            "quality": {n: {k: q[k] for k in ("value", "examples", "p_value") if k in q} for n, q in quality.items()},
-            "waterfall_b16": step_shares(records, steps, 16), "waterfall_b1": step_shares(records, steps, 1),
-            "p50_b1": {n: p50_ratio(records, BASELINE, n, 1) for n in names[1:]},
-            "speedups": report["speedups"], "masked_accuracy_before_recovery": models.curve["points"][-1]["metric"],
-            "report": str(out / "report.md")}
+            "quality": {n: {k: q[k] for k in ("value", "examples", "p_value", "gain_low", "gain_high") if k in q}
+                        for n, q in quality.items()},
+            "speedups": report["speedups"], "report": str(out / "report.md")}
 
 
 def memory_section(repo: Path) -> dict:
@@ -149,7 +138,7 @@ def memory_section(repo: Path) -> dict:
     its ONNX size and the bytes of weights its pruning removed."""
     from benchmarks.memory import served_memory
 
-    return served_memory(repo, [BASELINE, PRUNED50, DISTILLED, INT8])
+    return served_memory(repo, [BASELINE, PRUNED50, HEADLINE_FP32, HEADLINE])
 
 
 def peer_section(models: BenchModels, repo: Path) -> dict:
@@ -178,14 +167,9 @@ def main() -> None:
     print(f"wrote {render(RESULTS, Path('docs'))}")
 
 
-def _served(models: BenchModels, repo: Path, reports: Path) -> dict:
-    fusion = RESULTS / "fusion.json"
-    fused = fusion.exists() and fusion_kept(json.loads(fusion.read_text()))
-    if fused:
-        export_all(models, repo, fused=True)
-    tune = RESULTS / "tune.json"
-    tuned = json.loads(tune.read_text()) if tune.exists() else tune_section(repo)
-    return served_section(models, repo, tuned, fused, reports / "served")
+def _optimize(models: BenchModels, repo: Path, reports: Path) -> dict:
+    # The optimizer ran (or resumed) while the models were prepared: its result is the section.
+    return {**models.optimize, "optimize_seconds_this_run": models.seconds.get("optimize")}
 
 
 def _overhead(models: BenchModels, repo: Path, reports: Path) -> dict:
@@ -198,7 +182,7 @@ def _overhead(models: BenchModels, repo: Path, reports: Path) -> dict:
 def _ceiling(models: BenchModels, repo: Path, reports: Path) -> dict:
     from benchmarks.ceiling import measure_ceiling
 
-    return measure_ceiling(models.base, models.scores, models.distilled80, onnx_path(repo, INT8))
+    return measure_ceiling(models.base, models.scores, models.headline, onnx_path(repo, HEADLINE))
 
 
 def _queue(models: BenchModels, repo: Path, reports: Path) -> dict:
@@ -219,13 +203,14 @@ def _gpu(models: BenchModels, repo: Path, reports: Path) -> dict:
     return gpu_section(models, reports / "gpu")
 
 
-# Each section: (models, repository, reports folder) -> its JSON-ready results. `served` reads fusion's and tune's.
+# Each section: (models, repository, reports folder) -> its JSON-ready results.
 RUNNERS = {
+    "optimize": _optimize,
     "fusion": lambda models, repo, reports: fusion_section(repo),
     "sequence": lambda models, repo, reports: sequence_section(repo),
     "ceiling": _ceiling,
     "tune": lambda models, repo, reports: tune_section(repo),
-    "served": _served,
+    "served": lambda models, repo, reports: served_section(models, repo, reports / "served"),
     "overhead": _overhead,
     "queue": _queue,
     "memory": lambda models, repo, reports: memory_section(repo),
@@ -235,18 +220,23 @@ RUNNERS = {
 }
 
 
+# Sections that measure the optimizer's choice: they need it made (or found in its cache).
+HEADLINE_SECTIONS = {"fusion", "ceiling", "tune", "memory", "gpu"}
+
+
 def run_sections(sections: list[str], repo: Path, reports: Path) -> None:
     """Runs the chosen sections in order, each saving its results as soon as it is done."""
     unknown = set(sections) - set(RUNNERS)
     if unknown:
         sys.exit(f"unknown sections {sorted(unknown)}: choose from {', '.join(RUNNERS)}")
     started = time.monotonic()
-    models = prepare_models(default_cache())
+    models = prepare_models(default_cache(), headline="optimize" in sections or bool(set(sections) & HEADLINE_SECTIONS))
     # A run that found every model cached keeps the record of what making them took (loading is always timed).
     made = any(seconds for step, seconds in models.seconds.items() if step != "assets_and_model")
     if made or not (RESULTS / "models.json").exists():
-        save("models", {"seconds_per_step": models.seconds, "rescored_curve": models.curve}, started)
-    export_all(models, repo, fused=False)
+        save("models", {"seconds_per_step": models.seconds}, started)
+    fusion = RESULTS / "fusion.json"
+    export_all(models, repo, fused=fusion.exists() and fusion_kept(json.loads(fusion.read_text())))
     for section in sections:
         began = time.monotonic()
         print(f"== {section}", flush=True)

@@ -137,11 +137,12 @@ class TritonClient:
         out = self.infer(model, {"PROMPT": strings_array(prompts)}, ["GENERATED"], parameters)
         return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in out["GENERATED"].reshape(-1)]
 
-    def translate(self, model: str, sources: list[str], num_beams: int = 1, max_new_tokens: int | None = None,
+    def translate(self, model: str, sources: list[str], num_beams: int | None = None, max_new_tokens: int | None = None,
                   batch_size: int = 16) -> list[str]:
-        """Returns the translations of raw source sentences by a ``<name>_translate`` model (greedy unless
-        ``num_beams`` > 1), sent ``batch_size`` sentences per request."""
-        parameters = {"num_beams": num_beams} | ({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {})
+        """Returns the translations of raw source sentences by a ``<name>_translate`` model (``num_beams`` and
+        ``max_new_tokens`` default to the checkpoint's generation config), sent ``batch_size`` sentences per request."""
+        given = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+        parameters = {key: value for key, value in given.items() if value is not None}
         translations = []
         for start in range(0, len(sources), batch_size):
             out = self.infer(model, {"SOURCE": strings_array(sources[start:start + batch_size])}, ["TRANSLATION"],

@@ -334,3 +334,36 @@ def random_plan(draw, inventory) -> dict:
 def client_for(served: dict, protocol: str) -> TritonClient:
     """Returns a client of the Triton server in ``served["server"]`` (a module fixture) over ``protocol``."""
     return TritonClient(served["server"].url(protocol), protocol)
+
+
+def optimize_result(total: float = 2.9, latency: float = 2.45, gain_low: float = -0.9) -> dict:
+    """Returns an optimize.json as `headprune optimize` writes it, for a 50 %-pruned, distilled INT8 choice whose
+    throughput at batch 16 is ``total`` times the unpruned model's and p50 at batch 1 ``latency`` times lower."""
+    from serving.benchmark.latency import Speedup
+    from serving.optimize.search import Candidate
+
+    def speed(ratio: float) -> dict:
+        return Speedup(ratio, ratio * 0.95, ratio * 1.05, 10, 10, 80, 80).to_dict()
+
+    def quality(value: float, low: float) -> dict:
+        return {"metric": "accuracy", "value": value, "baseline_value": 0.869, "examples": 1000,
+                "gain": 100 * (value - 0.869), "gain_low": low, "gain_high": low + 2.6, "p_value": 0.5}
+
+    steps = [(Candidate(0.5), 1.28, 1.28, 0.862), (Candidate(0.5, True), 1.02, 1.30, 0.871),
+             (Candidate(0.5, True, "int8"), total / 1.30, total, 0.873)]
+    rows = [{"step": c.to_dict(), "share": speed(share), "throughput": speed(cumulative),
+             "p50_b1": speed(latency if c.precision == "int8" else 1.2), "quality": quality(value, gain_low)}
+            for c, share, cumulative, value in steps]
+    trial = {"record": "trial", "candidate": steps[-1][0].to_dict(), "quality": quality(0.876, -0.5), "eligible": True,
+             "speedup": speed(2.49), "seconds": 207.0}
+    return {"settings": {"max_drop": 1.0, "objective": "throughput", "batch_size": 16, "search_trials": 3,
+                         "budget_minutes": 30.0, "repo": "outputs/bench/optimize-repo", "seq_len": 128},
+            "task": "classification",
+            "environment": {"machine": {"cpu_model": "AMD EPYC", "cpus": 2, "int8_instructions": ["avx2"],
+                                        "platform": "Linux"}},
+            "levers_not_applicable": {},
+            "search": {"trials": [trial], "stopped_by_budget": False, "masked_quality": {"0.5": 0.849}},
+            "chosen": steps[-1][0].to_dict(),
+            "proof": {"steps": rows, "batch_size": 16, "trials": 10,
+                      "baseline_quality": {"metric": "accuracy", "value": 0.869, "examples": 1000}},
+            "installed": {"chosen": "minilm_best", "unpruned": "minilm_best_unpruned"}}

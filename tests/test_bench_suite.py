@@ -16,7 +16,6 @@ from benchmarks.memory import served_memory
 from benchmarks.overhead import RawHttpClient, measure_overhead, write_floor_model
 from benchmarks.performance_doc import render
 from benchmarks.queue_policy import measure_queue_policy, summarize
-from benchmarks.waterfall import p50_ratio, step_shares
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.prune import prune_checkpoint
@@ -28,33 +27,9 @@ from serving.benchmark.latency import Speedup
 from serving.benchmark.loadgen import Window
 from serving.client import TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import random_sentences
+from tests.helpers import optimize_result, random_sentences
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _records(means_ms: dict[str, float], batch: int, trials: int = 3, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for trial in range(trials):
-        for name, mean in means_ms.items():
-            latencies = list(mean + rng.normal(0, mean * 0.01, 20))
-            records.append({"record": "latency", "deployment": name, "batch_size": batch, "concurrency": 1,
-                            "trial": trial, "latencies_ms": latencies, "throughput": batch * 1000 / np.mean(latencies)})
-    return records
-
-
-def test_waterfall_shares_multiply_to_the_total_and_follow_each_step():
-    records = _records({"base": 100.0, "pruned": 80.0, "int8": 50.0}, batch=16)
-    rows = step_shares(records, ["base", "pruned", "int8"], 16)
-    assert [r["step"] for r in rows] == ["pruned", "int8"]
-    assert rows[0]["share"]["ratio"] == pytest.approx(1.25, rel=0.02)
-    assert rows[1]["share"]["ratio"] == pytest.approx(1.6, rel=0.02)
-    assert rows[1]["cumulative"]["ratio"] == pytest.approx(rows[0]["share"]["ratio"] * rows[1]["share"]["ratio"])
-    assert all(r["share"]["significant"] and r["share"]["ci_low"] < r["share"]["ratio"] < r["share"]["ci_high"] for r in rows)
-    latency = p50_ratio(records, "base", "int8", 16)
-    assert latency["ratio"] == pytest.approx(0.5, rel=0.02) and latency["ci_low"] < 0.5 * 1.02 < latency["ci_high"] * 1.05
-    assert latency["requests"] == [60, 60]
 
 
 def test_in_process_blocks_tell_a_faster_run_from_a_slower_one():
@@ -147,18 +122,10 @@ def test_served_memory_finds_each_models_process_and_the_weights_pruning_removed
 
 
 def test_the_page_is_written_from_the_result_files(tmp_path):
-    records = _records({"minilm": 100.0, "minilm_pruned80": 75.0, "minilm_pruned80_distilled": 75.0,
-                        "minilm_pruned80_distilled_int8": 40.0}, batch=16)
-    records += _records({"minilm": 5.0, "minilm_pruned80": 4.0, "minilm_pruned80_distilled": 4.0,
-                         "minilm_pruned80_distilled_int8": 2.0}, batch=1)
-    steps = ["minilm", "minilm_pruned80", "minilm_pruned80_distilled", "minilm_pruned80_distilled_int8"]
-    served = {"steps": steps, "trials": 3, "fusion_kept": False, "tuned_settings": None, "heads": {n: [14, 72] for n in steps},
-              "quality": {n: {"value": 0.869 - 0.002 * i, "examples": 1000, "p_value": 0.5} for i, n in enumerate(steps)},
-              "waterfall_b16": step_shares(records, steps, 16), "waterfall_b1": step_shares(records, steps, 1),
-              "p50_b1": {n: p50_ratio(records, "minilm", n, 1) for n in steps[1:]}, "speedups": []}
     results = tmp_path / "results"
     results.mkdir()
-    (results / "served.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **served}))
+    environment = {"environment": {"cpus": 2, "libraries": {}}}
+    (results / "optimize.json").write_text(json.dumps({**environment, **optimize_result(2.9, 2.45)}))
     (results / "gpu.json").write_text(json.dumps({"skipped": "no CUDA device on this machine"}))
 
     def ceiling_row(model, heads, precision, b16):
@@ -199,10 +166,17 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     (results / "queue.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **queue}))
     text = render(results, tmp_path / "docs").read_text()
     assert "queue limit (`max_queue_size` 256)" in text and "| limited | 1 | 20.0 | 150.0 | 30 of 120 | 6.5 |" in text
-    assert "**minilm_pruned80_distilled_int8**: 86.3 % accuracy vs 86.9 % unpruned (-0.6 points" in text
-    assert "throughput at batch 16 **2.50x [" in text
-    assert "p50 latency at batch 1 **0.40x**" in text
-    assert "GPU: not run (no CUDA device on this machine)." in text and "measured in 3 interleaved trials" in text
+    assert "Targets (on this machine): throughput at batch 16 >= 2.5x: 2.90x [2.75–3.04], met; p50 at batch 1 <= " \
+           "0.45x the unpruned model's: 0.41x, met; pruning's own share (pruned + distilled, FP32) >= 1.35x: " \
+           "1.30x [1.23–1.37], not met" in text
+    assert "### The waterfall on the test split (1000 examples, 10 interleaved trials" in text
+    assert "| 50 % pruned, distilled, INT8 | 2.23x [2.12–2.34] | 2.90x [2.75–3.04] |" in text
+    assert "![waterfall](perf_waterfall.png)" in text and "(perf_waterfall.png)" in text
+    (results / "optimize.json").write_text(json.dumps({**environment, **optimize_result(2.2, 2.0, gain_low=-1.2)}))
+    text = render(results, tmp_path / "docs").read_text()
+    assert "throughput at batch 16 >= 2.5x: 2.20x [2.09–2.31], not met" in text
+    assert "accuracy not distinguishable from a drop of 1 point (+0.40 points, 95 % interval [-1.20, +1.40])" in text
+    assert "GPU: not run (no CUDA device on this machine)." in text
     assert (tmp_path / "docs" / "perf_waterfall.png").stat().st_size > 1000
 
 

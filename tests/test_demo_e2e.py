@@ -14,7 +14,10 @@ from serving.demo.assets import default_cache
 from serving.demo.pipeline import DemoBudget, prepare_data, run_demo
 from serving.report.results import render_results
 
-SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100, recovered_level=0.75,
+# The optimizer on a budget of 100 points: any quality qualifies, so a choice is made and compared.
+SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100,
+                   optimize={"max_drop": 100.0, "step": 0.25, "max_level": 0.75, "search_trials": 2, "test_trials": 2,
+                             "batch_size": 4, "seq_len": 32, "score_examples": 200, "rescore_examples": 100},
                    latency={"batch_sizes": [1, 4], "concurrency": [1], "trials": 1, "requests": 3, "examples": 8,
                             "seq_len": 32, "max_windows": 1})
 
@@ -27,15 +30,18 @@ def test_demo_pipeline_on_real_weights(tmp_path):
     path = run_demo(cache, tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL, bars, lines.append)
     report = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert report["complete"] and path.read_text().splitlines()[1].startswith("**Verdict:**")
-    # 30 % of 72 rounds to 22; the levers together: 75 % pruned by re-scored importance, distilled, INT8.
+    # 30 % of 72 rounds to 22; the levers together: the optimizer's choice, installed and compared.
+    (optimized,) = (tmp_path / "out").glob("optimize-*/optimize.json")
+    result = json.loads(optimized.read_text())
+    chosen = result["chosen"]
     assert {n: (e["heads"], e["precision"]) for n, e in report["deployments"].items()} == {
         "minilm": (72, "fp32"), "minilm_pruned30": (50, "fp32"), "minilm_pruned50": (36, "fp32"),
-        "minilm_pruned75_distilled_int8": (18, "int8")}
-    recovered = report["deployments"]["minilm_pruned75_distilled_int8"]
-    point = report["experiments"]["curves"]["rescored"]["points"][3]
-    assert recovered["head_plan"] == point["plan"]
-    # Distillation won back accuracy the masked 75 % model had lost (or at least did not lose more).
-    assert recovered["quality"]["value"] >= point["metric"] - 0.02
+        "minilm_best": (round(72 * (1 - chosen["level"])), chosen["precision"])}
+    plans = json.loads((optimized.parent / "plans.json").read_text())
+    plan = next((row["plan"] for row in plans["levels"] if row["level"] == chosen["level"]), None)
+    assert report["deployments"]["minilm_best"]["head_plan"] == (plan if chosen["level"] else
+                                                                  report["deployments"]["minilm"]["head_plan"])
+    assert result["proof"]["steps"][-1]["step"]["name"] == chosen["name"]
     # The served baseline gives exactly the in-process accuracy of the fine-tuned checkpoint.
     model_dir = report["demo"]["model"]
     eval_file = prepare_data(cache, SMALL)["eval"]

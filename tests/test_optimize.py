@@ -18,7 +18,7 @@ from serving.optimize.levers import not_applicable
 from serving.optimize.pipeline import optimize
 from serving.optimize.report import headline, quality_sentence
 from serving.optimize.search import BASELINE, Candidate, OptimizeSettings, Search, choose, non_inferior, recipe
-from tests.helpers import make_bert, random_sentences, write_jsonl
+from tests.helpers import make_bert, make_trained_marian, random_sentences, write_jsonl
 
 
 def settings_for(tmp_path, **overrides) -> OptimizeSettings:
@@ -58,7 +58,7 @@ def test_non_inferiority_needs_the_whole_interval_above_the_drop():
 
 def test_the_verdict_names_the_interval_either_way():
     change = {"metric": "accuracy", "gain": -0.8, "gain_low": -2.6, "gain_high": 1.0}
-    assert quality_sentence(change, 1.0).startswith("not distinguishable from a drop of 1 points")
+    assert quality_sentence(change, 1.0).startswith("not distinguishable from a drop of 1 point (")
     assert "[-2.60, +1.00]" in quality_sentence(change, 1.0)
     assert quality_sentence(change, 3.0).startswith("within 3 points")
 
@@ -239,6 +239,29 @@ def test_optimize_on_a_language_model_prunes_alone_and_says_why(tmp_path, gpt2_d
     assert result["proof"]["steps"][0]["quality"]["metric"] == "perplexity"
     assert set(result["levers_not_applicable"]) == {"distil from the unpruned model", "dynamic INT8 weights"}
     assert "not applied" in (settings.out / "optimize.md").read_text()
+
+
+@pytest.mark.slow
+def test_optimize_on_a_translation_model_measures_bleu_and_prunes_alone(tmp_path):
+    model_dir = make_trained_marian(tmp_path / "marian", seed=3, layers=2)
+    files = {}
+    for index, name in enumerate(("train", "dev", "test")):
+        sources = random_sentences(24, seed=40 + index)
+        rows = [{"source": s, "target": " ".join(s.split()[::-1])} for s in sources]  # what the model learned
+        files[name] = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    settings = OptimizeSettings(model=model_dir, train=files["train"], dev=files["dev"], test=files["test"],
+                                repo=tmp_path / "repo", name="mt", out=tmp_path / "out", max_drop=1000.0,
+                                step=0.5, max_level=0.5, search_trials=2, test_trials=2, batch_size=4)
+    optimize(settings)
+    result = json.loads((settings.out / "optimize.json").read_text())
+    assert [t["candidate"]["name"] for t in result["search"]["trials"]] == ["fp32_plain_p50"]
+    final = result["proof"]["steps"][-1]
+    assert final["step"]["name"] == "fp32_plain_p50" and final["quality"]["metric"] == "bleu"
+    assert result["proof"]["baseline_quality"]["value"] > 10  # the tiny model learned to reverse: BLEU means something
+    assert "end_to_end" not in result["proof"]  # the tensor model already takes raw sentences
+    assert (settings.repo / "mt_translate" / "config.pbtxt").exists()
+    assert (settings.repo / "mt_unpruned_translate" / "config.pbtxt").exists()
+    assert set(result["levers_not_applicable"]) == {"distil from the unpruned model", "dynamic INT8 weights"}
 
 
 def test_without_a_qualifying_candidate_the_headline_keeps_the_unpruned_model():

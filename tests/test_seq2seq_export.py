@@ -95,14 +95,17 @@ def test_greedy_tokens_and_step_logits_equal_pytorch(exported, varied_sequences)
                                   varied_sequences) <= TOLERANCE
 
 
-def test_beam_search_picks_the_beams_transformers_picks(exported):
+@pytest.mark.parametrize("early_stopping, length_penalty", [(True, 1.0), (False, 1.0), (False, 0.5), ("never", 2.0)])
+def test_beam_search_picks_the_beams_transformers_picks(exported, early_stopping, length_penalty):
     model, tokenizer, folder, settings = exported
     batch = tokenizer(SOURCES, padding=True, return_tensors="np")
-    got = onnx_search(folder, settings).beam(batch["input_ids"], batch["attention_mask"], 4, NEW_TOKENS)
+    got = onnx_search(folder, settings).beam(batch["input_ids"], batch["attention_mask"], 4, NEW_TOKENS,
+                                             length_penalty, early_stopping)
     with torch.no_grad():
         expected = model.generate(input_ids=torch.from_numpy(batch["input_ids"]),
                                   attention_mask=torch.from_numpy(batch["attention_mask"]), max_new_tokens=NEW_TOKENS,
-                                  num_beams=4, do_sample=False, early_stopping=True)
+                                  num_beams=4, do_sample=False, early_stopping=early_stopping,
+                                  length_penalty=length_penalty)
     eos = model.config.eos_token_id
     expected = [row[1:].tolist() for row in expected]
     expected = [row[:row.index(eos) + 1] if eos in row else row for row in expected]

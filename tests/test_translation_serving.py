@@ -11,7 +11,7 @@ from benchmarks.translation_serving import add_bls_variant
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import bleu
-from exporter.triton.config import DeploymentOptions
+from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.description import DeploymentDescription
 from exporter.triton.layout import ModelRepository
 from exporter.triton.translation import MAX_BEAMS, export_translation_to_repository
@@ -41,10 +41,16 @@ def served(tmp_path_factory):
     # on some CPUs, and served == in process would then compare little.
     train_to_reverse(model, tokenizer, seed=4, steps=100)
     save_pruned(model, tokenizer, root / "pruned", source=base)
+    # A checkpoint whose generation config asks for 3 beams and at most 5 new tokens: the served defaults.
+    configured = load_model(base)
+    configured.generation_config.num_beams, configured.generation_config.max_new_tokens = 3, 5
+    configured.save_pretrained(root / "configured")
+    tokenizer.save_pretrained(root / "configured")
     repo = root / "repo"
     for name, folder, options in (("base", base, DeploymentOptions(max_batch_size=16, max_length=24)),
                                   ("pruned", root / "pruned", DeploymentOptions(max_batch_size=16, max_length=24)),
-                                  ("batched", base, BATCHING)):
+                                  ("batched", base, BATCHING),
+                                  ("configured", root / "configured", DeploymentOptions(max_batch_size=16, max_length=24))):
         export_translation_to_repository(folder, repo, name, options=options, max_new_tokens=NEW_TOKENS, threads=1)
     add_bls_variant(repo, "pruned")
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
@@ -52,12 +58,12 @@ def served(tmp_path_factory):
 
 
 def in_process(folder, sources, num_beams=1):
-    """Returns transformers' translations of ``sources`` by the checkpoint in ``folder``."""
+    """Returns transformers' translations of ``sources`` by the checkpoint in ``folder`` (beam search stopping as its
+    generation config says: transformers' default, early_stopping=False)."""
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     batch = tokenizer(sources, padding=True, return_tensors="pt")
     with torch.no_grad():
-        generated = model.generate(**batch, max_new_tokens=NEW_TOKENS, num_beams=num_beams, do_sample=False,
-                                   early_stopping=True)
+        generated = model.generate(**batch, max_new_tokens=NEW_TOKENS, num_beams=num_beams, do_sample=False)
     return tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
@@ -84,6 +90,20 @@ def test_served_greedy_translations_equal_in_process_generation(served, protocol
 def test_pruned_and_unpruned_translate_differently(served):
     client = client_for(served, "http")
     assert client.translate("base_translate", SOURCES) != client.translate("pruned_translate", SOURCES)
+
+
+def test_served_defaults_are_the_checkpoints_generation_config(served):
+    folder = served["root"] / "configured"
+    got = client_for(served, "http").translate("configured_translate", SOURCES)
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
+    with torch.no_grad():  # generate() with no search arguments: the checkpoint's own config decides
+        generated = model.generate(**tokenizer(SOURCES, padding=True, return_tensors="pt"))
+    assert got == tokenizer.batch_decode(generated, skip_special_tokens=True)
+    assert max(len(tokenizer(t)["input_ids"]) for t in got) <= 5 + 1  # 5 new tokens at most (and the EOS)
+    assert got != client_for(served, "http").translate("configured_translate", SOURCES, num_beams=1, max_new_tokens=16)
+    config = read_config(ModelRepository(served["repo"]).config_path("configured_translate"))
+    limits = json.loads(config.parameters["limits"].string_value)
+    assert (limits["default_beams"], limits["default_new_tokens"], limits["beam_refused"]) == (3, 5, None)
 
 
 def test_served_beam_search_equals_transformers_beam_search(served):

@@ -252,9 +252,64 @@ def pytorch_greedy(model, input_ids, attention_mask, max_new_tokens: int) -> lis
     with torch.no_grad():
         generated = model.generate(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask),
                                    max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+    return _after_start(model, generated)
+
+
+def _after_start(model, generated) -> list[list[int]]:
+    """Returns each generated row without its start token, cut after its first EOS."""
     eos = model.config.eos_token_id
     rows = [row[1:].tolist() for row in generated]
     return [row[:row.index(eos) + 1] if eos in row else row for row in rows]
+
+
+# What transformers 5's generate produces when the generation config sets no length at all.
+TRANSFORMERS_NEW_TOKENS = 20
+
+
+def generation_defaults(model, positions: int) -> dict:
+    """Returns the checkpoint's own generation defaults, as transformers' ``generate`` reads them from its
+    generation config: beams, new tokens (``max_new_tokens``, else ``max_length`` less the start token), beam
+    search's ``early_stopping`` and ``length_penalty``; new tokens capped by the model's ``positions``."""
+    config = model.generation_config
+    if config.max_new_tokens is not None:
+        new_tokens = config.max_new_tokens
+    elif config.max_length is not None:
+        new_tokens = config.max_length - 1  # an encoder-decoder's max_length counts its start token
+    else:
+        new_tokens = TRANSFORMERS_NEW_TOKENS
+    return {"num_beams": int(config.num_beams or 1), "max_new_tokens": max(1, min(int(new_tokens), positions - 1)),
+            "early_stopping": False if config.early_stopping is None else config.early_stopping,
+            "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty)}
+
+
+def pytorch_beam(model, input_ids, attention_mask, num_beams: int, max_new_tokens: int,
+                 defaults: dict) -> list[list[int]]:
+    """Returns transformers' beam search outputs (token ids after the start token, cut after EOS) with the
+    checkpoint's ``early_stopping`` and ``length_penalty``."""
+    with torch.no_grad():
+        generated = model.generate(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask),
+                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                   early_stopping=defaults["early_stopping"], length_penalty=defaults["length_penalty"])
+    return _after_start(model, generated)
+
+
+def validate_beam(model, tokenizer, folder: str | Path, settings: dict, sources: list[str], defaults: dict,
+                  num_beams: int = 4, max_new_tokens: int = 16, batch_size: int = 16) -> dict:
+    """Returns how beam search over the exported graphs compares with transformers' (the checkpoint's
+    ``early_stopping`` and ``length_penalty``) on ``sources``: sentences, exact matches, and whether they all
+    matched."""
+    search = onnx_search(folder, settings)
+    matches = total = 0
+    for start in range(0, len(sources), batch_size):
+        batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
+                          max_length=settings["max_length"], return_tensors="np")
+        expected = pytorch_beam(model, batch["input_ids"], batch["attention_mask"], num_beams, max_new_tokens, defaults)
+        got = search.beam(batch["input_ids"], batch["attention_mask"], num_beams, max_new_tokens,
+                          defaults["length_penalty"], defaults["early_stopping"])
+        matches += sum(a == b for a, b in zip(got, expected))
+        total += len(expected)
+    return {"num_beams": num_beams, "sentences": total, "exact_matches": matches, "passed": matches == total,
+            "early_stopping": defaults["early_stopping"], "length_penalty": defaults["length_penalty"]}
 
 
 def step_logits_difference(model, search, input_ids, attention_mask, sequences: list[list[int]]) -> float:

@@ -119,7 +119,14 @@ def _load_state(out: Path, model, optimizer, settings: TranslationSettings) -> d
     return position
 
 
-def _save_model(folder: Path, model, tokenizer) -> None:
+def set_generation_defaults(model, settings: TranslationSettings) -> None:
+    """Records in the model's generation config the token budget its BLEU was measured with, so transformers'
+    ``generate`` and the served model (which read the config) translate as the training's evaluation did."""
+    model.generation_config.max_new_tokens = settings.max_length
+
+
+def _save_model(folder: Path, model, tokenizer, settings: TranslationSettings) -> None:
+    set_generation_defaults(model, settings)
     with atomic_dir(folder, overwrite=True) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -204,7 +211,8 @@ class _Run:
         position["curve"].append({"step": position["step"], "epoch": position["epoch"], "seconds": seconds,
                                   "loss": self.loss, "bleu": score.value})
         position["seconds"] = seconds
-        _save_model(self.out / "checkpoints" / f"step-{position['step']:06d}", self.model, self.tokenizer)
+        _save_model(self.out / "checkpoints" / f"step-{position['step']:06d}", self.model, self.tokenizer,
+                    self.settings)
         _save_state(self.out, self.model, self.optimizer, position)
         return score.value
 
@@ -255,7 +263,7 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
         if now - window_start > 30:  # tokens/s over the last half minute or so
             window_tokens, window_start = 0, now
     model = run.model.cpu()
-    _save_model(out / "model", model, run.tokenizer)
+    _save_model(out / "model", model, run.tokenizer, settings)
     record = {"settings": dataclasses.asdict(settings), "parameters": sum(p.numel() for p in model.parameters()),
               "threads": torch.get_num_threads(), "device": run.device, "curve": run.position["curve"],
               "dev_sentences": len(dev), "finished": True}

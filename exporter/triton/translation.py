@@ -21,7 +21,9 @@ from exporter.onnx.seq2seq import (
     ENCODER_FILE,
     GenerationValidation,
     export_seq2seq_onnx,
+    generation_defaults,
     generation_settings,
+    validate_beam,
     validate_generation,
 )
 from exporter.pruning.checkpoint import load_model
@@ -43,7 +45,8 @@ DEFAULT_NEW_TOKENS = 64
 
 @dataclass
 class TranslationExport:
-    """What a translation export wrote and how its greedy search matched transformers'."""
+    """What a translation export wrote, how its greedy and beam search matched transformers', and the served
+    defaults taken from the checkpoint's generation config."""
 
     name: str
     version: int
@@ -51,11 +54,14 @@ class TranslationExport:
     validation: GenerationValidation
     heads: int
     original_heads: int
+    beam: dict | None = None
+    defaults: dict | None = None
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "folder": str(self.folder),
-                "validation": self.validation.to_dict(), "heads": self.heads, "original_heads": self.original_heads}
+                "validation": self.validation.to_dict(), "heads": self.heads, "original_heads": self.original_heads,
+                "beam": self.beam, "defaults": self.defaults}
 
 
 def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
@@ -106,7 +112,10 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
                 f"the exported graphs' greedy search matched transformers on {validation.exact_matches} of "
                 f"{validation.sentences} sentences, step logits within {validation.max_logit_diff:.3g} (tolerance "
                 f"{atol:g}); nothing was written", "report this model as a bug, or loosen the check with `atol`")
-        atomic_write_json(staged / "validation.json", validation.to_dict())
+        defaults = generation_defaults(model, positions)
+        beam = validate_beam(model, tokenizer, staged, settings, (sources or validation_sources(tokenizer))[:32],
+                             defaults, num_beams=max(defaults["num_beams"], 2), max_new_tokens=min(max_new_tokens, 16))
+        atomic_write_json(staged / "validation.json", {**validation.to_dict(), "beam": beam})
         _copy_code(staged)
         tokenizer.save_pretrained(staged / "tokenizer")
         onnx_bytes = sum((staged / f).stat().st_size for f in (ENCODER_FILE, DECODER_FILE) if (staged / f).exists())
@@ -115,10 +124,20 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
                                              validation=validation.to_dict()),
                               task="translation", generation=settings, id2label={}, label2id={})
         description.write(staged)
-        limits = {"max_beams": MAX_BEAMS, "max_new_tokens": max_new_tokens, "default_new_tokens": max_new_tokens}
+        # The checkpoint's generation config sets the defaults, as in transformers' generate; beam search is served
+        # only where the exported search gave transformers' beams with that config.
+        limits = {"max_beams": MAX_BEAMS if beam["passed"] else 1, "max_new_tokens": max_new_tokens,
+                  "default_new_tokens": min(defaults["max_new_tokens"], max_new_tokens),
+                  "default_beams": defaults["num_beams"] if beam["passed"] else 1,
+                  "length_penalty": defaults["length_penalty"], "early_stopping": defaults["early_stopping"],
+                  "beam_refused": None if beam["passed"] else (
+                      f"the exported beam search matched transformers' on {beam['exact_matches']} of "
+                      f"{beam['sentences']} sentences with this checkpoint's generation config (early_stopping="
+                      f"{defaults['early_stopping']!r}); it serves greedy search only")}
         config = translation_config(served, options, {
             CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "limits": json.dumps(limits),
             "threads": str(threads), "heads": f"{description.heads}/{description.original_heads}"})
         install_with_configs(repository, served, version, staged, lambda: write_config(config, repository.folder(served)))
     return TranslationExport(served, version, repository.version_folder(served, version), validation,
-                             inventory.kept_head_count(), inventory.original_head_count())
+                             inventory.kept_head_count(), inventory.original_head_count(), beam,
+                             {"num_beams": limits["default_beams"], "max_new_tokens": limits["default_new_tokens"]})

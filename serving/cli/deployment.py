@@ -230,8 +230,13 @@ def classify(texts, model, url, protocol, as_json):
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--model", required=True, help="A <name>_translate model written by 'headprune export'.")
-@click.option("--beams", default=1, show_default=True, help="Beam size (1: greedy).")
-@click.option("--max-new-tokens", type=int, default=None, help="Token budget per translation (default: the model's).")
+@click.option("--beams", type=click.IntRange(1), default=None,
+              help="Beam size (1: greedy). Default: the checkpoint's generation config (num_beams), as transformers' "
+                   "generate; beam search is served only where the export reproduced transformers' beams.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="Token budget per translation. Default: the checkpoint's generation config (max_new_tokens, else "
+                   "max_length less the start token; with neither, 20 as in transformers), capped by the model's "
+                   "positions.")
 @click.option("--url", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of a running Triton.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -49,6 +49,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--test-trials", default=setting("test_trials"), show_default=True,
               help="Interleaved speed trials on test (10 or more for a headline figure).")
 @click.option("--distill-epochs", default=setting("distill_epochs"), show_default=True)
+@click.option("--min-int8-agreement", default=setting("min_int8_agreement"), show_default=True,
+              type=click.FloatRange(0, 1), help="Share of training texts whose class an INT8 candidate must keep; "
+                                               "below it the level is tried in FP32.")
 @click.option("--seed", default=setting("seed"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (same settings): made and measured "
                                              "candidates are reused.")
@@ -56,7 +59,8 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @data_options
 @friendly_errors
 def optimize(model_dir, train, dev, test, max_drop, repo, name, out, objective, batch_size, budget_minutes, step,
-             max_level, search_trials, test_trials, distill_epochs, seed, resume, overwrite, **options):
+             max_level, search_trials, test_trials, distill_epochs, min_int8_agreement, seed, resume, overwrite,
+             **options):
     """Find the fastest deployment of MODEL_DIR within --max-drop of its quality, and prove it.
 
     \b
@@ -75,7 +79,7 @@ def optimize(model_dir, train, dev, test, max_drop, repo, name, out, objective, 
                                 out=out or Path("outputs/optimize") / name, max_drop=max_drop, objective=objective,
                                 batch_size=batch_size, budget_minutes=budget_minutes, step=step, max_level=max_level,
                                 search_trials=search_trials, test_trials=test_trials, distill_epochs=distill_epochs,
-                                seed=seed, **data_source(options))
+                                min_int8_agreement=min_int8_agreement, seed=seed, **data_source(options))
     bars = PhaseBars()
     try:
         path = run_optimize(settings, resume=resume, overwrite=overwrite, phases=bars,

@@ -14,14 +14,12 @@ from pathlib import Path
 from exporter.atomic import atomic_write_json
 from exporter.data import read_examples
 from exporter.digest import checkpoint_hash
-from exporter.evaluation.distill import distill
 from exporter.evaluation.experiments import best_head_per_layer, curve_fractions, pruning_curve, single_head_ablation
 from exporter.evaluation.finetune import finetune
 from exporter.evaluation.quality import Evaluator
 from exporter.progress import Phases
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.inventory import build_inventory
-from exporter.pruning.plan import HeadPlan
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scores import HeadScores
 from exporter.pruning.scoring import compute_importance
@@ -44,8 +42,9 @@ class DemoBudget:
     epochs: int = 2
     curve_step: float = 0.1
     prune_levels: tuple[float, ...] = (0.3, 0.5)
-    # The levers together: this share of heads pruned by re-scored importance, distilled, INT8 weights.
-    recovered_level: float = 0.8
+    # The levers together, chosen by `headprune optimize` (scoring split = dev, evaluation split = test): these
+    # OptimizeSettings fields override its defaults; None leaves the optimizer out.
+    optimize: dict | None = field(default_factory=dict)
     rescore_examples: int = 500
     seed: int = 0
     # CompareSettings fields the demo sets otherwise than `compare` does (smaller windows, more trials).
@@ -153,19 +152,27 @@ def prune_and_export(model_dir: Path, scores: HeadScores, out: Path, repo: Path,
     return names
 
 
-def recover_and_export(model_dir: Path, experiments: dict, train_file: Path, out: Path, repo: Path, budget: DemoBudget,
-                       phases: Phases) -> str:
-    """Prunes the re-scored curve's plan at ``budget.recovered_level``, distils the pruned model from the unpruned one
-    on the training split and exports it with INT8 weights; returns the deployment's name."""
-    point = next(p for p in experiments["curves"]["rescored"]["points"] if p["fraction"] >= budget.recovered_level - 1e-9)
-    name = f"minilm_pruned{round(100 * point['fraction'])}_distilled_int8"
-    pruned = prune_checkpoint(model_dir, out / f"{name}_pruned", plan=HeadPlan.from_dict(point["plan"]), overwrite=True).out
-    train = read_examples(train_file, "classification")
-    distill(pruned, model_dir, train, out / f"{name}_checkpoint", overwrite=True,
-            progress=phases("distilling the pruned model from the unpruned one", len(train)))
-    export_to_repository(out / f"{name}_checkpoint", repo, name, precision="int8",
-                         options=DeploymentOptions(max_batch_size=max(budget.latency["batch_sizes"])))
-    return name
+OPTIMIZED = "minilm_best"  # the optimizer's choice in the demo's repository (the unpruned model beside it: _unpruned)
+
+
+def optimize_and_install(model_dir: Path, splits: dict[str, Path], out: Path, repo: Path, budget: DemoBudget,
+                         phases: Phases, say: Callable[[str], None]) -> str | None:
+    """Runs `headprune optimize` on the fine-tuned model (chosen on the scoring split, proven on the evaluation split)
+    and installs its choice into ``repo``; returns the installed deployment's name, None when nothing qualified.
+    Its work folder is keyed by its settings, so a rerun with the same budget resumes it."""
+    import hashlib
+    import json
+
+    from serving.optimize.pipeline import optimize
+    from serving.optimize.search import OptimizeSettings
+
+    settings = OptimizeSettings(model=model_dir, train=splits["train"], dev=splits["score"], test=splits["eval"],
+                                repo=repo, name=OPTIMIZED, out=out, seed=budget.seed, **budget.optimize)
+    digest = hashlib.sha256(json.dumps(settings.signature(), sort_keys=True).encode()).hexdigest()[:12]
+    settings.out = out / f"optimize-{digest}"
+    optimize(settings, resume=True, phases=phases, say=lambda line: say("    " + line), command=["headprune", "demo"])
+    result = json.loads((settings.out / "optimize.json").read_text())
+    return OPTIMIZED if result["chosen"] else None
 
 
 def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudget, phases: Phases,
@@ -190,8 +197,10 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     seconds["experiments"] = time.monotonic() - started - sum(seconds.values())
     say("5/8 prune and export to the Triton repository " + str(repo))
     candidates = prune_and_export(model_dir, scores, out, repo, budget)
-    if budget.recovered_level:
-        candidates.append(recover_and_export(model_dir, experiments, splits["train"], out, repo, budget, phases))
+    if budget.optimize is not None:
+        say("    the levers together: headprune optimize (chosen on the scoring split, proven on the evaluation split)")
+        optimized = optimize_and_install(model_dir, splits, out, repo, budget, phases, say)
+        candidates += [optimized] if optimized else []
     seconds["prune_and_export"] = time.monotonic() - started - sum(seconds.values())
     say("6-7/8 serve with Triton and compare the deployments")
     settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,

@@ -14,15 +14,25 @@ from exporter.evaluation.significance import format_p_value
 from serving.benchmark.latency import Speedup
 
 
-def _points(metric: str) -> str:
-    return "points" if metric in ("accuracy", "bleu") else metric
+def _points(metric: str, amount: float = 2.0) -> str:
+    """Returns the unit of a quality change of ``amount`` in ``metric``: 'point(s)' for accuracy and BLEU."""
+    if metric not in ("accuracy", "bleu"):
+        return metric
+    return "point" if amount == 1 else "points"
+
+
+def machine_text(machine: dict) -> str:
+    """Returns e.g. 'AMD EPYC, 2 CPUs, 8-bit instructions avx2, avx512_vnni': what INT8's gain depends on."""
+    flags = ", ".join(machine.get("int8_instructions") or []) or "none found"
+    return (f"{machine.get('cpu_model') or machine.get('processor')}, {machine.get('cpus')} CPUs, 8-bit instructions "
+            f"{flags} ({machine.get('platform')})")
 
 
 def quality_sentence(change: dict, max_drop: float) -> str:
     """Returns the verdict on a quality change: within the budget when the interval's lower bound is above -max_drop,
     else 'not distinguishable from a drop of max_drop', naming the interval either way."""
-    unit = _points(change["metric"])
-    interval = f"{change['gain']:+.2f} {unit}, 95 % interval [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]"
+    unit = _points(change["metric"], max_drop)
+    interval = f"{change['gain']:+.2f} {_points(change['metric'])}, 95 % interval [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]"
     if change["gain_low"] > -max_drop:
         return f"within {max_drop:g} {unit} of the unpruned model ({interval})"
     return f"not distinguishable from a drop of {max_drop:g} {unit} ({interval})"
@@ -35,7 +45,7 @@ def headline(result: dict) -> str:
     where = f"{cpu.get('cpu_model') or cpu.get('processor')} ({', '.join(cpu.get('int8_instructions') or []) or 'no 8-bit instructions found'})"
     if not proof:
         return (f"No candidate kept the {result['task']} quality within {settings['max_drop']:g} on the dev split and "
-                f"served faster: keep the unpruned model ({where}).")
+                f"served faster: keep the unpruned model (on {where}).")
     final = proof["steps"][-1]
     speed = Speedup.from_dict(final["throughput"])
     return (f"{final['step']['label']}: {speed.format()} the unpruned throughput at batch {proof['batch_size']} on the "
@@ -48,8 +58,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _quality_cell(change: dict) -> str:
-    value = 100 * change["value"] if change["metric"] == "accuracy" else change["value"]
-    return f"{value:.2f}"
+    if change["metric"] == "accuracy":
+        return f"{100 * change['value']:.2f} %"
+    return f"{change['value']:.2f}"
 
 
 def render_markdown(result: dict) -> str:
@@ -96,7 +107,8 @@ def render_markdown(result: dict) -> str:
         lines.append(f"- {lever}: not applied ({why}).")
     installed = result["installed"]
     lines += ["", f"Installed into `{settings['repo']}`: " + ", ".join(f"`{n}` ({role})" for role, n in installed.items())
-              + ".", "", f"Machine: {result['environment']['machine']}.", ""]
+              + ".", "", f"Machine: {machine_text(result['environment']['machine'])}. INT8's share depends on the CPU's "
+              "8-bit instructions: the figures hold for this CPU class.", ""]
     return "\n".join(lines)
 
 

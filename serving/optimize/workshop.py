@@ -116,9 +116,9 @@ VALIDATION_TEXTS = 512
 def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, task: str, batch_size: int,
                       validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT) -> str:
     """Exports ``checkpoint`` as deployment ``name`` of ``repo`` (a translation model as ``<name>_translate``), with a
-    max batch size fitting ``batch_size`` and the front ends' chunks of 16, an INT8 classifier required to keep the
+    max batch size fitting ``batch_size`` (at least the exports' default), an INT8 classifier required to keep the
     FP32 class on ``min_agreement`` of ``validation_texts``; returns the model name written."""
-    options = DeploymentOptions(max_batch_size=max(batch_size, 16))
+    options = DeploymentOptions(max_batch_size=max(batch_size, DeploymentOptions().max_batch_size))
     if task == "translation":
         from exporter.triton.translation import export_translation_to_repository
 

@@ -89,12 +89,14 @@ class Seq2SeqSearch:
                 break
         return results
 
-    def beam(self, input_ids, attention_mask, num_beams, max_new_tokens, length_penalty=1.0):
+    def beam(self, input_ids, attention_mask, num_beams, max_new_tokens, length_penalty=1.0, early_stopping=True):
         """Returns the best hypothesis of a beam search per source (token ids, up to and including EOS).
 
         A hypothesis scores its summed log-probabilities divided by its length to the
-        power ``length_penalty``. A source is done once ``num_beams`` hypotheses ended,
-        or at ``max_new_tokens``, when its live beams are ranked with the ended ones."""
+        power ``length_penalty``. A source is done at ``max_new_tokens``, when its live beams
+        are ranked with the ended ones, or earlier by transformers' ``early_stopping`` rule:
+        True, once ``num_beams`` hypotheses ended; False (or "never"), once moreover the best
+        live beam cannot beat the worst of the best ``num_beams`` ended ones (see ``_done``)."""
         input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
         count = len(input_ids)
         state = self._keep(self.first_state(input_ids, attention_mask), np.repeat(np.arange(count), num_beams))
@@ -126,7 +128,8 @@ class Seq2SeqSearch:
                         rows.append(position * num_beams + beam)
                         beam_scores.append(total)
                         beam_sequences.append(sequence)
-                if len(ended[item]) < num_beams and rows and not last:
+                if rows and not last and not _done([h[0] for h in ended[item]], beam_scores[0], step, num_beams,
+                                                   max_new_tokens, early_stopping, length_penalty):
                     padding = num_beams - len(rows)  # dead copies keep every source at num_beams rows
                     survivors.append((item, rows + rows[:1] * padding, beam_scores + [-np.inf] * padding,
                                       beam_sequences + beam_sequences[:1] * padding))
@@ -138,6 +141,19 @@ class Seq2SeqSearch:
             sequences = [beam_sequences for _, _, _, beam_sequences in survivors]
             tokens = np.array([sequence[-1] for beams in sequences for sequence in beams], dtype=np.int64)
         return [max(hypotheses, key=lambda h: h[0])[1] if hypotheses else [] for hypotheses in ended]
+
+
+def _done(ended_scores, best_live, step, num_beams, max_new_tokens, early_stopping, length_penalty):
+    """Returns whether a source's beam search may stop after ``step`` (0-based), as transformers decides: never before
+    ``num_beams`` hypotheses ended; with ``early_stopping`` True then; otherwise once the best live beam's summed
+    log-probability ``best_live``, divided by its length (the longest allowed with "never" and a positive penalty)
+    to the power ``length_penalty``, is no better than the worst of the ``num_beams`` best ended scores."""
+    if len(ended_scores) < num_beams:
+        return False
+    if early_stopping is True:
+        return True
+    length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else step + 1
+    return best_live / length ** length_penalty <= sorted(ended_scores, reverse=True)[num_beams - 1]
 
 
 def left_padded(prompts, pad_id):

@@ -5,7 +5,8 @@ Runtime in its own process and decodes with ``search.py`` (shipped beside this f
 or, when the config's ``bls`` parameter names two served models, sends every encoder
 and decoder step to them as BLS requests (measured slower: see ``benchmarks/translation_serving.py``),
 tokenising with the checkpoint's ``tokenizers`` tokenizer. Request parameters:
-``num_beams`` (1 = greedy, the default) and ``max_new_tokens``. Requests that arrive
+``num_beams`` (1 = greedy) and ``max_new_tokens``, defaulting to the checkpoint's generation config as
+transformers' ``generate`` does (beams only where the export matched transformers' beams). Requests that arrive
 together and ask for the same search are decoded as one batch; a sequence leaves the
 batch at its end of sentence. A bad request (empty or over-long source, a beam size
 or token budget out of range) gets its own error; the others are still answered.
@@ -63,9 +64,12 @@ class TritonPythonModel:
         sources = token_rows(pb_utils.get_input_tensor_by_name(request, "SOURCE"), "SOURCE", self.tokenizer,
                              self.settings["max_length"], "split the text into sentences")
         parameters = json.loads(request.parameters() or "{}")
-        beams = integer_parameter(parameters, "num_beams", 1, 1, self.limits["max_beams"])
-        new_tokens = integer_parameter(parameters, "max_new_tokens", self.limits["default_new_tokens"], 1,
-                                       self.limits["max_new_tokens"])
+        limits = self.limits
+        if limits.get("beam_refused") and int(parameters.get("num_beams", 1) or 1) > 1:
+            raise ValueError(f"num_beams {parameters['num_beams']} is not served: {limits['beam_refused']}")
+        beams = integer_parameter(parameters, "num_beams", limits.get("default_beams", 1), 1, limits["max_beams"])
+        new_tokens = integer_parameter(parameters, "max_new_tokens", limits["default_new_tokens"], 1,
+                                       limits["max_new_tokens"])
         return sources, beams, new_tokens
 
     def _translate(self, sources, beams, new_tokens):
@@ -76,7 +80,8 @@ class TritonPythonModel:
         if beams == 1:
             generated = self.search.greedy(ids, mask, new_tokens)
         else:
-            generated = self.search.beam(ids, mask, beams, new_tokens)
+            generated = self.search.beam(ids, mask, beams, new_tokens, self.limits.get("length_penalty", 1.0),
+                                         self.limits.get("early_stopping", True))
         return self.tokenizer.decode_batch(generated, skip_special_tokens=True)
 
     def _parse(self, request):
