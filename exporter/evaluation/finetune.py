@@ -34,9 +34,10 @@ def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, ke
 
 def train_in_place(model, examples: list[dict], loss_of: Callable[[list[dict]], torch.Tensor], *, epochs: int,
                    batch_size: int, learning_rate: float, rng: random.Random, freeze_embeddings: bool = True,
-                   progress: Advance = no_progress) -> list[float]:
-    """Minimises ``loss_of(batch of examples)`` over length-bucketed batches with AdamW, 10 % linear warm-up then
-    linear decay; returns the loss of every step. ``model`` ends in eval mode with every parameter trainable again."""
+                   progress: Advance = no_progress, key: str = "text") -> list[float]:
+    """Minimises ``loss_of(batch of examples)`` over batches of similar ``key`` lengths with AdamW, 10 % linear
+    warm-up then linear decay; returns the loss of every step. ``model`` ends in eval mode with every parameter
+    trainable again."""
     if freeze_embeddings:
         model.base_model.get_input_embeddings().weight.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -46,7 +47,7 @@ def train_in_place(model, examples: list[dict], loss_of: Callable[[list[dict]], 
     model.train()
     losses = []
     for _ in range(epochs):
-        for chunk in length_buckets(examples, batch_size, rng):
+        for chunk in length_buckets(examples, batch_size, rng, key):
             loss = loss_of(chunk)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -83,10 +83,14 @@ def rescale_heads(pruned: nn.Module, base: nn.Module, encoded: list[dict]) -> di
     return scales
 
 
-def load_pruned_and_teacher(pruned_dir: str | Path, teacher_dir: str | Path) -> tuple[nn.Module, nn.Module]:
-    """Returns the pruned classifier and the unpruned one it came from; raises HeadpruneError when they do not match."""
-    if model_task(pruned_dir) not in ("classification", "regression"):
-        raise HeadpruneError(f"'{pruned_dir}' is not a classifier", "recovery works on pruned sequence classifiers")
+def load_pruned_and_teacher(pruned_dir: str | Path, teacher_dir: str | Path,
+                            tasks: tuple[str, ...] = ("classification", "regression")) -> tuple[nn.Module, nn.Module]:
+    """Returns the pruned model (of one of ``tasks``) and the unpruned one it came from; raises HeadpruneError when
+    they do not match."""
+    task = model_task(pruned_dir)
+    if task not in tasks:
+        raise HeadpruneError(f"'{pruned_dir}' is a {task} model; this recovery works on {', '.join(tasks)} models",
+                             "recover a pruned model of one of those tasks")
     pruned, teacher = load_model(pruned_dir), load_model(teacher_dir)
     if type(pruned) is not type(teacher) or teacher.config.hidden_size != pruned.config.hidden_size \
             or teacher.config.num_labels != pruned.config.num_labels:

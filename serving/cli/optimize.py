@@ -52,6 +52,8 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--min-int8-agreement", default=setting("min_int8_agreement"), show_default=True,
               type=click.FloatRange(0, 1), help="Share of training texts whose class an INT8 candidate must keep; "
                                                "below it the level is tried in FP32.")
+@click.option("--min-speedup", default=setting("min_speedup"), show_default=True, type=click.FloatRange(0),
+              help="The choice must measure faster than this many times the unpruned model on dev.")
 @click.option("--seed", default=setting("seed"), show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (same settings): made and measured "
                                              "candidates are reused.")
@@ -59,14 +61,14 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 @data_options
 @friendly_errors
 def optimize(model_dir, train, dev, test, max_drop, repo, name, out, objective, batch_size, budget_minutes, step,
-             max_level, search_trials, test_trials, distill_epochs, min_int8_agreement, seed, resume, overwrite,
-             **options):
+             max_level, search_trials, test_trials, distill_epochs, min_int8_agreement, min_speedup, seed, resume,
+             overwrite, **options):
     """Find the fastest deployment of MODEL_DIR within --max-drop of its quality, and prove it.
 
     \b
     1. importance re-scored before each pruning step, on --train;
-    2. on --dev, through Triton: the levers that apply (pruning level, distillation, INT8 for
-       classifiers; pruning alone for translation and language models) are searched, the full recipe
+    2. on --dev, through Triton: the levers that apply (pruning level and distillation; INT8 for
+       text classifiers only) are searched, the full recipe
        bisected over the levels; the fastest candidate whose quality is non-inferior is chosen;
     3. on --test, once: the chosen deployment and each step towards it, with paired intervals;
     4. NAME and NAME_unpruned are exported into --repo.
@@ -79,7 +81,8 @@ def optimize(model_dir, train, dev, test, max_drop, repo, name, out, objective, 
                                 out=out or Path("outputs/optimize") / name, max_drop=max_drop, objective=objective,
                                 batch_size=batch_size, budget_minutes=budget_minutes, step=step, max_level=max_level,
                                 search_trials=search_trials, test_trials=test_trials, distill_epochs=distill_epochs,
-                                min_int8_agreement=min_int8_agreement, seed=seed, **data_source(options))
+                                min_int8_agreement=min_int8_agreement, min_speedup=min_speedup, seed=seed,
+                                **data_source(options))
     bars = PhaseBars()
     try:
         path = run_optimize(settings, resume=resume, overwrite=overwrite, phases=bars,

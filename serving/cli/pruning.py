@@ -111,7 +111,8 @@ def prune(model_dir: Path, out: Path, plan, scores, fraction, per_type, min_head
 @click.option("--teacher", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The unpruned checkpoint MODEL_DIR was pruned from.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="Texts of the task (JSONL/CSV/TSV; labels unused), e.g. the training split; never the evaluation split.")
+              help="Texts of the task (JSONL/CSV/TSV; `text`, or `source` for translation models; labels and targets "
+                   "unused), e.g. the training split; never the evaluation split.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the recovered checkpoint.")
 @click.option("--method", type=click.Choice(["distill", "rescale"]), default="distill", show_default=True,
               help="distill: a short fine-tune towards the teacher's outputs; rescale: one least-squares scale per "
@@ -129,17 +130,22 @@ def recover(model_dir: Path, teacher: Path, data: Path, out: Path, method, epoch
     """Win back some of what pruning cost: train or rescale the pruned MODEL_DIR towards the unpruned --teacher.
 
     \b
-    distill: the pruned model learns the teacher's softened outputs on --data (no labels
-    needed); heads stay removed. rescale: each kept head gets one scale, fitted by least
+    distill (classifiers, language models, translation models): the pruned model learns the
+    teacher's softened output distributions on --data (a translation model's along the
+    teacher's own greedy translations; no labels or targets needed); heads stay removed.
+    rescale (classifiers): each kept head gets one scale, fitted by least
     squares layer by layer so that every layer's attention output reproduces the teacher's
     (Kwon et al. 2022); the scales are folded into the output projections.
     Either way OUT is a pruned checkpoint of the same shape, with OUT/recovery.json saying
     what was done. Measure the result with `compare`."""
-    from exporter.data import TEXTS_ONLY, read_examples
+    from exporter.data import UNLABELLED, read_examples
+    from exporter.pruning.checkpoint import model_task
 
     if max_examples is None and method == "rescale":
         max_examples = RESCALE_EXAMPLES
-    examples = read_examples(data, TEXTS_ONLY, max_examples=max_examples, seed=seed, **data_source(options))
+    task = model_task(model_dir)
+    examples = read_examples(data, UNLABELLED.get(task, task), max_examples=max_examples, seed=seed,
+                             **data_source(options))
     if method == "rescale":
         from exporter.evaluation.rescale import recover_by_rescaling
 

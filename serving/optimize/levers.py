@@ -23,9 +23,7 @@ class Lever:
 LEVERS = (
     Lever(PRUNE, "prune heads (re-scored importance)", {}),
     Lever(DISTILL, "distil from the unpruned model", {
-        "translation": "recovery by distillation is implemented for classifiers only",
-        "language-modeling": "recovery by distillation is implemented for classifiers only",
-        "image-classification": "recovery by distillation is implemented for text classifiers only",
+        "image-classification": "recovery by distillation is implemented for text models only",
     }),
     Lever(INT8, "dynamic INT8 weights", {
         "translation": "the encoder/decoder graphs are exported in FP32 only",

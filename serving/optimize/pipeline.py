@@ -53,7 +53,7 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     search = Search(settings, task, workshop.make, phases, say, spent_before=workshop.seconds.get("plans", 0.0))
     search.start(resume)
     trials, stopped = search.run()
-    best = choose(trials)
+    best = choose(trials, settings.min_speedup)
     chosen = Candidate.from_dict(best["candidate"]) if best else None
     proof = None
     if chosen:
@@ -66,7 +66,8 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     plans_data = load_plans(settings.out / "plans.json")[1]
     result = {
         "settings": {**settings.signature(), "repo": str(settings.repo), "name": settings.name,
-                     "budget_minutes": settings.budget_minutes, "test_trials": settings.test_trials},
+                     "budget_minutes": settings.budget_minutes, "test_trials": settings.test_trials,
+                     "min_speedup": settings.min_speedup},
         "task": task, "environment": {"machine": machine(), "libraries": library_versions()},
         "levers_not_applicable": not_applicable(task),
         "search": {"trials": trials, "stopped_by_budget": stopped,

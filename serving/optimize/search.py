@@ -53,6 +53,7 @@ class OptimizeSettings:
     rescore_examples: int = 500
     distill_epochs: int = 1
     min_int8_agreement: float = 0.99  # share of training texts whose class INT8 must leave unchanged
+    min_speedup: float = 1.0  # the choice must measure faster than this many times the unpruned model on dev
     columns: dict[str, str] = field(default_factory=dict)
     encoding: str = "utf-8"
     seed: int = 0
@@ -71,7 +72,7 @@ class OptimizeSettings:
     def signature(self) -> dict:
         """Returns the settings that change what is measured (compared on a rerun)."""
         data = asdict(self)
-        for key in ("repo", "name", "out", "budget_minutes", "test_trials"):
+        for key in ("repo", "name", "out", "budget_minutes", "test_trials", "min_speedup"):  # the choice, not the search
             data.pop(key)
         return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
 
@@ -301,9 +302,10 @@ class Search:
         return self.trials(), False
 
 
-def choose(trials: list[dict]) -> dict | None:
-    """Returns the fastest trial that kept the quality on dev and is faster than the baseline (None if none is)."""
-    eligible = [t for t in trials if t["eligible"] and t["speedup"]["ratio"] > 1]
+def choose(trials: list[dict], min_speedup: float = 1.0) -> dict | None:
+    """Returns the fastest trial that kept the quality on dev and measured faster than ``min_speedup`` times the
+    baseline (None if none did)."""
+    eligible = [t for t in trials if t["eligible"] and t["speedup"]["ratio"] > min_speedup]
     return max(eligible, key=lambda t: t["speedup"]["ratio"], default=None)
 
 
