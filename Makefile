@@ -34,8 +34,8 @@ demo: setup
 demo-mt: setup
 	$(BIN)/headprune demo-mt
 
-# The performance benchmark: benchmarks/results/*.json and docs/performance.md (about 28 minutes on 2 cores from a
-# fresh clone, 18 once its models are cached).
+# The performance benchmark: benchmarks/results/*.json and docs/performance.md. Its headline is `headprune optimize`
+# (outputs/bench/optimize, resumed on every run); the other sections took about 28 minutes on 2 cores from a fresh clone.
 bench: setup
 	$(BIN)/python -m benchmarks.suite
 

@@ -20,7 +20,8 @@ library versions):
   scoring    importance scoring vs a plain forward+backward pass: time and peak memory
   gpu        the served comparison with CUDA instances, when a GPU is present
 
-Run: make bench (about 28 minutes on 2 cores from a fresh clone, less with the models cached),
+Run: make bench (the sections took about 28 minutes on 2 cores from a fresh clone; the optimizer's first run adds
+its own, cached after),
 or .venv/bin/python -m benchmarks.suite [--sections fusion,served] [--render-only].
 """
 

@@ -85,8 +85,10 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     assert {name: facts[name]["version"] for name in facts} == {"base": 1, "p25": 1, "p50": 1}
     predicted = {s["candidate"]: s["predicted"] for s in report["speedups"]}
     assert 1 < predicted["p25"] < predicted["p50"]
-    # --max-drop 0: only a candidate at least as accurate as the baseline may win.
-    eligible = [c for c in ("p25", "p50") if accuracies[c] >= accuracies["base"]]
+    # --max-drop 0: only a candidate whose whole 95 % interval of change lies above 0 may win (non-inferiority).
+    intervals = {c: (facts[c]["quality"]["gain_low"], facts[c]["quality"]["gain_high"]) for c in ("p25", "p50")}
+    assert all(low <= 100 * (accuracies[c] - accuracies["base"]) <= high for c, (low, high) in intervals.items())
+    eligible = [c for c, (low, _) in intervals.items() if low > 0]
     assert (report["verdict"]["best"] is None) == (not eligible) and report["verdict"]["best"] in eligible + [None]
     markdown = (out / "report.md").read_text().splitlines()
     assert markdown[1].startswith("**Verdict:**") and "p50" in markdown[3] and "batch 4" in markdown[3]

@@ -77,6 +77,8 @@ def test_training_writes_model_checkpoints_and_a_bleu_curve(tmp_path):
     assert [p["seconds"] for p in record["curve"]] == sorted(p["seconds"] for p in record["curve"])
     assert record["curve"][-1]["seconds"] >= TINY.minutes * 60
     assert record["test"]["metric"] == "bleu" and record["test"]["examples"] == 8 and record["test"]["references"] == 1
+    # The token budget its BLEU was measured with is the model's own default: generate and the served model use it.
+    assert load_model(run / "model").generation_config.max_new_tokens == TINY.max_length
     assert json.loads((run / "training.json").read_text()) == record
     checkpoints = sorted((run / "checkpoints").iterdir())
     assert [f"step-{p['step']:06d}" for p in record["curve"]] == [c.name for c in checkpoints]

@@ -14,7 +14,7 @@ from exporter.evaluation.significance import format_p_value
 from serving.benchmark.latency import Speedup
 
 
-def _points(metric: str, amount: float = 2.0) -> str:
+def unit_of(metric: str, amount: float = 2.0) -> str:
     """Returns the unit of a quality change of ``amount`` in ``metric``: 'point(s)' for accuracy and BLEU."""
     if metric not in ("accuracy", "bleu"):
         return metric
@@ -31,8 +31,9 @@ def machine_text(machine: dict) -> str:
 def quality_sentence(change: dict, max_drop: float) -> str:
     """Returns the verdict on a quality change: within the budget when the interval's lower bound is above -max_drop,
     else 'not distinguishable from a drop of max_drop', naming the interval either way."""
-    unit = _points(change["metric"], max_drop)
-    interval = f"{change['gain']:+.2f} {_points(change['metric'])}, 95 % interval [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]"
+    unit = unit_of(change["metric"], max_drop)
+    interval = (f"{change['gain']:+.2f} {unit_of(change['metric'])}, 95 % interval "
+                f"[{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]")
     if change["gain_low"] > -max_drop:
         return f"within {max_drop:g} {unit} of the unpruned model ({interval})"
     return f"not distinguishable from a drop of {max_drop:g} {unit} ({interval})"
@@ -42,15 +43,18 @@ def headline(result: dict) -> str:
     """Returns the one-line finding, computed from the result."""
     settings, proof = result["settings"], result.get("proof")
     cpu = result["environment"]["machine"]
-    where = f"{cpu.get('cpu_model') or cpu.get('processor')} ({', '.join(cpu.get('int8_instructions') or []) or 'no 8-bit instructions found'})"
+    flags = ", ".join(cpu.get("int8_instructions") or []) or "no 8-bit instructions found"
+    where = f"{cpu.get('cpu_model') or cpu.get('processor')} ({flags})"
     if not proof:
         return (f"No candidate kept the {result['task']} quality within {settings['max_drop']:g} on the dev split and "
                 f"served faster: keep the unpruned model (on {where}).")
     final = proof["steps"][-1]
-    speed = Speedup.from_dict(final["throughput"])
-    return (f"{final['step']['label']}: {speed.format()} the unpruned throughput at batch {proof['batch_size']} on the "
-            f"test split; {final['quality']['metric']} {quality_sentence(final['quality'], settings['max_drop'])}; "
-            f"on {where}.")
+    if settings.get("objective") == "latency":
+        speed = f"{Speedup.from_dict(final['p50_b1']).format()} lower p50 latency than the unpruned model at batch 1"
+    else:
+        speed = f"{Speedup.from_dict(final['throughput']).format()} the unpruned throughput at batch {proof['batch_size']}"
+    return (f"{final['step']['label']}: {speed} on the test split; {final['quality']['metric']} "
+            f"{quality_sentence(final['quality'], settings['max_drop'])}; on {where}.")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -102,7 +106,8 @@ def render_markdown(result: dict) -> str:
               f"Candidates pull the levers that apply to a {result['task']} model; the full recipe is bisected over "
               "the pruning levels. A candidate qualifies when the lower bound of the 95 % paired-bootstrap interval "
               f"of its quality change on the dev split is above -{settings['max_drop']:g}; the fastest qualifying "
-              "one that beats the unpruned model is chosen, then measured once on the test split."]
+              f"one that measured more than {settings.get('min_speedup', 1.0):g}x the unpruned model's speed is "
+              "chosen, then measured once on the test split."]
     for lever, why in result["levers_not_applicable"].items():
         lines.append(f"- {lever}: not applied ({why}).")
     installed = result["installed"]
@@ -117,8 +122,8 @@ def _end_to_end_lines(result: dict) -> list[str]:
     row = proof.get("end_to_end")
     if not row:
         return []
-    base, chosen = result["proof"]["steps"][0]["step"]["name"], result["chosen"]["name"]
-    names = list(row["p50_ms"])
+    names = list(row["p50_ms"])  # the unpruned deployment, then the chosen one
+    base, chosen = names[0], result["chosen"]["name"]
     tensor = Speedup.from_dict(proof["steps"][-1]["throughput"])
     return [f"## End to end: raw test sentences through the text front ends (batch {row['batch_size']})", "",
             f"What a client sending text sees ({row['sentences']}, tokenised by the server; {row['trials']} paired "

@@ -24,6 +24,7 @@ from serving.benchmark.compare import CompareSettings, Comparison
 from serving.benchmark.journal import Journal
 from serving.benchmark.latency import Speedup, paired_speedup, paired_trial_ratio
 from serving.optimize.levers import DISTILL, INT8, applies
+from serving.optimize.report import unit_of
 from serving.server.process import TritonServer, free_port
 
 OBJECTIVES = ("throughput", "latency")
@@ -210,7 +211,7 @@ class Search:
     """Makes, exports and measures candidates on the dev split; each measured one is a trial in the journal.
 
     ``make(candidate)`` builds the candidate's checkpoint and exports it into the work repository (see
-    proof.Workshop); the search only decides which to make and measures them.
+    workshop.Workshop); the search only decides which to make and measures them.
     """
 
     def __init__(self, settings: OptimizeSettings, task: str, make: Callable[[Candidate], None],
@@ -275,8 +276,9 @@ class Search:
                  "seconds": round(time.monotonic() - began, 1)}
         self.journal.append(trial)
         verdict = "keeps" if trial["eligible"] else "loses"
-        self.say(f"  {candidate.label}: {verdict} the quality on dev (gain {change['gain']:+.2f} points, 95 % "
-                 f"[{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]), {speedup.format()} {settings.objective}")
+        self.say(f"  {candidate.label}: {verdict} the quality on dev (gain {change['gain']:+.2f} "
+                 f"{unit_of(change['metric'])}, 95 % [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]), "
+                 f"{speedup.format()} {settings.objective}")
         return trial
 
     def run(self) -> tuple[list[dict], bool]:
