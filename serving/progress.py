@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from exporter.evaluation.metrics import format_points
 from exporter.progress import Advance
 
 console = Console(stderr=True)
@@ -103,7 +104,7 @@ def training_bar(description: str, seconds: float) -> Iterator:
         log = ProgressLog(description, seconds, unit=" s")
 
         def update_log(status) -> None:
-            bleu = "-" if status.bleu is None else f"{status.bleu:.2f}"
+            bleu = "-" if status.bleu is None else format_points(status.bleu)
             log.update(min(status.seconds, seconds), f"step {status.step}, loss {status.loss:.3f}, "
                                                       f"{status.tokens_per_second:,.0f} tok/s, BLEU {bleu}")
 
@@ -119,7 +120,7 @@ def training_bar(description: str, seconds: float) -> Iterator:
         task = progress.add_task(description, total=seconds, step=0, loss="-", speed="-", bleu="-")
 
         def update(status) -> None:
-            bleu = "-" if status.bleu is None else f"{status.bleu:.1f}"
+            bleu = "-" if status.bleu is None else format_points(status.bleu)
             progress.update(task, completed=min(status.seconds, seconds), step=status.step, loss=f"{status.loss:.3f}",
                             speed=f"{status.tokens_per_second:,.0f}", bleu=bleu)
 

@@ -76,6 +76,12 @@ def test_damaged_checkpoint_is_reported(bert_dir, tmp_path):
         load_pruned(tmp_path / "p")
 
 
+def test_an_unpruned_checkpoint_is_named_as_such_not_as_damaged(bert_dir):
+    with pytest.raises(HeadpruneError, match="is not a pruned checkpoint") as raised:
+        load_pruned(bert_dir)
+    assert "load_model" in raised.value.fix and "damaged" not in raised.value.message + raised.value.fix
+
+
 def test_folder_without_safetensors_is_refused(bert_dir, tmp_path):
     (tmp_path / "config.json").write_text((bert_dir / "config.json").read_text())
     torch.save({}, tmp_path / "pytorch_model.bin")

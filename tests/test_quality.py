@@ -40,3 +40,11 @@ def test_replay_gives_the_logits_of_a_full_evaluation(bert_dir, cls_data):
     assert fast({"encoder": {0: [1, 2]}}) is fast({"encoder": {"0": [1, 2]}})  # memoised, whatever the key type
     assert calls == []
     assert all(fast.stack[i] is layer.layer for i, layer in enumerate(inventory.layers))
+
+
+def test_scores_and_changes_follow_one_rule_of_two_decimals():
+    from exporter.evaluation.metrics import format_points
+
+    assert [format_points(v) for v in (42.1, 0.03, 0.0)] == ["42.10", "0.03", "0.00"]
+    # A significant change that rounds to nothing keeps its first digit: never "-0.00" beside p = 0.01.
+    assert [format_points(v, sign=True) for v in (-0.004, -0.8, 0.0)] == ["-0.004", "-0.80", "+0.00"]

@@ -25,6 +25,15 @@ def gain(metric: str, before: float, after: float) -> float:
     return -change if metric in LOWER_IS_BETTER else change
 
 
+def format_points(value: float, sign: bool = False) -> str:
+    """Returns a score or change (accuracy points, BLEU, chrF) with two decimals, the one rule everywhere; a nonzero
+    value that would show as 0.00 keeps its first significant digit instead (a significant -0.004 is not '-0.00')."""
+    text = f"{value:+.2f}" if sign else f"{value:.2f}"
+    if value and float(text) == 0:
+        text = f"{value:+.1g}" if sign else f"{value:.1g}"
+    return text
+
+
 def corpus_perplexity(statistics) -> float:
     """Returns exp(total negative log-likelihood / total predicted tokens) of per-text (nll, tokens) pairs."""
     nll = sum(row[0] for row in statistics)

@@ -218,6 +218,10 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     """Returns a pruned checkpoint rebuilt from its config, head plan and weights, in eval mode."""
     path = Path(path)
     config = _read_config(path)
+    if not (path / PLAN_FILE).exists():
+        raise HeadpruneError(f"'{path}' is not a pruned checkpoint (it has no {PLAN_FILE}): load_pruned reads what "
+                             "'headprune prune' writes",
+                             "load an unpruned model with load_model (or any command: they read both kinds)")
     record = read_plan_file(path)
     _check_weight_files([path / WEIGHTS_FILE], DAMAGED)
     model = _model_class(config)(config)

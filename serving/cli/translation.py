@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from exporter.evaluation.metrics import format_points
 from exporter.training.settings import TranslationSettings
 from serving.cli.app import data_options, data_source, default_of, emit, friendly_errors, main, overwrite_option
 from serving.cli.demo import cache_option, run_demo_command
@@ -76,9 +77,10 @@ def train_mt(out, data, dev, test, cache, resume, overwrite, as_json, **options)
     plot_training_curve(record["curve"], Path(out) / "training.png")
     final = record.get("test", {})
     emit(record, as_json, f"model: {Path(out) / 'model'}   BLEU curve: {Path(out) / 'training.png'}\n"
-         f"test BLEU {final.get('value', float('nan')):.1f} on {final.get('examples', 0)} sentences "
+         f"test BLEU {format_points(final.get('value', float('nan')))} on {final.get('examples', 0)} sentences "
          f"(greedy, one reference each; {final.get('signature', '')})\n"
-         f"BLEU by minute: " + ", ".join(f"{p['seconds'] / 60:.0f}: {p['bleu']:.1f}" for p in record["curve"]))
+         "BLEU by minute: " + ", ".join(f"{p['seconds'] / 60:.0f}: {format_points(p['bleu'])}"
+                                         for p in record["curve"]))
 
 
 @main.command("demo-mt")

@@ -17,6 +17,7 @@ from exporter.atomic import atomic_write_json, atomic_write_text
 from exporter.data import read_examples
 from exporter.digest import checkpoint_hash
 from exporter.evaluation.experiments import best_head_per_layer, curve_fractions, pruning_curve, single_head_ablation
+from exporter.evaluation.metrics import format_points
 from exporter.evaluation.quality import Evaluator
 from exporter.progress import Phases, no_progress
 from exporter.pruning.checkpoint import load_model, load_tokenizer
@@ -202,7 +203,8 @@ def run_translation_demo(cache: Path, out: Path, repo: Path, reports: Path, budg
     say("2/6 Marian model: " + ("cached" if cached else f"training for {budget.training.minutes:.0f} minutes"))
     model_dir, training = trained_model(cache, splits, budget, phases)
     seconds["assets_and_model"] = time.monotonic() - started
-    say(f"    test BLEU {training['test']['value']:.1f} ({training['test']['examples']} sentences, greedy, one reference)")
+    say(f"    test BLEU {format_points(training['test']['value'])} ({training['test']['examples']} sentences, greedy, "
+        "one reference)")
     reports.mkdir(parents=True, exist_ok=True)
     plot_training_curve(training["curve"], reports / "mt_training.png")
     say("3/6 importance per attention type, pruning curves, ablation, best head per layer, training dynamics")

@@ -11,7 +11,7 @@ import io
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from exporter.evaluation.metrics import LOWER_IS_BETTER, gain, in_points
+from exporter.evaluation.metrics import LOWER_IS_BETTER, format_points, gain, in_points
 from serving.benchmark.compare import STAGES
 from serving.benchmark.latency import PERCENTILES, LatencyStats, Speedup
 from serving.report.document import build_document, render_markdown
@@ -52,7 +52,8 @@ class Quality:
         """Returns e.g. '86.90 %' for accuracy, 'bleu 27.31' otherwise."""
         if self.metric == "accuracy":
             return f"{100 * self.value:.2f} %"
-        return f"{self.metric} {self.value:.2f}" + (f", chrF {self.chrf:.2f}" if self.chrf is not None else "")
+        return f"{self.metric} {format_points(self.value)}" + (f", chrF {format_points(self.chrf)}"
+                                                               if self.chrf is not None else "")
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data (``p_value`` and the interval only where a paired test was made, chrF only where
@@ -252,8 +253,8 @@ class Report:
             return ""
         metric = self.deployments[name].quality.metric
         if metric not in LOWER_IS_BETTER:
-            return f"{points:+.2f}"
-        return f"{-points:+.2f}, {'worse' if points < 0 else 'better' if points > 0 else 'same'}"
+            return format_points(points, sign=True)
+        return f"{format_points(-points, sign=True)}, {'worse' if points < 0 else 'better' if points > 0 else 'same'}"
 
     @property
     def language_model(self) -> bool:
