@@ -239,8 +239,13 @@ def label_value(label, task: str, config):
 
 def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length: int = 128) -> dict:
     """Returns model inputs (torch tensors, with ``labels`` where the examples have them) for a list of canonical
-    examples."""
+    examples, texts cut to ``max_length`` tokens and to the model's position embeddings."""
     import torch  # reading data files needs no torch: only encoding does
+
+    from exporter.pruning.families import usable_positions
+
+    # A text longer than the position embeddings would index past them (a Marian trained at 64 tokens has 66).
+    max_length = min(max_length, usable_positions(config) or max_length)
     if task in ("classification", "regression"):
         pairs = [e["text_pair"] for e in examples] if all("text_pair" in e for e in examples) else None
         batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,

@@ -12,6 +12,7 @@ from exporter.data import encode_batch, read_examples, task_of
 from exporter.errors import HeadpruneError
 from exporter.evaluation.quality import Evaluator
 from exporter.pruning.scoring import batch_loss, query_masks
+from tests.helpers import random_sentences
 
 
 @pytest.mark.parametrize("model_fixture,data_fixture", [("bert_dir", "cls_data"), ("distilbert_dir", "cls_data"),
@@ -189,3 +190,12 @@ def _tiny_tokenizer_dir(tmp_path):
     from tests.helpers import make_bert
 
     return make_bert(tmp_path / "tokenizer-source")
+
+
+def test_texts_longer_than_the_position_embeddings_are_cut_to_them(marian_dir):
+    model, tokenizer = load_model(marian_dir), load_tokenizer(marian_dir)
+    long = " ".join(random_sentences(30, seed=3))  # far more words than the tiny Marian's 64 positions
+    batch = encode_batch(tokenizer, [{"source": long, "target": long}], "translation", model.config, max_length=128)
+    assert batch["input_ids"].shape[1] == batch["labels"].shape[1] == model.config.max_position_embeddings
+    scores = compute_importance(model, tokenizer, [{"source": long, "target": long}])  # used to index past them
+    assert scores.examples == 1

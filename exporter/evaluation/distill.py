@@ -23,6 +23,7 @@ from exporter.data import encode_batch, task_of
 from exporter.errors import HeadpruneError
 from exporter.evaluation.finetune import train_in_place
 from exporter.evaluation.rescale import RECORD_FILE, load_pruned_and_teacher
+from exporter.pruning.families import usable_positions
 from exporter.progress import Advance, no_progress
 from exporter.pruning.checkpoint import load_tokenizer, save_pruned
 
@@ -44,6 +45,8 @@ def _language_model_outputs(student, teacher, tokenizer, chunk: list[dict], max_
 
 
 def _translation_outputs(student, teacher, tokenizer, chunk: list[dict], max_length: int):
+    # Sources and translations stay within the position embeddings (the start token takes one).
+    max_length = min(max_length, (usable_positions(teacher.config) or max_length + 1) - 1)
     sources = tokenizer([str(e["source"]) for e in chunk], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
     with torch.no_grad():
