@@ -39,7 +39,6 @@ from benchmarks import inprocess
 from benchmarks.models import BenchModels, prepare_models
 from benchmarks.served import compare_repository, export_variants, onnx_path
 from exporter.atomic import atomic_write_json
-from exporter.triton.config import DeploymentOptions
 from serving.benchmark.compare import library_versions, machine
 from serving.demo.assets import default_cache
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pytest
 import torch
 
@@ -14,6 +15,7 @@ from exporter.evaluation.metrics import bleu
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.description import DeploymentDescription
 from exporter.triton.layout import ModelRepository
+from exporter.onnx.seq2seq import onnx_search
 from exporter.triton.translation import MAX_BEAMS, export_translation_to_repository
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.client import PROTOCOLS, TritonClient
@@ -52,6 +54,8 @@ def served(tmp_path_factory):
                                   ("batched", base, BATCHING),
                                   ("configured", root / "configured", DeploymentOptions(max_batch_size=16, max_length=24))):
         export_translation_to_repository(folder, repo, name, options=options, max_new_tokens=NEW_TOKENS, threads=1)
+    export_translation_to_repository(base, repo, "quantized", options=DeploymentOptions(max_batch_size=16, max_length=24),
+                                     max_new_tokens=NEW_TOKENS, threads=1, precision="int8")
     add_bls_variant(repo, "pruned")
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": repo, "dirs": {"base": base, "pruned": root / "pruned"}, "root": root}
@@ -90,6 +94,29 @@ def test_served_greedy_translations_equal_in_process_generation(served, protocol
 def test_pruned_and_unpruned_translate_differently(served):
     client = client_for(served, "http")
     assert client.translate("base_translate", SOURCES) != client.translate("pruned_translate", SOURCES)
+
+
+def test_int8_graphs_are_checked_against_the_fp32_ones_and_served(served, tmp_path):
+    folder = ModelRepository(served["repo"]).version_folder("quantized_translate", 1)
+    operators = {n.op_type for n in onnx.load(str(folder / "decoder.onnx")).graph.node}
+    assert "MatMulInteger" in operators  # the FP32 export has none
+    check = json.loads((folder / "validation.json").read_text())["int8"]
+    assert check["passed"] and check["sentences"] == 24 and check["same_translations"] >= 0.9 * 24
+    assert DeploymentDescription.read(folder).precision == "int8"
+    # Served, the INT8 graphs translate as greedy search over them does in process, batch by batch (activations are
+    # quantized per batch, so a sentence's translation may depend on the batch it came in).
+    settings = json.loads((folder / "deployment.json").read_text())["generation"]
+    tokenizer, search, expected = load_tokenizer(served["dirs"]["base"]), onnx_search(folder, settings), []
+    for start in range(0, len(SOURCES), 16):
+        batch = tokenizer(SOURCES[start:start + 16], padding=True, truncation=True, max_length=24, return_tensors="np")
+        expected += tokenizer.batch_decode(search.greedy(batch["input_ids"], batch["attention_mask"], NEW_TOKENS),
+                                           skip_special_tokens=True)
+    assert client_for(served, "http").translate("quantized_translate", SOURCES, num_beams=1, batch_size=16) == expected
+    # A demand no INT8 graph meets: refused, nothing written.
+    with pytest.raises(HeadpruneError, match="INT8 graphs gave the FP32 graphs' translation"):
+        export_translation_to_repository(served["dirs"]["base"], tmp_path / "repo", "strict", precision="int8",
+                                         min_agreement=1.01, max_new_tokens=NEW_TOKENS)
+    assert not (tmp_path / "repo" / "strict_translate").exists()
 
 
 def test_served_defaults_are_the_checkpoints_generation_config(served):

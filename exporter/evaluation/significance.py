@@ -50,15 +50,8 @@ def paired_p_value(metric: str, first: tuple | list, second: tuple | list) -> fl
                              "evaluate both on the same data with one Evaluator")
     if metric == "accuracy":
         return mcnemar_exact(tuple(first), tuple(second))
-    if metric == "bleu":
-        from sacrebleu.metrics import BLEU
-
-        bleu = BLEU()
-        return paired_bootstrap(tuple(first), tuple(second),
-                                lambda totals: bleu._compute_score_from_stats([int(t) for t in totals]).score)
-    if metric == "perplexity":
-        return paired_bootstrap(tuple(first), tuple(second), lambda totals: corpus_perplexity([totals]))
-    raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy, BLEU or perplexity")
+    score = _corpus_scorer(metric)
+    return paired_bootstrap(tuple(first), tuple(second), lambda totals: score(totals, len(first)))
 
 
 LEVEL = 95  # confidence level (%) of the quality-change intervals
@@ -75,7 +68,7 @@ def _corpus_scorer(metric: str):
         return lambda totals, count: bleu._compute_score_from_stats([int(t) for t in totals]).score
     if metric == "perplexity":
         return lambda totals, count: corpus_perplexity([totals])
-    raise HeadpruneError(f"no paired interval is known for metric '{metric}'", "compare accuracy, BLEU or perplexity")
+    raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy, BLEU or perplexity")
 
 
 def paired_gain_interval(metric: str, baseline: tuple | list, candidate: tuple | list, resamples: int = 2000,

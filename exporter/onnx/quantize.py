@@ -1,4 +1,5 @@
-"""INT8 quantization of an exported classifier (ONNX Runtime dynamic quantization), checked against FP32.
+"""INT8 quantization of an exported classifier or translation model (ONNX Runtime dynamic quantization), checked
+against FP32: a classifier's logits and classes, a translation model's greedy translations (``quantize_seq2seq``).
 
 Weights of every MatMul and embedding become 8-bit with one scale per output channel (one
 scale per tensor lost more accuracy on the demo classifier); activations are quantized on
@@ -22,7 +23,7 @@ import numpy as np
 
 from exporter.onnx.export import Validation, validate_onnx
 
-PRECISIONS = ("fp32", "int8")  # of classifiers: translation graphs are exported in FP32
+PRECISIONS = ("fp32", "int8")  # of text classifiers and translation models
 # The INT8 logits may differ from FP32's by this share of the FP32 logits' range on the check's
 # random inputs. Measured: 0.06 for the demo's MiniLM, 0.24 for the tiny test BERT (its weights are
 # random, so 8 bits fit them worse); a graph quantized wrongly is off by the whole range.
@@ -72,6 +73,67 @@ class _DropPreprocessingHint(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
+def default_reduce_range() -> bool:
+    """Returns whether weights should use 7 bits here: on a CPU without 8-bit dot products."""
+    from exporter.machine import has_int8_dot_products
+
+    return not has_int8_dot_products()
+
+
+def quantize_file(path: Path, quantized: Path, reduce_range: bool) -> None:
+    """Writes the dynamic INT8 version of the ONNX graph ``path`` (QInt8 weights, one scale per channel) to
+    ``quantized``."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    hint = _DropPreprocessingHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        # A fused graph's Attention outputs have no inferred type (a contrib op): they are FP32.
+        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=reduce_range, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+    finally:
+        logging.getLogger().removeFilter(hint)
+
+
+# Share of validation sentences whose INT8 greedy translation must equal the FP32 graphs' one.
+MIN_TRANSLATION_AGREEMENT = 0.9
+
+
+def quantize_seq2seq(tokenizer, folder: str | Path, settings: dict, sources: list[str], max_new_tokens: int,
+                     min_agreement: float = MIN_TRANSLATION_AGREEMENT, reduce_range: bool | None = None,
+                     batch_size: int = 32) -> dict:
+    """Replaces a translation export's encoder.onnx and decoder.onnx in ``folder`` by their dynamic INT8 versions when
+    greedy search over them gives the FP32 graphs' translation of at least ``min_agreement`` of ``sources``; returns
+    the check (sentences, same translations, agreement, whether it passed). A failed check leaves the FP32 graphs."""
+    from exporter.onnx.seq2seq import DECODER_FILE, ENCODER_FILE, onnx_search
+
+    reduce_range = default_reduce_range() if reduce_range is None else reduce_range
+    folder = Path(folder)
+    quantized = folder / "int8"
+    quantized.mkdir()
+    files = [name for name in (ENCODER_FILE, DECODER_FILE) if (folder / name).exists()]
+    for name in files:
+        quantize_file(folder / name, quantized / name, reduce_range)
+    same = 0
+    searches = [onnx_search(where, settings) for where in (folder, quantized)]
+    for start in range(0, len(sources), batch_size):
+        batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
+                          max_length=settings["max_length"], return_tensors="np")
+        fp32, int8 = (search.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens) for search in searches)
+        same += sum(a == b for a, b in zip(fp32, int8))
+    check = {"sentences": len(sources), "same_translations": same, "agreement": same / max(len(sources), 1),
+             "min_agreement": min_agreement, "reduce_range": reduce_range}
+    check["passed"] = check["agreement"] >= min_agreement
+    if check["passed"]:
+        for name in files:
+            os.replace(quantized / name, folder / name)
+    for leftover in quantized.iterdir():
+        leftover.unlink()
+    quantized.rmdir()
+    return check
+
+
 def quantize_int8(model, path: str | Path, names: list[str],
                   relative_tolerance: float = INT8_RELATIVE_TOLERANCE, feeds: list[dict] | None = None,
                   reduce_range: bool | None = None, min_agreement: float = MIN_AGREEMENT) -> Int8Check:
@@ -82,23 +144,10 @@ def quantize_int8(model, path: str | Path, names: list[str],
 
     The FP32 graph is kept until the check is done, so a failed check leaves it in place.
     """
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from exporter.machine import has_int8_dot_products
-
-    if reduce_range is None:
-        reduce_range = not has_int8_dot_products()
+    reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     path = Path(path)
     quantized = path.with_name(f"{path.stem}.int8{path.suffix}")
-    hint = _DropPreprocessingHint()
-    logging.getLogger().addFilter(hint)
-    try:
-        # A fused graph's Attention outputs have no inferred type (a contrib op): they are FP32.
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=reduce_range, extra_options={"DefaultTensorType": TensorProto.FLOAT})
-    finally:
-        logging.getLogger().removeFilter(hint)
+    quantize_file(path, quantized, reduce_range)
     logits = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
     agreement = argmax_agreement(quantized, path, feeds) if feeds else None
     validation = Int8Check(logits.max_abs_diff, logits.atol, logits.shapes, agreement,

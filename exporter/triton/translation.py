@@ -26,12 +26,14 @@ from exporter.onnx.seq2seq import (
     validate_beam,
     validate_generation,
 )
+from exporter.onnx.quantize import MIN_TRANSLATION_AGREEMENT, quantize_seq2seq
 from exporter.pruning.checkpoint import load_model
 from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, translation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
 from exporter.triton.layout import ModelRepository, check_name, translate_model_name
 from exporter.triton.repository import (
+    check_precision,
     check_version,
     describe_model,
     install_with_configs,
@@ -56,12 +58,13 @@ class TranslationExport:
     original_heads: int
     beam: dict | None = None
     defaults: dict | None = None
+    quantization: dict | None = None  # the INT8 graphs' check, when exported in INT8
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "folder": str(self.folder),
                 "validation": self.validation.to_dict(), "heads": self.heads, "original_heads": self.original_heads,
-                "beam": self.beam, "defaults": self.defaults}
+                "beam": self.beam, "defaults": self.defaults, "quantization": self.quantization}
 
 
 def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
@@ -82,12 +85,16 @@ def _copy_code(folder: Path) -> None:
 def export_translation_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                                      options: DeploymentOptions = DeploymentOptions(), sources: list[str] | None = None,
                                      atol: float = 1e-3, max_new_tokens: int = DEFAULT_NEW_TOKENS,
-                                     threads: int = 0) -> TranslationExport:
+                                     threads: int = 0, precision: str = "fp32",
+                                     min_agreement: float = MIN_TRANSLATION_AGREEMENT) -> TranslationExport:
     """Exports the translation model in ``model_dir`` as ``<name>_translate`` into ``repo``; returns what was written.
 
     Greedy search over the exported graphs must reproduce transformers' greedy tokens
     on ``sources`` (default: seeded pseudo-sentences) with step logits within ``atol``,
-    or nothing is written. ``threads`` sets ONNX Runtime's threads in the server (0: all)."""
+    or nothing is written. ``precision`` "int8" then quantizes both graphs (dynamic INT8 weights), kept only where
+    greedy search over them gives the FP32 graphs' translation of ``min_agreement`` of the sources (else nothing is
+    written). ``threads`` sets ONNX Runtime's threads in the server (0: all)."""
+    check_precision(precision)
     check_name(name)
     served = check_name(translate_model_name(name))
     check_version(version)
@@ -115,14 +122,24 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
         defaults = generation_defaults(model, positions)
         beam = validate_beam(model, tokenizer, staged, settings, (sources or validation_sources(tokenizer))[:32],
                              defaults, num_beams=max(defaults["num_beams"], 2), max_new_tokens=min(max_new_tokens, 16))
-        atomic_write_json(staged / "validation.json", {**validation.to_dict(), "beam": beam})
+        quantization = None
+        if precision == "int8":
+            quantization = quantize_seq2seq(tokenizer, staged, settings, sources or validation_sources(tokenizer),
+                                            min(max_new_tokens, 32), min_agreement)
+            if not quantization["passed"]:
+                raise HeadpruneError(
+                    f"greedy search over the INT8 graphs gave the FP32 graphs' translation of "
+                    f"{quantization['same_translations']} of {quantization['sentences']} sentences (at least "
+                    f"{100 * min_agreement:g} % needed); nothing was written",
+                    "export this model in FP32, or recover it (distil) before quantizing")
+        atomic_write_json(staged / "validation.json", {**validation.to_dict(), "beam": beam, "int8": quantization})
         _copy_code(staged)
         tokenizer.save_pretrained(staged / "tokenizer")
         onnx_bytes = sum((staged / f).stat().st_size for f in (ENCODER_FILE, DECODER_FILE) if (staged / f).exists())
         description = replace(describe_model(model, inventory, inputs=["input_ids", "attention_mask"],
                                              max_length=options.max_length, source=model_dir, onnx_bytes=onnx_bytes,
                                              validation=validation.to_dict()),
-                              task="translation", generation=settings, id2label={}, label2id={})
+                              task="translation", generation=settings, id2label={}, label2id={}, precision=precision)
         description.write(staged)
         # The checkpoint's generation config sets the defaults, as in transformers' generate; beam search is served
         # only where the exported search gave transformers' beams with that config.
@@ -140,4 +157,5 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
         install_with_configs(repository, served, version, staged, lambda: write_config(config, repository.folder(served)))
     return TranslationExport(served, version, repository.version_folder(served, version), validation,
                              inventory.kept_head_count(), inventory.original_head_count(), beam,
-                             {"num_beams": limits["default_beams"], "max_new_tokens": limits["default_new_tokens"]})
+                             {"num_beams": limits["default_beams"], "max_new_tokens": limits["default_new_tokens"]},
+                             quantization)

@@ -24,8 +24,9 @@ from serving.server.process import TritonServer
 @click.option("--atol", default=1e-4, show_default=True, help="Largest accepted |ONNX - PyTorch| difference.")
 @click.option("--optimize", is_flag=True, help="Fuse attention with each layer's real head count (validated).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Classifiers: ONNX Runtime dynamic INT8 weights (checked against the FP32 graph; measure the "
-                   "accuracy with `compare`).")
+              help="Text classifiers and translation models: ONNX Runtime dynamic INT8 weights, checked against the "
+                   "FP32 graphs (a classifier's logits and classes, a translation model's greedy translations); "
+                   "measure the quality with `compare`.")
 @click.option("--max-batch-size", default=default_of(DeploymentOptions, "max_batch_size"), show_default=True)
 @click.option("--instances", default=default_of(DeploymentOptions, "instances"), show_default=True, help="Model instances (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
@@ -71,10 +72,10 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
                                 threads=threads, spinning=spinning, max_queue_size=max_queue_size,
                                 queue_timeout_ms=queue_timeout_ms)
     if model_task(model_dir) == "translation":
-        if quantize or optimize:
-            raise click.UsageError("--quantize and --optimize apply to classifiers; translation graphs are exported "
-                                   "as they are (FP32)")
-        _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json)
+        if optimize:
+            raise click.UsageError("--optimize applies to classifiers; translation graphs are exported unfused")
+        _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json,
+                            quantize or "fp32")
         return
     from exporter.triton.repository import export_to_repository
 
@@ -99,18 +100,22 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
             f"{result.generation['exact_matches']} of {result.generation['prompts']} prompts)" if result.generation else ""))
 
 
-def _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json):
+def _export_translation(model_dir, repo, name, version, atol, options, validation_data, threads, as_json, precision):
     from exporter.data import read_examples
     from exporter.triton.translation import export_translation_to_repository
 
     sources = [e["source"] for e in read_examples(validation_data, "translation")] if validation_data else None
     atol = max(atol, 1e-3)  # step logits of a full vocabulary: the classifier default is needlessly tight
-    result = export_translation_to_repository(model_dir, repo, name, version, options, sources, atol, threads=threads)
+    result = export_translation_to_repository(model_dir, repo, name, version, options, sources, atol, threads=threads,
+                                              precision=precision)
     check = result.validation
+    int8 = result.quantization
     emit(result.to_dict(), as_json,
          f"exported {result.name} version {result.version} ({result.heads}/{result.original_heads} heads) -> "
          f"{result.folder}\ngreedy search == transformers on {check.exact_matches}/{check.sentences} sentences, "
-         f"step logits within {check.max_logit_diff:.3g} (tolerance {atol:g})")
+         f"step logits within {check.max_logit_diff:.3g} (tolerance {atol:g})"
+         + (f"\nINT8: the FP32 graphs' translation on {int8['same_translations']}/{int8['sentences']} sentences"
+            if int8 else ""))
 
 
 def server_options(command):

@@ -45,7 +45,7 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     started = time.monotonic()
     workshop = Workshop(settings, task, phases, say)
     for split in (settings.train, settings.dev, settings.test):
-        workshop._examples(split, 1)  # a bad file (missing column, unknown label) fails now, not after an hour
+        workshop.examples(split, 1)  # a bad file (missing column, unknown label) fails now, not after an hour
     say(f"1/4 re-scored importance on {settings.train} up to {round(100 * settings.max_level)} % of heads")
     workshop.plans()
     workshop.make(BASELINE)

@@ -52,13 +52,19 @@ def headline(result: dict) -> str:
     if settings.get("objective") == "latency":
         speed = f"{Speedup.from_dict(final['p50_b1']).format()} lower p50 latency than the unpruned model at batch 1"
     else:
-        speed = f"{Speedup.from_dict(final['throughput']).format()} the unpruned throughput at batch {proof['batch_size']}"
+        speed = (f"{Speedup.from_dict(final['throughput']).format()} the unpruned throughput at batch "
+                 f"{proof['batch_size']}")
     return (f"{final['step']['label']}: {speed} on the test split; {final['quality']['metric']} "
             f"{quality_sentence(final['quality'], settings['max_drop'])}; on {where}.")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _gain_cell(change: dict) -> str:
+    return f"{change['gain']:+.2f} [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]"
 
 
 def _quality_cell(change: dict) -> str:
@@ -80,7 +86,7 @@ def render_markdown(result: dict) -> str:
         rows = [[row["step"]["label"], Speedup.from_dict(row["share"]).format(),
                  Speedup.from_dict(row["throughput"]).format(), Speedup.from_dict(row["p50_b1"]).format(),
                  _quality_cell(row["quality"]),
-                 f"{row['quality']['gain']:+.2f} [{row['quality']['gain_low']:+.2f}, {row['quality']['gain_high']:+.2f}]",
+                 _gain_cell(row["quality"]),
                  format_p_value(row["quality"]["metric"], row["quality"]["p_value"])]
                 for row in proof["steps"]]
         lines += _table(["step", "share", f"throughput vs unpruned (batch {proof['batch_size']})",
@@ -91,8 +97,7 @@ def render_markdown(result: dict) -> str:
               f"{settings['batch_size'] if settings['objective'] == 'throughput' else 1}, {settings['search_trials']} "
               "trials per candidate)", ""]
     rows = [[t["candidate"]["label"], f"not made: {t['failed']}", "no", "–", f"{t['seconds']:.0f}"] if t.get("failed")
-            else [t["candidate"]["label"], f"{t['quality']['gain']:+.2f} [{t['quality']['gain_low']:+.2f}, "
-                  f"{t['quality']['gain_high']:+.2f}]", "yes" if t["eligible"] else "no",
+            else [t["candidate"]["label"], _gain_cell(t["quality"]), "yes" if t["eligible"] else "no",
                   Speedup.from_dict(t["speedup"]).format(), f"{t['seconds']:.0f}"] for t in result["search"]["trials"]]
     lines += _table(["candidate", "gain on dev, 95 % interval", f"within {settings['max_drop']:g}", "speedup",
                      "seconds"], rows)
@@ -111,8 +116,9 @@ def render_markdown(result: dict) -> str:
     for lever, why in result["levers_not_applicable"].items():
         lines.append(f"- {lever}: not applied ({why}).")
     installed = result["installed"]
-    lines += ["", f"Installed into `{settings['repo']}`: " + ", ".join(f"`{n}` ({role})" for role, n in installed.items())
-              + ".", "", f"Machine: {machine_text(result['environment']['machine'])}. INT8's share depends on the CPU's "
+    names = ", ".join(f"`{name}` ({role})" for role, name in installed.items())
+    lines += ["", f"Installed into `{settings['repo']}`: {names}.", "",
+              f"Machine: {machine_text(result['environment']['machine'])}. INT8's share depends on the CPU's "
               "8-bit instructions: the figures hold for this CPU class.", ""]
     return "\n".join(lines)
 

@@ -73,7 +73,8 @@ class OptimizeSettings:
     def signature(self) -> dict:
         """Returns the settings that change what is measured (compared on a rerun)."""
         data = asdict(self)
-        for key in ("repo", "name", "out", "budget_minutes", "test_trials", "min_speedup"):  # the choice, not the search
+        # Where the results go, how long to search and what the choice demands do not change a measurement.
+        for key in ("repo", "name", "out", "budget_minutes", "test_trials", "min_speedup"):
             data.pop(key)
         return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
 

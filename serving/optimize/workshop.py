@@ -24,7 +24,9 @@ class Workshop:
         self.seconds: dict[str, float] = {}
         self._plans: dict[float, dict] | None = None
 
-    def _examples(self, path: Path, max_examples: int | None = None) -> list[dict]:
+    def examples(self, path: Path, max_examples: int | None = None) -> list[dict]:
+        """Returns the examples of a data file of the model's task (a seeded subset of ``max_examples``), a
+        classifier's labels checked against the model's."""
         from exporter.pruning.checkpoint import model_config
 
         settings = self.settings
@@ -53,9 +55,9 @@ class Workshop:
         settings = self.settings
         began = time.monotonic()
         model, tokenizer = load_model(settings.model), load_tokenizer(settings.model)
-        scoring = self._examples(settings.train, settings.score_examples)
+        scoring = self.examples(settings.train, settings.score_examples)
         rescoring = scoring[: settings.rescore_examples]
-        evaluator = Evaluator(model, tokenizer, self._examples(settings.dev), replay=True)
+        evaluator = Evaluator(model, tokenizer, self.examples(settings.dev), replay=True)
 
         def scored(removed):
             if removed is None:
@@ -88,7 +90,7 @@ class Workshop:
         if not (recovered / "recovery.json").exists():
             from exporter.evaluation.distill import distill
 
-            train = self._examples(settings.train, DISTILL_EXAMPLES)
+            train = self.examples(settings.train, DISTILL_EXAMPLES)
             distill(pruned, settings.model, train, recovered, epochs=settings.distill_epochs, seed=settings.seed,
                     overwrite=True, progress=self.phases(f"distilling the {round(100 * level)} % pruned model",
                                                          settings.distill_epochs * len(train)))
@@ -106,7 +108,7 @@ class Workshop:
         """Returns the training texts an INT8 export must classify as FP32 does (a classifier's; None otherwise)."""
         if self.task != "classification":
             return None
-        return [str(e["text"]) for e in self._examples(self.settings.train, VALIDATION_TEXTS)]
+        return [str(e["text"]) for e in self.examples(self.settings.train, VALIDATION_TEXTS)]
 
 
 # Training texts on which an INT8 candidate must keep the FP32 decisions (the choice itself is made on dev).
@@ -124,7 +126,7 @@ def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, t
     if task == "translation":
         from exporter.triton.translation import export_translation_to_repository
 
-        return export_translation_to_repository(checkpoint, repo, name, options=options).name
+        return export_translation_to_repository(checkpoint, repo, name, options=options, precision=precision).name
     from exporter.triton.repository import export_to_repository
 
     return export_to_repository(checkpoint, repo, name, options=options, precision=precision,
