@@ -58,7 +58,7 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     proof = None
     if chosen:
         say(f"3/4 proof on {settings.test}: {chosen.label} and each step towards it, {settings.test_trials} trials")
-        proof = prove(settings, chosen, workshop.make, phases, command)
+        proof = prove(settings, chosen, task, workshop.make, phases, command)
     else:
         say("3/4 no candidate kept the quality on dev and served faster: nothing to prove on the test split")
     say(f"4/4 installing into {settings.repo}")

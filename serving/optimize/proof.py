@@ -25,7 +25,7 @@ def test_settings(settings: OptimizeSettings, steps: list[Candidate]) -> Compare
                            columns=settings.columns, encoding=settings.encoding, seed=settings.seed)
 
 
-def prove(settings: OptimizeSettings, chosen: Candidate, make: Callable[[Candidate], None],
+def prove(settings: OptimizeSettings, chosen: Candidate, task: str, make: Callable[[Candidate], None],
           phases: Phases = no_phases, command: list[str] | None = None) -> dict:
     """Makes each step from the unpruned model to ``chosen`` (``make``), measures them on the test split (continuing
     an interrupted measurement) and returns the figures (``proof_figures``). The comparison's own report is written
@@ -39,8 +39,8 @@ def prove(settings: OptimizeSettings, chosen: Candidate, make: Callable[[Candida
         compare.url = url
         run_comparison(compare, resume=True, phases=phases, command=command)
         figures = proof_figures(Journal(compare.out / "measurements.jsonl").records(), settings, chosen)
-        if task_of_repository(compare.repo, chosen.name) in FRONT_END_OUTPUT:
-            figures["end_to_end"] = end_to_end(url, settings, chosen, phases)
+        if task in FRONT_END_OUTPUT:
+            figures["end_to_end"] = end_to_end(url, settings, chosen, task, phases)
     return figures
 
 
@@ -48,14 +48,7 @@ def prove(settings: OptimizeSettings, chosen: Candidate, make: Callable[[Candida
 FRONT_END_OUTPUT = {"classification": "LABEL", "language-modeling": "NLL"}
 
 
-def task_of_repository(repo: Path, name: str) -> str:
-    """Returns the task of deployment ``name`` as its description in ``repo`` records it."""
-    from serving.benchmark.deployment import describe_deployment
-
-    return describe_deployment(repo, name, 2).task
-
-
-def end_to_end(url: str, settings: OptimizeSettings, chosen: Candidate, phases: Phases = no_phases) -> dict:
+def end_to_end(url: str, settings: OptimizeSettings, chosen: Candidate, task: str, phases: Phases = no_phases) -> dict:
     """Returns the chosen deployment's text front end against the unpruned one's on real test sentences (the first
     ``batch_size`` of the test split in every request, tokenised by the server), trials interleaved and paired:
     throughput and p50 speedups, and each side's p50 and examples/s. Measured once; kept in end_to_end.jsonl."""
@@ -68,7 +61,6 @@ def end_to_end(url: str, settings: OptimizeSettings, chosen: Candidate, phases: 
 
     journal = Journal(settings.out / "end_to_end.jsonl")
     names = [BASELINE.name, chosen.name]
-    task = task_of_repository(settings.out / "repo", chosen.name)
     texts = [str(e["text"]) for e in read_examples(settings.test, "language-modeling" if task != "classification"
                                                    else TEXTS_ONLY, settings.columns, encoding=settings.encoding)]
     batch = settings.batch_size

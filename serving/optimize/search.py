@@ -22,7 +22,7 @@ from exporter.triton.layout import ModelRepository, generate_model_name, image_m
     translate_model_name
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.benchmark.journal import Journal
-from serving.benchmark.latency import Speedup, paired_speedup, paired_trial_ratio
+from serving.benchmark.latency import Speedup, paired_speedup
 from serving.optimize.levers import DISTILL, INT8, applies
 from serving.optimize.report import unit_of
 from serving.server.process import TritonServer, free_port
@@ -180,12 +180,10 @@ def trial_speedup(records: list[dict], baseline: str, candidate: str, batch: int
         return {r["trial"]: (value(r), len(r["latencies_ms"])) for r in records
                 if r.get("record") == "latency" and r["deployment"] == name and r["batch_size"] == batch}
 
-    if objective == "throughput":
-        return paired_speedup(cells(baseline, lambda r: r["throughput"]), cells(candidate, lambda r: r["throughput"]))
-    base, cand = (cells(n, lambda r: float(np.median(r["latencies_ms"]))) for n in (baseline, candidate))
-    # Swapped on purpose: the ratio of p50s baseline / candidate is the latency speedup.
-    ratio, low, high, pairs = paired_trial_ratio({t: v[0] for t, v in cand.items()}, {t: v[0] for t, v in base.items()})
-    return Speedup(ratio, low, high, pairs, pairs, sum(v[1] for v in base.values()), sum(v[1] for v in cand.values()))
+    # A latency speedup is the throughput-like ratio of inverse p50s: baseline p50 / candidate p50.
+    value = (lambda r: r["throughput"]) if objective == "throughput" else \
+        (lambda r: 1 / float(np.median(r["latencies_ms"])))
+    return paired_speedup(cells(baseline, value), cells(candidate, value))
 
 
 def quality_change(records: list[dict], baseline: str, candidate: str, seed: int) -> dict:
