@@ -16,7 +16,7 @@ from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tok
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import export_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
-from exporter.onnx.quantize import quantize_int8
+from exporter.onnx.quantize import argmax_agreement, quantize_int8
 from exporter.triton.description import DeploymentDescription
 from exporter.triton.repository import export_to_repository, require_same_decisions, text_feeds
 from serving.benchmark.deployment import describe_deployment
@@ -160,7 +160,7 @@ def test_int8_check_refuses_a_graph_too_far_from_fp32_and_keeps_the_fp32_graph(u
     assert (tmp_path / "m.onnx").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def test_int8_check_demands_the_fp32_decisions_on_real_texts(uneven_dir, tmp_path):
+def test_int8_check_demands_the_fp32_decisions_on_real_texts(uneven_dir, bert_dir, tmp_path):
     texts = random_sentences(64, seed=8)
     result = export_to_repository(uneven_dir, tmp_path / "repo", "checked", precision="int8", validation_texts=texts)
     check = result.quantization
@@ -172,6 +172,10 @@ def test_int8_check_demands_the_fp32_decisions_on_real_texts(uneven_dir, tmp_pat
     names = export_onnx(model, tmp_path / "m.onnx")
     tokenizer = load_tokenizer(uneven_dir)
     feeds = text_feeds(tokenizer, texts, names, 64)
+    # The agreement counts real disagreements: the pruned graph against the unpruned one decides otherwise sometimes.
+    export_onnx(load_model(bert_dir), tmp_path / "unpruned.onnx")
+    assert argmax_agreement(tmp_path / "m.onnx", tmp_path / "m.onnx", feeds) == 1.0
+    assert argmax_agreement(tmp_path / "m.onnx", tmp_path / "unpruned.onnx", feeds) < 1.0
     refused = quantize_int8(model, tmp_path / "m.onnx", names, feeds=feeds, min_agreement=1.01)
     assert not refused.passed and refused.max_abs_diff <= refused.atol
     with pytest.raises(HeadpruneError, match="predicts another class"):
