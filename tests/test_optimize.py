@@ -235,7 +235,8 @@ def test_optimize_on_a_language_model_prunes_and_distils_and_says_why_not_int8(t
         path.write_text("\n".join(lines[20 * index:20 * (index + 1)]) + "\n")
     settings = OptimizeSettings(model=gpt2_dir, train=files["train"], dev=files["dev"], test=files["test"],
                                 repo=tmp_path / "repo", name="lm", out=tmp_path / "out", max_drop=1e6,
-                                step=0.5, max_level=0.5, search_trials=2, test_trials=2, seq_len=16)
+                                step=0.5, max_level=0.5, search_trials=2, test_trials=2, seq_len=16,
+                                min_speedup=0.0)  # a tiny model's pruned speed is within the server's noise
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     assert result["chosen"]["name"] == "fp32_distilled_p50"
