@@ -1,13 +1,14 @@
 """Decoder-only language models served by the real Triton: logits and per-text NLL equal PyTorch over HTTP and gRPC
 (GPT-2's fused projection, Llama's grouped-query heads, headless layers), served perplexity equals in-process
-perplexity, greedy generation with a KV cache equals transformers' generate, and compare reports perplexity and
-tokens/s."""
+perplexity, greedy generation with a KV cache equals transformers' generate, INT8 graphs are checked against FP32 and served as
+they run in process, and compare reports perplexity and tokens/s."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -17,9 +18,12 @@ from exporter.data import read_examples
 from exporter.errors import HeadpruneError
 from exporter.evaluation.quality import Evaluator
 from exporter.onnx.causal import pytorch_greedy_continuations
+from exporter.onnx import quantize
 from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
-from exporter.triton.repository import export_to_repository
+from exporter.triton.description import DeploymentDescription
+from exporter.triton.models.search import CausalSearch, session_runner
+from exporter.triton.repository import export_to_repository, text_feeds
 from serving.benchmark.compare import CompareSettings
 from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
@@ -30,7 +34,7 @@ PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headl
 
 
 @pytest.fixture(scope="module")
-def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, tmp_path_factory):
+def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, lm_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
     dirs = {"gpt2": gpt2_dir, "llama": llama_dir, "mistral": mistral_dir, "qwen2": qwen2_dir}
     for name, plan in PLANS.items():
@@ -41,6 +45,9 @@ def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, tmp_path_factory):
     options = DeploymentOptions(max_batch_size=8)
     for name, folder in dirs.items():
         export_to_repository(folder, root / "repo", name, options=options)
+    texts = [e["text"] for e in read_examples(lm_data, "language-modeling")]
+    export_to_repository(dirs["llama_pruned"], root / "repo", "llama_int8", options=options, precision="int8",
+                         validation_texts=texts)
     with TritonServer(root / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
@@ -128,10 +135,43 @@ def test_language_model_configs_and_refusals(served, gpt2_dir, tmp_path):
     assert description["task"] == "language-modeling" and description["heads"] == 12 - 4
     text = read_config(served["repo"] / "llama_pruned_text" / "config.pbtxt")
     assert [o.name for o in text.output] == ["NLL", "TOKENS"] and [i.name for i in text.input] == ["TEXT"]
-    for options in (dict(optimize=True), dict(precision="int8")):
-        with pytest.raises(HeadpruneError, match="language model"):
-            export_to_repository(gpt2_dir, tmp_path / "repo", "x", **options)
+    with pytest.raises(HeadpruneError, match="language model: attention fusion"):
+        export_to_repository(gpt2_dir, tmp_path / "repo", "x", optimize=True)
     assert not (tmp_path / "repo" / "x").exists()
+
+
+def test_int8_language_model_is_checked_and_served_as_its_graphs_run_in_process(served, lm_data):
+    repo, client = served["repo"], client_for(served, "http")
+    for model, graph in (("llama_int8", "model.onnx"), ("llama_int8_generate", "generate.onnx")):
+        assert "MatMulInteger" in {n.op_type for n in onnx.load(str(repo / model / "1" / graph)).graph.node}
+        assert DeploymentDescription.read(repo / model / "1").precision == "int8"
+    scoring = json.loads((repo / "llama_int8" / "1" / "validation.json").read_text())["quantization"]
+    assert scoring["passed"] and scoring["texts"] == 24 and abs(scoring["increase"]) <= scoring["max_increase"]
+    generation = json.loads((repo / "llama_int8_generate" / "1" / "validation.json").read_text())["quantization"]
+    assert generation["passed"] and generation["prompts"] == 24 and generation["same"] >= 0.9 * 24
+    # Served, each graph gives what it gives in process on the same batch (activations are quantized per batch).
+    texts = [e["text"] for e in read_examples(lm_data, "language-modeling")][:6]
+    tokenizer = load_tokenizer(served["dirs"]["llama_pruned"])
+    nll, _ = client.score_text("llama_int8_text", texts, batch_size=1)
+    feeds = text_feeds(tokenizer, texts, ["input_ids", "attention_mask"], 512, batch_size=1)
+    session = ort.InferenceSession(str(repo / "llama_int8" / "1" / "model.onnx"))
+    assert nll == pytest.approx([float(session.run(["nll"], feed)[0][0, 0]) for feed in feeds], rel=1e-5)
+    fp32, _ = client.score_text("llama_pruned_text", texts, batch_size=1)
+    assert np.abs(nll - fp32).max() > 1e-4  # the INT8 graph is the one served
+    settings = json.loads(read_config(repo / "llama_int8_generate" / "config.pbtxt").parameters["generation"].string_value)
+    search = CausalSearch(session_runner(repo / "llama_int8_generate" / "1" / "generate.onnx"), settings["layout"],
+                          settings["eos_ids"], settings["pad_id"])
+    expected = search.greedy([tokenizer(p)["input_ids"] for p in PROMPTS], 12)
+    assert client.generate("llama_int8_generate", PROMPTS, 12) == tokenizer.batch_decode(expected, skip_special_tokens=True)
+
+
+def test_int8_language_model_refused_when_perplexity_or_continuations_change_too_much(served, tmp_path):
+    source = served["dirs"]["llama_pruned"]
+    for demand, message in ((dict(max_perplexity_increase=-0.5), "perplexity on the 64 validation texts"),
+                            (dict(min_generation_agreement=1.01), "INT8 step graph continued")):
+        with pytest.raises(HeadpruneError, match=message):
+            export_to_repository(source, tmp_path / "repo", "x", precision="int8", **demand)
+        assert not [p.name for p in (tmp_path / "repo").iterdir() if not p.name.startswith(".")]
 
 
 @pytest.mark.slow
@@ -152,3 +192,25 @@ def test_compare_reports_perplexity_and_tokens_per_second(served, lm_data, tmp_p
     row = next(line for line in text.splitlines() if line.startswith("| llama | 4 | 1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[11]) == pytest.approx(16 * float(cells[10]), rel=0.01)  # tokens/s = examples/s x seq_len
+
+
+@pytest.mark.parametrize(("graph", "message"), [("model.onnx", "perplexity"), ("generate.onnx", "INT8 step graph")])
+def test_int8_checks_refuse_a_quantized_graph_with_its_embedding_rows_shifted(llama_dir, tmp_path, monkeypatch, graph,
+                                                                             message):
+    vocab = load_model(llama_dir).config.vocab_size
+    real = quantize.quantize_file
+
+    def damaged(path, quantized, reduce_range):  # a quantizer that mixes up token rows, in one of the two graphs
+        real(path, quantized, reduce_range)
+        if path.name == graph:
+            model = onnx.load(str(quantized))
+            table = next(t for t in model.graph.initializer if len(t.dims) == 2 and vocab in t.dims)
+            rows = onnx.numpy_helper.to_array(table)
+            table.CopyFrom(onnx.numpy_helper.from_array(np.roll(rows, 1, axis=list(table.dims).index(vocab)), table.name))
+            onnx.save(model, str(quantized))
+
+    monkeypatch.setattr(quantize, "quantize_file", damaged)
+    with pytest.raises(HeadpruneError, match=message):
+        export_to_repository(llama_dir, tmp_path / "repo", "broken", precision="int8")
+    monkeypatch.setattr(quantize, "quantize_file", real)
+    assert export_to_repository(llama_dir, tmp_path / "repo", "sound", precision="int8").quantization.passed

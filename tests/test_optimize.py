@@ -89,10 +89,10 @@ def test_each_candidate_names_its_steps_one_lever_at_a_time():
                                               "int8_distilled_p80"]
     assert [s.name for s in Candidate(0.0, False, "int8").steps] == ["fp32_plain_p0", "int8_plain_p0"]
     assert recipe("classification", 0.5) == Candidate(0.5, True, "int8")
-    assert recipe("language-modeling", 0.5) == Candidate(0.5, True, "fp32")
+    assert recipe("language-modeling", 0.5) == Candidate(0.5, True, "int8")
     assert recipe("image-classification", 0.5) == Candidate(0.5, False, "fp32")
-    assert not_applicable("translation") == {} and set(not_applicable("language-modeling")) == {"dynamic INT8 weights"}
-    assert not_applicable("classification") == {}
+    assert not_applicable("translation") == not_applicable("language-modeling") == not_applicable("classification") == {}
+    assert set(not_applicable("image-classification")) == {"dynamic INT8 weights", "distil from the unpruned model"}
 
 
 class FakeSearch(Search):
@@ -228,7 +228,7 @@ def test_optimize_chooses_on_dev_proves_on_test_and_installs_the_choice(tmp_path
 
 
 @pytest.mark.slow
-def test_optimize_on_a_language_model_prunes_and_distils_and_says_why_not_int8(tmp_path, gpt2_dir, lm_data):
+def test_optimize_on_a_language_model_prunes_distils_and_quantizes(tmp_path, gpt2_dir, lm_data):
     lines = random_sentences(60, seed=30, low=4, high=10)
     files = {name: tmp_path / f"{name}.txt" for name in ("train", "dev", "test")}
     for index, path in enumerate(files.values()):
@@ -239,11 +239,15 @@ def test_optimize_on_a_language_model_prunes_and_distils_and_says_why_not_int8(t
                                 min_speedup=0.0)  # a tiny model's pruned speed is within the server's noise
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
-    assert result["chosen"]["name"] == "fp32_distilled_p50"
-    assert [row["step"]["name"] for row in result["proof"]["steps"]] == ["fp32_plain_p50", "fp32_distilled_p50"]
-    assert result["proof"]["steps"][0]["quality"]["metric"] == "perplexity"
-    assert set(result["levers_not_applicable"]) == {"dynamic INT8 weights"}
-    assert "not applied" in (settings.out / "optimize.md").read_text()
+    trials = result["search"]["trials"]
+    assert [t["candidate"]["name"] for t in trials][:2] == ["int8_plain_p0", "int8_distilled_p50"]
+    assert not any(t.get("failed") for t in trials)  # INT8 kept the perplexity and continuations of both
+    assert all(t["quality"]["metric"] == "perplexity" for t in trials)
+    final = result["proof"]["steps"][-1]
+    assert final["step"]["name"] == result["chosen"]["name"] and final["quality"]["metric"] == "perplexity"
+    check = json.loads((settings.out / "repo" / "int8_distilled_p50" / "1" / "validation.json").read_text())
+    assert check["quantization"]["passed"] and check["quantization"]["texts"] == 20  # the training texts
+    assert result["levers_not_applicable"] == {}
 
 
 @pytest.mark.slow

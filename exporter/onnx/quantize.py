@@ -1,5 +1,6 @@
-"""INT8 quantization of an exported classifier or translation model (ONNX Runtime dynamic quantization), checked
-against FP32: a classifier's logits and classes, a translation model's greedy translations (``quantize_seq2seq``).
+"""INT8 quantization of exported models (ONNX Runtime dynamic quantization), checked against FP32: a classifier's
+logits and classes, a translation model's greedy translations (``quantize_seq2seq``), a language model's perplexity
+(``quantize_language_model``) and greedy continuations.
 
 Weights of every MatMul and embedding become 8-bit with one scale per output channel (one
 scale per tensor lost more accuracy on the demo classifier); activations are quantized on
@@ -15,15 +16,18 @@ ONNX Runtime's U8S8 kernels can saturate, so weights are quantized to 7 bits the
 from __future__ import annotations
 
 import logging
+import math
 import os
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from exporter.onnx.export import Validation, validate_onnx
 
-PRECISIONS = ("fp32", "int8")  # of text classifiers and translation models
+PRECISIONS = ("fp32", "int8")  # of text classifiers, translation models and language models
 # The INT8 logits may differ from FP32's by this share of the FP32 logits' range on the check's
 # random inputs. Measured: 0.06 for the demo's MiniLM, 0.24 for the tiny test BERT (its weights are
 # random, so 8 bits fit them worse); a graph quantized wrongly is off by the whole range.
@@ -96,42 +100,108 @@ def quantize_file(path: Path, quantized: Path, reduce_range: bool) -> None:
         logging.getLogger().removeFilter(hint)
 
 
-# Share of validation sentences whose INT8 greedy translation must equal the FP32 graphs' one.
-MIN_TRANSLATION_AGREEMENT = 0.9
+# Share of validation sentences (prompts) whose INT8 greedy translation (continuation) must equal the FP32 graphs' one.
+MIN_GENERATION_AGREEMENT = 0.9
+# A language model's INT8 full-sequence graph may raise the perplexity of the validation texts by this share.
+MAX_PERPLEXITY_INCREASE = 0.02
+
+
+def quantize_checked(folder: str | Path, files: list[str], check: Callable[[Path], dict],
+                     reduce_range: bool | None = None) -> dict:
+    """Quantizes the ONNX ``files`` of ``folder`` (dynamic INT8 weights) beside it and replaces them when
+    ``check(folder with the INT8 files)`` says "passed"; returns that check, with ``reduce_range`` (7-bit weights,
+    default: this CPU lacks 8-bit dot products). A failed check leaves the FP32 files."""
+    reduce_range = default_reduce_range() if reduce_range is None else reduce_range
+    folder = Path(folder)
+    quantized = folder / "int8"
+    quantized.mkdir()
+    try:
+        for name in files:
+            quantize_file(folder / name, quantized / name, reduce_range)
+        result = {**check(quantized), "reduce_range": reduce_range}
+        if result["passed"]:
+            for name in files:
+                os.replace(quantized / name, folder / name)
+    finally:
+        shutil.rmtree(quantized)
+    return result
+
+
+def agreement_check(same: int, total: int, min_agreement: float, unit: str) -> dict:
+    """Returns the check that ``same`` of ``total`` outputs (``unit``: sentences, prompts) are unchanged, passed
+    when their share is at least ``min_agreement``."""
+    agreement = same / max(total, 1)
+    return {unit: total, "same": same, "agreement": agreement, "min_agreement": min_agreement,
+            "passed": agreement >= min_agreement}
 
 
 def quantize_seq2seq(tokenizer, folder: str | Path, settings: dict, sources: list[str], max_new_tokens: int,
-                     min_agreement: float = MIN_TRANSLATION_AGREEMENT, reduce_range: bool | None = None,
+                     min_agreement: float = MIN_GENERATION_AGREEMENT, reduce_range: bool | None = None,
                      batch_size: int = 32) -> dict:
     """Replaces a translation export's encoder.onnx and decoder.onnx in ``folder`` by their dynamic INT8 versions when
     greedy search over them gives the FP32 graphs' translation of at least ``min_agreement`` of ``sources``; returns
     the check (sentences, same translations, agreement, whether it passed). A failed check leaves the FP32 graphs."""
     from exporter.onnx.seq2seq import DECODER_FILE, ENCODER_FILE, onnx_search
 
-    reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     folder = Path(folder)
-    quantized = folder / "int8"
-    quantized.mkdir()
+
+    def same_translations(quantized: Path) -> dict:
+        same = 0
+        searches = [onnx_search(where, settings) for where in (folder, quantized)]
+        for start in range(0, len(sources), batch_size):
+            batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
+                              max_length=settings["max_length"], return_tensors="np")
+            fp32, int8 = (s.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens) for s in searches)
+            same += sum(a == b for a, b in zip(fp32, int8))
+        return agreement_check(same, len(sources), min_agreement, "sentences")
+
     files = [name for name in (ENCODER_FILE, DECODER_FILE) if (folder / name).exists()]
-    for name in files:
-        quantize_file(folder / name, quantized / name, reduce_range)
-    same = 0
-    searches = [onnx_search(where, settings) for where in (folder, quantized)]
-    for start in range(0, len(sources), batch_size):
-        batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
-                          max_length=settings["max_length"], return_tensors="np")
-        fp32, int8 = (search.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens) for search in searches)
-        same += sum(a == b for a, b in zip(fp32, int8))
-    check = {"sentences": len(sources), "same_translations": same, "agreement": same / max(len(sources), 1),
-             "min_agreement": min_agreement, "reduce_range": reduce_range}
-    check["passed"] = check["agreement"] >= min_agreement
-    if check["passed"]:
-        for name in files:
-            os.replace(quantized / name, folder / name)
-    for leftover in quantized.iterdir():
-        leftover.unlink()
-    quantized.rmdir()
-    return check
+    return quantize_checked(folder, files, same_translations, reduce_range)
+
+
+@dataclass(frozen=True)
+class PerplexityCheck:
+    """A language model's INT8 full-sequence graph against its FP32 graph: the perplexity of the validation texts."""
+
+    texts: int
+    tokens: int  # predicted tokens
+    perplexity_fp32: float
+    perplexity_int8: float
+    increase: float  # a share: 0.01 is 1 % higher
+    max_increase: float
+    passed: bool
+    reduce_range: bool
+
+    def to_dict(self) -> dict:
+        """Returns JSON-ready data."""
+        return asdict(self)
+
+
+def summed_nll(path: Path, feeds: list[dict]) -> float:
+    """Returns the ``nll`` output of a language model's full-sequence graph, summed over the batches ``feeds``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sum(float(session.run(["nll"], feed)[0].sum()) for feed in feeds)
+
+
+def quantize_language_model(folder: str | Path, file: str, feeds: list[dict],
+                            max_increase: float = MAX_PERPLEXITY_INCREASE,
+                            reduce_range: bool | None = None) -> PerplexityCheck:
+    """Replaces a language model's full-sequence graph ``folder/file`` by its dynamic INT8 version when the perplexity
+    of the texts in ``feeds`` (batches of input_ids and attention_mask) rises by at most ``max_increase`` (a share);
+    returns the check. A failed check leaves the FP32 graph."""
+    folder = Path(folder)
+    tokens = sum(int(np.maximum(feed["attention_mask"].sum(-1) - 1, 0).sum()) for feed in feeds)
+    reference = summed_nll(folder / file, feeds)
+
+    def perplexities(quantized: Path) -> dict:
+        fp32, int8 = (math.exp(nll / max(tokens, 1)) for nll in (reference, summed_nll(quantized / file, feeds)))
+        return {"texts": sum(len(feed["input_ids"]) for feed in feeds), "tokens": tokens, "perplexity_fp32": fp32,
+                "perplexity_int8": int8, "increase": int8 / fp32 - 1, "max_increase": max_increase,
+                "passed": int8 / fp32 - 1 <= max_increase}
+
+    return PerplexityCheck(**quantize_checked(folder, [file], perplexities, reduce_range))
 
 
 def quantize_int8(model, path: str | Path, names: list[str],

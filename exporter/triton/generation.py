@@ -27,18 +27,22 @@ from exporter.onnx.causal import (
     pytorch_greedy_continuations,
     step_inputs,
 )
+from exporter.onnx.quantize import MIN_GENERATION_AGREEMENT, agreement_check, quantize_checked
 from exporter.pruning.families import usable_positions
 from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, generation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
 from exporter.triton.layout import ModelRepository, generate_model_name
 from exporter.triton.models.search import CausalSearch, session_runner
-from exporter.triton.repository import describe_model, install_with_configs, version_staging
+from exporter.triton.repository import describe_model, install_with_configs, validation_sources, version_staging
 
 DEFAULT_NEW_TOKENS = 64
 # (batch, new tokens, past tokens) of the step graph's checks: the prompt step, single steps, and neither.
 STEP_SHAPES = ((3, 5, 0), (1, 1, 7), (2, 3, 4))
 VALIDATION_NEW_TOKENS = 16
+PROMPT_TOKENS = 12
+# Prompts the INT8 step graph must continue as the FP32 one does.
+INT8_PROMPTS = 64
 
 
 @dataclass
@@ -52,6 +56,7 @@ class GenerationExport:
     prompts: int
     exact_matches: int
     atol: float
+    quantization: dict | None = None  # the INT8 step graph's check, when exported in INT8
 
     @property
     def passed(self) -> bool:
@@ -62,7 +67,8 @@ class GenerationExport:
         """Returns JSON-ready data."""
         return {"name": self.name, "version": self.version, "folder": str(self.folder),
                 "step_max_abs_diff": self.step_max_abs_diff, "prompts": self.prompts,
-                "exact_matches": self.exact_matches, "atol": self.atol, "passed": self.passed}
+                "exact_matches": self.exact_matches, "atol": self.atol, "passed": self.passed,
+                "quantization": self.quantization}
 
 
 def step_difference(model, layout: CausalCacheLayout, path: Path) -> float:
@@ -93,19 +99,35 @@ def generation_settings(model, tokenizer, layout: CausalCacheLayout, max_new_tok
             "positions": usable_positions(model.config), "max_new_tokens": int(max_new_tokens)}
 
 
-def validation_prompts(tokenizer, count: int = 12) -> list[list[int]]:
-    """Returns ``count`` prompts of 1 to 12 tokens (seeded pseudo-sentences of the vocabulary), as token ids."""
-    from exporter.triton.translation import validation_sources
+def validation_prompts(tokenizer, count: int = 12, texts: list[str] | None = None) -> list[list[int]]:
+    """Returns ``count`` prompts of 1 to 12 tokens as token ids: the starts of ``texts`` when given, else seeded
+    pseudo-sentences of the vocabulary."""
+    texts = [t for t in texts or [] if t.strip()][:count] or validation_sources(tokenizer, count)
+    return [ids[:PROMPT_TOKENS] for ids in (tokenizer(text)["input_ids"] for text in texts) if ids]
 
-    return [tokenizer(text)["input_ids"] for text in validation_sources(tokenizer, count)]
+
+def quantize_generation(folder: Path, settings: dict, prompts: list[list[int]], new_tokens: int,
+                        min_agreement: float = MIN_GENERATION_AGREEMENT) -> dict:
+    """Replaces the step graph in ``folder`` by its dynamic INT8 version when greedy search over it continues at least
+    ``min_agreement`` of ``prompts`` as over the FP32 graph (``new_tokens`` each); returns the check."""
+    def same_continuations(quantized: Path) -> dict:
+        fp32, int8 = (CausalSearch(session_runner(where / GENERATE_FILE), settings["layout"], settings["eos_ids"],
+                                   settings["pad_id"]).greedy(prompts, new_tokens) for where in (folder, quantized))
+        return agreement_check(sum(a == b for a, b in zip(fp32, int8)), len(prompts), min_agreement, "prompts")
+
+    return quantize_checked(folder, [GENERATE_FILE], same_continuations)
 
 
 def export_generation(model, tokenizer, model_dir: Path, repository: ModelRepository, name: str, version: int,
                       options: DeploymentOptions = DeploymentOptions(), atol: float = 1e-3,
-                      max_new_tokens: int = DEFAULT_NEW_TOKENS, threads: int = 0) -> GenerationExport:
+                      max_new_tokens: int = DEFAULT_NEW_TOKENS, threads: int = 0, precision: str = "fp32",
+                      texts: list[str] | None = None,
+                      min_agreement: float = MIN_GENERATION_AGREEMENT) -> GenerationExport:
     """Writes ``<name>_generate`` (version ``version``) for the causal language model ``model`` into ``repository``;
     returns what was written. Raises HeadpruneError, writing nothing, when the step graph or greedy search does
-    not match PyTorch."""
+    not match PyTorch. ``precision`` "int8" then quantizes the step graph, kept only where greedy search over it
+    continues ``min_agreement`` of the prompts (the starts of ``texts``, else pseudo-sentences) as the FP32 graph
+    does."""
     served = generate_model_name(name)
     max_new_tokens = min(max_new_tokens, usable_positions(model.config) - 1)
     inventory = build_inventory(model)
@@ -125,6 +147,15 @@ def export_generation(model, tokenizer, model_dir: Path, repository: ModelReposi
                 f"the exported step graph's greedy search matched transformers on {matches} of {len(prompts)} prompts, "
                 f"step outputs within {result.step_max_abs_diff:.3g} (tolerance {atol:g}); nothing was written",
                 "report this model as a bug, or loosen the check with `atol`")
+        if precision == "int8":
+            result.quantization = quantize_generation(staged, settings, validation_prompts(tokenizer, INT8_PROMPTS, texts),
+                                                      new, min_agreement)
+            if not result.quantization["passed"]:
+                raise HeadpruneError(
+                    f"greedy search over the INT8 step graph continued {result.quantization['same']} of "
+                    f"{result.quantization['prompts']} prompts as the FP32 graph does (at least "
+                    f"{100 * min_agreement:g} % needed); nothing was written",
+                    "export this model in FP32, or recover it (distil) before quantizing")
         atomic_write_json(staged / "validation.json", result.to_dict())
         models = resources.files("exporter.triton.models")
         for target, source in (("model.py", "generate.py"), ("search.py", "search.py"), ("common.py", "common.py")):
@@ -133,7 +164,8 @@ def export_generation(model, tokenizer, model_dir: Path, repository: ModelReposi
         description = replace(describe_model(model, inventory, inputs=["PROMPT"], max_length=settings["positions"],
                                              source=model_dir, onnx_bytes=(staged / GENERATE_FILE).stat().st_size,
                                              validation=result.to_dict()),
-                              task="text-generation", generation=settings, id2label={}, label2id={})
+                              task="text-generation", generation=settings, id2label={}, label2id={},
+                              precision=precision)
         description.write(staged)
         config = generation_config(served, options, {
             CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "threads": str(threads),

@@ -12,12 +12,14 @@ sees a half-written version.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -26,7 +28,16 @@ from exporter.data import task_of
 from exporter.digest import checkpoint_hash
 from exporter.errors import HeadpruneError
 from exporter.onnx.export import Validation, export_onnx, pixel_shape, require_valid, validate_onnx
-from exporter.onnx.quantize import MIN_AGREEMENT, PRECISIONS, Int8Check, quantize_int8
+from exporter.onnx.quantize import (
+    MAX_PERPLEXITY_INCREASE,
+    MIN_AGREEMENT,
+    MIN_GENERATION_AGREEMENT,
+    PRECISIONS,
+    Int8Check,
+    PerplexityCheck,
+    quantize_int8,
+    quantize_language_model,
+)
 from exporter.pruning.checkpoint import load_model, load_tokenizer, model_task
 from exporter.pruning.families import image_tokens, usable_positions
 from exporter.pruning.inventory import HeadInventory, build_inventory
@@ -56,7 +67,7 @@ class ExportResult:
     heads: int
     original_heads: int
     precision: str = "fp32"
-    quantization: Validation | None = None
+    quantization: Validation | PerplexityCheck | None = None  # a language model's: its perplexity check
     generation: dict | None = None  # a language model's <name>_generate, and how it matched PyTorch
 
     def to_dict(self) -> dict:
@@ -202,16 +213,36 @@ def _write_front_end(repository: ModelRepository, name: str, config, code: str, 
         write_config(config, staging)
 
 
+def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
+    """Returns ``count`` seeded pseudo-sentences of 3 to 12 vocabulary tokens, for validating without data."""
+    rng = random.Random(seed)
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    return [tokenizer.decode([rng.choice(ids) for _ in range(rng.randint(3, 12))]).strip() or "a" for _ in range(count)]
+
+
 def text_feeds(tokenizer, texts: list[str], names: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
     """Returns ONNX input batches (int64 arrays of the graph's ``names``) of ``texts`` as the text front end
-    tokenises them."""
+    tokenises them: padded on the right, with the end-of-sequence token where the tokenizer has no padding token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     feeds = []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
-        ids = encoded["input_ids"]
-        feeds.append({name: (encoded[name] if name in encoded else 0 * ids).astype("int64") for name in names})
+        rows = [tokenizer(text, truncation=True, max_length=max_length) for text in texts[start:start + batch_size]]
+        width = max(len(row["input_ids"]) for row in rows)
+        feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in names}
+        feed["input_ids"][:] = pad
+        for index, row in enumerate(rows):
+            length = len(row["input_ids"])
+            feed["attention_mask"][index, :length] = 1
+            for name in names:
+                if name in row and name != "attention_mask":
+                    feed[name][index, :length] = row[name]
+        feeds.append(feed)
     return feeds
+
+
+# Texts a language model's INT8 graph is checked on when none are given.
+LANGUAGE_MODEL_TEXTS = 64
 
 
 def require_same_decisions(check: Int8Check) -> None:
@@ -221,6 +252,15 @@ def require_same_decisions(check: Int8Check) -> None:
                              f"{100 * (1 - check.agreement):.1f} % of the {check.texts} validation texts (at most "
                              f"{100 * (1 - check.min_agreement):g} % allowed); nothing was written",
                              "export this model in FP32, or recover it (distil) before quantizing")
+
+
+def require_perplexity_kept(check: PerplexityCheck) -> None:
+    """Raises HeadpruneError when a language model's INT8 graph raised the validation texts' perplexity too much."""
+    if not check.passed:
+        raise HeadpruneError(f"the INT8 language model's perplexity on the {check.texts} validation texts is "
+                             f"{check.perplexity_int8:.4g} against {check.perplexity_fp32:.4g} in FP32 "
+                             f"(+{100 * check.increase:.2f} %, at most +{100 * check.max_increase:g} % allowed); "
+                             "nothing was written", "export this model in FP32, or recover it (distil) before quantizing")
 
 
 def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]:
@@ -239,8 +279,9 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
 def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
                          atol: float = 1e-4, optimize: bool = False,
                          options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32",
-                         validation_texts: list[str] | None = None,
-                         min_agreement: float = MIN_AGREEMENT) -> ExportResult:
+                         validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT,
+                         max_perplexity_increase: float = MAX_PERPLEXITY_INCREASE,
+                         min_generation_agreement: float = MIN_GENERATION_AGREEMENT) -> ExportResult:
     """Exports the text or image classifier or causal language model in ``model_dir`` into the Triton repository
     ``repo``; returns what was written.
 
@@ -249,8 +290,11 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
     that scores texts, and as ``<name>_generate``: greedy generation over a step graph with a KV cache.
     ``precision`` "int8" quantizes a text classifier's validated FP32 graph (after fusion, if asked) and checks the
     INT8 logits against it, and given ``validation_texts`` (real texts of the task), requires the INT8 model to
-    predict the FP32 model's class on at least ``min_agreement`` of them. Raises HeadpruneError (and writes nothing) when the model is none of these, the name is
-    unusable, or a graph fails its check.
+    predict the FP32 model's class on at least ``min_agreement`` of them. A language model's two graphs are
+    quantized too: the perplexity of ``validation_texts`` (default: seeded pseudo-sentences) may rise by at most
+    ``max_perplexity_increase`` and greedy search must continue ``min_generation_agreement`` of their starts as in
+    FP32. Raises HeadpruneError (and writes nothing) when the model is none of these, the name is unusable, or a
+    graph fails its check.
     """
     check_precision(precision)
     check_name(name)
@@ -268,10 +312,12 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
                              f"({type(model).__name__})",
                              "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune'), a "
                              "*ForImageClassification or a *ForCausalLM one")
-    if (language_model or images) and (optimize or precision != "fp32"):
-        raise HeadpruneError(f"'{model_dir}' is a{' language' if language_model else 'n image'} model: attention "
-                             "fusion and INT8 are measured for text classifiers only",
-                             "export it without `optimize` and in fp32")
+    if images and (optimize or precision != "fp32"):
+        raise HeadpruneError(f"'{model_dir}' is an image model: attention fusion and INT8 are measured for text models "
+                             "only", "export it without `optimize` and in fp32")
+    if language_model and optimize:
+        raise HeadpruneError(f"'{model_dir}' is a language model: attention fusion is measured for text classifiers "
+                             "only", "export it without `optimize`")
     if images:
         preprocessing = image_preprocessing(model_dir)
     else:
@@ -292,7 +338,13 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
 
             fused, validation = optimize_attention(model, inventory, staged / MODEL_FILE, names, atol)
         quantization = None
-        if precision == "int8":
+        if precision == "int8" and language_model:
+            texts = validation_texts or validation_sources(tokenizer, LANGUAGE_MODEL_TEXTS)
+            quantization = quantize_language_model(staged, MODEL_FILE,
+                                                   text_feeds(tokenizer, texts, names, options.max_length),
+                                                   max_perplexity_increase)
+            require_perplexity_kept(quantization)
+        elif precision == "int8":
             feeds = text_feeds(tokenizer, validation_texts, names, options.max_length) if validation_texts else None
             quantization = quantize_int8(model, staged / MODEL_FILE, names, feeds=feeds, min_agreement=min_agreement)
             require_same_decisions(quantization)
@@ -325,7 +377,9 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         if language_model:  # validated and installed first: a failure leaves the scoring model uninstalled too
             from exporter.triton.generation import export_generation  # it builds on this module
 
-            generation = export_generation(model, tokenizer, model_dir, repository, name, version, options).to_dict()
+            generation = export_generation(model, tokenizer, model_dir, repository, name, version, options,
+                                           precision=precision, texts=validation_texts,
+                                           min_agreement=min_generation_agreement).to_dict()
         target = install_with_configs(repository, name, version, staged, write_configs)
     return ExportResult(name, version, target / MODEL_FILE, validation, fused, front_end,
                         inventory.kept_head_count(), inventory.original_head_count(), precision, quantization,

@@ -9,7 +9,6 @@ tokenizer and ``deployment.json``. It is built and validated beside the reposito
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from exporter.onnx.seq2seq import (
     validate_beam,
     validate_generation,
 )
-from exporter.onnx.quantize import MIN_TRANSLATION_AGREEMENT, quantize_seq2seq
+from exporter.onnx.quantize import MIN_GENERATION_AGREEMENT, quantize_seq2seq
 from exporter.pruning.checkpoint import load_model
 from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, translation_config, write_config
@@ -38,6 +37,7 @@ from exporter.triton.repository import (
     describe_model,
     install_with_configs,
     require_fast_tokenizer,
+    validation_sources,
     version_staging,
 )
 
@@ -67,14 +67,6 @@ class TranslationExport:
                 "beam": self.beam, "defaults": self.defaults, "quantization": self.quantization}
 
 
-def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
-    """Returns ``count`` seeded pseudo-sentences of 3 to 12 vocabulary tokens, for validating without data."""
-    rng = random.Random(seed)
-    special = set(tokenizer.all_special_ids)
-    ids = [i for i in range(len(tokenizer)) if i not in special]
-    return [tokenizer.decode([rng.choice(ids) for _ in range(rng.randint(3, 12))]).strip() or "a" for _ in range(count)]
-
-
 def _copy_code(folder: Path) -> None:
     models = resources.files("exporter.triton.models")
     (folder / "model.py").write_text(models.joinpath("translate.py").read_text())
@@ -86,14 +78,15 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
                                      options: DeploymentOptions = DeploymentOptions(), sources: list[str] | None = None,
                                      atol: float = 1e-3, max_new_tokens: int = DEFAULT_NEW_TOKENS,
                                      threads: int = 0, precision: str = "fp32",
-                                     min_agreement: float = MIN_TRANSLATION_AGREEMENT) -> TranslationExport:
+                                     min_agreement: float = MIN_GENERATION_AGREEMENT,
+                                     int8_sources: list[str] | None = None) -> TranslationExport:
     """Exports the translation model in ``model_dir`` as ``<name>_translate`` into ``repo``; returns what was written.
 
     Greedy search over the exported graphs must reproduce transformers' greedy tokens
     on ``sources`` (default: seeded pseudo-sentences) with step logits within ``atol``,
     or nothing is written. ``precision`` "int8" then quantizes both graphs (dynamic INT8 weights), kept only where
-    greedy search over them gives the FP32 graphs' translation of ``min_agreement`` of the sources (else nothing is
-    written). ``threads`` sets ONNX Runtime's threads in the server (0: all)."""
+    greedy search over them gives the FP32 graphs' translation of ``min_agreement`` of ``int8_sources`` (default: the
+    sources; else nothing is written). ``threads`` sets ONNX Runtime's threads in the server (0: all)."""
     check_precision(precision)
     check_name(name)
     served = check_name(translate_model_name(name))
@@ -124,12 +117,13 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
                              defaults, num_beams=max(defaults["num_beams"], 2), max_new_tokens=min(max_new_tokens, 16))
         quantization = None
         if precision == "int8":
-            quantization = quantize_seq2seq(tokenizer, staged, settings, sources or validation_sources(tokenizer),
+            quantization = quantize_seq2seq(tokenizer, staged, settings,
+                                            int8_sources or sources or validation_sources(tokenizer),
                                             min(max_new_tokens, 32), min_agreement)
             if not quantization["passed"]:
                 raise HeadpruneError(
                     f"greedy search over the INT8 graphs gave the FP32 graphs' translation of "
-                    f"{quantization['same_translations']} of {quantization['sentences']} sentences (at least "
+                    f"{quantization['same']} of {quantization['sentences']} sentences (at least "
                     f"{100 * min_agreement:g} % needed); nothing was written",
                     "export this model in FP32, or recover it (distil) before quantizing")
         atomic_write_json(staged / "validation.json", {**validation.to_dict(), "beam": beam, "int8": quantization})

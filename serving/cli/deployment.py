@@ -24,9 +24,10 @@ from serving.server.process import TritonServer
 @click.option("--atol", default=1e-4, show_default=True, help="Largest accepted |ONNX - PyTorch| difference.")
 @click.option("--optimize", is_flag=True, help="Fuse attention with each layer's real head count (validated).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Text classifiers and translation models: ONNX Runtime dynamic INT8 weights, checked against the "
-                   "FP32 graphs (a classifier's logits and classes, a translation model's greedy translations); "
-                   "measure the quality with `compare`.")
+              help="Text classifiers, translation and language models: ONNX Runtime dynamic INT8 weights, checked "
+                   "against the FP32 graphs (a classifier's logits and classes, a translation model's greedy "
+                   "translations, a language model's perplexity and greedy continuations); measure the quality with "
+                   "`compare`.")
 @click.option("--max-batch-size", default=default_of(DeploymentOptions, "max_batch_size"), show_default=True)
 @click.option("--instances", default=default_of(DeploymentOptions, "instances"), show_default=True, help="Model instances (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default=default_of(DeploymentOptions, "kind"), show_default=True, help="Instance kind.")
@@ -41,8 +42,9 @@ from serving.server.process import TritonServer
 @click.option("--max-length", default=default_of(DeploymentOptions, "max_length"), show_default=True, help="Token limit of the text front end.")
 @click.option("--validation-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Real examples to validate on (JSONL/CSV/TSV). Translation models: greedy search on its 'source' "
-                   "sentences (default: seeded pseudo-sentences). Classifiers with --quantize int8: INT8 must predict "
-                   "the FP32 class on 99 % of its 'text' column (default: random inputs only).")
+                   "sentences (default: seeded pseudo-sentences). With --quantize int8, its 'text' column: a classifier "
+                   "must predict the FP32 class on 99 % (default: random inputs only), a language model keep their "
+                   "perplexity within 2 % and 90 % of their greedy continuations (default: pseudo-sentences).")
 @click.option("--threads", default=0, show_default=True,
               help="ONNX Runtime intra-op threads per instance (0: one per physical core). `headprune tune` finds a value.")
 @click.option("--spinning/--no-spinning", default=True, show_default=True,
@@ -61,7 +63,7 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
     checked against PyTorch on fresh shapes; above --atol nothing is written.
     A causal language model (GPT-2, Llama, Qwen2, Mistral): <name> computes the full-sequence
     forward (logits, and nll: each row's summed next-token negative log-likelihood), and
-    <name>_text scores texts (TEXT in; NLL and TOKENS out, for perplexity). FP32, no fusion.
+    <name>_text scores texts (TEXT in; NLL and TOKENS out, for perplexity). No fusion.
     A translation model (Marian, BART, mBART): <name>_translate, with encoder.onnx and a decoder
     step with a KV cache sized per layer (SOURCE in, TRANSLATION out; greedy or beam search).
     Its greedy search must give transformers' tokens, step logits within --atol (default 1e-3 there)."""
@@ -86,7 +88,12 @@ def export(model_dir: Path, repo: Path, name: str, version, atol, optimize, quan
         texts = [str(e["text"]) for e in read_examples(validation_data, "language-modeling")]
     result = export_to_repository(model_dir, repo, name, version, atol, optimize, options, quantize or "fp32", texts)
     details = "" if result.fused_attention is None else f", {result.fused_attention} attention nodes fused"
-    if result.quantization:
+    if result.quantization and result.generation:  # a language model's
+        check = result.quantization
+        details += (f"\nINT8: perplexity {check.perplexity_int8:.4g} vs {check.perplexity_fp32:.4g} in FP32 on "
+                    f"{check.texts} texts; greedy continuations as in FP32 on "
+                    f"{result.generation['quantization']['same']}/{result.generation['quantization']['prompts']} prompts")
+    elif result.quantization:
         check = result.quantization
         details += f"\nINT8: max |INT8 - FP32| = {check.max_abs_diff:.3g} (tolerance {check.atol:g})"
         if check.agreement is not None:
@@ -114,7 +121,7 @@ def _export_translation(model_dir, repo, name, version, atol, options, validatio
          f"exported {result.name} version {result.version} ({result.heads}/{result.original_heads} heads) -> "
          f"{result.folder}\ngreedy search == transformers on {check.exact_matches}/{check.sentences} sentences, "
          f"step logits within {check.max_logit_diff:.3g} (tolerance {atol:g})"
-         + (f"\nINT8: the FP32 graphs' translation on {int8['same_translations']}/{int8['sentences']} sentences"
+         + (f"\nINT8: the FP32 graphs' translation on {int8['same']}/{int8['sentences']} sentences"
             if int8 else ""))
 
 

@@ -26,7 +26,6 @@ LEVERS = (
         "image-classification": "recovery by distillation is implemented for text models only",
     }),
     Lever(INT8, "dynamic INT8 weights", {
-        "language-modeling": "the full-sequence and generation graphs are exported in FP32 only",
         "image-classification": "INT8 export is implemented for text classifiers only",
     }),
 )

@@ -11,6 +11,7 @@ from exporter.data import read_examples
 from exporter.onnx.quantize import MIN_AGREEMENT
 from exporter.progress import Phases, no_phases
 from exporter.triton.config import DeploymentOptions
+from serving.optimize.levers import INT8, applies
 from serving.optimize.search import Candidate, OptimizeSettings, load_plans, save_plans, served_models
 
 
@@ -105,14 +106,19 @@ class Workshop:
                           self.settings.min_int8_agreement)
 
     def validation_texts(self) -> list[str] | None:
-        """Returns the training texts an INT8 export must classify as FP32 does (a classifier's; None otherwise)."""
-        if self.task != "classification":
+        """Returns the training texts an INT8 export is checked on: a classifier's classes, a language model's
+        perplexity and continuations, a translation model's translations (of fewer sources: each is searched twice);
+        None where INT8 does not apply."""
+        if not applies(INT8, self.task):
             return None
-        return [str(e["text"]) for e in self.examples(self.settings.train, VALIDATION_TEXTS)]
+        column = "source" if self.task == "translation" else "text"
+        count = VALIDATION_SOURCES if self.task == "translation" else VALIDATION_TEXTS
+        return [str(e[column]) for e in self.examples(self.settings.train, count)]
 
 
-# Training texts on which an INT8 candidate must keep the FP32 decisions (the choice itself is made on dev).
+# Training texts on which an INT8 candidate must keep the FP32 outputs (the choice itself is made on dev).
 VALIDATION_TEXTS = 512
+VALIDATION_SOURCES = 128
 # Training examples a candidate is distilled on (a seeded subset of larger files): a few minutes on 2 cores.
 DISTILL_EXAMPLES = 6000
 
@@ -120,13 +126,15 @@ DISTILL_EXAMPLES = 6000
 def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, task: str, batch_size: int,
                       validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT) -> str:
     """Exports ``checkpoint`` as deployment ``name`` of ``repo`` (a translation model as ``<name>_translate``), with a
-    max batch size fitting ``batch_size`` (at least the exports' default), an INT8 classifier required to keep the
-    FP32 class on ``min_agreement`` of ``validation_texts``; returns the model name written."""
+    max batch size fitting ``batch_size`` (at least the exports' default), an INT8 export checked on
+    ``validation_texts`` (a classifier required to keep the FP32 class on ``min_agreement`` of them); returns the
+    model name written."""
     options = DeploymentOptions(max_batch_size=max(batch_size, DeploymentOptions().max_batch_size))
     if task == "translation":
         from exporter.triton.translation import export_translation_to_repository
 
-        return export_translation_to_repository(checkpoint, repo, name, options=options, precision=precision).name
+        return export_translation_to_repository(checkpoint, repo, name, options=options, precision=precision,
+                                                int8_sources=validation_texts).name
     from exporter.triton.repository import export_to_repository
 
     return export_to_repository(checkpoint, repo, name, options=options, precision=precision,
