@@ -27,6 +27,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 # Class names of transformers' causal language models end with one of these.
 CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
 ROLES = ("text", "text_pair", "label", "source", "target", "image")
+# A ``columns`` key: the CSV/TSV file has no header row; roles are 0-based positions, and the roles a task needs that
+# have none take the free columns in order.
+HEADERLESS = "no_header"
 TEXTS = ("text", "text_pair", "source", "target", "image")
 
 
@@ -83,12 +86,17 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _table_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _table_rows(path: Path, text: str, delimiter: str, header: bool = True) -> list[tuple[int, dict]]:
+    """Returns each row of a CSV/TSV text with its line number, keyed by the header's names, or by 0-based positions
+    when the file has no header."""
+    lines = io.StringIO(text, newline="")
+    reader = csv.DictReader(lines, delimiter=delimiter) if header else csv.reader(lines, delimiter=delimiter)
     rows = []
     try:
         for row in reader:
-            if None in row:  # DictReader files fields beyond the header under None
+            if not header:
+                row = dict(enumerate(row))
+            elif None in row:  # DictReader files fields beyond the header under None
                 raise HeadpruneError(f"data file '{path}' line {reader.line_num} has more fields than its header "
                                      f"{reader.fieldnames}", "quote the fields that contain the delimiter")
             # Rows of empty fields are blank lines as spreadsheets export them.
@@ -100,18 +108,48 @@ def _table_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, dict]]
     return rows
 
 
-def _rows(path: Path, encoding: str) -> list[tuple[int, dict]]:
-    """Returns each non-blank row of a data file with its line number."""
+def _rows(path: Path, encoding: str, header: bool = True) -> list[tuple[int, dict]]:
+    """Returns each non-blank row of a data file with its line number (a CSV/TSV's fields by position without
+    ``header``)."""
     suffix = path.suffix.lower()
+    if not header and suffix not in (".csv", ".tsv"):
+        raise HeadpruneError(f"data file '{path}' is {suffix[1:].upper() or 'not CSV or TSV'}: column positions (no "
+                             "header row) apply to CSV and TSV files only",
+                             "name the columns instead of giving positions (drop --no-header)")
     if suffix in (".jsonl", ".json"):
         return _jsonl_rows(path, _text(path, encoding))
     if suffix in (".csv", ".tsv"):
-        return _table_rows(path, _text(path, encoding), "\t" if suffix == ".tsv" else ",")
+        return _table_rows(path, _text(path, encoding), "\t" if suffix == ".tsv" else ",", header)
     if suffix == ".txt":  # plain text for language models: one passage per non-blank line
         return [(number, {"text": line}) for number, line in enumerate(_text(path, encoding).splitlines(), 1)
                 if line.strip()]
     raise HeadpruneError(f"data file '{path}' has an unknown data format '{suffix}'",
                          "use a .jsonl, .csv or .tsv file (or .txt, one passage per line, for a language model)")
+
+
+def column_names(task: str, columns: dict, header: bool = True, where: str = "the data file") -> dict[str, str | int | None]:
+    """Returns the column of each role of ``task``: its name (default: the role) in a file with a header row;
+    otherwise its 0-based position, the required roles without one taking the free positions in order."""
+    roles = REQUIRED[task] + OPTIONAL[task]
+    if header:
+        return {role: columns.get(role, role) for role in roles}
+    names = {role: columns.get(role) for role in roles}
+    free = (position for position in range(len(roles) + len(columns)) if position not in names.values())
+    for role in REQUIRED[task]:
+        if names[role] is None:
+            names[role] = next(free)
+    for index, first in enumerate(roles):
+        for second in roles[index + 1:]:
+            if names[first] is not None and names[first] == names[second]:
+                raise HeadpruneError(f"{where}: the {first} and {second} roles would both read column {names[first]}",
+                                     f"give each its own 0-based position (`{first}_column`, `{second}_column`)")
+    return names
+
+
+def _looks_like_data(names: set) -> bool:
+    """Returns whether a header row's names look like a row of data (sentences of three or more words, numbers)."""
+    return any(len(str(name).split()) >= 3 or str(name).strip().lstrip("-").replace(".", "", 1).isdigit()
+               for name in names if name)
 
 
 def _image_folder_rows(path: Path) -> list[tuple[str, dict]]:
@@ -159,16 +197,16 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config, fo
     return example
 
 
-def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = None,
+def read_examples(path: str | Path, task: str, columns: dict[str, str | int] | None = None,
                   max_examples: int | None = None, seed: int = 0, encoding: str = "utf-8", config=None) -> list[dict]:
     """Returns the examples of a data file (for images, also a folder of one subfolder per label) with canonical
     keys (text/label, source/target, text alone for a language model, image/label with the image's path).
 
-    ``columns`` maps a role to the file's column name; ``max_examples`` takes a
-    seeded random subset. Blank lines are skipped. With ``config`` (the model's),
-    every label is checked against the model's labels. Raises HeadpruneError, naming
-    the file and the line, when the file or a column is missing, a row lacks a value
-    or has a wrong one, or the file is not in ``encoding``.
+    ``columns`` maps a role to the file's column name, or to its 0-based position (an int) in a CSV/TSV file without
+    a header row (every role then needs a position); ``max_examples`` takes a seeded random subset. Blank lines are
+    skipped. With ``config`` (the model's), every label is checked against the model's labels. Raises
+    HeadpruneError, naming the file and the line, when the file or a column is missing, a row lacks a value or has a
+    wrong one, or the file is not in ``encoding``.
     """
     path = Path(path)
     images = task == "image-classification"
@@ -179,19 +217,26 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str] | None = 
         raise HeadpruneError(f"data file '{path}' does not exist",
                              "pass an image folder (one subfolder per label) or a CSV of image paths and labels"
                              if images else "pass the path of a .jsonl, .csv or .tsv file")
-    else:
-        rows = [(f"data file '{path}' line {line}", row) for line, row in _rows(path, encoding)]
-    columns = columns or {}
+    columns = dict(columns or {})
+    header = not columns.pop(HEADERLESS, False) and not any(isinstance(name, int) for name in columns.values())
+    if not (images and path.is_dir()):
+        rows = [(f"data file '{path}' line {line}", row) for line, row in _rows(path, encoding, header)]
+    table = header and path.suffix.lower() in (".csv", ".tsv")
     if not rows:
-        raise HeadpruneError(f"data file '{path}' holds no examples", "add examples, one per line/row")
-    names = {role: columns.get(role, role) for role in REQUIRED[task] + OPTIONAL[task]}
+        raise HeadpruneError(f"data file '{path}' holds no examples" + (" below its header row" if table else ""),
+                             "add examples, one per line/row" + ("; a CSV/TSV without a header row is read with "
+                                                                 "--no-header" if table else ""))
+    names = column_names(task, columns, header, f"data file '{path}'")
     present = {name for _, row in rows for name in row}
     absent = [role for role in REQUIRED[task] if names[role] not in present]
     if absent:
         raise HeadpruneError(
             f"data file '{path}' lacks {', '.join(f'{role} (column {names[role]!r})' for role in absent)} needed for "
-            f"{task}; it has columns {sorted(present)}",
-            f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})",
+            f"{task}; it has {f'columns {sorted(present)}' if header else f'{len(present)} columns'}"
+            + ("; that first row looks like data, not a header" if table and _looks_like_data(present) else ""),
+            f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})"
+            + ("; a CSV/TSV without a header row is read by 0-based column positions with --no-header" if table
+               else ""),
         )
     examples = [_example(where, row, names, task, config, folder) for where, row in rows]
     if max_examples is not None and max_examples < len(examples):

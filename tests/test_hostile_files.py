@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from exporter import HeadPlan, apply_plan, build_inventory, load_model, load_tokenizer, save_pruned
+from exporter.data import HEADERLESS, read_examples
 from serving.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,6 +202,15 @@ DATA_CASES = {
     "unseen label id": ("d.csv", "text,label\nthe movie,0\na film,2\n", [], ["line 3: label '2' is not one of the model's"]),
     "missing label column": ("d.jsonl", rows(GOOD), ["--label-column", "sentiment"],
                              ["lacks label (column 'sentiment')", "it has columns ['label', 'text']", "--label-column"]),
+    "no header row": ("d.tsv", "the movie was great\tpositive\na dull film\tnegative\n", [],
+                      ["lacks text (column 'text')", "that first row looks like data, not a header", "--no-header"]),
+    "position without --no-header": ("d.tsv", "the movie was great\tpositive\na dull film\tnegative\n",
+                                     ["--text-column", "0"], ["lacks text (column '0')", "--no-header"]),
+    "one row without header": ("d.tsv", "the movie was great\tpositive\n", [],
+                               ["holds no examples below its header row", "--no-header"]),
+    "positions in JSONL": ("d.jsonl", rows(GOOD), ["--no-header"], ["column positions (no header row) apply to CSV"]),
+    "two roles in one column": ("d.tsv", "the movie\tpositive\n", ["--no-header", "--text-column", "0", "--label-column", "0"],
+                                ["the text and label roles would both read column 0"]),
 }
 
 
@@ -220,6 +230,24 @@ def test_experiments_and_translation_data_name_the_line_too(bert_dir, marian_dir
     refused(["ablate", bert_dir, "--eval-data", data, "--out", out], f"data file '{data}' line 3: label 7", out=out)
     data.write_text(rows({"source": "the movie", "target": "la pelicula"}, {"source": "a film", "target": ""}))
     refused(["score", marian_dir, "--data", data, "--out", out], f"data file '{data}' line 2 has no target", out=out)
+
+
+def test_a_file_without_header_is_read_by_column_positions(bert_dir, tmp_path):
+    raw = "Great fun.\tpositive\tCC-BY 2.0 #1\nA dull film, really.\tnegative\tCC-BY 2.0 #2\n"
+    (tmp_path / "raw.tsv").write_text(raw)
+    (tmp_path / "reversed.tsv").write_text("".join(f"{b}\t{a}\n" for a, b, _ in (l.split("\t") for l in raw.splitlines())))
+    expected = [{"text": "Great fun.", "label": "positive"}, {"text": "A dull film, really.", "label": "negative"}]
+    assert read_examples(tmp_path / "raw.tsv", "classification", {HEADERLESS: True}) == expected  # the first row too
+    assert read_examples(tmp_path / "reversed.tsv", "classification", {"text": 1, "label": 0}) == expected
+    assert read_examples(tmp_path / "reversed.tsv", "classification", {HEADERLESS: True, "text": 1}) == expected
+    for options in (["--no-header"], ["--no-header", "--text-column", "0", "--label-column", "1"]):
+        result = CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(tmp_path / "raw.tsv"), *options,
+                                           "--out", str(tmp_path / "s.json")])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "s.json").read_text())["examples"] == 2
+    out = tmp_path / "never.json"
+    refused(["score", bert_dir, "--data", tmp_path / "raw.tsv", "--no-header", "--text-column", "text", "--out", out],
+            "--text-column 'text': with --no-header a column is a 0-based position", out=out)
 
 
 @pytest.mark.parametrize("name,content", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from exporter import load_model, load_tokenizer
 from exporter.errors import HeadpruneError
 from exporter.training.settings import TranslationSettings
-from exporter.training.translation import learning_rate_factor, train_translation
+from exporter.training.translation import learning_rate_factor, scaled_warmup, train_translation
 from serving.cli import main
 from serving.demo.tatoeba import split_by_source, tatoeba_pairs, write_translation_splits
 from tests.helpers import random_sentences, write_jsonl
@@ -75,7 +76,7 @@ def test_training_writes_model_checkpoints_and_a_bleu_curve(tmp_path):
     run = tmp_path / "run"
     assert record["finished"] and len(record["curve"]) >= 2
     assert [p["seconds"] for p in record["curve"]] == sorted(p["seconds"] for p in record["curve"])
-    assert record["curve"][-1]["seconds"] >= TINY.minutes * 60
+    assert record["curve"][-1]["seconds"] <= record["seconds"]
     assert record["test"]["metric"] == "bleu" and record["test"]["examples"] == 8 and record["test"]["references"] == 1
     # The token budget its BLEU was measured with is the model's own default: generate and the served model use it.
     assert load_model(run / "model").generation_config.max_new_tokens == TINY.max_length
@@ -104,7 +105,7 @@ def test_an_interrupted_run_resumes_from_its_last_evaluation(tmp_path):
     resumed = train_translation(pairs(200, 1), pairs(8, 2), run, longer, resume=True)
     assert resumed["curve"][:len(first["curve"])] == first["curve"]  # earlier evaluations are kept
     assert resumed["curve"][-1]["step"] > first["curve"][-1]["step"]  # and training went on from there
-    assert resumed["curve"][-1]["seconds"] >= longer.minutes * 60
+    assert resumed["curve"][-1]["seconds"] > first["curve"][-1]["seconds"]
     other = TranslationSettings(**{**TINY.__dict__, "d_model": 32})
     (run / "training.json").unlink()
     with pytest.raises(HeadpruneError, match="other settings"):
@@ -128,3 +129,65 @@ def test_train_mt_command_on_given_files(tmp_path):
     bad = CliRunner().invoke(main, [*arguments[:-1], "--heads", "3", "--out", str(tmp_path / "other")])
     assert bad.exit_code == 2 and "d_model 16 does not split into 3 heads" in bad.output and "--heads" in bad.output
     assert not (tmp_path / "other").exists()
+
+
+def test_the_final_evaluations_fit_in_the_budget(tmp_path, monkeypatch):
+    from exporter.training import translation
+
+    real = translation._evaluate
+
+    def slow(model, tokenizer, examples, settings):  # 10 ms a sentence: the 300 test sentences take 3 s or more
+        time.sleep(0.01 * len(examples))
+        return real(model, tokenizer, examples, settings)
+
+    monkeypatch.setattr(translation, "_evaluate", slow)
+    settings = TranslationSettings(**{**TINY.__dict__, "minutes": 0.15, "eval_minutes": 0.02})  # 9 s
+    record = train_translation(pairs(200, 1), pairs(8, 2), tmp_path / "run", settings, test=pairs(300, 3))
+    budget = settings.minutes * 60
+    # Training stopped early enough for the last dev checkpoint and the test sentences (without the reserve it would
+    # stop at 9 s and end after 12 s or more).
+    assert record["curve"][-1]["seconds"] <= budget - 2.5
+    assert record["seconds"] <= budget + 1.5 and record["test"]["examples"] == 300
+
+
+def test_a_warm_up_longer_than_the_budget_allows_is_cut_to_a_tenth_of_its_steps(tmp_path):
+    assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 1.2) == 100  # 1,000 steps: 100
+    assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 0.1) == 400  # 12,000 steps: kept
+    assert learning_rate_factor(49, 0, TINY, warmup_steps=100) == pytest.approx(0.5)
+    assert learning_rate_factor(399, 4.5 * 60, TranslationSettings(warmup_steps=100, minutes=10), 100, 5 * 60) == \
+        pytest.approx(0.25)  # the cooldown ends with the training time, before the budget's end
+    said = []
+    settings = TranslationSettings(**{**TINY.__dict__, "warmup_steps": 100_000})
+    record = train_translation(pairs(200, 1), pairs(8, 2), tmp_path / "run", settings, say=said.append)
+    assert 1 <= record["warmup_steps"] < 100_000
+    assert any(line.startswith(f"warm-up cut from 100000 to {record['warmup_steps']} steps") for line in said)
+
+
+def test_train_mt_reads_a_raw_tsv_without_header_holds_out_dev_and_test_and_records_the_languages(tmp_path):
+    from exporter.training.tokenizer import train_shared_bpe
+    from exporter.triton.description import DeploymentDescription
+    from exporter.triton.translation import export_translation_to_repository
+
+    rows = pairs(300, 1)
+    (tmp_path / "raw.tsv").write_text("".join(f"{r['target']}\t{r['source']}\tCC-BY 2.0 #{i}\n" for i, r in enumerate(rows)))
+    given = train_shared_bpe((t for r in rows for t in r.values()), 90)
+    given.save_pretrained(tmp_path / "tokenizer")
+    arguments = ["train-mt", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "raw.tsv"), "--no-header",
+                 "--source-column", "1", "--target-column", "0", "--source-lang", "xx", "--target-lang", "yy",
+                 "--tokenizer", str(tmp_path / "tokenizer"), "--minutes", "0.03", "--eval-minutes", "0.015",
+                 "--d-model", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--batch-tokens", "200",
+                 "--warmup-steps", "10", "--json"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    splits = {name: [json.loads(line) for line in (tmp_path / "run" / "splits" / f"{name}.jsonl").open()]
+              for name in ("train", "score", "test")}
+    assert len(splits["score"]) == len(splits["test"]) == 30 and len(splits["train"]) == 240
+    assert splits["test"][0] in rows  # the second column is the source, the first the target
+    assert not {r["source"] for r in splits["test"]} & {r["source"] for r in splits["train"]}
+    record = json.loads(result.stdout)
+    assert record["test"]["examples"] == record["dev_sentences"] == 30
+    model, tokenizer = load_model(tmp_path / "run" / "model"), load_tokenizer(tmp_path / "run" / "model")
+    assert (model.config.source_lang, model.config.target_lang) == ("xx", "yy")
+    assert tokenizer.get_vocab() == given.get_vocab() and model.config.vocab_size == len(given)
+    exported = export_translation_to_repository(tmp_path / "run" / "model", tmp_path / "repo", "xy", max_new_tokens=8)
+    assert DeploymentDescription.read(exported.folder).languages == {"source": "xx", "target": "yy"}

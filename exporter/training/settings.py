@@ -28,6 +28,8 @@ class TranslationSettings:
     eval_minutes: float = 5.0
     eval_sentences: int = 300
     seed: int = 0
+    source_lang: str = ""  # language codes recorded in the model's config and deployment.json (e.g. en, uk)
+    target_lang: str = ""
 
     # What may change when a run is resumed: how long it goes on and how it is watched.
     RESUMABLE_CHANGES = ("minutes", "eval_minutes", "eval_sentences")
@@ -57,4 +59,9 @@ class TranslationSettings:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=None,
             share_encoder_decoder_embeddings=True, tie_word_embeddings=True, scale_embedding=True,
-            architectures=["MarianMTModel"])
+            architectures=["MarianMTModel"], **self.languages())
+
+    def languages(self) -> dict[str, str]:
+        """Returns the language codes given, as the model config records them (source_lang, target_lang)."""
+        return {key: value for key, value in (("source_lang", self.source_lang), ("target_lang", self.target_lang))
+                if value}

@@ -44,16 +44,32 @@ class TrainingStatus:
     bleu: float | None
 
 
-def learning_rate_factor(step: int, seconds: float, settings: TranslationSettings) -> float:
+def learning_rate_factor(step: int, seconds: float, settings: TranslationSettings, warmup_steps: int | None = None,
+                         end_seconds: float | None = None) -> float:
     """Returns the multiplier of the peak rate at ``step``, ``seconds`` into the budget.
 
-    Linear warm-up, then inverse square root decay (Vaswani et al.); over the last
-    ``cooldown`` share of the wall-clock budget the rate falls linearly to zero, because a
-    run that stops on a clock ends far from converged, where annealing buys more than steps.
+    Linear warm-up over ``warmup_steps`` (default: the settings'), then inverse square root decay (Vaswani et
+    al.); over the last ``cooldown`` share of the training time (``end_seconds``, default the whole budget) the rate
+    falls linearly to zero, because a run that stops on a clock ends far from converged, where annealing buys more
+    than steps.
     """
-    schedule = min((step + 1) / settings.warmup_steps, math.sqrt(settings.warmup_steps / (step + 1)))
-    left = max(0.0, 1.0 - seconds / (settings.minutes * 60))
+    warmup = warmup_steps or settings.warmup_steps
+    schedule = min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+    left = max(0.0, 1.0 - seconds / (end_seconds or settings.minutes * 60))
     return schedule * min(1.0, left / settings.cooldown) if settings.cooldown > 0 else schedule
+
+
+# The warm-up may take at most this share of the steps the budget allows (measured over the first steps): a fixed
+# 400-step warm-up on a slow machine with a short budget would leave no steps at the peak rate.
+MAX_WARMUP_SHARE = 0.1
+MEASURED_STEPS = 20
+
+
+def scaled_warmup(settings: TranslationSettings, seconds_per_step: float) -> int:
+    """Returns the warm-up steps for a run taking ``seconds_per_step``: the settings', or ``MAX_WARMUP_SHARE`` of the
+    steps the budget allows where that is fewer."""
+    expected = settings.minutes * 60 / max(seconds_per_step, 1e-9)
+    return max(1, min(settings.warmup_steps, int(MAX_WARMUP_SHARE * expected)))
 
 
 def _token_batches(lengths: list[tuple[int, int]], batch_tokens: int) -> list[list[int]]:
@@ -141,14 +157,33 @@ def _evaluate(model, tokenizer, examples: list[dict], settings: TranslationSetti
     return score
 
 
-def _tokenizer(out: Path, train: list[dict], settings: TranslationSettings):
-    """Returns the run's tokenizer: trained on ``train`` once, then read back from ``out/tokenizer``."""
+def given_tokenizer(folder: str | Path):
+    """Returns the fast tokenizer saved in ``folder`` for a new translation model; raises HeadpruneError when there is
+    none or it lacks the padding and end-of-sequence tokens a Marian model needs."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise HeadpruneError(f"'{folder}' holds no fast tokenizer (tokenizer.json)",
+                             "pass a folder written by a tokenizer's save_pretrained (use_fast=True)")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    missing = [name for name in ("pad_token", "eos_token") if getattr(tokenizer, name) is None]
+    if missing:
+        raise HeadpruneError(f"the tokenizer in '{folder}' has no {' or '.join(missing)}",
+                             "set them (tokenizer.add_special_tokens) and save it again, or let train-mt train one")
+    return tokenizer
+
+
+def _tokenizer(out: Path, train: list[dict], settings: TranslationSettings, given: str | Path | None = None):
+    """Returns the run's tokenizer: ``given`` (a folder) or one trained on ``train``, saved once in ``out/tokenizer``
+    and read back from there."""
     folder = out / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder)
-    tokenizer = train_shared_bpe((text for e in train for text in (e["source"], e["target"])), settings.vocab_size)
+    tokenizer = given_tokenizer(given) if given is not None else \
+        train_shared_bpe((text for e in train for text in (e["source"], e["target"])), settings.vocab_size)
     with atomic_dir(folder, overwrite=True) as staging:
         tokenizer.save_pretrained(staging)
     return tokenizer
@@ -157,12 +192,13 @@ def _tokenizer(out: Path, train: list[dict], settings: TranslationSettings):
 class _Run:
     """One training run in ``out``: model, optimizer and position (step, epoch, batch, seconds, curve)."""
 
-    def __init__(self, out: Path, train: list[dict], settings: TranslationSettings, resume: bool):
+    def __init__(self, out: Path, train: list[dict], settings: TranslationSettings, resume: bool,
+                 tokenizer: str | Path | None = None):
         from transformers import MarianMTModel
 
         self.out, self.settings = out, settings
         torch.manual_seed(settings.seed)
-        self.tokenizer = _tokenizer(out, train, settings)
+        self.tokenizer = _tokenizer(out, train, settings, tokenizer)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = MarianMTModel(settings.model_config(self.tokenizer)).to(self.device)  # before the optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98),
@@ -172,6 +208,9 @@ class _Run:
             self.position = _load_state(out, self.model, self.optimizer, settings)
         self.corpus = _Corpus(self.tokenizer, train, settings)
         self.loss = float("nan")
+        # Evaluation seconds per sentence, from the latest checkpoint: the final evaluations must fit in the budget.
+        self.eval_pace: float | None = None
+        self.end_seconds = settings.minutes * 60
 
     def batches(self):
         """Yields the remaining batches in order, epoch after epoch, advancing the position as they are taken."""
@@ -188,7 +227,8 @@ class _Run:
         from transformers.models.marian.modeling_marian import shift_tokens_right
 
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings.learning_rate * learning_rate_factor(self.position["step"], seconds, self.settings)
+            group["lr"] = self.settings.learning_rate * learning_rate_factor(
+                self.position["step"], seconds, self.settings, self.position.get("warmup_steps"), self.end_seconds)
         labels = batch["labels"]
         decoder_input_ids = shift_tokens_right(labels, self.tokenizer.pad_token_id,
                                                self.model.config.decoder_start_token_id)
@@ -206,7 +246,9 @@ class _Run:
 
     def checkpoint(self, seconds: float, dev: list[dict]) -> float:
         """Measures BLEU on ``dev``, records it on the curve, keeps a checkpoint and saves the state; returns BLEU."""
+        began = time.monotonic()
         score = _evaluate(self.model, self.tokenizer, dev, self.settings)
+        self.eval_pace = (time.monotonic() - began) / max(len(dev), 1)
         position = self.position
         position["curve"].append({"step": position["step"], "epoch": position["epoch"], "seconds": seconds,
                                   "loss": self.loss, "bleu": score.value})
@@ -219,14 +261,21 @@ class _Run:
 
 def train_translation(train: list[dict], dev: list[dict], out: str | Path, settings: TranslationSettings = TranslationSettings(),
                       test: list[dict] | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: Callable[[TrainingStatus], None] = lambda status: None) -> dict:
+                      progress: Callable[[TrainingStatus], None] = lambda status: None,
+                      tokenizer: str | Path | None = None, say: Callable[[str], None] = lambda _: None) -> dict:
     """Trains a Marian model on ``train`` (source/target dicts) for ``settings.minutes`` of wall-clock time.
 
     BLEU on (up to ``eval_sentences`` of) ``dev`` is measured every ``eval_minutes``
     and at the end, when the state and a checkpoint are saved; the final model is
-    scored on ``test`` if given. Returns the training record (also ``out/training.json``).
+    scored on ``test`` if given. ``tokenizer`` (a folder) is used instead of training a shared BPE one; ``say``
+    receives a line for each phase. Returns the training record (also ``out/training.json``).
     A finished run in ``out`` is returned as is with ``resume``; an existing ``out`` is
     refused unless ``resume`` or ``overwrite``.
+
+    The budget includes the final evaluations: training stops when the time left is what the last dev and test
+    evaluations will take at the pace of the latest periodic one (the learning rate cools down to that end). The
+    warm-up is cut to a tenth of the steps the budget allows where it would be longer (measured over the first
+    steps); the record says which warm-up was used.
     """
     out = Path(out)
     if not resume:
@@ -241,7 +290,7 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
     if overwrite and not resume and out.exists():
         shutil.rmtree(out)  # asked for: a fresh run replaces the old one's state and checkpoints
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(out, train, settings, resume)
+    run = _Run(out, train, settings, resume, tokenizer)
     dev = dev[:settings.eval_sentences]
     run.model.train()
     started, spent_before = time.monotonic(), run.position["seconds"]
@@ -249,25 +298,38 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
     next_eval = (curve[-1]["seconds"] if curve else 0.0) + settings.eval_minutes * 60
     bleu = curve[-1]["bleu"] if curve else None
     window_tokens, window_start = 0, time.monotonic()
+    budget, steps_before = settings.minutes * 60, run.position["step"]
     for batch in run.batches():
         seconds = spent_before + time.monotonic() - started
-        if seconds >= next_eval or seconds >= settings.minutes * 60:
+        if seconds >= next_eval or seconds >= run.end_seconds:
             bleu = run.checkpoint(seconds, dev)
             next_eval = seconds + settings.eval_minutes * 60
-            if seconds >= settings.minutes * 60:
+            if seconds >= run.end_seconds:
                 break
+            # What the final dev checkpoint and the test evaluation will take, at this checkpoint's pace.
+            run.end_seconds = max(seconds, budget - run.eval_pace * (len(dev) + len(test or [])))
         window_tokens += run.step(batch, seconds)
         now = time.monotonic()
+        if "warmup_steps" not in run.position and run.position["step"] - steps_before >= MEASURED_STEPS:
+            pace = (now - started) / (run.position["step"] - steps_before)
+            run.position["warmup_steps"] = scaled_warmup(settings, pace)
+            if run.position["warmup_steps"] < settings.warmup_steps:
+                say(f"warm-up cut from {settings.warmup_steps} to {run.position['warmup_steps']} steps: at "
+                    f"{pace:.2f} s per step the budget allows about {settings.minutes * 60 / pace:,.0f} steps")
         progress(TrainingStatus(run.position["step"], run.position["epoch"], spent_before + now - started, run.loss,
                                 window_tokens / max(now - window_start, 1e-9), bleu))
         if now - window_start > 30:  # tokens/s over the last half minute or so
             window_tokens, window_start = 0, now
     model = run.model.cpu()
+    say(f"training stopped at {seconds / 60:.1f} min, step {run.position['step']}; saving the model"
+        + (f" and translating {len(test)} test sentences" if test else ""))
     _save_model(out / "model", model, run.tokenizer, settings)
     record = {"settings": dataclasses.asdict(settings), "parameters": sum(p.numel() for p in model.parameters()),
               "threads": torch.get_num_threads(), "device": run.device, "curve": run.position["curve"],
-              "dev_sentences": len(dev), "finished": True}
+              "dev_sentences": len(dev), "finished": True,
+              "warmup_steps": run.position.get("warmup_steps", settings.warmup_steps)}
     if test:
         record["test"] = _evaluate(model, run.tokenizer, test, settings).to_dict() | {"references": 1}
+    record["seconds"] = spent_before + time.monotonic() - started  # all of it, final evaluations included
     atomic_write_json(record_path, record)
     return record

@@ -55,6 +55,7 @@ class DeploymentDescription:
     generation: dict = field(default_factory=dict)
     precision: str = "fp32"
     input_shape: list = field(default_factory=list)  # an image model's pixel input (channels, height, width)
+    languages: dict = field(default_factory=dict)  # a translation model's {"source": code, "target": code}, if known
 
     def flops_at(self, seq_len: int) -> int:
         """Returns the forward FLOPs of one example of ``seq_len`` tokens."""

@@ -67,6 +67,13 @@ class TranslationExport:
                 "beam": self.beam, "defaults": self.defaults, "quantization": self.quantization}
 
 
+def languages_of(config) -> dict[str, str]:
+    """Returns the source and target language codes a translation model's config records (``source_lang``,
+    ``target_lang``, as train-mt writes them), those it has."""
+    codes = {"source": getattr(config, "source_lang", None), "target": getattr(config, "target_lang", None)}
+    return {side: str(code) for side, code in codes.items() if code}
+
+
 def _copy_code(folder: Path) -> None:
     models = resources.files("exporter.triton.models")
     (folder / "model.py").write_text(models.joinpath("translate.py").read_text())
@@ -133,7 +140,8 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
         description = replace(describe_model(model, inventory, inputs=["input_ids", "attention_mask"],
                                              max_length=options.max_length, source=model_dir, onnx_bytes=onnx_bytes,
                                              validation=validation.to_dict()),
-                              task="translation", generation=settings, id2label={}, label2id={}, precision=precision)
+                              task="translation", generation=settings, id2label={}, label2id={}, precision=precision,
+                              languages=languages_of(model.config))
         description.write(staged)
         # The checkpoint's generation config sets the defaults, as in transformers' generate; beam search is served
         # only where the exported search gave transformers' beams with that config.

@@ -22,7 +22,7 @@ import click
 from rich.markup import escape
 
 from exporter.atomic import write_error
-from exporter.data import ROLES
+from exporter.data import HEADERLESS, ROLES
 from exporter.errors import HeadpruneError
 from serving.progress import console
 
@@ -126,20 +126,33 @@ def friendly_errors(command):
 
 
 def data_options(command):
-    """Adds the data file options shared by every command that reads examples: column names and encoding."""
+    """Adds the data file options shared by every command that reads examples: column names (or positions) and
+    encoding."""
     command = click.option("--encoding", default="utf-8", show_default=True,
                            help="Text encoding of the data files (e.g. latin-1).")(command)
+    command = click.option("--no-header", is_flag=True,
+                           help="CSV/TSV files without a header row: the column options give 0-based positions; "
+                                "roles not given take the other columns in order (text or source, then label or "
+                                "target).")(command)
     for role in reversed(ROLES):
         option = role.replace("_", "-")
         command = click.option(f"--{option}-column", default=None, metavar="NAME",
-                               help=f"Column holding the '{role}' role (default: {role}).")(command)
+                               help=f"Column holding the '{role}' role (default: {role}; with --no-header its "
+                                    "0-based position).")(command)
     return command
 
 
 def data_source(kwargs: dict) -> dict:
-    """Returns read_examples' ``columns`` and ``encoding`` arguments, taken out of the data options' values."""
+    """Returns read_examples' ``columns`` and ``encoding`` arguments, taken out of the data options' values (with
+    --no-header, columns are 0-based positions)."""
     given = {role: kwargs.pop(f"{role}_column", None) for role in ROLES}
     columns = {role: name for role, name in given.items() if name}
+    if kwargs.pop("no_header", False):
+        wrong = [f"--{role.replace('_', '-')}-column {name!r}" for role, name in columns.items() if not name.isdigit()]
+        if wrong:
+            raise HeadpruneError(f"{', '.join(wrong)}: with --no-header a column is a 0-based position",
+                                 "give positions such as 0 or 1, or drop --no-header to name the header's columns")
+        columns = {HEADERLESS: True, **{role: int(name) for role, name in columns.items()}}
     return {"columns": columns, "encoding": kwargs.pop("encoding", "utf-8")}
 
 

@@ -76,15 +76,26 @@ def split_by_source(pairs: list[dict], sizes: dict[str, int] = SPLIT_SIZES, seed
     return splits
 
 
+def held_out_splits(pairs: list[dict], sizes: dict[str, int] = SPLIT_SIZES, seed: int = 0) -> dict[str, list[dict]]:
+    """Returns ``split_by_source`` of ``pairs`` with the held-out splits cut to a tenth of the distinct sources each
+    where the data is too small for ``sizes``."""
+    sources = len({normalised(pair["source"]) for pair in pairs})
+    return split_by_source(pairs, {name: max(1, min(size, sources // 10)) for name, size in sizes.items()}, seed)
+
+
+def write_splits(splits: dict[str, list[dict]], folder: Path) -> dict[str, Path]:
+    """Writes each split as ``folder/<name>.jsonl`` (the folder replaced atomically); returns their paths."""
+    with atomic_dir(Path(folder), overwrite=True) as staging:
+        for name, rows in splits.items():
+            (staging / f"{name}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                                                   encoding="utf-8")
+    return {name: Path(folder) / f"{name}.jsonl" for name in splits}
+
+
 def write_translation_splits(asset_folder: Path, cache: Path, sizes: dict[str, int] = SPLIT_SIZES) -> dict[str, Path]:
     """Writes train/score/test JSONL under ``cache`` once (atomically); returns their paths."""
     folder = Path(cache) / SPLITS_FOLDER
     paths = {name: folder / f"{name}.jsonl" for name in ("train", *sizes)}
     if all(path.is_file() for path in paths.values()):
         return paths
-    splits = split_by_source(tatoeba_pairs(asset_folder), sizes)
-    with atomic_dir(folder, overwrite=True) as staging:
-        for name, rows in splits.items():
-            (staging / f"{name}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                                                   encoding="utf-8")
-    return paths
+    return write_splits(split_by_source(tatoeba_pairs(asset_folder), sizes), folder)
