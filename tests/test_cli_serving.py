@@ -8,10 +8,12 @@ import subprocess
 import sys
 import time
 
+import tritonclient.http as httpclient
 from click.testing import CliRunner
 
+from exporter.triton.repository import export_to_repository
 from serving.cli import main
-from serving.server.process import free_port
+from serving.server.process import TritonServer, free_port
 
 
 def test_export_serve_classify_and_stop(bert_dir, tmp_path):
@@ -37,7 +39,9 @@ def test_export_serve_classify_and_stop(bert_dir, tmp_path):
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=60)
-    assert server.returncode == 0 and "Triton stopped." in output
+    # Stopped as asked: Triton unloaded every model itself (no client connection left open kept it waiting).
+    assert server.returncode == 0 and "Triton stopped: every model unloaded" in output, output
+    assert "Exit timeout expired" not in (tmp_path / "t.log").read_text()
     time.sleep(0.2)
     gone = subprocess.run(["pgrep", "-f", str(tmp_path / "repo")], capture_output=True)
     assert gone.stdout.strip() == b""
@@ -46,3 +50,18 @@ def test_export_serve_classify_and_stop(bert_dir, tmp_path):
 def test_classify_without_a_server_says_what_to_do():
     result = CliRunner().invoke(main, ["classify", "--model", "m_text", "--url", f"127.0.0.1:{free_port()}", "hi"])
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "headprune serve" in result.output
+
+
+def test_a_stop_that_runs_out_of_tritons_exit_timeout_is_reported(bert_dir, tmp_path):
+    export_to_repository(bert_dir, tmp_path / "repo", "demo")
+    server = TritonServer(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=tmp_path / "t.log").start()
+    client = httpclient.InferenceServerClient(server.http_url)
+    assert client.is_server_ready()  # and the connection stays open: Triton waits for it when told to stop
+    try:
+        problem = server.stop()
+    finally:
+        client.close()
+    assert problem is not None and "exit timeout (10 s) expired" in problem
+    assert TritonServer(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                        log_file=tmp_path / "t.log").start().stop() is None  # no connection left open: a clean stop

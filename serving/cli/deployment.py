@@ -166,12 +166,19 @@ def serve(repo: Path, http_port, grpc_port, metrics_port, host, allow_model_cont
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with server:
+        server.start()
+        try:
             _watch(server, stop, on_failure)
+        finally:
+            began = time.monotonic()
+            problem = server.stop()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    click.echo("Triton stopped.")
+    if problem:
+        click.echo(f"Triton did not stop cleanly: {problem} (log: {server.log_file})", err=True)
+    else:
+        click.echo(f"Triton stopped: every model unloaded, {time.monotonic() - began:.1f} s.")
 
 
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 600  # a model that dies at once on every start must not restart forever

@@ -26,6 +26,8 @@ from exporter.errors import HeadpruneError
 from serving.server.environment import check_binary, check_serving_environment
 
 START_MARK = "=== headprune: starting tritonserver"
+# Seconds Triton waits, when told to stop, for connections to close and models to unload.
+EXIT_TIMEOUT_S = 10
 
 
 def _pytriton_root() -> Path:
@@ -137,7 +139,7 @@ class TritonServer:
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
             "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
-            "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
+            "--exit-on-error=true", "--strict-readiness=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             *control,
         ]
 
@@ -178,7 +180,14 @@ class TritonServer:
         return self
 
     def _wait_ready(self) -> None:
+        # Closed before returning: Triton's shutdown waits (up to its exit timeout) for every open HTTP connection.
         client = httpclient.InferenceServerClient(self.http_url)
+        try:
+            self._poll_ready(client)
+        finally:
+            client.close()
+
+    def _poll_ready(self, client) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -198,8 +207,7 @@ class TritonServer:
 
     def failure_reason(self) -> str:
         """Returns the model-load errors (or last error lines) from the server log."""
-        text = Path(self.log_file).read_text(errors="replace") if self.log_file and Path(self.log_file).exists() else ""
-        text = text.rsplit(START_MARK, 1)[-1]  # this start's lines only: the log is appended to
+        text = self._log_since_start()  # this start's lines only: the log is appended to
         # Triton says either "failed to load 'm' version 1: why" or "failed to load model 'm': why".
         reasons = dict(re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M))
         if reasons:
@@ -242,22 +250,33 @@ class TritonServer:
         alive = set(self.processes())
         return sorted(name for name, pids in started.items() if not set(pids) <= alive)
 
-    def stop(self) -> None:
-        """Stops the server and every process it started (backend stubs included)."""
+    def stop(self) -> str | None:
+        """Stops the server and every process it started (backend stubs included); returns None when Triton unloaded
+        its models and exited by itself within its exit timeout, otherwise what went wrong."""
+        problem = None
         if self.process is not None and self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=20)
+                # Triton alone: it unloads its models, which ends their backend stubs in order.
+                os.kill(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=EXIT_TIMEOUT_S + 10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                problem = f"Triton had not exited {EXIT_TIMEOUT_S + 10} s after SIGTERM and was killed"
             except ProcessLookupError:
                 pass
+            if problem is None and "Exit timeout expired" in self._log_since_start():
+                problem = (f"Triton's exit timeout ({EXIT_TIMEOUT_S} s) expired before its models were unloaded "
+                           "(clients still connected, or requests unfinished); its processes were killed")
         if self.process is not None:
             self._kill_group(self.process.pid)
+            self.process.wait()
         if self._backends is not None:
             shutil.rmtree(self._backends, ignore_errors=True)
             self._backends = None
+        return problem
+
+    def _log_since_start(self) -> str:
+        text = Path(self.log_file).read_text(errors="replace") if self.log_file and Path(self.log_file).exists() else ""
+        return text.rsplit(START_MARK, 1)[-1]
 
     @staticmethod
     def _kill_group(group: int, timeout: float = 10.0) -> None:
