@@ -208,8 +208,11 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
 def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
     result = CliRunner().invoke(main, [
         "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
-        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
+        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16",
+        "--quality-examples", "7"])
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
+    start = json.loads((tmp_path / "down" / "measurements.jsonl").read_text().splitlines()[0])
+    assert start["signature"]["max_examples"] == 7  # the quality subset, apart from the latency settings
     assert "give the right --url" in result.output and "rerun with --resume" in result.output
     again = CliRunner().invoke(main, [
         "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),

@@ -52,7 +52,10 @@ def endpoint_map(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--max-windows", default=setting("max_windows"), show_default=True, help="Windows per cell until p50 is stable (1 = fixed count).")
 @click.option("--warmup", default=setting("warmup"), show_default=True, help="Warm-up requests per cell.")
 @click.option("--max-drop", type=float, default=None, help="Name the fastest candidate within X points of quality.")
-@click.option("--max-examples", type=click.IntRange(1), default=None, help="Evaluate on a seeded subset.")
+@click.option("--quality-examples", "--max-examples", "max_examples", type=click.IntRange(1), default=None,
+              help="Measure quality on a seeded subset of N examples (default: all of --data). The quality pass "
+                   "sends each example once per deployment, apart from the latency runs (--trials, --requests, "
+                   "--examples).")
 @click.option("--scores", type=click.Path(exists=True, path_type=Path), default=None, help="Scores JSON for the importance heat map.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run; measured cells are not measured again.")
 @click.option("--overwrite", is_flag=True,
