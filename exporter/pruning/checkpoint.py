@@ -178,17 +178,82 @@ def check_model_folder(path: str | Path):
 
 
 def load_model(path: str | Path) -> PreTrainedModel:
-    """Returns the model in ``path`` (plain Hugging Face folder or pruned checkpoint), in eval mode."""
+    """Returns the model in ``path`` (plain Hugging Face folder, pruned checkpoint, or a checkpoint pruned by
+    transformers 4.x: ``pruned_heads`` in config.json), in eval mode."""
     path = Path(path)
     if (path / PLAN_FILE).is_file():
         return load_pruned(path)
     config = check_model_folder(path)
+    plan = pruned_heads_plan(config, path)
+    if plan is not None:
+        return _load_classic_pruned(path, config, plan)
     # Mismatched shapes are refused below: loading them into a model that ignores them would
     # silently re-initialise those weights.
     model, info = _model_class(config).from_pretrained(path, use_safetensors=True, trust_remote_code=False,
                                                        ignore_mismatched_sizes=True, output_loading_info=True)
     _refuse_mismatched(path, info)
     return model.eval()
+
+
+def pruned_heads_plan(config, path: Path) -> HeadPlan | None:
+    """Returns the plan, in original head indices, of the ``pruned_heads`` that transformers 4.x's ``prune_heads``
+    recorded in config.json (None when there are none); raises HeadpruneError where the family never had them."""
+    pruned = getattr(config, "pruned_heads", None)
+    if not pruned or not any(pruned.values()):
+        return None
+    family = family_for(config.model_type)
+    source = f"pruned_heads of '{path / 'config.json'}'"
+    if family.pruned_heads_type is None:
+        raise HeadpruneError(f"{source}: transformers 4.x could not prune heads of {config.model_type} models, so these "
+                             "weights were not shrunk by it", "restore the config.json saved with these weights")
+    return HeadPlan.from_dict({family.pruned_heads_type: pruned}, source=source)
+
+
+def _load_classic_pruned(path: Path, config, plan: HeadPlan) -> PreTrainedModel:
+    """Returns the checkpoint that transformers 4.x pruned (its tensors shrunk, ``plan`` in its config), rebuilt
+    full size, shrunk by the plan and loaded; its config no longer lists pruned_heads (the model's shape says it)."""
+    del config.pruned_heads
+    model = _model_class(config)(config)
+    source = f"pruned_heads of '{path / 'config.json'}'"
+    try:
+        apply_plan(model, plan)
+    except HeadpruneError as error:
+        raise HeadpruneError(f"{source} does not fit the model: {error.message}",
+                             "restore the config.json saved with these weights") from error
+    _load_state(model, _stored_tensors(_weight_files(path)),
+                f"weights in '{path}' do not have the shapes its pruned_heads give",
+                "restore the config.json saved with these weights")
+    return model.eval()
+
+
+def _stored_tensors(files: list[Path]) -> dict:
+    """Returns every tensor of the safetensors ``files``, by name."""
+    stored = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            stored |= {key: handle.get_tensor(key) for key in handle.keys()}
+    return stored
+
+
+def _load_state(model, stored: dict, problem: str, fix: str) -> None:
+    """Loads the tensors ``stored`` into ``model``; raises HeadpruneError saying ``problem`` when a shape differs or a
+    tensor is missing or unexpected."""
+    try:
+        missing, unexpected = model.load_state_dict(stored, strict=False)
+    except RuntimeError as error:
+        raise HeadpruneError(f"{problem} ({str(error).splitlines()[-1].strip()})", fix) from error
+    _require_complete(model, missing, unexpected, problem, fix)
+
+
+def _require_complete(model, missing: list[str], unexpected: list[str], problem: str, fix: str) -> None:
+    """Ties the model's shared weights once the stored ones are in; raises HeadpruneError saying ``problem`` when a
+    tensor other than a tied one is missing, or one is unexpected."""
+    # Tied weights (e.g. shared embeddings) are stored once; anything else missing is corruption.
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    real_missing = [k for k in missing if k not in tied]
+    if real_missing or unexpected:
+        raise HeadpruneError(f"{problem} (missing {real_missing[:3]}, unexpected {unexpected[:3]})", fix)
+    model.tie_weights()
 
 
 def read_plan_file(path: str | Path) -> dict:
@@ -226,22 +291,13 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     _check_weight_files([path / WEIGHTS_FILE], DAMAGED)
     model = _model_class(config)(config)
     _plan_of_record(path, record, model)
+    problem = f"weights in '{path}' do not match its config.json and head plan"
     try:
+        # safetensors' own loader: it knows which tied tensors save_model stored once, under which name.
         missing, unexpected = load_safetensors_into(model, path / WEIGHTS_FILE, strict=False)
     except (RuntimeError, OSError) as error:
-        raise HeadpruneError(
-            f"weights in '{path}' do not match its config.json and head plan ({str(error).splitlines()[-1].strip()})",
-            DAMAGED,
-        ) from error
-    # Tied weights (e.g. shared embeddings) are stored once; anything else missing is corruption.
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    real_missing = [k for k in missing if k not in tied]
-    if real_missing or unexpected:
-        raise HeadpruneError(
-            f"weights in '{path}' do not match its head plan (missing {real_missing[:3]}, unexpected {unexpected[:3]})",
-            DAMAGED,
-        )
-    model.tie_weights()
+        raise HeadpruneError(f"{problem} ({str(error).splitlines()[-1].strip()})", DAMAGED) from error
+    _require_complete(model, missing, unexpected, problem, DAMAGED)
     return model.eval()
 
 

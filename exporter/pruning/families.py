@@ -66,6 +66,9 @@ class ModelFamily:
     name: str
     model_types: tuple[str, ...]
     attention_types: tuple[AttentionType, ...]
+    # The attention type that ``pruned_heads`` in config.json names: transformers 4.x's ``prune_heads`` wrote it (with
+    # the tensors shrunk) for the families whose classes could prune; None for the others.
+    pruned_heads_type: str | None = None
 
 
 def _inside(module: str, query: str, key: str, value: str, output: str, output_module: str | None = None) -> dict:
@@ -187,16 +190,19 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="bert-encoder",
         model_types=("bert", "roberta", "electra", "xlm-roberta", "camembert"),
         attention_types=(_bert_attention(),),
+        pruned_heads_type="encoder",
     ),
     ModelFamily(
         name="distilbert-encoder",
         model_types=("distilbert",),
         attention_types=(_distilbert_attention(),),
+        pruned_heads_type="encoder",
     ),
     ModelFamily(
         name="mpnet-encoder",
         model_types=("mpnet",),
         attention_types=(_mpnet_attention(),),
+        pruned_heads_type="encoder",
     ),
     ModelFamily(
         name="deberta-v2-encoder",
@@ -221,6 +227,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         name="gpt2-decoder",
         model_types=("gpt2",),
         attention_types=(_gpt2_attention(),),
+        pruned_heads_type="decoder",
     ),
     ModelFamily(
         name="llama-decoder",
