@@ -29,8 +29,10 @@ class ProgressLog:
 
     def __init__(self, description: str, total: float | None, interval: float = LOG_INTERVAL_S,
                  write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 unit: str = ""):
+                 unit: str = "", wall_clock: bool = False):
         self.description, self.total, self.interval, self.clock, self.unit = description, total, interval, clock, unit
+        # The work counts its own wall-clock seconds (a training budget): the time left is what is left of them.
+        self.wall_clock = wall_clock
         self.write = write or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
         self.done = 0.0
         self.started = self.last = clock()
@@ -42,7 +44,8 @@ class ProgressLog:
         parts = [f"{done:.0f}/{self.total:.0f}{self.unit}" if self.total else f"{done:.0f}{self.unit} done",
                  f"elapsed {_clock(elapsed)}"]
         if self.total and done:
-            parts.append(f"ETA {_clock(elapsed * (self.total - done) / done)}")
+            left = self.total - done if self.wall_clock else elapsed * (self.total - done) / done
+            parts.append(f"ETA {_clock(max(left, 0))}")
         return f"{self.description}: " + ", ".join(parts + ([details] if details else []))
 
     def update(self, done: float, details: str = "") -> None:
@@ -101,7 +104,7 @@ def training_bar(description: str, seconds: float) -> Iterator:
     """Yields ``update(status)`` for a wall-clock bar over ``seconds`` showing step, loss, tokens/s and the latest BLEU
     (on a terminal; elsewhere a ``ProgressLog`` line every 30 seconds with the same figures)."""
     if not console.is_terminal:
-        log = ProgressLog(description, seconds, unit=" s")
+        log = ProgressLog(description, seconds, unit=" s", wall_clock=True)
 
         def update_log(status) -> None:
             bleu = "-" if status.bleu is None else format_points(status.bleu)

@@ -38,6 +38,12 @@ def test_training_status_lines_carry_its_figures():
     clock.now = 300
     log.update(300, "step 166, loss 5.210, 2,900 tok/s, BLEU 0.03")
     assert lines[-1] == "training: 300/1200 s, elapsed 0:05:00, ETA 0:15:00, step 166, loss 5.210, 2,900 tok/s, BLEU 0.03"
+    # A training budget counts its own seconds: 30 s of setup before its clock started do not stretch the time left.
+    clock, lines = Clock(), []
+    log = ProgressLog("training", 1200, write=lines.append, clock=clock, unit=" s", wall_clock=True)
+    clock.now = 45
+    log.update(15)
+    assert lines[-1] == "training: 15/1200 s, elapsed 0:00:45, ETA 0:19:45"
 
 
 def test_a_redirected_command_logs_its_phases():
