@@ -18,7 +18,8 @@ from exporter.onnx.export import export_onnx, random_inputs, validate_onnx
 from exporter.onnx.fusion import fused_head_counts
 from exporter.onnx.quantize import argmax_agreement, quantize_int8
 from exporter.triton.description import DeploymentDescription
-from exporter.triton.repository import export_to_repository, require_same_decisions, text_feeds
+from exporter.triton.inputs import text_feeds
+from exporter.triton.repository import export_to_repository, require_same_decisions
 from serving.benchmark.deployment import describe_deployment
 from serving.cli import main
 from tests.helpers import random_sentences

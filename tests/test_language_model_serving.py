@@ -23,7 +23,8 @@ from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.description import DeploymentDescription
 from exporter.triton.models.search import CausalSearch, session_runner
-from exporter.triton.repository import export_to_repository, text_feeds
+from exporter.triton.inputs import text_feeds
+from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
 from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port

@@ -34,7 +34,9 @@ from exporter.triton.config import DeploymentOptions, generation_config, write_c
 from exporter.triton.description import CONFIG_PARAMETER
 from exporter.triton.layout import ModelRepository, generate_model_name
 from exporter.triton.models.search import CausalSearch, session_runner
-from exporter.triton.repository import describe_model, install_with_configs, validation_sources, version_staging
+from exporter.triton.facts import describe_model
+from exporter.triton.inputs import validation_sources
+from exporter.triton.install import install_with_configs, version_staging
 
 DEFAULT_NEW_TOKENS = 64
 # (batch, new tokens, past tokens) of the step graph's checks: the prompt step, single steps, and neither.

@@ -12,38 +12,31 @@ sees a half-written version.
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-from torch import nn
-from transformers.pytorch_utils import Conv1D
-
-from exporter.atomic import atomic_dir, atomic_write_json, remove_stale, signals_deferred, staging_dir, swap_in, writing
-from exporter.data import task_of
-from exporter.digest import checkpoint_hash
+from exporter.atomic import atomic_dir, atomic_write_json
 from exporter.errors import HeadpruneError
-from exporter.onnx.export import Validation, export_onnx, pixel_shape, require_valid, validate_onnx
+from exporter.onnx.export import Validation, export_onnx, require_valid, validate_onnx
 from exporter.onnx.quantize import (
     MAX_PERPLEXITY_INCREASE,
     MIN_AGREEMENT,
     MIN_GENERATION_AGREEMENT,
-    PRECISIONS,
     Int8Check,
     PerplexityCheck,
     quantize_int8,
     quantize_language_model,
 )
 from exporter.pruning.checkpoint import load_model, load_tokenizer, model_task
-from exporter.pruning.families import image_tokens, usable_positions
-from exporter.pruning.inventory import HeadInventory, build_inventory
-from exporter.pruning.plan import HeadPlan
+from exporter.pruning.families import usable_positions
+from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, classifier_config, image_config, text_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER, DeploymentDescription
+from exporter.triton.facts import describe_model
+from exporter.triton.generation import export_generation
+from exporter.triton.inputs import check_precision, require_fast_tokenizer, text_feeds, validation_sources
+from exporter.triton.install import check_version, install_with_configs, version_staging
 from exporter.triton.layout import (
     MODEL_FILE,
     ModelRepository,
@@ -81,25 +74,6 @@ class ExportResult:
                 "generation": self.generation}
 
 
-def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
-    """Returns the valid [low, high) range of each integer input, from the model's vocabulary sizes."""
-    ranges = {"input_ids": [0, getattr(config, "vocab_size", 0)], "attention_mask": [0, 2],
-              "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
-    return {name: ranges[name] for name in names if name in ranges}  # pixel values are not integers
-
-
-def check_precision(precision: str) -> None:
-    """Raises HeadpruneError unless ``precision`` is one the classifier export knows."""
-    if precision not in PRECISIONS:
-        raise HeadpruneError(f"precision '{precision}' is unknown", f"use one of {', '.join(PRECISIONS)}")
-
-
-def check_version(version: int | None) -> None:
-    """Raises HeadpruneError unless ``version`` is None (next free version) or a positive integer."""
-    if version is not None and version < 1:
-        raise HeadpruneError(f"version {version} is not a positive integer", "give a version of 1 or higher")
-
-
 def image_preprocessing(model_dir: Path) -> dict:
     """Returns what the served image front end needs of the folder's image processor (resize to height x width,
     resampling filter, rescale factor, normalization mean and std); raises HeadpruneError for one it cannot mirror."""
@@ -118,90 +92,6 @@ def image_preprocessing(model_dir: Path) -> dict:
             "std": list(settings["image_std"]) if settings.get("do_normalize", True) else None}
 
 
-def require_fast_tokenizer(model_dir: Path):
-    """Returns the model folder's fast tokenizer, which the served text front ends run; raises HeadpruneError without one."""
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer is None or not tokenizer.is_fast:
-        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
-                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
-    return tokenizer
-
-
-def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, int]:
-    """Returns (linear, attention): forward FLOPs per example = seq * linear + seq**2 * attention.
-
-    Every linear layer counts 2 * in * out per token (the pooler and classifier too, a
-    slight overcount); each attention layer adds 2 * 2 * heads * head_size per pair of
-    positions, for the scores and the weighted sum. A layer without heads costs nothing there.
-    """
-    # Linear and Conv1D layers; an image model's patch embedding, applied once per patch, counts like one too.
-    linear = sum(2 * m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, Conv1D, nn.Conv2d)))
-    attention = sum(4 * len(layer.kept) * layer.head_size for layer in inventory.layers)
-    return linear, attention
-
-
-def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_length: int, source: Path,
-                   onnx_bytes: int, validation: dict) -> DeploymentDescription:
-    """Returns the description of an exported classifier or language model."""
-    summary = inventory.summary(model)
-    config = model.config
-    task = task_of(model)
-    linear, attention = flop_coefficients(model, inventory)
-    labelled = task in ("classification", "image-classification")
-    return DeploymentDescription(
-        family=summary["family"], model_type=summary["model_type"], source_checkpoint=str(source.resolve()),
-        weights_sha256=checkpoint_hash(source), head_plan=HeadPlan.of_model(inventory).to_dict(),
-        heads=summary["heads"], original_heads=summary["original_heads"],
-        heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
-        parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
-        flops_linear=linear, flops_attention=attention, inputs=inputs, input_ranges=input_ranges(config, inputs),
-        id2label={str(k): v for k, v in config.id2label.items()} if labelled else {},
-        label2id={str(k): int(v) for k, v in config.label2id.items()} if labelled else {},
-        vocab_size=getattr(config, "vocab_size", 0) or 0, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
-        max_positions=image_tokens(config) if task == "image-classification" else usable_positions(config),
-        max_length=image_tokens(config) if task == "image-classification" else max_length,
-        onnx_bytes=onnx_bytes, validation=validation,
-        task=task if task in ("language-modeling", "image-classification") else "classification",
-        input_shape=pixel_shape(config) if task == "image-classification" else [],
-    )
-
-
-@contextmanager
-def version_staging(repository: ModelRepository, name: str, version: int) -> Iterator[Path]:
-    """Yields an empty folder beside the repository (Triton loads every folder inside it) to build version ``version``
-    of model ``name`` in; it is removed after the block unless install_version moved it in. Staging folders of
-    killed runs are removed first."""
-    with writing(repository.version_folder(name, version)):
-        repository.root.mkdir(parents=True, exist_ok=True)
-        remove_stale(repository.staging)  # any model's leftovers, not only this version's
-        with staging_dir(repository.staging, f"{name}-{version}-") as staged:
-            yield staged
-
-
-def install_version(repository: ModelRepository, name: str, version: int, staged: Path) -> Path:
-    """Renames the finished folder ``staged`` in as version ``version`` of model ``name`` (replacing that version);
-    returns the version folder."""
-    target = repository.version_folder(name, version)
-    with writing(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        swap_in(staged, target)
-    return target
-
-
-def install_with_configs(repository: ModelRepository, name: str, version: int, staged: Path,
-                         write_configs: Callable[[], None]) -> Path:
-    """Renames ``staged`` in as version ``version`` of model ``name``, after ``write_configs()`` when that version is
-    the one Triton serves (the highest) or the model has no config yet; returns the version folder.
-
-    Signals wait until all is done, so the version and the configs describing it go in together; re-exporting an
-    older version leaves the configs describing the served one."""
-    serves = version >= max(repository.versions(name), default=0) or not repository.config_path(name).exists()
-    with signals_deferred():
-        if serves:
-            write_configs()
-        return install_version(repository, name, version, staged)
-
-
 def _write_front_end(repository: ModelRepository, name: str, config, code: str, tokenizer=None) -> None:
     """Writes the Python front end ``name`` (its ``code`` file from exporter/triton/models, and the tokenizer)."""
     with atomic_dir(repository.folder(name), repository.staging, overwrite=True) as staging:
@@ -211,34 +101,6 @@ def _write_front_end(repository: ModelRepository, name: str, config, code: str, 
         if tokenizer is not None:
             tokenizer.save_pretrained(version / "tokenizer")
         write_config(config, staging)
-
-
-def validation_sources(tokenizer, count: int = 24, seed: int = 0) -> list[str]:
-    """Returns ``count`` seeded pseudo-sentences of 3 to 12 vocabulary tokens, for validating without data."""
-    rng = random.Random(seed)
-    special = set(tokenizer.all_special_ids)
-    ids = [i for i in range(len(tokenizer)) if i not in special]
-    return [tokenizer.decode([rng.choice(ids) for _ in range(rng.randint(3, 12))]).strip() or "a" for _ in range(count)]
-
-
-def text_feeds(tokenizer, texts: list[str], names: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
-    """Returns ONNX input batches (int64 arrays of the graph's ``names``) of ``texts`` as the text front end
-    tokenises them: padded on the right, with the end-of-sequence token where the tokenizer has no padding token."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-    feeds = []
-    for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(text, truncation=True, max_length=max_length) for text in texts[start:start + batch_size]]
-        width = max(len(row["input_ids"]) for row in rows)
-        feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in names}
-        feed["input_ids"][:] = pad
-        for index, row in enumerate(rows):
-            length = len(row["input_ids"])
-            feed["attention_mask"][index, :length] = 1
-            for name in names:
-                if name in row and name != "attention_mask":
-                    feed[name][index, :length] = row[name]
-        feeds.append(feed)
-    return feeds
 
 
 # Texts a language model's INT8 graph is checked on when none are given.
@@ -375,8 +237,6 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
 
         generation = None
         if language_model:  # validated and installed first: a failure leaves the scoring model uninstalled too
-            from exporter.triton.generation import export_generation  # it builds on this module
-
             generation = export_generation(model, tokenizer, model_dir, repository, name, version, options,
                                            precision=precision, texts=validation_texts,
                                            min_agreement=min_generation_agreement).to_dict()

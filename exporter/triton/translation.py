@@ -31,15 +31,9 @@ from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, translation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
 from exporter.triton.layout import ModelRepository, check_name, translate_model_name
-from exporter.triton.repository import (
-    check_precision,
-    check_version,
-    describe_model,
-    install_with_configs,
-    require_fast_tokenizer,
-    validation_sources,
-    version_staging,
-)
+from exporter.triton.facts import describe_model
+from exporter.triton.inputs import check_precision, require_fast_tokenizer, validation_sources
+from exporter.triton.install import check_version, install_with_configs, version_staging
 
 MAX_BEAMS = 8
 DEFAULT_NEW_TOKENS = 64

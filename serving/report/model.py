@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, fields
 from exporter.evaluation.metrics import LOWER_IS_BETTER, format_points, gain, in_points
 from serving.benchmark.compare import STAGES
 from serving.benchmark.latency import PERCENTILES, LatencyStats, Speedup
-from serving.report.document import build_document, render_markdown
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
 # perf_analyzer's CSV layout (its -f option): one row per concurrency, times in microseconds.
@@ -358,7 +357,3 @@ class Report:
                                      *(round(s) for s in stages), 0, *percentiles])
                 files[f"perf_analyzer_{deployment}_batch{batch}.csv"] = buffer.getvalue()
         return files
-
-    def markdown(self) -> str:
-        """Returns report.md: the verdict in the first five lines, then every table."""
-        return render_markdown(build_document(self))
