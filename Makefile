@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test demo demo-mt bench soak clean
+.PHONY: setup browser lint test demo demo-mt bench soak clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,11 @@ browser:
 	  { command -v apt-get >/dev/null 2>&1 && $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) sh -c \
 	    'apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }'; } || \
 	  echo "warning: could not install Chromium (apt-get install chromium): the report page tests will fail" >&2
+
+# Lint and formatting (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from benchmarks import inprocess
 from benchmarks.served import export_variants, onnx_path
+from exporter.machine import int8_instructions
 from exporter.pruning.checkpoint import load_model
 from exporter.pruning.inventory import build_inventory
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scores import HeadScores
-
-from exporter.machine import int8_instructions
 
 
 def _heads(model) -> int:

@@ -16,13 +16,13 @@ from benchmarks.memory import served_memory
 from benchmarks.overhead import RawHttpClient, measure_overhead, write_floor_model
 from benchmarks.performance_doc import render
 from benchmarks.queue_policy import measure_queue_policy, summarize
+from exporter.machine import cpu_model, int8_instructions
 from exporter.pruning.checkpoint import load_model, load_tokenizer
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.prune import prune_checkpoint
 from exporter.pruning.scoring import compute_importance
 from exporter.triton.config import DeploymentOptions
 from exporter.triton.repository import export_to_repository
-from exporter.machine import cpu_model, int8_instructions
 from serving.benchmark.latency import Speedup
 from serving.benchmark.loadgen import Window
 from serving.client import TritonClient

@@ -10,7 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from exporter import HeadGates, HeadPlan, apply_plan, build_inventory, load_model, load_pruned, load_tokenizer, save_pruned
+from exporter import (
+    HeadGates,
+    HeadPlan,
+    apply_plan,
+    build_inventory,
+    load_model,
+    load_pruned,
+    load_tokenizer,
+    save_pruned,
+)
 from exporter.errors import HeadpruneError
 from exporter.pruning.prune import prune_checkpoint
 from exporter.triton.repository import export_to_repository

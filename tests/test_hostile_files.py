@@ -235,7 +235,8 @@ def test_experiments_and_translation_data_name_the_line_too(bert_dir, marian_dir
 def test_a_file_without_header_is_read_by_column_positions(bert_dir, tmp_path):
     raw = "Great fun.\tpositive\tCC-BY 2.0 #1\nA dull film, really.\tnegative\tCC-BY 2.0 #2\n"
     (tmp_path / "raw.tsv").write_text(raw)
-    (tmp_path / "reversed.tsv").write_text("".join(f"{b}\t{a}\n" for a, b, _ in (l.split("\t") for l in raw.splitlines())))
+    rows = [line.split("\t") for line in raw.splitlines()]
+    (tmp_path / "reversed.tsv").write_text("".join(f"{label}\t{text}\n" for text, label, _ in rows))
     expected = [{"text": "Great fun.", "label": "positive"}, {"text": "A dull film, really.", "label": "negative"}]
     assert read_examples(tmp_path / "raw.tsv", "classification", {HEADERLESS: True}) == expected  # the first row too
     assert read_examples(tmp_path / "reversed.tsv", "classification", {"text": 1, "label": 0}) == expected

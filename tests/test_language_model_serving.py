@@ -17,13 +17,13 @@ from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_prun
 from exporter.data import read_examples
 from exporter.errors import HeadpruneError
 from exporter.evaluation.quality import Evaluator
-from exporter.onnx.causal import pytorch_greedy_continuations
 from exporter.onnx import quantize
+from exporter.onnx.causal import pytorch_greedy_continuations
 from exporter.onnx.export import random_inputs
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.description import DeploymentDescription
-from exporter.triton.models.search import CausalSearch, session_runner
 from exporter.triton.inputs import text_feeds
+from exporter.triton.models.search import CausalSearch, session_runner
 from exporter.triton.repository import export_to_repository
 from serving.benchmark.compare import CompareSettings
 from serving.report.runner import run_comparison

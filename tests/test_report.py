@@ -182,8 +182,8 @@ def test_tail_percentiles_need_enough_requests(tmp_path):
     large = make_report(tmp_path, {"fast": 1.3}, requests=200, trials=1)
     for cell in large.cells:
         assert cell.stats.p50 <= cell.stats.p90 <= cell.stats.p95 <= cell.stats.p99
-    markdown = markdown(small)
-    assert "p99 needs at least 100" in markdown and "| – |" in markdown
+    text = markdown(small)
+    assert "p99 needs at least 100" in text and "| – |" in text
     assert "| – |" not in markdown(large) and "needs at least" not in markdown(large)
 
 
@@ -307,8 +307,8 @@ def test_quality_changes_carry_a_paired_test_and_only_real_ones_are_marked(tmp_p
     assert deployments["worse"]["quality"]["p_value"] < 1e-6
     assert deployments["noisy"]["quality"]["p_value"] == pytest.approx(1.0)
     assert "p_value" not in deployments["base"]["quality"] and "per_example" not in deployments["worse"]["quality"]
-    markdown = markdown(report)
-    section = markdown[markdown.index("## Quality"):markdown.index("## Latency")]
+    text = markdown(report)
+    section = text[text.index("## Quality"):text.index("## Latency")]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
     assert "-3.00*" in rows["worse"] and "-0.10 |" in rows["noisy"] and "*" not in rows["noisy"]
 

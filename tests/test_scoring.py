@@ -7,7 +7,15 @@ import copy
 import pytest
 import torch
 
-from exporter import HeadGates, HeadPlan, build_inventory, compute_importance, load_model, load_tokenizer, plan_from_scores
+from exporter import (
+    HeadGates,
+    HeadPlan,
+    build_inventory,
+    compute_importance,
+    load_model,
+    load_tokenizer,
+    plan_from_scores,
+)
 from exporter.data import encode_batch, read_examples, task_of
 from exporter.errors import HeadpruneError
 from exporter.evaluation.quality import Evaluator

@@ -12,15 +12,22 @@ from benchmarks.translation_serving import add_bls_variant
 from exporter import HeadPlan, apply_plan, load_model, load_tokenizer, save_pruned
 from exporter.errors import HeadpruneError
 from exporter.evaluation.metrics import bleu
+from exporter.onnx.seq2seq import onnx_search
 from exporter.triton.config import DeploymentOptions, read_config
 from exporter.triton.description import DeploymentDescription
 from exporter.triton.layout import ModelRepository
-from exporter.onnx.seq2seq import onnx_search
 from exporter.triton.translation import MAX_BEAMS, export_translation_to_repository
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer, free_port
-from tests.helpers import call_together, client_for, make_trained_marian, random_sentences, train_to_reverse, write_jsonl
+from tests.helpers import (
+    call_together,
+    client_for,
+    make_trained_marian,
+    random_sentences,
+    train_to_reverse,
+    write_jsonl,
+)
 
 ALL = [0, 1, 2, 3]
 PLAN = {"encoder": {0: [1], 1: ALL}, "decoder": {0: ALL, 2: [3]}, "cross": {1: ALL, 2: [0]}}

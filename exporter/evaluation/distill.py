@@ -23,9 +23,9 @@ from exporter.data import encode_batch, task_of
 from exporter.errors import HeadpruneError
 from exporter.evaluation.finetune import train_in_place
 from exporter.evaluation.rescale import RECORD_FILE, load_pruned_and_teacher
-from exporter.pruning.families import usable_positions
 from exporter.progress import Advance, no_progress
 from exporter.pruning.checkpoint import load_tokenizer, save_pruned
+from exporter.pruning.families import usable_positions
 
 
 def _classifier_outputs(student, teacher, tokenizer, chunk: list[dict], max_length: int):

@@ -32,11 +32,11 @@ from exporter.pruning.families import usable_positions
 from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, generation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
-from exporter.triton.layout import ModelRepository, generate_model_name
-from exporter.triton.models.search import CausalSearch, session_runner
 from exporter.triton.facts import describe_model
 from exporter.triton.inputs import validation_sources
 from exporter.triton.install import install_with_configs, version_staging
+from exporter.triton.layout import ModelRepository, generate_model_name
+from exporter.triton.models.search import CausalSearch, session_runner
 
 DEFAULT_NEW_TOKENS = 64
 # (batch, new tokens, past tokens) of the step graph's checks: the prompt step, single steps, and neither.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from exporter.atomic import atomic_write_json
 from exporter.errors import HeadpruneError
+from exporter.onnx.quantize import MIN_GENERATION_AGREEMENT, quantize_seq2seq
 from exporter.onnx.seq2seq import (
     DECODER_FILE,
     ENCODER_FILE,
@@ -25,15 +26,14 @@ from exporter.onnx.seq2seq import (
     validate_beam,
     validate_generation,
 )
-from exporter.onnx.quantize import MIN_GENERATION_AGREEMENT, quantize_seq2seq
 from exporter.pruning.checkpoint import load_model
 from exporter.pruning.inventory import build_inventory
 from exporter.triton.config import DeploymentOptions, translation_config, write_config
 from exporter.triton.description import CONFIG_PARAMETER
-from exporter.triton.layout import ModelRepository, check_name, translate_model_name
 from exporter.triton.facts import describe_model
 from exporter.triton.inputs import check_precision, require_fast_tokenizer, validation_sources
 from exporter.triton.install import check_version, install_with_configs, version_staging
+from exporter.triton.layout import ModelRepository, check_name, translate_model_name
 
 MAX_BEAMS = 8
 DEFAULT_NEW_TOKENS = 64

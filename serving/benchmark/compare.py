@@ -22,7 +22,12 @@ from exporter.machine import cpu_model, int8_instructions
 from exporter.progress import Phases, no_phases
 from exporter.pruning.scores import HeadScores
 from exporter.triton.layout import ModelRepository
-from serving.benchmark.deployment import DeploymentFacts, describe_deployment, describe_remote_deployment, exported_model
+from serving.benchmark.deployment import (
+    DeploymentFacts,
+    describe_deployment,
+    describe_remote_deployment,
+    exported_model,
+)
 from serving.benchmark.journal import Journal, record_type
 from serving.benchmark.loadgen import run_window
 from serving.client import TritonClient, strings_array

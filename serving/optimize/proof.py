@@ -10,8 +10,15 @@ from exporter.data import TEXTS_ONLY
 from exporter.progress import Phases, no_phases
 from serving.benchmark.compare import CompareSettings
 from serving.benchmark.journal import Journal
-from serving.optimize.search import BASELINE, Candidate, OptimizeSettings, non_inferior, quality_change, serving, \
-    trial_speedup
+from serving.optimize.search import (
+    BASELINE,
+    Candidate,
+    OptimizeSettings,
+    non_inferior,
+    quality_change,
+    serving,
+    trial_speedup,
+)
 
 
 def test_settings(settings: OptimizeSettings, steps: list[Candidate]) -> CompareSettings:

@@ -18,8 +18,13 @@ from pathlib import Path
 from exporter.atomic import atomic_write_json, read_json
 from exporter.errors import HeadpruneError
 from exporter.progress import Phases, no_phases
-from exporter.triton.layout import ModelRepository, generate_model_name, image_model_name, text_model_name, \
-    translate_model_name
+from exporter.triton.layout import (
+    ModelRepository,
+    generate_model_name,
+    image_model_name,
+    text_model_name,
+    translate_model_name,
+)
 from serving.benchmark.compare import CompareSettings, Comparison
 from serving.benchmark.journal import Journal
 from serving.benchmark.latency import Speedup, paired_speedup

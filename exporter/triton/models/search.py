@@ -30,8 +30,9 @@ class Seq2SeqSearch:
 
     def __init__(self, encode, decode, layout, start_id, eos_id, suppressed_ids=(), forced_eos=False):
         self.encode, self.decode = encode, decode
-        self.cross_names = [f"cross.{l}.{p}" for l, n in enumerate(layout["cross_heads"]) if n for p in ("key", "value")]
-        self.self_layers = [(l, n) for l, n in enumerate(layout["self_heads"]) if n]
+        self.cross_names = [f"cross.{layer}.{part}" for layer, n in enumerate(layout["cross_heads"]) if n
+                            for part in ("key", "value")]
+        self.self_layers = [(layer, n) for layer, n in enumerate(layout["self_heads"]) if n]
         self.head_size = layout["head_size"]
         self.start_id, self.eos_id = start_id, eos_id
         self.suppressed = list(suppressed_ids)
@@ -173,7 +174,7 @@ class CausalSearch:
 
     def __init__(self, step, layout, eos_ids, pad_id):
         self.run = step
-        self.layers = [(l, n) for l, n in enumerate(layout["heads"]) if n]
+        self.layers = [(layer, n) for layer, n in enumerate(layout["heads"]) if n]
         self.head_size = layout["head_size"]
         self.eos_ids, self.pad_id = list(eos_ids), pad_id
 
