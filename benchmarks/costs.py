@@ -23,7 +23,11 @@ from serving.benchmark.compare import library_versions, machine
 SEQ_LEN, BATCH = 128, 16
 # (name, layers, heads, hidden size): the demo's MiniLM, a 12-layer MiniLM, and a base-size encoder (BERT-base,
 # all-mpnet-base-v2's shape).
-SIZES = (("MiniLM-L6-H384", 6, 12, 384), ("MiniLM-L12-H384", 12, 12, 384), ("base (BERT-base, MPNet-base)", 12, 12, 768))
+SIZES = (
+    ("MiniLM-L6-H384", 6, 12, 384),
+    ("MiniLM-L12-H384", 12, 12, 384),
+    ("base (BERT-base, MPNet-base)", 12, 12, 768),
+)
 VOCAB = 30522
 OUT = Path("benchmarks/results/costs.json")
 
@@ -35,15 +39,23 @@ def _model_and_tokenizer(layers: int, heads: int, hidden: int, folder: Path):
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * hidden, num_labels=2)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config), tokenizer
 
 
 def _examples(count: int) -> list[dict]:
     rng = random.Random(0)
-    return [{"text": " ".join(f"w{rng.randrange(VOCAB - 5)}" for _ in range(SEQ_LEN - 2)), "label": rng.randint(0, 1)}
-            for _ in range(count)]
+    return [
+        {"text": " ".join(f"w{rng.randrange(VOCAB - 5)}" for _ in range(SEQ_LEN - 2)), "label": rng.randint(0, 1)}
+        for _ in range(count)
+    ]
 
 
 def _per_example(run, batches: int) -> float:
@@ -83,10 +95,12 @@ def measure_size(layers: int, heads: int, hidden: int, batches: int) -> dict:
         model.eval()
         compute_importance(model, tokenizer, examples, batch_size=BATCH)
 
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "finetune_s_per_example": _per_example(finetune_step, batches),
-            "score_s_per_example": _per_example(score, batches),
-            "forward_s_per_example": _per_example(forward, batches)}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "finetune_s_per_example": _per_example(finetune_step, batches),
+        "score_s_per_example": _per_example(score, batches),
+        "forward_s_per_example": _per_example(forward, batches),
+    }
 
 
 def main() -> None:
@@ -96,12 +110,29 @@ def main() -> None:
     began = time.monotonic()
     rows = []
     for name, layers, heads, hidden in SIZES:
-        rows.append({"name": name, "layers": layers, "heads": heads, "hidden": hidden,
-                     **measure_size(layers, heads, hidden, args.batches)})
+        rows.append(
+            {
+                "name": name,
+                "layers": layers,
+                "heads": heads,
+                "hidden": hidden,
+                **measure_size(layers, heads, hidden, args.batches),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    atomic_write_json(OUT, {"section": "costs", "environment": {**machine(), "libraries": library_versions()},
-                            "torch_threads": torch.get_num_threads(), "seq_len": SEQ_LEN, "batch_size": BATCH,
-                            "batches": args.batches, "rows": rows, "seconds": round(time.monotonic() - began, 1)})
+    atomic_write_json(
+        OUT,
+        {
+            "section": "costs",
+            "environment": {**machine(), "libraries": library_versions()},
+            "torch_threads": torch.get_num_threads(),
+            "seq_len": SEQ_LEN,
+            "batch_size": BATCH,
+            "batches": args.batches,
+            "rows": rows,
+            "seconds": round(time.monotonic() - began, 1),
+        },
+    )
     print(f"wrote {OUT}")
 
 

@@ -105,11 +105,13 @@ class Case:
 
 def checkpoint_case(args: list, out: Path, check: Callable[[Path], None]) -> Case:
     """Returns the case of a command that writes a checkpoint folder ``out``."""
+
     def partial():
         try:
             return [] if CHECKPOINT_FILES <= set(os.listdir(out)) else [str(out)]
         except FileNotFoundError:  # not even for a moment
             return [str(out)]
+
     return Case(args, out, out.parent, f".{out.name}.tmp-", lambda: check(out), partial)
 
 
@@ -125,6 +127,7 @@ def prune_case(tmp_path: Path, bert_dir: Path, cls_data: Path) -> Case:
     def check(folder):
         load_model(folder)
         assert json.loads((folder / "head_plan.json").read_text())["plan"] == PLANS["new"]
+
     return checkpoint_case(["prune", bert_dir, "--plan", plans["new"], "--out", out, "--overwrite"], out, check)
 
 
@@ -136,8 +139,10 @@ def finetune_case(tmp_path: Path, bert_dir: Path, cls_data: Path) -> Case:
     def check(folder):
         load_model(folder)
         assert json.loads((folder / "finetune.json").read_text())["seed"] == 2
-    return checkpoint_case(["finetune", bert_dir, "--data", cls_data, "--out", out, "--epochs", 1, "--seed", 2,
-                            "--overwrite"], out, check)
+
+    return checkpoint_case(
+        ["finetune", bert_dir, "--data", cls_data, "--out", out, "--epochs", 1, "--seed", 2, "--overwrite"], out, check
+    )
 
 
 def recover_case(tmp_path: Path, bert_dir: Path, cls_data: Path) -> Case:
@@ -150,16 +155,38 @@ def recover_case(tmp_path: Path, bert_dir: Path, cls_data: Path) -> Case:
     def check(folder):
         load_model(folder)
         assert json.loads((folder / "recovery.json").read_text())["method"] == "distill"
-    return checkpoint_case(["recover", pruned, "--teacher", bert_dir, "--data", cls_data, "--out", out,
-                            "--method", "distill", "--overwrite"], out, check)
+
+    return checkpoint_case(
+        [
+            "recover",
+            pruned,
+            "--teacher",
+            bert_dir,
+            "--data",
+            cls_data,
+            "--out",
+            out,
+            "--method",
+            "distill",
+            "--overwrite",
+        ],
+        out,
+        check,
+    )
 
 
 def export_case(tmp_path: Path, bert_dir: Path, cls_data: Path) -> Case:
     """Returns the export case: version 1 written before, each run adding the next version."""
     repo = tmp_path / "repo"
     invoke("export", bert_dir, "--repo", repo, "--name", "m")
-    return Case(["export", bert_dir, "--repo", repo, "--name", "m"], repo, ModelRepository(repo).staging, "",
-                lambda: check_repository(repo), lambda: partial_versions(repo))
+    return Case(
+        ["export", bert_dir, "--repo", repo, "--name", "m"],
+        repo,
+        ModelRepository(repo).staging,
+        "",
+        lambda: check_repository(repo),
+        lambda: partial_versions(repo),
+    )
 
 
 CASES = {"export": export_case, "prune": prune_case, "finetune": finetune_case, "recover": recover_case}
@@ -186,8 +213,9 @@ def run(case: Case, signals: list[int] = (), delay: float | None = None) -> Run:
     delay, as soon as its staging folder appears. Watches the output all along for anything incomplete; returns
     the Run."""
     started, staged_after, partial, sent = time.monotonic(), None, set(), not signals
-    process = subprocess.Popen(headprune(*case.args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=ENV)
+    process = subprocess.Popen(
+        headprune(*case.args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         while process.poll() is None:
             partial.update(case.partial())
@@ -214,7 +242,9 @@ def check_outcome(case: Case, before: dict, result: Run, signals: list[int]) -> 
         case.is_new()
     assert not staged(case), f"temporary folder left in {case.staging}: {os.listdir(case.staging)}"
     if result.returncode in INTERRUPTED.values():
-        assert "interrupted" in result.stderr and "the previous one or the complete new one" in result.stderr, result.stderr
+        assert "interrupted" in result.stderr and "the previous one or the complete new one" in result.stderr, (
+            result.stderr
+        )
         assert "Traceback" not in result.stderr, result.stderr
     elif result.returncode != 0:  # the signal came before the command began (imports) or after it ended (shutdown)
         assert -result.returncode in signals or result.returncode == 1, result.stderr
@@ -270,19 +300,27 @@ def outcome(case: Case, before: dict, result: Run, failed: str | None) -> dict:
     """Returns what one interrupted run did: its exit code, whether the previous output is intact or was replaced by
     a complete new one, whether anything partial was ever visible, and the failed check (None: every check passed)."""
     intact = tree(case.output) == before
-    return {"returncode": result.returncode, "intact": intact, "replaced": not intact and failure(case.is_new) is None,
-            "partial_visible": bool(result.partial), "failure": failed}
+    return {
+        "returncode": result.returncode,
+        "intact": intact,
+        "replaced": not intact and failure(case.is_new) is None,
+        "partial_visible": bool(result.partial),
+        "failure": failed,
+    }
 
 
 def tally(outcomes: list[dict]) -> dict:
     """Returns the counts over ``outcomes``: times, previous output intact, replaced by a complete new one, partial
     ever visible, every check passed, the exit codes seen (code: times) and the failed checks."""
-    return {"times": len(outcomes), "intact": sum(o["intact"] for o in outcomes),
-            "replaced": sum(o["replaced"] for o in outcomes),
-            "partial_visible": sum(o["partial_visible"] for o in outcomes),
-            "passed": sum(o["failure"] is None for o in outcomes),
-            "exit_codes": {str(code): n for code, n in sorted(Counter(o["returncode"] for o in outcomes).items())},
-            "failures": [o["failure"] for o in outcomes if o["failure"]]}
+    return {
+        "times": len(outcomes),
+        "intact": sum(o["intact"] for o in outcomes),
+        "replaced": sum(o["replaced"] for o in outcomes),
+        "partial_visible": sum(o["partial_visible"] for o in outcomes),
+        "passed": sum(o["failure"] is None for o in outcomes),
+        "exit_codes": {str(code): n for code, n in sorted(Counter(o["returncode"] for o in outcomes).items())},
+        "failures": [o["failure"] for o in outcomes if o["failure"]],
+    }
 
 
 def interrupt_campaign(command: str, root: Path, bert_dir: Path, data: Path, repetitions: int, seed: int) -> dict:
@@ -292,10 +330,15 @@ def interrupt_campaign(command: str, root: Path, bert_dir: Path, data: Path, rep
     case = CASES[command](root, bert_dir, data)
     full = measured_run(case)
     runs = interrupted_runs(case, signal_plans(command, full.seconds, repetitions, seed))
-    timed = [(delay, outcome(case, before, result, failure(check_interrupted, case, before, result, signals, delay)))
-             for signals, delay, before, result in runs]
-    return {"full_run_seconds": round(full.seconds, 1), STAGED: tally([o for delay, o in timed if delay is None]),
-            RANDOM: tally([o for delay, o in timed if delay is not None])}
+    timed = [
+        (delay, outcome(case, before, result, failure(check_interrupted, case, before, result, signals, delay)))
+        for signals, delay, before, result in runs
+    ]
+    return {
+        "full_run_seconds": round(full.seconds, 1),
+        STAGED: tally([o for delay, o in timed if delay is None]),
+        RANDOM: tally([o for delay, o in timed if delay is not None]),
+    }
 
 
 def check_killed(case: Case, before: dict, result: Run) -> None:
@@ -340,9 +383,14 @@ def kill_campaign(root: Path, bert_dir: Path, data: Path, repetitions: int) -> d
 def row(fault: str, counts: dict) -> dict:
     """Returns the docs table row of ``counts`` (see tally)."""
     times = counts["times"]
-    return {"fault": fault, "times": times, "intact": f"{counts['intact'] + counts['replaced']} of {times}",
-            "partial_visible": f"{counts['partial_visible']} of {times}", "exit_codes": counts["exit_codes"],
-            "passed": f"{counts['passed']} of {times}"}
+    return {
+        "fault": fault,
+        "times": times,
+        "intact": f"{counts['intact'] + counts['replaced']} of {times}",
+        "partial_visible": f"{counts['partial_visible']} of {times}",
+        "exit_codes": counts["exit_codes"],
+        "passed": f"{counts['passed']} of {times}",
+    }
 
 
 def faults(campaigns: dict, killed: dict) -> dict[str, dict]:
@@ -375,16 +423,30 @@ def main(argv: list[str] | None = None) -> None:
         campaigns = {}
         for command in CASES:
             (root / command).mkdir()
-            campaigns[command] = interrupt_campaign(command, root / command, bert_dir, data, args.repetitions, args.seed)
+            campaigns[command] = interrupt_campaign(
+                command, root / command, bert_dir, data, args.repetitions, args.seed
+            )
             print(command, json.dumps(campaigns[command]), flush=True)
         (root / "kill").mkdir()
         killed = kill_campaign(root / "kill", bert_dir, data, args.repetitions)
         print("kill", json.dumps(killed), flush=True)
     by_fault = faults(campaigns, killed)
-    total = {"faults": sum(c["times"] for c in by_fault.values()), "survived": sum(c["passed"] for c in by_fault.values())}
-    path = save("faults", {"repetitions": args.repetitions, "seed": args.seed, "total": total,
-                           "rows": [row(fault, counts) for fault, counts in by_fault.items()],
-                           "commands": campaigns, "export_killed": killed}, started)
+    total = {
+        "faults": sum(c["times"] for c in by_fault.values()),
+        "survived": sum(c["passed"] for c in by_fault.values()),
+    }
+    path = save(
+        "faults",
+        {
+            "repetitions": args.repetitions,
+            "seed": args.seed,
+            "total": total,
+            "rows": [row(fault, counts) for fault, counts in by_fault.items()],
+            "commands": campaigns,
+            "export_killed": killed,
+        },
+        started,
+    )
     print(f"{total['survived']} of {total['faults']} faults survived; wrote {path}")
 
 

@@ -58,20 +58,38 @@ RESULTS = Path("benchmarks/results/fuzz.json")
 ATOL = 1e-4
 TIMEOUT = 30.0
 MEGABYTE = 1 << 20
-NUMPY_TYPES = {"INT64": np.int64, "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8,
-               "UINT64": np.uint64, "FP64": np.float64, "FP32": np.float32, "FP16": np.float16, "BOOL": np.bool_}
+NUMPY_TYPES = {
+    "INT64": np.int64,
+    "INT32": np.int32,
+    "INT16": np.int16,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "UINT64": np.uint64,
+    "FP64": np.float64,
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "BOOL": np.bool_,
+}
 # Triton 2.51 allocates a JSON tensor from its claimed shape before reading its data: a claim far beyond
 # memory aborts the server (KNOWN_DEFECTS), so claims over JSON stay below this many elements.
 JSON_MAX_ELEMENTS = 1 << 22
-INVALID_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x80", b"\xf8\x88\x80\x80\x80", b"\xf4\x90\x80\x80"]
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xe2\x82",
+    b"\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xf4\x90\x80\x80",
+]
 KNOWN_DEFECTS = {
     "overflowing_shape": "a shape whose byte size overflows 64 bits to the size sent ([8, 2**61] INT64 with no bytes) "
-                         "passes Triton's size check; the Python backend stub then cannot build the array and dies "
-                         "before the model's code runs, and the model answers 'Stub process is not healthy' to "
-                         "every later request while the server still reports ready",
+    "passes Triton's size check; the Python backend stub then cannot build the array and dies "
+    "before the model's code runs, and the model answers 'Stub process is not healthy' to "
+    "every later request while the server still reports ready",
     "json_huge_shape": "a JSON tensor claiming [1, 2**40] elements makes Triton's HTTP front end allocate them: "
-                       "std::bad_alloc aborts the whole server (fixed upstream by --http-max-input-size, "
-                       "triton-inference-server/server#8174 and #8432, after 2.51)",
+    "std::bad_alloc aborts the whole server (fixed upstream by --http-max-input-size, "
+    "triton-inference-server/server#8174 and #8432, after 2.51)",
 }
 
 
@@ -166,12 +184,22 @@ class FuzzReport:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"cases": self.total, "by_category": {c: {"cases": n, "errors": self.errors[c], "closed": self.closed[c],
-                                                          "answered": self.answered[c]} for c, n in sorted(self.cases.items())},
-                "by_protocol": dict(sorted(self.by_protocol.items())), "by_rule": dict(sorted(self.by_rule.items())),
-                "reference_checks": self.reference_checks,
-                "crashes": self.crashes, "hangs": self.hangs, "wrong_answers": self.wrong_answers,
-                "failures": self.failures[:50], "stopped_early": self.stopped_early, "seconds": round(self.seconds, 1)}
+        return {
+            "cases": self.total,
+            "by_category": {
+                c: {"cases": n, "errors": self.errors[c], "closed": self.closed[c], "answered": self.answered[c]}
+                for c, n in sorted(self.cases.items())
+            },
+            "by_protocol": dict(sorted(self.by_protocol.items())),
+            "by_rule": dict(sorted(self.by_rule.items())),
+            "reference_checks": self.reference_checks,
+            "crashes": self.crashes,
+            "hangs": self.hangs,
+            "wrong_answers": self.wrong_answers,
+            "failures": self.failures[:50],
+            "stopped_early": self.stopped_early,
+            "seconds": round(self.seconds, 1),
+        }
 
 
 class ServerBroken(Exception):
@@ -192,8 +220,10 @@ def read_limits(http_url: str, model: str) -> Limits:
 
 def valid_arrays(limits: Limits, batch: int, seq: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Returns random int64 inputs of shape [batch, seq] with every value inside its input's range."""
-    return {name: rng.integers(*limits.ranges.get(name, (0, 2)), size=(batch, seq), dtype=np.int64)
-            for name in limits.inputs}
+    return {
+        name: rng.integers(*limits.ranges.get(name, (0, 2)), size=(batch, seq), dtype=np.int64)
+        for name in limits.inputs
+    }
 
 
 def strings(rows: list[bytes]) -> np.ndarray:
@@ -228,13 +258,31 @@ def tensor_cases(draw, served: Served, limits: Limits) -> Case:
     arrays = valid_arrays(limits, batch, seq, rng)
     types = {name: "INT64" for name in arrays}
     outputs, mentions = ["logits"], None
-    rule = draw(st.sampled_from(["dtype", "rank", "shapes", "empty_batch", "empty_sequence", "batch", "length",
-                                 "range", "missing", "extra", "output"]))
+    rule = draw(
+        st.sampled_from(
+            [
+                "dtype",
+                "rank",
+                "shapes",
+                "empty_batch",
+                "empty_sequence",
+                "batch",
+                "length",
+                "range",
+                "missing",
+                "extra",
+                "output",
+            ]
+        )
+    )
     name = draw(st.sampled_from(limits.inputs))
     if rule == "dtype":
         types[name] = draw(st.sampled_from([t for t in [*NUMPY_TYPES, "BYTES"] if t != "INT64"]))
-        arrays[name] = (strings([str(v).encode() for v in arrays[name].reshape(-1)]).reshape(batch, seq)
-                        if types[name] == "BYTES" else arrays[name].astype(NUMPY_TYPES[types[name]]))
+        arrays[name] = (
+            strings([str(v).encode() for v in arrays[name].reshape(-1)]).reshape(batch, seq)
+            if types[name] == "BYTES"
+            else arrays[name].astype(NUMPY_TYPES[types[name]])
+        )
     elif rule == "rank":
         shape = draw(st.sampled_from([(), (-1,), (batch, seq, 1), (1, batch, seq, 1)]))
         flat = arrays[name].reshape(-1)
@@ -243,16 +291,22 @@ def tensor_cases(draw, served: Served, limits: Limits) -> Case:
         arrays[name] = valid_arrays(limits, batch, seq + draw(st.integers(1, 8)), rng)[name]
         mentions = "shape"
     elif rule in ("empty_batch", "empty_sequence", "batch", "length"):
-        sizes = {"empty_batch": (0, seq), "empty_sequence": (batch, 0),
-                 "batch": (draw(st.integers(limits.max_batch + 1, 8 * limits.max_batch)), seq),
-                 "length": (1, draw(st.integers(limits.positions + 1, 64 * limits.positions)))}
+        sizes = {
+            "empty_batch": (0, seq),
+            "empty_sequence": (batch, 0),
+            "batch": (draw(st.integers(limits.max_batch + 1, 8 * limits.max_batch)), seq),
+            "length": (1, draw(st.integers(limits.positions + 1, 64 * limits.positions))),
+        }
         arrays = valid_arrays(limits, *sizes[rule], rng)
         types = {n: "INT64" for n in arrays}
     elif rule == "range":
         name = draw(st.sampled_from(sorted(limits.ranges)))
         low, high = limits.ranges[name]
-        bad = draw(st.sampled_from([low - 1, high, high + 1, -(2**63), 2**63 - 1])
-                   | st.integers(-(2**63), low - 1) | st.integers(high, 2**63 - 1))
+        bad = draw(
+            st.sampled_from([low - 1, high, high + 1, -(2**63), 2**63 - 1])
+            | st.integers(-(2**63), low - 1)
+            | st.integers(high, 2**63 - 1)
+        )
         flat = arrays[name].reshape(-1)
         flat[draw(st.lists(st.integers(0, flat.size - 1), min_size=1, max_size=flat.size))] = bad
         mentions = name
@@ -281,8 +335,11 @@ def text_cases(draw, served: Served, limits: Limits, long_text: tuple[bytes, np.
     protocol = draw(PROTOCOLS)
     rows = draw(text_rows())
     pairs, types, mentions = None, {"TEXT": "BYTES"}, None
-    rule = draw(st.sampled_from(["blank", "utf8", "long_utf8", "long_valid", "pairs", "dtype", "rank", "empty_batch",
-                                 "batch", "missing"]))
+    rule = draw(
+        st.sampled_from(
+            ["blank", "utf8", "long_utf8", "long_valid", "pairs", "dtype", "rank", "empty_batch", "batch", "missing"]
+        )
+    )
     at = draw(st.integers(0, len(rows)))
     if rule == "blank":
         rows.insert(at, draw(st.sampled_from(["", " ", "\t\n", "\u3000", " " * MEGABYTE])).encode())
@@ -293,8 +350,15 @@ def text_cases(draw, served: Served, limits: Limits, long_text: tuple[bytes, np.
         rows.insert(at, good[:cut] + draw(st.sampled_from(INVALID_UTF8)) + good[cut:])
         mentions = "UTF-8"
     elif rule == "long_valid":
-        return Case("text", protocol, served.text_model, "long_valid", ({"TEXT": ("BYTES", strings([long_text[0]]))},
-                                                                       ["LOGITS"], True), "same", long_text[1])
+        return Case(
+            "text",
+            protocol,
+            served.text_model,
+            "long_valid",
+            ({"TEXT": ("BYTES", strings([long_text[0]]))}, ["LOGITS"], True),
+            "same",
+            long_text[1],
+        )
     elif rule == "pairs":
         pairs = draw(st.lists(st.sampled_from(rows), min_size=0, max_size=5).filter(lambda p: len(p) != len(rows)))
         mentions = "TEXT"
@@ -304,7 +368,9 @@ def text_cases(draw, served: Served, limits: Limits, long_text: tuple[bytes, np.
         arrays["TEXT"] = np.ones((len(rows), 1), dtype=NUMPY_TYPES[types["TEXT"]])
     elif rule == "rank":
         column = arrays["TEXT"]
-        arrays["TEXT"] = draw(st.sampled_from([column.reshape(-1), column.reshape(-1, 1, 1), np.concatenate([column] * 2, 1)]))
+        arrays["TEXT"] = draw(
+            st.sampled_from([column.reshape(-1), column.reshape(-1, 1, 1), np.concatenate([column] * 2, 1)])
+        )
     elif rule == "empty_batch":
         arrays["TEXT"] = strings([])
     elif rule == "batch":
@@ -333,9 +399,11 @@ def reference_request(served: Served, text: bool) -> tuple[dict[str, tuple[str, 
     return {n: ("INT64", list(a.shape), a.reshape(-1).tolist()) for n, a in served.inputs.items()}, served.logits
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                           max_leaves=12)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -345,22 +413,35 @@ def json_mutation(draw, body: dict) -> tuple[str, dict]:
     key = draw(st.sampled_from(["shape", "datatype", "data", "name", "parameters", "inputs", "outputs"]))
     elements = len(tensor["data"])
     if key == "shape":
-        shape = draw(st.lists(st.integers(0, 4096), max_size=5) | st.lists(JSON_VALUES, min_size=1, max_size=3)
-                     | st.just([1, -elements]) | st.just([JSON_MAX_ELEMENTS // 2, 2]))
+        shape = draw(
+            st.lists(st.integers(0, 4096), max_size=5)
+            | st.lists(JSON_VALUES, min_size=1, max_size=3)
+            | st.just([1, -elements])
+            | st.just([JSON_MAX_ELEMENTS // 2, 2])
+        )
         numbers = [d for d in shape if type(d) is int]
         if shape == tensor["shape"] or claimed(numbers, 1) == elements or claimed(numbers, 1) > JSON_MAX_ELEMENTS:
             shape = [elements + 1]
         tensor["shape"] = shape
     elif key == "datatype":
-        tensor["datatype"] = draw(st.sampled_from(["INT128", "", "int64", "STRING", "FP32", "BYTES", "UINT64"])
-                                  .filter(lambda t: t != tensor["datatype"]))
+        tensor["datatype"] = draw(
+            st.sampled_from(["INT128", "", "int64", "STRING", "FP32", "BYTES", "UINT64"]).filter(
+                lambda t: t != tensor["datatype"]
+            )
+        )
     elif key == "data":
         wrong = st.sampled_from([2**70, -(2**64), 1.5, "a", None, True, [1, [2]], {"a": 1}])
-        tensor["data"] = draw(st.lists(wrong, min_size=1, max_size=elements) | st.just(tensor["data"][:-1])
-                              | st.just(tensor["data"] + tensor["data"]))
+        tensor["data"] = draw(
+            st.lists(wrong, min_size=1, max_size=elements)
+            | st.just(tensor["data"][:-1])
+            | st.just(tensor["data"] + tensor["data"])
+        )
     elif key == "name":
-        tensor["name"] = draw(st.text(max_size=12).filter(lambda n: n not in ("input_ids", "attention_mask", "token_type_ids",
-                                                                                "TEXT", "TEXT_PAIR")))
+        tensor["name"] = draw(
+            st.text(max_size=12).filter(
+                lambda n: n not in ("input_ids", "attention_mask", "token_type_ids", "TEXT", "TEXT_PAIR")
+            )
+        )
     elif key == "parameters":
         tensor["parameters"] = {"binary_data_size": draw(st.integers(-(2**63), 2**63 - 1) | JSON_VALUES)}
     elif key == "inputs":
@@ -380,9 +461,14 @@ def binary_request(inputs: dict[str, tuple[str, list[int], list]]) -> tuple[byte
     """Returns (JSON header, binary data) of a request in Triton's binary-tensor form."""
     chunks, header = [], {"inputs": []}
     for name, (datatype, shape, data) in inputs.items():
-        raw = b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in data) if datatype == "BYTES" \
+        raw = (
+            b"".join(len(s.encode()).to_bytes(4, "little") + s.encode() for s in data)
+            if datatype == "BYTES"
             else np.asarray(data, dtype=NUMPY_TYPES[datatype]).tobytes()
-        header["inputs"].append({"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(raw)}})
+        )
+        header["inputs"].append(
+            {"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+        )
         chunks.append(raw)
     return json.dumps(header).encode(), b"".join(chunks)
 
@@ -395,8 +481,20 @@ def http_raw_cases(draw, served: Served) -> Case:
     inputs, _ = reference_request(served, text)
     body = json.dumps(json_request(inputs)).encode()
     headers, framing = [("Content-Type", "application/json")], False
-    rule = draw(st.sampled_from(["garbage", "json_values", "json_field", "truncated_json", "header_length",
-                                 "binary_size", "content_length", "chunked"]))
+    rule = draw(
+        st.sampled_from(
+            [
+                "garbage",
+                "json_values",
+                "json_field",
+                "truncated_json",
+                "header_length",
+                "binary_size",
+                "content_length",
+                "chunked",
+            ]
+        )
+    )
     what = rule
     if rule == "garbage":
         body = draw(st.binary(min_size=1, max_size=2048))
@@ -409,19 +507,26 @@ def http_raw_cases(draw, served: Served) -> Case:
         what = f"json_field {what}"
         body = json.dumps(mutated).encode()
     elif rule == "truncated_json":
-        body = body[:draw(st.integers(1, len(body) - 1))]
+        body = body[: draw(st.integers(1, len(body) - 1))]
     elif rule in ("header_length", "binary_size"):
         header, data = binary_request(inputs)
         length = len(header)
         if rule == "header_length":
-            length = draw(st.sampled_from([-1, 0, len(header) + len(data) + 1, 2**64, "abc", "", "0x10", "1e3"])
-                          | st.integers(1, len(header) - 1) | st.integers(len(header) + 1, len(header) + len(data)))
+            length = draw(
+                st.sampled_from([-1, 0, len(header) + len(data) + 1, 2**64, "abc", "", "0x10", "1e3"])
+                | st.integers(1, len(header) - 1)
+                | st.integers(len(header) + 1, len(header) + len(data))
+            )
         else:
             entry = draw(st.sampled_from(json.loads(header)["inputs"]))
             size = entry["parameters"]["binary_data_size"]
-            entry_sizes = draw(st.sampled_from([-1, size - 1, size + 1, 2**63 - 1, 2**64 + size, 0]).filter(lambda s: s != size))
+            entry_sizes = draw(
+                st.sampled_from([-1, size - 1, size + 1, 2**63 - 1, 2**64 + size, 0]).filter(lambda s: s != size)
+            )
             parsed = json.loads(header)
-            next(i for i in parsed["inputs"] if i["name"] == entry["name"])["parameters"]["binary_data_size"] = entry_sizes
+            next(i for i in parsed["inputs"] if i["name"] == entry["name"])["parameters"]["binary_data_size"] = (
+                entry_sizes
+            )
             header = json.dumps(parsed).encode()
             length = len(header)
         body = header + data
@@ -429,16 +534,31 @@ def http_raw_cases(draw, served: Served) -> Case:
     elif rule == "content_length":
         declared = draw(st.sampled_from(["short", "long", "negative", "text", "twice"]))
         what = f"content_length {declared}"
-        values = {"short": [str(draw(st.integers(0, len(body) - 1)))], "long": [str(len(body) + draw(st.integers(1, 10**6)))],
-                  "negative": ["-1"], "text": ["ten"], "twice": [str(len(body)), str(len(body) // 2)]}[declared]
+        values = {
+            "short": [str(draw(st.integers(0, len(body) - 1)))],
+            "long": [str(len(body) + draw(st.integers(1, 10**6)))],
+            "negative": ["-1"],
+            "text": ["ten"],
+            "twice": [str(len(body)), str(len(body) // 2)],
+        }[declared]
         headers += [("Content-Length", v) for v in values]
         framing = declared in ("long", "negative", "text", "twice")
-        return Case("http_raw", "http", model, what, (http_message(f"/v2/models/{model}/infer", body, headers),), framing=framing)
+        return Case(
+            "http_raw",
+            "http",
+            model,
+            what,
+            (http_message(f"/v2/models/{model}/infer", body, headers),),
+            framing=framing,
+        )
     else:
-        chunks = draw(st.sampled_from([b"zz\r\n{}\r\n0\r\n\r\n", b"5\r\n{}\r\n", b"ffffffffffffffff\r\n{", b"-1\r\n\r\n"]))
+        chunks = draw(
+            st.sampled_from([b"zz\r\n{}\r\n0\r\n\r\n", b"5\r\n{}\r\n", b"ffffffffffffffff\r\n{", b"-1\r\n\r\n"])
+        )
         headers.append(("Transfer-Encoding", "chunked"))
-        return Case("http_raw", "http", model, rule, (http_message(f"/v2/models/{model}/infer", chunks, headers),),
-                    framing=True)
+        return Case(
+            "http_raw", "http", model, rule, (http_message(f"/v2/models/{model}/infer", chunks, headers),), framing=True
+        )
     headers.append(("Content-Length", str(len(body))))
     return Case("http_raw", "http", model, what, (http_message(f"/v2/models/{model}/infer", body, headers),))
 
@@ -458,8 +578,11 @@ def grpc_raw_cases(draw, served: Served) -> Case:
     for name, (datatype, shape, data) in inputs.items():
         request.inputs.append(grpc_tensor(name, datatype, shape))
         request.raw_input_contents.append(binary_request({name: (datatype, shape, data)})[1])
-    rule = draw(st.sampled_from(["count", "size", "shape", "datatype", "length_prefix", "typed_contents", "model",
-                                 "version", "output"]))
+    rule = draw(
+        st.sampled_from(
+            ["count", "size", "shape", "datatype", "length_prefix", "typed_contents", "model", "version", "output"]
+        )
+    )
     index = draw(st.integers(0, len(request.inputs) - 1))
     tensor, raw = request.inputs[index], request.raw_input_contents[index]
     itemsize = 1 if tensor.datatype == "BYTES" else 8
@@ -471,21 +594,30 @@ def grpc_raw_cases(draw, served: Served) -> Case:
             request.raw_input_contents.append(raw)
             return Case("grpc_raw", "grpc", model, "extra contents", (request,), "same", logits)
     elif rule == "size":
-        request.raw_input_contents[index] = raw[:draw(st.integers(0, len(raw) - 1))] if draw(st.booleans()) \
-            else raw + bytes(draw(st.integers(1, 64)))
+        request.raw_input_contents[index] = (
+            raw[: draw(st.integers(0, len(raw) - 1))] if draw(st.booleans()) else raw + bytes(draw(st.integers(1, 64)))
+        )
     elif rule == "shape":
-        shape = draw(st.lists(st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, -1, 2**31, 2**32, 2**40, 2**62]),
-                              min_size=0, max_size=5).filter(lambda s: s != list(tensor.shape)))
+        shape = draw(
+            st.lists(
+                st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, -1, 2**31, 2**32, 2**40, 2**62]),
+                min_size=0,
+                max_size=5,
+            ).filter(lambda s: s != list(tensor.shape))
+        )
         if wraps(shape, itemsize, len(raw)):
             shape = [1, -1]
         del tensor.shape[:]
         tensor.shape.extend(shape)
     elif rule == "datatype":
-        tensor.datatype = draw(st.sampled_from([*NUMPY_TYPES, "BYTES", "", "INT128", "int64"]).filter(lambda t: t != tensor.datatype))
+        tensor.datatype = draw(
+            st.sampled_from([*NUMPY_TYPES, "BYTES", "", "INT128", "int64"]).filter(lambda t: t != tensor.datatype)
+        )
     elif rule == "length_prefix":
         prefix = draw(st.sampled_from([2**32 - 1, 2**31, len(raw), len(raw) - 3]))
-        request.raw_input_contents[index] = prefix.to_bytes(4, "little") + raw[4:] if tensor.datatype == "BYTES" \
-            else raw[:draw(st.integers(0, 3))]
+        request.raw_input_contents[index] = (
+            prefix.to_bytes(4, "little") + raw[4:] if tensor.datatype == "BYTES" else raw[: draw(st.integers(0, 3))]
+        )
     elif rule == "typed_contents":
         request.raw_input_contents[index] = b""
         if tensor.datatype == "BYTES":
@@ -499,7 +631,9 @@ def grpc_raw_cases(draw, served: Served) -> Case:
     elif rule == "version":
         request.model_version = draw(st.sampled_from(["0", "99", "abc", "-1", "2", "x1"]))
     else:
-        request.outputs.append(service_pb2.ModelInferRequest().InferRequestedOutputTensor(name=draw(st.text(max_size=8))))
+        request.outputs.append(
+            service_pb2.ModelInferRequest().InferRequestedOutputTensor(name=draw(st.text(max_size=8)))
+        )
     return Case("grpc_raw", "grpc", model, rule, (request,))
 
 
@@ -515,20 +649,29 @@ class Channels:
 
     def reset(self) -> None:
         """Opens fresh HTTP and gRPC connections."""
-        self.http = httpclient.InferenceServerClient(self.target.http_url, network_timeout=self.target.timeout,
-                                                     connection_timeout=self.target.timeout)
+        self.http = httpclient.InferenceServerClient(
+            self.target.http_url, network_timeout=self.target.timeout, connection_timeout=self.target.timeout
+        )
         self.grpc = grpcclient.InferenceServerClient(self.target.grpc_url)
         self.channel = grpc.insecure_channel(self.target.grpc_url)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
-    def tensors(self, protocol: str, model: str, inputs: list[tuple[str, str, np.ndarray]], outputs: list[str],
-                binary: bool = True) -> Outcome:
+    def tensors(
+        self,
+        protocol: str,
+        model: str,
+        inputs: list[tuple[str, str, np.ndarray]],
+        outputs: list[str],
+        binary: bool = True,
+    ) -> Outcome:
         """Returns the outcome of a typed request through tritonclient."""
         module = httpclient if protocol == "http" else grpcclient
         tensors = []
         for name, datatype, array in inputs:
             tensor = module.InferInput(name, list(array.shape), datatype)
-            tensor.set_data_from_numpy(array, binary_data=binary) if protocol == "http" else tensor.set_data_from_numpy(array)
+            tensor.set_data_from_numpy(array, binary_data=binary) if protocol == "http" else tensor.set_data_from_numpy(
+                array
+            )
             tensors.append(tensor)
         requested = [module.InferRequestedOutput(name) for name in outputs]
         try:
@@ -543,7 +686,9 @@ class Channels:
             return Outcome("error", text)
         except (OSError, TimeoutError) as error:
             self.reset()
-            return Outcome("timeout" if isinstance(error, TimeoutError) or "timed out" in str(error) else "closed", str(error))
+            return Outcome(
+                "timeout" if isinstance(error, TimeoutError) or "timed out" in str(error) else "closed", str(error)
+            )
         return Outcome("ok", output=result.as_numpy(outputs[0]))
 
     def http_raw(self, message: bytes) -> Outcome:
@@ -572,7 +717,9 @@ class Channels:
                 return Outcome("timeout", error.details() or "")
             return Outcome("error", f"{error.code().name}: {error.details()}")
         logits = [(o, raw) for o, raw in zip(response.outputs, response.raw_output_contents) if o.datatype == "FP32"]
-        return Outcome("ok", output=np.frombuffer(logits[0][1], np.float32).reshape(logits[0][0].shape) if logits else None)
+        return Outcome(
+            "ok", output=np.frombuffer(logits[0][1], np.float32).reshape(logits[0][0].shape) if logits else None
+        )
 
     def send(self, case: Case) -> Outcome:
         """Returns what the server did with ``case``."""
@@ -602,8 +749,11 @@ def judge(case: Case, outcome: Outcome) -> str | None:
     if case.expect == "same":
         if outcome.kind != "ok":
             return f"a valid request failed: {outcome.detail}"
-        if outcome.output is None or outcome.output.shape != case.expected.shape \
-                or not np.abs(outcome.output - case.expected).max() <= ATOL:
+        if (
+            outcome.output is None
+            or outcome.output.shape != case.expected.shape
+            or not np.abs(outcome.output - case.expected).max() <= ATOL
+        ):
             return f"answered {outcome.output!r}, expected {case.expected!r}"
         return None
     if outcome.kind == "ok":
@@ -633,7 +783,11 @@ def server_ready(http_url: str, timeout: float) -> bool:
 def check_reference(channels: Channels, served: Served, model: str, protocol: str) -> str | None:
     """Returns what is wrong with the answer to the valid reference request of ``model``, or None."""
     if model == served.text_model:
-        inputs, expected, output = {"TEXT": ("BYTES", strings([t.encode() for t in served.texts]))}, served.text_logits, "LOGITS"
+        inputs, expected, output = (
+            {"TEXT": ("BYTES", strings([t.encode() for t in served.texts]))},
+            served.text_logits,
+            "LOGITS",
+        )
     else:
         inputs, expected, output = {n: ("INT64", a) for n, a in served.inputs.items()}, served.logits, "logits"
     outcome = channels.tensors(protocol, model, [(n, t, a) for n, (t, a) in inputs.items()], [output])
@@ -700,18 +854,34 @@ def case_strategies(channels: Channels, target: Target) -> list[tuple[Served, di
     for served in target.served:
         limits = read_limits(target.http_url, served.model)
         long_text = long_text_reference(channels, served)
-        strategies.append((served, {"tensor": tensor_cases(served, limits), "text": text_cases(served, limits, long_text),
-                                    "http_raw": http_raw_cases(served), "grpc_raw": grpc_raw_cases(served)}))
+        strategies.append(
+            (
+                served,
+                {
+                    "tensor": tensor_cases(served, limits),
+                    "text": text_cases(served, limits, long_text),
+                    "http_raw": http_raw_cases(served),
+                    "grpc_raw": grpc_raw_cases(served),
+                },
+            )
+        )
     return strategies
 
 
-def fuzz_one_strategy(target: Target, channels: Channels, served: Served, strategy, cases: int, random_seed: int,
-                      report: FuzzReport) -> None:
+def fuzz_one_strategy(
+    target: Target, channels: Channels, served: Served, strategy, cases: int, random_seed: int, report: FuzzReport
+) -> None:
     """Sends ``cases`` cases drawn from ``strategy``, checking the server after each one."""
 
     @seed(random_seed)
-    @settings(max_examples=cases, database=None, deadline=None, phases=[Phase.generate], print_blob=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=cases,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def one(case):
         run_case(target, channels, served, case, report)
@@ -726,7 +896,11 @@ def run_fuzz(target: Target, cases: int, random_seed: int = 0) -> FuzzReport:
     report = FuzzReport()
     channels = Channels(target)
     started = time.monotonic()
-    plan = [(served, strategy) for served, by_category in case_strategies(channels, target) for strategy in by_category.values()]
+    plan = [
+        (served, strategy)
+        for served, by_category in case_strategies(channels, target)
+        for strategy in by_category.values()
+    ]
     try:
         for index, (served, strategy) in enumerate(plan):
             share = cases // len(plan) + (index < cases % len(plan))
@@ -751,15 +925,18 @@ def overflowing_shape(victim: str):
 
 def huge_json_shape(victim: str) -> bytes:
     """Returns the HTTP request of KNOWN_DEFECTS["json_huge_shape"] for classifier ``victim``."""
-    body = json.dumps({"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2**40], "data": [1]}]}).encode()
+    body = json.dumps(
+        {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2**40], "data": [1]}]}
+    ).encode()
     return http_message(f"/v2/models/{victim}/infer", body, [("Content-Length", str(len(body)))])
 
 
 def valid_request(channels: Channels, victim: str) -> Outcome:
     """Returns the outcome of a small valid request to classifier ``victim`` over HTTP."""
     ones = np.ones((1, 3), dtype=np.int64)
-    return channels.tensors("http", victim, [(n, "INT64", ones) for n in ("input_ids", "attention_mask", "token_type_ids")],
-                            ["logits"])
+    return channels.tensors(
+        "http", victim, [(n, "INT64", ones) for n in ("input_ids", "attention_mask", "token_type_ids")], ["logits"]
+    )
 
 
 def probe_known_defects(target: Target, victim: str) -> dict[str, str]:
@@ -768,8 +945,10 @@ def probe_known_defects(target: Target, victim: str) -> dict[str, str]:
     channels = Channels(target)
     outcome = channels.grpc_raw(overflowing_shape(victim))
     after = valid_request(channels, victim)
-    results = {"overflowing_shape": f"request: {outcome.kind} ({outcome.detail[:120]}); next valid request: {after.kind} "
-                                    f"({after.detail[:120]}); server ready: {server_ready(target.http_url, 5)}"}
+    results = {
+        "overflowing_shape": f"request: {outcome.kind} ({outcome.detail[:120]}); next valid request: {after.kind} "
+        f"({after.detail[:120]}); server ready: {server_ready(target.http_url, 5)}"
+    }
     outcome = channels.http_raw(huge_json_shape(victim))
     time.sleep(1)
     results["json_huge_shape"] = f"request: {outcome.kind} ({outcome.detail[:120]}); server alive: {target.alive()}"
@@ -839,11 +1018,18 @@ def main(argv: list[str] | None = None) -> None:
             report = run_fuzz(target, args.cases, args.seed)
             print(json.dumps(report.to_dict(), indent=2))
             defects = probe_known_defects(target, "victim")
-    atomic_write_json(args.out, {"section": "fuzz", "environment": {**machine(), "libraries": library_versions()},
-                                 "seconds": round(time.monotonic() - started, 1), "seed": args.seed,
-                                 "models": [s.model for s in served] + [s.text_model for s in served],
-                                 **report.to_dict(), "known_defects": {k: {"what": KNOWN_DEFECTS[k], "observed": v}
-                                                                       for k, v in defects.items()}})
+    atomic_write_json(
+        args.out,
+        {
+            "section": "fuzz",
+            "environment": {**machine(), "libraries": library_versions()},
+            "seconds": round(time.monotonic() - started, 1),
+            "seed": args.seed,
+            "models": [s.model for s in served] + [s.text_model for s in served],
+            **report.to_dict(),
+            "known_defects": {k: {"what": KNOWN_DEFECTS[k], "observed": v} for k, v in defects.items()},
+        },
+    )
     print(f"{report.total} cases, {len(report.failures)} failures; wrote {args.out}")
 
 

@@ -33,10 +33,24 @@ def gpu_section(models: BenchModels, out: Path) -> dict:
     options = DeploymentOptions(max_batch_size=64, kind="gpu")
     with tempfile.TemporaryDirectory(prefix="headprune-gpu-") as folder:
         repo = Path(folder) / "repo"
-        export_variants({"minilm": (models.base, "fp32", {"options": options}),
-                         "minilm_pruned50": (models.pruned50, "fp32", {"options": options}),
-                         "minilm_best_fp32": (models.headline, "fp32", {"options": options})}, repo, 64)
-        path = compare_repository(repo, ["minilm", "minilm_pruned50", "minilm_best_fp32"], models.splits["eval"],
-                                  out, ["make", "bench"], batch_sizes=[1, 16, 64], concurrency=[1], trials=3)
+        export_variants(
+            {
+                "minilm": (models.base, "fp32", {"options": options}),
+                "minilm_pruned50": (models.pruned50, "fp32", {"options": options}),
+                "minilm_best_fp32": (models.headline, "fp32", {"options": options}),
+            },
+            repo,
+            64,
+        )
+        path = compare_repository(
+            repo,
+            ["minilm", "minilm_pruned50", "minilm_best_fp32"],
+            models.splits["eval"],
+            out,
+            ["make", "bench"],
+            batch_sizes=[1, 16, 64],
+            concurrency=[1],
+            trials=3,
+        )
     report = json.loads((out / "report.json").read_text())
     return {"report": str(path), "speedups": report["speedups"]}

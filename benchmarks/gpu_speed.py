@@ -50,7 +50,8 @@ def half_of_every_layer(model, seed: int = 0) -> HeadPlan:
     removed = {}
     for layer in build_inventory(model).layers:
         removed.setdefault(layer.attention_type.name, {})[layer.index] = sorted(
-            rng.sample(range(layer.original_heads), layer.original_heads // 2))
+            rng.sample(range(layer.original_heads), layer.original_heads // 2)
+        )
     return HeadPlan(removed)
 
 
@@ -108,8 +109,9 @@ def peak_memory_mib(model, inputs: dict, device: str) -> float | None:
     return (weights + torch.cuda.max_memory_allocated() - before) / 2**20
 
 
-def measure_pair(name: str, base, pruned, device: str, batches: list[int], seq_len: int, trials: int,
-                 trial_seconds: float) -> list[dict]:
+def measure_pair(
+    name: str, base, pruned, device: str, batches: list[int], seq_len: int, trials: int, trial_seconds: float
+) -> list[dict]:
     """Returns one row per (precision, attention, batch): examples/s per trial of both models and their ratio."""
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -131,12 +133,23 @@ def measure_pair(name: str, base, pruned, device: str, batches: list[int], seq_l
                     for variant in order:
                         speeds[variant].append(examples_per_second(models[variant], inputs, device, trial_seconds))
                 ratios = [p / u for p, u in zip(speeds["pruned"], speeds["unpruned"])]
-                rows.append({"model": name, "precision": str(dtype).removeprefix("torch."), "attention": attention,
-                             "batch": batch, "seq_len": seq_len, "trials": trials,
-                             "examples_per_s": speeds, "speedup": statistics.median(ratios),
-                             "speedup_min": min(ratios), "speedup_max": max(ratios),
-                             "peak_mib": {v: peak_memory_mib(m, inputs, device) for v, m in models.items()}
-                             if batch == max(batches) else None})
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": str(dtype).removeprefix("torch."),
+                        "attention": attention,
+                        "batch": batch,
+                        "seq_len": seq_len,
+                        "trials": trials,
+                        "examples_per_s": speeds,
+                        "speedup": statistics.median(ratios),
+                        "speedup_min": min(ratios),
+                        "speedup_max": max(ratios),
+                        "peak_mib": {v: peak_memory_mib(m, inputs, device) for v, m in models.items()}
+                        if batch == max(batches)
+                        else None,
+                    }
+                )
             del models
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -148,20 +161,35 @@ def environment(device: str) -> dict:
     import transformers
 
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu"
-    return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def run(out: Path, device: str, batches: list[int], seq_len: int, trials: int, trial_seconds: float,
-        shape: dict = BERT_BASE, minilm: Path | None = None, score_data: Path | None = None) -> dict:
+def run(
+    out: Path,
+    device: str,
+    batches: list[int],
+    seq_len: int,
+    trials: int,
+    trial_seconds: float,
+    shape: dict = BERT_BASE,
+    minilm: Path | None = None,
+    score_data: Path | None = None,
+) -> dict:
     """Measures every model and writes ``out`` (JSON); returns what it wrote."""
     models = []
     base = bert_base(shape)
     models.append(("bert-base-shaped (random weights, fixed plan)", base, half_of_every_layer(base)))
     if minilm is not None:
         tuned = load_model(minilm).float()  # a carried copy may be stored in fp16
-        plan = half_by_importance(tuned, load_tokenizer(minilm), score_data) if score_data \
-            else half_of_every_layer(tuned)
+        plan = (
+            half_by_importance(tuned, load_tokenizer(minilm), score_data) if score_data else half_of_every_layer(tuned)
+        )
         models.append((f"MiniLM ({'importance' if score_data else 'fixed'} plan)", tuned, plan))
     rows = []
     for name, model, plan in models:
@@ -169,9 +197,11 @@ def run(out: Path, device: str, batches: list[int], seq_len: int, trials: int, t
         heads = (build_inventory(model).kept_head_count(), build_inventory(pruned).kept_head_count())
         for row in measure_pair(name, model, pruned, device, batches, seq_len, trials, trial_seconds):
             rows.append({**row, "heads": {"unpruned": heads[0], "pruned": heads[1]}})
-    result = {"environment": environment(device), "settings": {"batches": batches, "seq_len": seq_len,
-                                                               "trials": trials, "trial_seconds": trial_seconds},
-              "rows": rows}
+    result = {
+        "environment": environment(device),
+        "settings": {"batches": batches, "seq_len": seq_len, "trials": trials, "trial_seconds": trial_seconds},
+        "rows": rows,
+    }
     atomic_write_json(out, result)
     return result
 
@@ -184,7 +214,7 @@ def prepare_carry(folder: Path, minilm: Path, score_data: Path, examples: int = 
     model.half().save_pretrained(folder / "minilm")
     tokenizer.save_pretrained(folder / "minilm")
     header = 0 if score_data.suffix.lower() in (".jsonl", ".json") else 1  # CSV/TSV keep their header line
-    lines = score_data.read_text(encoding="utf-8").splitlines(keepends=True)[:examples + header]
+    lines = score_data.read_text(encoding="utf-8").splitlines(keepends=True)[: examples + header]
     (folder / f"score{score_data.suffix}").write_text("".join(lines), encoding="utf-8")
     return folder
 
@@ -199,8 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trial-seconds", type=float, default=1.0)
     parser.add_argument("--minilm", type=Path, help="The demo's fine-tuned MiniLM folder (optional).")
     parser.add_argument("--score-data", type=Path, help="Scoring split for MiniLM's importance (optional).")
-    parser.add_argument("--prepare-carry", type=Path, metavar="FOLDER",
-                        help="Only write --minilm (fp16) and --score-data into FOLDER for the GPU machine, and stop.")
+    parser.add_argument(
+        "--prepare-carry",
+        type=Path,
+        metavar="FOLDER",
+        help="Only write --minilm (fp16) and --score-data into FOLDER for the GPU machine, and stop.",
+    )
     args = parser.parse_args(argv)
     if args.prepare_carry:
         if not (args.minilm and args.score_data):
@@ -209,11 +243,21 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run this on a machine with a GPU (or pass --device cpu)")
-    result = run(args.out, args.device, [int(b) for b in args.batches.split(",")], args.seq_len, args.trials,
-                 args.trial_seconds, minilm=args.minilm, score_data=args.score_data)
+    result = run(
+        args.out,
+        args.device,
+        [int(b) for b in args.batches.split(",")],
+        args.seq_len,
+        args.trials,
+        args.trial_seconds,
+        minilm=args.minilm,
+        score_data=args.score_data,
+    )
     for row in result["rows"]:
-        print(f"{row['model']:48s} {row['precision']:8s} {row['attention']:5s} batch {row['batch']:3d}: "
-              f"{row['speedup']:.3f}x [{row['speedup_min']:.3f}-{row['speedup_max']:.3f}]")
+        print(
+            f"{row['model']:48s} {row['precision']:8s} {row['attention']:5s} batch {row['batch']:3d}: "
+            f"{row['speedup']:.3f}x [{row['speedup_min']:.3f}-{row['speedup_max']:.3f}]"
+        )
     print(f"wrote {args.out}")
 
 

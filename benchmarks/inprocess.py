@@ -33,13 +33,16 @@ def session(path: str | Path, threads: int = 0, spinning: bool = True, profile: 
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: int = 0,
-         vocab_size: int = MINILM_VOCAB) -> dict[str, np.ndarray]:
+def feed(
+    sess: ort.InferenceSession, batch: int, seq_len: int, seed: int = 0, vocab_size: int = MINILM_VOCAB
+) -> dict[str, np.ndarray]:
     """Returns fixed random inputs of shape (batch, seq_len) for the session's inputs (ids below ``vocab_size``)."""
     return token_inputs([i.name for i in sess.get_inputs()], vocab_size, batch, seq_len, seed)
 
 
-def timed_blocks(runs: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.6) -> dict[str, list[list[float]]]:
+def timed_blocks(
+    runs: dict[str, Callable[[], object]], rounds: int, block_s: float = 0.6
+) -> dict[str, list[list[float]]]:
     """Runs each callable in turn, one block of about ``block_s`` seconds per round (order rotated each round, an idle
     gap after each block); returns {name: [per-run latencies in ms of each block]}."""
     names = list(runs)
@@ -75,12 +78,16 @@ def _throughputs(blocks: list[list[float]], batch: int) -> list[float]:
 
 def speedup(baseline: list[list[float]], candidate: list[list[float]], batch: int, seed: int = 0) -> Speedup:
     """Returns candidate / baseline throughput of two sets of timed blocks, with its bootstrap interval."""
-    return speedup_of_trials((baseline, _throughputs(baseline, batch)), (candidate, _throughputs(candidate, batch)),
-                             np.random.default_rng(seed))
+    return speedup_of_trials(
+        (baseline, _throughputs(baseline, batch)),
+        (candidate, _throughputs(candidate, batch)),
+        np.random.default_rng(seed),
+    )
 
 
-def attention_share(path: str | Path, batch: int, seq_len: int, threads: int = 0, runs: int = 10,
-                    vocab_size: int = MINILM_VOCAB) -> float:
+def attention_share(
+    path: str | Path, batch: int, seq_len: int, threads: int = 0, runs: int = 10, vocab_size: int = MINILM_VOCAB
+) -> float:
     """Returns the share of kernel time ONNX Runtime spends in per-head attention nodes (``ATTENTION_NODES``)."""
     sess = session(path, threads, profile=True)
     inputs = feed(sess, batch, seq_len, vocab_size=vocab_size)

@@ -38,16 +38,26 @@ def served_memory(repo: Path, names: list[str], batch: int = 16, seq_len: int = 
                 inputs = latency_inputs(facts, batch, seq_len, 0)
                 for _ in range(3):
                     client.infer(name, inputs, ["logits"])
-                rows[name] = {"stub_processes": len(pids), "resident_mib_idle": idle,
-                              "resident_mib_after_requests": sum(resident_mib(p) for p in pids),
-                              "onnx_bytes": facts.onnx_bytes, "parameters": facts.parameters,
-                              "precision": facts.precision, "heads": facts.heads}
+                rows[name] = {
+                    "stub_processes": len(pids),
+                    "resident_mib_idle": idle,
+                    "resident_mib_after_requests": sum(resident_mib(p) for p in pids),
+                    "onnx_bytes": facts.onnx_bytes,
+                    "parameters": facts.parameters,
+                    "precision": facts.precision,
+                    "heads": facts.heads,
+                }
             unpruned = rows[names[0]]["parameters"]
             for row in rows.values():
                 row["weight_bytes_removed"] = (unpruned - row["parameters"]) * BYTES_PER_WEIGHT
             server_rss = resident_mib(server.process.pid)
         finally:
             client.close()
-    return {"batch": batch, "seq_len": seq_len, "models": rows, "server_process_mib": server_rss,
-            "note": "one stub process per model instance; resident memory includes the Python interpreter and "
-                    "onnxruntime (the same for every model)"}
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "models": rows,
+        "server_process_mib": server_rss,
+        "note": "one stub process per model instance; resident memory includes the Python interpreter and "
+        "onnxruntime (the same for every model)",
+    }

@@ -49,8 +49,17 @@ def _timed(seconds: dict, key: str, done: bool, make) -> None:
 def optimize_settings(base: Path, splits: dict[str, Path], budget: DemoBudget = DemoBudget()) -> OptimizeSettings:
     """Returns the optimizer's settings for the benchmark: the demo's splits (scoring = dev, evaluation = test),
     1 point of accuracy, throughput at batch 16."""
-    return OptimizeSettings(model=base, train=splits["train"], dev=splits["score"], test=splits["eval"],
-                            repo=OPTIMIZE_REPO, name=HEADLINE_NAME, out=OPTIMIZE_OUT, max_drop=1.0, seed=budget.seed)
+    return OptimizeSettings(
+        model=base,
+        train=splits["train"],
+        dev=splits["score"],
+        test=splits["eval"],
+        repo=OPTIMIZE_REPO,
+        name=HEADLINE_NAME,
+        out=OPTIMIZE_OUT,
+        max_drop=1.0,
+        seed=budget.seed,
+    )
 
 
 def run_optimizer(settings: OptimizeSettings) -> tuple[dict, Path, str]:
@@ -63,8 +72,13 @@ def run_optimizer(settings: OptimizeSettings) -> tuple[dict, Path, str]:
 
     bars = PhaseBars()
     try:
-        optimize(settings, resume=True, phases=bars, command=["make", "bench"],
-                 say=lambda line: console.print(line, highlight=False, markup=False))
+        optimize(
+            settings,
+            resume=True,
+            phases=bars,
+            command=["make", "bench"],
+            say=lambda line: console.print(line, highlight=False, markup=False),
+        )
     finally:
         bars.close()
     result = json.loads((settings.out / "optimize.json").read_text())
@@ -98,8 +112,14 @@ def prepare_models(cache: Path, budget: DemoBudget = DemoBudget(), headline: boo
 
     _timed(seconds, "scores", (work / "scores.json").exists(), score)
     pruned50 = work / "minilm_pruned50"
-    _timed(seconds, "prune", (pruned50 / "config.json").exists(), lambda: prune_checkpoint(
-        base, pruned50, scores=HeadScores.load(work / "scores.json"), fraction=BASELINE_LEVEL, overwrite=True))
+    _timed(
+        seconds,
+        "prune",
+        (pruned50 / "config.json").exists(),
+        lambda: prune_checkpoint(
+            base, pruned50, scores=HeadScores.load(work / "scores.json"), fraction=BASELINE_LEVEL, overwrite=True
+        ),
+    )
     result, chosen, precision = {}, base, "fp32"
     if headline:
         began = time.monotonic()

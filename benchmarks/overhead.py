@@ -34,8 +34,15 @@ class RawHttpClient:
 
     def infer(self, model: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Returns the logits of one request."""
-        body = json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
-                                      for n, a in arrays.items()], "outputs": [{"name": "logits"}]})
+        body = json.dumps(
+            {
+                "inputs": [
+                    {"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+                    for n, a in arrays.items()
+                ],
+                "outputs": [{"name": "logits"}],
+            }
+        )
         self.connection.request("POST", f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
         response = self.connection.getresponse()
         data = json.loads(response.read())
@@ -55,13 +62,19 @@ def write_floor_model(path: Path, input_names: list[str], labels: int = 2) -> Pa
     """Writes an ONNX classifier that does no work (its logits are the first input's first ``labels`` ids, cast to
     float) with the given INT64 inputs; returns ``path``."""
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"]) for name in input_names]
-    constants = [helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
-                 for name, value in (("start", 0), ("end", labels), ("axis", 1))]
-    nodes = [*constants, helper.make_node("Slice", [input_names[0], "start", "end", "axis"], ["first_ids"]),
-             helper.make_node("Cast", ["first_ids"], ["logits"], to=TensorProto.FLOAT)]
+    constants = [
+        helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+        for name, value in (("start", 0), ("end", labels), ("axis", 1))
+    ]
+    nodes = [
+        *constants,
+        helper.make_node("Slice", [input_names[0], "start", "end", "axis"], ["first_ids"]),
+        helper.make_node("Cast", ["first_ids"], ["logits"], to=TensorProto.FLOAT),
+    ]
     output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", labels])
-    model = helper.make_model(helper.make_graph(nodes, FLOOR_MODEL, inputs, [output]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, FLOOR_MODEL, inputs, [output]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -84,8 +97,9 @@ def measure_overhead(repo: Path, model: str, batch_sizes: list[int], rounds: int
     return {"model": model, "seq_len": seq_len, "rounds": rounds, "batch_sizes": results}
 
 
-def _measure(repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_sizes: list[int], rounds: int,
-             seq_len: int) -> dict:
+def _measure(
+    repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_sizes: list[int], rounds: int, seq_len: int
+) -> dict:
     results = {}
     with TritonServer(repo, **ports) as server:
         local = session(onnx_path)
@@ -95,10 +109,14 @@ def _measure(repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_
         try:
             for batch in batch_sizes:
                 inputs = latency_inputs(facts, batch, seq_len, seed=0)
-                runs = {"in_process": lambda: local.run(None, inputs),
-                        **{f"triton_{p}": (lambda c=c: c.infer(model, inputs, ["logits"])) for p, c in clients.items()},
-                        "triton_http_raw": lambda: raw.infer(model, inputs),
-                        **{f"floor_{p}": (lambda c=c: c.infer(FLOOR_MODEL, inputs, ["logits"])) for p, c in clients.items()}}
+                runs = {
+                    "in_process": lambda: local.run(None, inputs),
+                    **{f"triton_{p}": (lambda c=c: c.infer(model, inputs, ["logits"])) for p, c in clients.items()},
+                    "triton_http_raw": lambda: raw.infer(model, inputs),
+                    **{
+                        f"floor_{p}": (lambda c=c: c.infer(FLOOR_MODEL, inputs, ["logits"])) for p, c in clients.items()
+                    },
+                }
                 cpu = {name: 0.0 for name in runs}
                 counts = {name: 0 for name in runs}
 
@@ -108,22 +126,31 @@ def _measure(repo: Path, model: str, facts, onnx_path: Path, ports: dict, batch_
                         run()
                         cpu[name] += time.process_time() - began
                         counts[name] += 1
+
                     return wrapped
 
                 before = clients["http"].statistics(model)
                 # Longer blocks for large batches: a 0.6 s block would hold two 300 ms requests at batch 16.
-                blocks = timed_blocks({name: counted(name, run) for name, run in runs.items()}, rounds,
-                                      block_s=0.15 * max(batch, 4))
+                blocks = timed_blocks(
+                    {name: counted(name, run) for name, run in runs.items()}, rounds, block_s=0.15 * max(batch, 4)
+                )
                 after = clients["http"].statistics(model)
                 stats = {name: block_stats(b, batch) for name, b in blocks.items()}
                 local_p50 = stats["in_process"].p50
                 results[str(batch)] = {
-                    name: {"p50_ms": s.p50, "requests": s.requests, "blocks": s.trials,
-                           "ratio_to_in_process": s.p50 / local_p50,
-                           "added_ms": s.p50 - local_p50,
-                           "client_cpu_ms_per_request": 1000 * cpu[name] / max(counts[name], 1)}
-                    for name, s in stats.items()}
-                results[str(batch)]["server_compute_infer_ms"] = server_breakdown(before, after, model)["compute_infer_us"] / 1000
+                    name: {
+                        "p50_ms": s.p50,
+                        "requests": s.requests,
+                        "blocks": s.trials,
+                        "ratio_to_in_process": s.p50 / local_p50,
+                        "added_ms": s.p50 - local_p50,
+                        "client_cpu_ms_per_request": 1000 * cpu[name] / max(counts[name], 1),
+                    }
+                    for name, s in stats.items()
+                }
+                results[str(batch)]["server_compute_infer_ms"] = (
+                    server_breakdown(before, after, model)["compute_infer_us"] / 1000
+                )
                 time.sleep(IDLE_GAP_S)
         finally:
             for client in clients.values():

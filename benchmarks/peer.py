@@ -31,7 +31,10 @@ def peer_python(folder: Path) -> Path:
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
-    for requirement in (PEER_REQUIREMENTS[:1], PEER_REQUIREMENTS[1:]):  # the local CPU torch first, as `make setup` does
+    for requirement in (
+        PEER_REQUIREMENTS[:1],
+        PEER_REQUIREMENTS[1:],
+    ):  # the local CPU torch first, as `make setup` does
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirement], check=True)
     atomic_write_text(stamp, wanted)
     return python
@@ -40,40 +43,51 @@ def peer_python(folder: Path) -> Path:
 def export_peer(python: Path, checkpoint: Path, plan: Path, out: Path) -> dict:
     """Runs the peer's prune + export + O2 in its environment; returns its summary (ONNX path, versions)."""
     script = Path(__file__).with_name("peer_export.py")
-    result = subprocess.run([str(python), str(script), str(checkpoint), str(plan), str(out)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [str(python), str(script), str(checkpoint), str(plan), str(out)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"the peer's export failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def compare_with_peer(ours: Path, peer_onnx: Path, trials: int = 5, seq_len: int = 128,
-                      vocab_size: int = MINILM_VOCAB) -> dict:
+def compare_with_peer(
+    ours: Path, peer_onnx: Path, trials: int = 5, seq_len: int = 128, vocab_size: int = MINILM_VOCAB
+) -> dict:
     """Serves both ONNX files in one Triton; returns their largest logit difference on the same inputs and ours /
     peer's throughput at batch 1 and 16 (interleaved trials, bootstrap intervals)."""
     with tempfile.TemporaryDirectory(prefix="headprune-peer-") as folder:
         repo = Path(folder)
         stage_onnx_models(repo, {"ours": ours, "peer": peer_onnx}, 16)
         local = session(ours)
-        cells = [Cell("batch1", feed(local, 1, seq_len, vocab_size=vocab_size), 1, 24),
-                 Cell("batch16", feed(local, 16, seq_len, vocab_size=vocab_size), 1, 4)]
+        cells = [
+            Cell("batch1", feed(local, 1, seq_len, vocab_size=vocab_size), 1, 24),
+            Cell("batch16", feed(local, 16, seq_len, vocab_size=vocab_size), 1, 4),
+        ]
         ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
         with TritonServer(repo, **ports) as server:
             client = TritonClient(server.http_url, "http")
             probe = feed(local, 8, min(seq_len, 64), seed=3, vocab_size=vocab_size)
             logits = {name: client.infer(name, probe, ["logits"])["logits"] for name in ("ours", "peer")}
             client.close()
-            windows = interleaved_windows(lambda: TritonClient(server.http_url, "http"), ["ours", "peer"], cells, trials,
-                                          ["logits"])
+            windows = interleaved_windows(
+                lambda: TritonClient(server.http_url, "http"), ["ours", "peer"], cells, trials, ["logits"]
+            )
     rng = np.random.default_rng(0)
 
     def measured(name: str, label: str) -> tuple[list[list[float]], list[float]]:
         cell_windows = windows[name][label]
         return [w.latencies_ms for w in cell_windows], [w.throughput for w in cell_windows]
 
-    speedups = {cell.label: speedup_of_trials(measured("peer", cell.label), measured("ours", cell.label), rng).to_dict()
-                for cell in cells}
+    speedups = {
+        cell.label: speedup_of_trials(measured("peer", cell.label), measured("ours", cell.label), rng).to_dict()
+        for cell in cells
+    }
     difference = float(np.abs(logits["ours"] - logits["peer"]).max())
-    return {"speedup_ours_over_peer": speedups, "max_abs_logit_difference": difference,
-            "same_predictions": bool((logits["ours"].argmax(1) == logits["peer"].argmax(1)).all()), "trials": trials,
-            "seq_len": seq_len}
+    return {
+        "speedup_ours_over_peer": speedups,
+        "max_abs_logit_difference": difference,
+        "same_predictions": bool((logits["ours"].argmax(1) == logits["peer"].argmax(1)).all()),
+        "trials": trials,
+        "seq_len": seq_len,
+    }

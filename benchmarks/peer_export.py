@@ -34,8 +34,15 @@ def main() -> None:
     main_export(str(pruned), output=str(out / "onnx"), task="text-classification")
     optimizer = ORTOptimizer.from_pretrained(str(out / "onnx"))
     optimizer.optimize(save_dir=str(out / "o2"), optimization_config=AutoOptimizationConfig.O2())
-    print(json.dumps({"onnx": str(out / "o2" / "model_optimized.onnx"), "pruned": str(pruned),
-                      "versions": {p: version(p) for p in ("transformers", "optimum", "onnxruntime", "torch")}}))
+    print(
+        json.dumps(
+            {
+                "onnx": str(out / "o2" / "model_optimized.onnx"),
+                "pruned": str(pruned),
+                "versions": {p: version(p) for p in ("transformers", "optimum", "onnxruntime", "torch")},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,13 +40,20 @@ def main() -> None:
     args = parser.parse_args()
     cache, budget = default_cache(), DemoBudget()
     base = finetuned_model_folder(cache, budget)
-    pruned = {f"minilm_pruned{level}": args.pruned / f"minilm_pruned{level}" for level in args.levels.split(",") if level}
+    pruned = {
+        f"minilm_pruned{level}": args.pruned / f"minilm_pruned{level}" for level in args.levels.split(",") if level
+    }
     for folder in (base, *pruned.values()):
         if not folder.is_dir():
             raise SystemExit(f"'{folder}' does not exist: run `make demo` first")
-    path = compare_served(variants(base, pruned), prepare_data(cache, budget)["eval"], args.out,
-                          [int(b) for b in args.batch_sizes.split(",")], args.trials,
-                          ["python", "-m", "benchmarks.quantization"])
+    path = compare_served(
+        variants(base, pruned),
+        prepare_data(cache, budget)["eval"],
+        args.out,
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.trials,
+        ["python", "-m", "benchmarks.quantization"],
+    )
     print(path.read_text())
 
 

@@ -30,7 +30,9 @@ from serving.demo.pipeline import DemoBudget, finetuned_model_folder, prepare_da
 from serving.progress import progress_bar
 
 
-def recovered_models(base: Path, scores: Path, splits: dict[str, Path], levels: list[int], out: Path) -> dict[str, tuple]:
+def recovered_models(
+    base: Path, scores: Path, splits: dict[str, Path], levels: list[int], out: Path
+) -> dict[str, tuple]:
     """Returns {deployment name: (checkpoint folder, precision)}: each level pruned, distilled and rescaled, and
     the first level's distilled model in INT8 as well."""
     train = read_examples(splits["train"], "classification")
@@ -38,13 +40,17 @@ def recovered_models(base: Path, scores: Path, splits: dict[str, Path], levels: 
     models = {"minilm": (base, "fp32")}
     for level in levels:
         name = f"minilm_pruned{level}"
-        pruned = prune_checkpoint(base, out / name, scores=HeadScores.load(scores), fraction=level / 100,
-                                  overwrite=True).out
+        pruned = prune_checkpoint(
+            base, out / name, scores=HeadScores.load(scores), fraction=level / 100, overwrite=True
+        ).out
         with progress_bar(f"distilling {name} (examples)", len(train)) as advance:
             distill(pruned, base, train, out / f"{name}_distilled", overwrite=True, progress=advance)
         recover_by_rescaling(pruned, base, sample, out / f"{name}_rescaled", overwrite=True)
-        models |= {name: (pruned, "fp32"), f"{name}_distilled": (out / f"{name}_distilled", "fp32"),
-                   f"{name}_rescaled": (out / f"{name}_rescaled", "fp32")}
+        models |= {
+            name: (pruned, "fp32"),
+            f"{name}_distilled": (out / f"{name}_distilled", "fp32"),
+            f"{name}_rescaled": (out / f"{name}_rescaled", "fp32"),
+        }
     first = f"minilm_pruned{levels[0]}_distilled"
     models[f"{first}_int8"] = (models[first][0], "int8")
     return models
@@ -66,8 +72,14 @@ def main() -> None:
             raise SystemExit(f"'{path}' does not exist: run `make demo` first")
     splits = prepare_data(cache, budget)
     models = recovered_models(base, args.scores, splits, [int(x) for x in args.levels.split(",")], args.models)
-    path = compare_served(models, splits["eval"], args.out, [int(b) for b in args.batch_sizes.split(",")], args.trials,
-                          ["python", "-m", "benchmarks.recovery"])
+    path = compare_served(
+        models,
+        splits["eval"],
+        args.out,
+        [int(b) for b in args.batch_sizes.split(",")],
+        args.trials,
+        ["python", "-m", "benchmarks.recovery"],
+    )
     print(path.read_text())
 
 

@@ -34,8 +34,10 @@ def plain_pass(model, tokenizer, examples, batch_size):
 def _setup(examples: int):
     """Returns (a MiniLM-sized random BERT, its tokenizer, ``examples`` seeded texts with labels)."""
     rng = random.Random(0)
-    data = [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))), "label": rng.randint(0, 1)}
-            for _ in range(examples)]
+    data = [
+        {"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))), "label": rng.randint(0, 1)}
+        for _ in range(examples)
+    ]
     with tempfile.TemporaryDirectory() as folder:
         path = make_bert(Path(folder) / "bert", layers=6, heads=12, head_size=32)
         return load_model(path), load_tokenizer(path), data
@@ -56,11 +58,23 @@ def measure_scoring(examples: int = 256, trials: int = 5, batch_size: int = 32) 
             run()
             timings[name].append(time.perf_counter() - start)
     base = statistics.median(timings["forward+backward"])
-    return {"examples": examples, "batch_size": batch_size, "trials": trials, "torch_threads": torch.get_num_threads(),
-            "model": "random BERT, 6 layers x 12 heads, d=384",
-            "runs": {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
-                            "ratio": statistics.median(v) / base, "peak_mib": peak_memory(name, examples, batch_size)}
-                     for name, v in timings.items()}}
+    return {
+        "examples": examples,
+        "batch_size": batch_size,
+        "trials": trials,
+        "torch_threads": torch.get_num_threads(),
+        "model": "random BERT, 6 layers x 12 heads, d=384",
+        "runs": {
+            name: {
+                "median_s": statistics.median(v),
+                "min_s": min(v),
+                "max_s": max(v),
+                "ratio": statistics.median(v) / base,
+                "peak_mib": peak_memory(name, examples, batch_size),
+            }
+            for name, v in timings.items()
+        },
+    }
 
 
 def peak_memory(name: str, examples: int, batch_size: int) -> float:
@@ -94,11 +108,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     result = measure_scoring(args.examples, args.trials, args.batch_size)
-    print(f"{args.examples} examples, batch {args.batch_size}, {args.trials} interleaved trials, "
-          f"torch threads {result['torch_threads']}")
+    print(
+        f"{args.examples} examples, batch {args.batch_size}, {args.trials} interleaved trials, "
+        f"torch threads {result['torch_threads']}"
+    )
     for name, run in result["runs"].items():
-        print(f"{name:18s} median {run['median_s']:.3f} s  (min {run['min_s']:.3f}, max {run['max_s']:.3f})  "
-              f"ratio {run['ratio']:.2f}x  peak {run['peak_mib']:.0f} MiB")
+        print(
+            f"{name:18s} median {run['median_s']:.3f} s  (min {run['min_s']:.3f}, max {run['max_s']:.3f})  "
+            f"ratio {run['ratio']:.2f}x  peak {run['peak_mib']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

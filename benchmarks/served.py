@@ -33,8 +33,16 @@ def compare_repository(repo: Path, names: list[str], data: Path, out: Path, comm
     """Runs ``compare`` on the deployments ``names`` of ``repo`` (the first is the baseline; ``settings`` override
     CompareSettings' defaults); returns the report.md written into ``out``."""
     baseline, *candidates = names
-    settings = CompareSettings(repo=repo, baseline=baseline, candidates=candidates, data=data, out=out, max_drop=1.0,
-                               seed=DemoBudget().seed, **settings)
+    settings = CompareSettings(
+        repo=repo,
+        baseline=baseline,
+        candidates=candidates,
+        data=data,
+        out=out,
+        max_drop=1.0,
+        seed=DemoBudget().seed,
+        **settings,
+    )
     bars = PhaseBars()
     try:
         return run_comparison(settings, overwrite=True, phases=bars, command=command)
@@ -42,16 +50,32 @@ def compare_repository(repo: Path, names: list[str], data: Path, out: Path, comm
         bars.close()
 
 
-def compare_served(models: dict[str, tuple], data: Path, out: Path, batch_sizes: list[int], trials: int,
-                   command: list[str], seq_len: int = 128) -> Path:
+def compare_served(
+    models: dict[str, tuple],
+    data: Path,
+    out: Path,
+    batch_sizes: list[int],
+    trials: int,
+    command: list[str],
+    seq_len: int = 128,
+) -> Path:
     """Exports each ``name: (checkpoint, precision)`` into a temporary repository and runs ``compare`` with the
     first as the baseline (accuracy on ``data`` through the text front ends, throughput at ``batch_sizes`` and
     ``seq_len`` tokens); returns the report.md written into ``out``."""
     with tempfile.TemporaryDirectory(prefix="headprune-bench-") as folder:
         repo = Path(folder) / "repo"
         export_variants(models, repo, max(batch_sizes))
-        return compare_repository(repo, list(models), data, out, command, batch_sizes=batch_sizes, concurrency=[1],
-                                  trials=trials, seq_len=seq_len)
+        return compare_repository(
+            repo,
+            list(models),
+            data,
+            out,
+            command,
+            batch_sizes=batch_sizes,
+            concurrency=[1],
+            trials=trials,
+            seq_len=seq_len,
+        )
 
 
 def stage_onnx_models(repo: Path, models: dict[str, Path], max_batch_size: int) -> None:
@@ -61,4 +85,6 @@ def stage_onnx_models(repo: Path, models: dict[str, Path], max_batch_size: int) 
         version.mkdir(parents=True)
         (version / "model.onnx").symlink_to(onnx_file.resolve())
         inputs = [i.name for i in session(onnx_file).get_inputs()]
-        write_config(classifier_config(name, inputs, 2, DeploymentOptions(max_batch_size=max_batch_size), {}), repo / name)
+        write_config(
+            classifier_config(name, inputs, 2, DeploymentOptions(max_batch_size=max_batch_size), {}), repo / name
+        )

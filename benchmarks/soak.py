@@ -88,9 +88,17 @@ def _run_workers(count: int, work: Callable[[int], None]) -> None:
         thread.join()
 
 
-def soak(server: TritonServer, model: str, texts: list[str], requests: int, concurrency: int,
-         batch_sizes: tuple[int, ...] = (1, 2, 4, 8), warmup: float = 0.1, seed: int = 0,
-         progress: Callable[[int], None] = lambda n: None) -> dict:
+def soak(
+    server: TritonServer,
+    model: str,
+    texts: list[str],
+    requests: int,
+    concurrency: int,
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
+    warmup: float = 0.1,
+    seed: int = 0,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict:
     """Sends ``requests`` requests of mixed batch sizes drawn from ``texts`` from ``concurrency`` clients (half HTTP,
     half gRPC); returns failures, p50/p99 per quarter, memory after warm-up and at the end, and the sample counts."""
     expected = references(server.http_url, model, texts)
@@ -125,8 +133,15 @@ def soak(server: TritonServer, model: str, texts: list[str], requests: int, conc
     return summarize_soak(answers, memory, requests, concurrency, batch_sizes, wall, warmup)
 
 
-def summarize_soak(answers: list[Answer], memory: list[tuple[int, float]], requests: int, concurrency: int,
-                   batch_sizes: tuple[int, ...], wall: float, warmup: float) -> dict:
+def summarize_soak(
+    answers: list[Answer],
+    memory: list[tuple[int, float]],
+    requests: int,
+    concurrency: int,
+    batch_sizes: tuple[int, ...],
+    wall: float,
+    warmup: float,
+) -> dict:
     """Returns the soak's figures from its answers (in completion order) and memory samples."""
     answers = sorted(answers, key=lambda a: a.ended)
     quarters = np.array_split(np.array([a.latency_ms for a in answers]), 4)
@@ -135,15 +150,22 @@ def summarize_soak(answers: list[Answer], memory: list[tuple[int, float]], reque
     later = [mib for answered, mib in memory if answered >= warm]
     failures = [a for a in answers if a.error]
     return {
-        "requests": requests, "answered": len(answers), "concurrency": concurrency, "batch_sizes": list(batch_sizes),
-        "failed": len(failures), "first_failures": sorted({a.error for a in failures})[:5],
-        "seconds": round(wall, 1), "requests_per_s": round(len(answers) / wall, 1),
+        "requests": requests,
+        "answered": len(answers),
+        "concurrency": concurrency,
+        "batch_sizes": list(batch_sizes),
+        "failed": len(failures),
+        "first_failures": sorted({a.error for a in failures})[:5],
+        "seconds": round(wall, 1),
+        "requests_per_s": round(len(answers) / wall, 1),
         "p50_ms_by_quarter": [round(float(np.percentile(q, 50)), 2) for q in quarters],
         "p99_ms_by_quarter": [round(float(np.percentile(q, 99)), 2) for q in quarters],
         "p99_last_vs_first": round(float(np.percentile(quarters[-1], 99) / np.percentile(quarters[0], 99)), 3),
-        "memory_mib_after_warmup": round(after_warmup, 1), "memory_mib_max_after_warmup": round(max(later), 1),
+        "memory_mib_after_warmup": round(after_warmup, 1),
+        "memory_mib_max_after_warmup": round(max(later), 1),
         "memory_mib_end": round(memory[-1][1], 1),
-        "memory_growth_after_warmup": round(max(later) / after_warmup - 1, 4), "memory_samples": len(memory),
+        "memory_growth_after_warmup": round(max(later) / after_warmup - 1, 4),
+        "memory_samples": len(memory),
         "warmup_requests": warm,
     }
 
@@ -176,23 +198,34 @@ def overload(server: TritonServer, model: str, texts: list[str], clients: int) -
     finally:
         client.close()
     median = lambda xs: round(float(np.median([a.latency_ms for a in xs])), 1) if xs else None  # noqa: E731
-    return {"clients": clients, "accepted": len(accepted), "refused": len(refused), "other_errors": len(other),
-            "first_errors": sorted({a.error for a in refused + other})[:3],
-            "refused_median_ms": median(refused), "accepted_median_ms": median(accepted),
-            "healthy_after": healthy, "correct_after": after.error is None}
+    return {
+        "clients": clients,
+        "accepted": len(accepted),
+        "refused": len(refused),
+        "other_errors": len(other),
+        "first_errors": sorted({a.error for a in refused + other})[:3],
+        "refused_median_ms": median(refused),
+        "accepted_median_ms": median(accepted),
+        "healthy_after": healthy,
+        "correct_after": after.error is None,
+    }
 
 
 def _sentences(count: int, seed: int) -> list[str]:
     """Returns review-like sentences of 3 to 60 words (text lengths mixed, as real traffic is)."""
-    words = ("the movie was great fun but the plot felt long and slow while every actor gave a really moving "
-             "performance in a story about love loss and a dull small town").split()
+    words = (
+        "the movie was great fun but the plot felt long and slow while every actor gave a really moving "
+        "performance in a story about love loss and a dull small town"
+    ).split()
     rng = random.Random(seed)
     return [" ".join(rng.choice(words) for _ in range(rng.choice((3, 8, 15, 30, 60)))) for _ in range(count)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Soak and overload the served 50 %-pruned MiniLM; writes "
-                                                 "benchmarks/results/soak.json and docs/operations.md.")
+    parser = argparse.ArgumentParser(
+        description="Soak and overload the served 50 %-pruned MiniLM; writes "
+        "benchmarks/results/soak.json and docs/operations.md."
+    )
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--clients", type=int, default=256, help="overload: clients sent at once")
@@ -222,9 +255,15 @@ def main() -> None:
         with progress_bar("soak requests", args.requests) as advance:
             soaked = soak(server, "pruned50_text", texts, args.requests, args.concurrency, progress=advance)
         overloaded = overload(server, "pruned50_limited_text", texts, args.clients)
-    save("soak", {"model": "minilm_pruned50 (36 of 72 heads pruned)", "soak": soaked,
-                  "overload": {**overloaded, "max_queue_size": args.queue, "max_batch_size": limited.max_batch_size}},
-         started)
+    save(
+        "soak",
+        {
+            "model": "minilm_pruned50 (36 of 72 heads pruned)",
+            "soak": soaked,
+            "overload": {**overloaded, "max_queue_size": args.queue, "max_batch_size": limited.max_batch_size},
+        },
+        started,
+    )
     print(f"wrote {render(Path('benchmarks/results'), Path('docs'))}")
 
 

@@ -52,35 +52,55 @@ HEADLINE, HEADLINE_FP32 = "minilm_best", "minilm_best_fp32"  # the optimizer's c
 
 def save(section: str, data: dict, started: float) -> Path:
     """Writes one section's results (with the environment and its duration); returns the path."""
-    return atomic_write_json(RESULTS / f"{section}.json", {"section": section,
-                                                           "environment": {**machine(), "libraries": library_versions()},
-                                                           "seconds": round(time.monotonic() - started, 1), **data})
+    return atomic_write_json(
+        RESULTS / f"{section}.json",
+        {
+            "section": section,
+            "environment": {**machine(), "libraries": library_versions()},
+            "seconds": round(time.monotonic() - started, 1),
+            **data,
+        },
+    )
 
 
 def export_all(models: BenchModels, repo: Path, fused: bool) -> None:
     """Exports every deployment the sections measure into a fresh ``repo``."""
     shutil.rmtree(repo, ignore_errors=True)
-    export_variants({
-        BASELINE: (models.base, "fp32"), f"{BASELINE}_fused": (models.base, "fp32", {"optimize": True}),
-        PRUNED50: (models.pruned50, "fp32"), f"{PRUNED50}_fused": (models.pruned50, "fp32", {"optimize": True}),
-        HEADLINE_FP32: (models.headline, "fp32"),
-        f"{HEADLINE_FP32}_fused": (models.headline, "fp32", {"optimize": True}),
-        HEADLINE: (models.headline, models.headline_precision, {"optimize": fused}),
-    }, repo, max(BATCH_SIZES))
+    export_variants(
+        {
+            BASELINE: (models.base, "fp32"),
+            f"{BASELINE}_fused": (models.base, "fp32", {"optimize": True}),
+            PRUNED50: (models.pruned50, "fp32"),
+            f"{PRUNED50}_fused": (models.pruned50, "fp32", {"optimize": True}),
+            HEADLINE_FP32: (models.headline, "fp32"),
+            f"{HEADLINE_FP32}_fused": (models.headline, "fp32", {"optimize": True}),
+            HEADLINE: (models.headline, models.headline_precision, {"optimize": fused}),
+        },
+        repo,
+        max(BATCH_SIZES),
+    )
 
 
 def fusion_section(repo: Path) -> dict:
     """Returns fused / plain throughput in process for each model at batch 1 and 16."""
     rows = []
     for name in (BASELINE, PRUNED50, HEADLINE_FP32):
-        sessions = {"plain": inprocess.session(onnx_path(repo, name)),
-                    "fused": inprocess.session(onnx_path(repo, f"{name}_fused"))}
+        sessions = {
+            "plain": inprocess.session(onnx_path(repo, name)),
+            "fused": inprocess.session(onnx_path(repo, f"{name}_fused")),
+        }
         for batch in (1, 16):
             inputs = {k: inprocess.feed(s, batch, 128) for k, s in sessions.items()}
-            blocks = inprocess.timed_blocks({k: (lambda s=s, k=k: s.run(None, inputs[k])) for k, s in sessions.items()},
-                                            rounds=5)
-            rows.append({"model": name, "batch": batch, "speedup": inprocess.speedup(blocks["plain"], blocks["fused"],
-                                                                                    batch).to_dict()})
+            blocks = inprocess.timed_blocks(
+                {k: (lambda s=s, k=k: s.run(None, inputs[k])) for k, s in sessions.items()}, rounds=5
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "batch": batch,
+                    "speedup": inprocess.speedup(blocks["plain"], blocks["fused"], batch).to_dict(),
+                }
+            )
     return {"rows": rows, "note": "fused graphs are validated against PyTorch within 1e-4 at export"}
 
 
@@ -102,12 +122,19 @@ def sequence_section(repo: Path) -> dict:
     rows = []
     for seq_len in SEQ_LENGTHS:
         inputs = {n: inprocess.feed(s, 1, seq_len) for n, s in sessions.items()}
-        blocks = inprocess.timed_blocks({n: (lambda s=s, n=n: s.run(None, inputs[n])) for n, s in sessions.items()},
-                                        rounds=5)
+        blocks = inprocess.timed_blocks(
+            {n: (lambda s=s, n=n: s.run(None, inputs[n])) for n, s in sessions.items()}, rounds=5
+        )
         share = inprocess.attention_share(onnx_path(repo, BASELINE), 1, seq_len)
-        rows.append({"seq_len": seq_len, "speedup": inprocess.speedup(blocks[BASELINE], blocks[PRUNED50], 1).to_dict(),
-                     "attention_share": share, "predicted": 1 / (1 - share * pruned_share),
-                     "baseline_p50_ms": inprocess.block_stats(blocks[BASELINE], 1).p50})
+        rows.append(
+            {
+                "seq_len": seq_len,
+                "speedup": inprocess.speedup(blocks[BASELINE], blocks[PRUNED50], 1).to_dict(),
+                "attention_share": share,
+                "predicted": 1 / (1 - share * pruned_share),
+                "baseline_p50_ms": inprocess.block_stats(blocks[BASELINE], 1).p50,
+            }
+        )
     return {"pruned_share": pruned_share, "batch": 1, "rows": rows}
 
 
@@ -122,15 +149,32 @@ def served_section(models: BenchModels, repo: Path, out: Path) -> dict:
     """Serves the unpruned and the 50 %-pruned model and compares them through Triton at every batch size; returns
     the speedups (next to the FLOP prediction) and each one's accuracy."""
     names = [BASELINE, PRUNED50]
-    compare_repository(repo, names, models.splits["eval"], out, ["make", "bench"], batch_sizes=BATCH_SIZES,
-                       concurrency=[1], trials=SERVED_TRIALS, warmup=1, requests=6, examples=128, max_windows=1)
+    compare_repository(
+        repo,
+        names,
+        models.splits["eval"],
+        out,
+        ["make", "bench"],
+        batch_sizes=BATCH_SIZES,
+        concurrency=[1],
+        trials=SERVED_TRIALS,
+        warmup=1,
+        requests=6,
+        examples=128,
+        max_windows=1,
+    )
     report = json.loads((out / "report.json").read_text())
     quality = {n: report["deployments"][n]["quality"] for n in names}
-    return {"trials": SERVED_TRIALS,
-            "heads": {n: [report["deployments"][n]["heads"], report["deployments"][n]["original_heads"]] for n in names},
-            "quality": {n: {k: q[k] for k in ("value", "examples", "p_value", "gain_low", "gain_high") if k in q}
-                        for n, q in quality.items()},
-            "speedups": report["speedups"], "report": str(out / "report.md")}
+    return {
+        "trials": SERVED_TRIALS,
+        "heads": {n: [report["deployments"][n]["heads"], report["deployments"][n]["original_heads"]] for n in names},
+        "quality": {
+            n: {k: q[k] for k in ("value", "examples", "p_value", "gain_low", "gain_high") if k in q}
+            for n, q in quality.items()
+        },
+        "speedups": report["speedups"],
+        "report": str(out / "report.md"),
+    }
 
 
 def memory_section(repo: Path) -> dict:
@@ -149,8 +193,12 @@ def peer_section(models: BenchModels, repo: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="headprune-peer-export-") as folder:
         peer = export_peer(python, models.base, models.pruned50 / "head_plan.json", Path(folder))
         result = compare_with_peer(onnx_path(repo, PRUNED50), Path(peer["onnx"]))
-    return {**result, "peer_versions": peer["versions"], "peer_requirements": PEER_REQUIREMENTS,
-            "plan": "minilm_pruned50 (importance once, 36 of 72 heads)"}
+    return {
+        **result,
+        "peer_versions": peer["versions"],
+        "peer_requirements": PEER_REQUIREMENTS,
+        "plan": "minilm_pruned50 (importance once, 36 of 72 heads)",
+    }
 
 
 def main() -> None:

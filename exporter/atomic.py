@@ -36,17 +36,24 @@ def refuse_existing(target: str | Path, overwrite: bool, resumable: bool = False
     target = Path(target)
     if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return
-    options = "continue it (`resume`), or replace it and its measurements (`overwrite`)" if resumable else \
-        "or allow replacing it (`overwrite`)"
-    raise HeadpruneError(f"output '{target}' already exists and is not empty; nothing was written",
-                         f"choose another output folder, {options}")
+    options = (
+        "continue it (`resume`), or replace it and its measurements (`overwrite`)"
+        if resumable
+        else "or allow replacing it (`overwrite`)"
+    )
+    raise HeadpruneError(
+        f"output '{target}' already exists and is not empty; nothing was written",
+        f"choose another output folder, {options}",
+    )
 
 
 WRITE_PROBLEMS = {
     errno.ENOSPC: ("no space is left on its device", "free some space there, or write to another folder"),
     errno.EDQUOT: ("the disk quota is exceeded", "free some space within your quota, or write to another folder"),
-    errno.EFBIG: ("a file exceeds the size limit (ulimit -f) or the file system's largest file",
-                  "raise the limit (ulimit -f unlimited), or write to another folder"),
+    errno.EFBIG: (
+        "a file exceeds the size limit (ulimit -f) or the file system's largest file",
+        "raise the limit (ulimit -f unlimited), or write to another folder",
+    ),
     errno.EROFS: ("it is on a read-only file system", "write to a writable folder, or remount it read-write"),
     errno.EACCES: ("permission denied", "write to a folder you may write to, or change its permissions"),
     errno.EPERM: ("operation not permitted", "write to a folder you may write to, or change its permissions"),

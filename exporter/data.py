@@ -15,14 +15,31 @@ from exporter.errors import HeadpruneError
 # TEXTS_ONLY reads a classifier's texts without labels, SOURCES_ONLY a translation model's sources without targets
 # (recovery by distillation needs neither).
 TEXTS_ONLY, SOURCES_ONLY = "texts", "sources"
-REQUIRED = {"classification": ("text", "label"), "regression": ("text", "label"), "translation": ("source", "target"),
-            "language-modeling": ("text",), "image-classification": ("image", "label"), TEXTS_ONLY: ("text",),
-            SOURCES_ONLY: ("source",)}
-OPTIONAL = {"classification": ("text_pair",), "regression": ("text_pair",), "translation": (), "language-modeling": (),
-            "image-classification": (), TEXTS_ONLY: ("text_pair",), SOURCES_ONLY: ()}
+REQUIRED = {
+    "classification": ("text", "label"),
+    "regression": ("text", "label"),
+    "translation": ("source", "target"),
+    "language-modeling": ("text",),
+    "image-classification": ("image", "label"),
+    TEXTS_ONLY: ("text",),
+    SOURCES_ONLY: ("source",),
+}
+OPTIONAL = {
+    "classification": ("text_pair",),
+    "regression": ("text_pair",),
+    "translation": (),
+    "language-modeling": (),
+    "image-classification": (),
+    TEXTS_ONLY: ("text_pair",),
+    SOURCES_ONLY: (),
+}
 # What recovery reads of a data file, per model task.
-UNLABELLED = {"classification": TEXTS_ONLY, "regression": TEXTS_ONLY, "language-modeling": "language-modeling",
-              "translation": SOURCES_ONLY}
+UNLABELLED = {
+    "classification": TEXTS_ONLY,
+    "regression": TEXTS_ONLY,
+    "language-modeling": "language-modeling",
+    "translation": SOURCES_ONLY,
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Class names of transformers' causal language models end with one of these.
 CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")
@@ -60,11 +77,13 @@ def _text(path: Path, encoding: str) -> str:
     try:
         return raw.decode(encoding)
     except LookupError as error:
-        raise HeadpruneError(f"encoding '{encoding}' is unknown", "pass a Python codec name such as utf-8 or latin-1") from error
-    except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
         raise HeadpruneError(
-            f"data file '{path}' is not valid {encoding}: line {line} holds the byte {raw[error.start:error.start + 1]!r}",
+            f"encoding '{encoding}' is unknown", "pass a Python codec name such as utf-8 or latin-1"
+        ) from error
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise HeadpruneError(
+            f"data file '{path}' is not valid {encoding}: line {line} holds the byte {raw[error.start : error.start + 1]!r}",
             "convert the file to UTF-8, or name its encoding (`encoding` latin-1, for example)",
         ) from error
 
@@ -78,10 +97,13 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise HeadpruneError(
-                f"data file '{path}' line {number} is not valid JSON ({error.msg})", "write one JSON object per line (JSONL)"
+                f"data file '{path}' line {number} is not valid JSON ({error.msg})",
+                "write one JSON object per line (JSONL)",
             ) from error
         if not isinstance(row, dict):
-            raise HeadpruneError(f"data file '{path}' line {number} is not a JSON object", "write one JSON object per line")
+            raise HeadpruneError(
+                f"data file '{path}' line {number} is not a JSON object", "write one JSON object per line"
+            )
         rows.append((number, row))
     return rows
 
@@ -97,14 +119,18 @@ def _table_rows(path: Path, text: str, delimiter: str, header: bool = True) -> l
             if not header:
                 row = dict(enumerate(row))
             elif None in row:  # DictReader files fields beyond the header under None
-                raise HeadpruneError(f"data file '{path}' line {reader.line_num} has more fields than its header "
-                                     f"{reader.fieldnames}", "quote the fields that contain the delimiter")
+                raise HeadpruneError(
+                    f"data file '{path}' line {reader.line_num} has more fields than its header {reader.fieldnames}",
+                    "quote the fields that contain the delimiter",
+                )
             # Rows of empty fields are blank lines as spreadsheets export them.
             if any((value or "").strip() for value in row.values()):
                 rows.append((reader.line_num, row))
     except csv.Error as error:
-        raise HeadpruneError(f"data file '{path}' line {reader.line_num} is not valid {path.suffix[1:].upper()} ({error})",
-                             "fix the line, or quote its fields") from error
+        raise HeadpruneError(
+            f"data file '{path}' line {reader.line_num} is not valid {path.suffix[1:].upper()} ({error})",
+            "fix the line, or quote its fields",
+        ) from error
     return rows
 
 
@@ -113,21 +139,30 @@ def _rows(path: Path, encoding: str, header: bool = True) -> list[tuple[int, dic
     ``header``)."""
     suffix = path.suffix.lower()
     if not header and suffix not in (".csv", ".tsv"):
-        raise HeadpruneError(f"data file '{path}' is {suffix[1:].upper() or 'not CSV or TSV'}: column positions (no "
-                             "header row) apply to CSV and TSV files only",
-                             "name the columns instead of giving positions (drop --no-header)")
+        raise HeadpruneError(
+            f"data file '{path}' is {suffix[1:].upper() or 'not CSV or TSV'}: column positions (no "
+            "header row) apply to CSV and TSV files only",
+            "name the columns instead of giving positions (drop --no-header)",
+        )
     if suffix in (".jsonl", ".json"):
         return _jsonl_rows(path, _text(path, encoding))
     if suffix in (".csv", ".tsv"):
         return _table_rows(path, _text(path, encoding), "\t" if suffix == ".tsv" else ",", header)
     if suffix == ".txt":  # plain text for language models: one passage per non-blank line
-        return [(number, {"text": line}) for number, line in enumerate(_text(path, encoding).splitlines(), 1)
-                if line.strip()]
-    raise HeadpruneError(f"data file '{path}' has an unknown data format '{suffix}'",
-                         "use a .jsonl, .csv or .tsv file (or .txt, one passage per line, for a language model)")
+        return [
+            (number, {"text": line})
+            for number, line in enumerate(_text(path, encoding).splitlines(), 1)
+            if line.strip()
+        ]
+    raise HeadpruneError(
+        f"data file '{path}' has an unknown data format '{suffix}'",
+        "use a .jsonl, .csv or .tsv file (or .txt, one passage per line, for a language model)",
+    )
 
 
-def column_names(task: str, columns: dict, header: bool = True, where: str = "the data file") -> dict[str, str | int | None]:
+def column_names(
+    task: str, columns: dict, header: bool = True, where: str = "the data file"
+) -> dict[str, str | int | None]:
     """Returns the column of each role of ``task``: its name (default: the role) in a file with a header row;
     otherwise its 0-based position, the required roles without one taking the free positions in order."""
     roles = REQUIRED[task] + OPTIONAL[task]
@@ -139,17 +174,22 @@ def column_names(task: str, columns: dict, header: bool = True, where: str = "th
         if names[role] is None:
             names[role] = next(free)
     for index, first in enumerate(roles):
-        for second in roles[index + 1:]:
+        for second in roles[index + 1 :]:
             if names[first] is not None and names[first] == names[second]:
-                raise HeadpruneError(f"{where}: the {first} and {second} roles would both read column {names[first]}",
-                                     f"give each its own 0-based position (`{first}_column`, `{second}_column`)")
+                raise HeadpruneError(
+                    f"{where}: the {first} and {second} roles would both read column {names[first]}",
+                    f"give each its own 0-based position (`{first}_column`, `{second}_column`)",
+                )
     return names
 
 
 def _looks_like_data(names: set) -> bool:
     """Returns whether a header row's names look like a row of data (sentences of three or more words, numbers)."""
-    return any(len(str(name).split()) >= 3 or str(name).strip().lstrip("-").replace(".", "", 1).isdigit()
-               for name in names if name)
+    return any(
+        len(str(name).split()) >= 3 or str(name).strip().lstrip("-").replace(".", "", 1).isdigit()
+        for name in names
+        if name
+    )
 
 
 def _image_folder_rows(path: Path) -> list[tuple[str, dict]]:
@@ -169,8 +209,10 @@ def load_image(path: str | Path):
         with Image.open(path) as image:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise HeadpruneError(f"image '{path}' cannot be read ({type(error).__name__}: {error})",
-                             "replace or remove the file (PNG, JPEG, BMP, GIF, WebP or TIFF)") from error
+        raise HeadpruneError(
+            f"image '{path}' cannot be read ({type(error).__name__}: {error})",
+            "replace or remove the file (PNG, JPEG, BMP, GIF, WebP or TIFF)",
+        ) from error
 
 
 def _example(where: str, row: dict, names: dict[str, str], task: str, config, folder: Path | None = None) -> dict:
@@ -182,13 +224,16 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config, fo
             raise HeadpruneError(f"{where} has no {role} (column '{names[role]}')", "fill it in, or remove the row")
     for role in TEXTS:
         if role in example and not isinstance(example[role], str):
-            raise HeadpruneError(f"{where}: {role} {example[role]!r} is not a string",
-                                 f"write the '{names[role]}' values as strings")
+            raise HeadpruneError(
+                f"{where}: {role} {example[role]!r} is not a string", f"write the '{names[role]}' values as strings"
+            )
     if "image" in example and folder is not None:
         example["image"] = str(folder / example["image"])
     if "image" in example and not Path(example["image"]).is_file():
-        raise HeadpruneError(f"{where}: image '{example['image']}' does not exist",
-                             "write image paths relative to the data file, or absolute")
+        raise HeadpruneError(
+            f"{where}: image '{example['image']}' does not exist",
+            "write image paths relative to the data file, or absolute",
+        )
     if config is not None and "label" in example:
         try:
             label_value(example["label"], task, config)
@@ -197,8 +242,15 @@ def _example(where: str, row: dict, names: dict[str, str], task: str, config, fo
     return example
 
 
-def read_examples(path: str | Path, task: str, columns: dict[str, str | int] | None = None,
-                  max_examples: int | None = None, seed: int = 0, encoding: str = "utf-8", config=None) -> list[dict]:
+def read_examples(
+    path: str | Path,
+    task: str,
+    columns: dict[str, str | int] | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+    encoding: str = "utf-8",
+    config=None,
+) -> list[dict]:
     """Returns the examples of a data file (for images, also a folder of one subfolder per label) with canonical
     keys (text/label, source/target, text alone for a language model, image/label with the image's path).
 
@@ -214,18 +266,23 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str | int] | N
     if images and path.is_dir():
         rows, columns = _image_folder_rows(path), {}  # a folder's rows name their roles already
     elif not path.is_file():
-        raise HeadpruneError(f"data file '{path}' does not exist",
-                             "pass an image folder (one subfolder per label) or a CSV of image paths and labels"
-                             if images else "pass the path of a .jsonl, .csv or .tsv file")
+        raise HeadpruneError(
+            f"data file '{path}' does not exist",
+            "pass an image folder (one subfolder per label) or a CSV of image paths and labels"
+            if images
+            else "pass the path of a .jsonl, .csv or .tsv file",
+        )
     columns = dict(columns or {})
     header = not columns.pop(HEADERLESS, False) and not any(isinstance(name, int) for name in columns.values())
     if not (images and path.is_dir()):
         rows = [(f"data file '{path}' line {line}", row) for line, row in _rows(path, encoding, header)]
     table = header and path.suffix.lower() in (".csv", ".tsv")
     if not rows:
-        raise HeadpruneError(f"data file '{path}' holds no examples" + (" below its header row" if table else ""),
-                             "add examples, one per line/row" + ("; a CSV/TSV without a header row is read with "
-                                                                 "--no-header" if table else ""))
+        raise HeadpruneError(
+            f"data file '{path}' holds no examples" + (" below its header row" if table else ""),
+            "add examples, one per line/row"
+            + ("; a CSV/TSV without a header row is read with --no-header" if table else ""),
+        )
     names = column_names(task, columns, header, f"data file '{path}'")
     present = {name for _, row in rows for name in row}
     absent = [role for role in REQUIRED[task] if names[role] not in present]
@@ -235,8 +292,9 @@ def read_examples(path: str | Path, task: str, columns: dict[str, str | int] | N
             f"{task}; it has {f'columns {sorted(present)}' if header else f'{len(present)} columns'}"
             + ("; that first row looks like data, not a header" if table and _looks_like_data(present) else ""),
             f"rename the columns, or name the file's column for each role ({', '.join(f'`{r}_column`' for r in absent)})"
-            + ("; a CSV/TSV without a header row is read by 0-based column positions with --no-header" if table
-               else ""),
+            + (
+                "; a CSV/TSV without a header row is read by 0-based column positions with --no-header" if table else ""
+            ),
         )
     examples = [_example(where, row, names, task, config, folder) for where, row in rows]
     if max_examples is not None and max_examples < len(examples):
@@ -270,8 +328,9 @@ def regression_target(label) -> float:
     try:
         return float(label)
     except (TypeError, ValueError) as error:
-        raise HeadpruneError(f"label {label!r} is not a number, as a regression model needs",
-                             "fix the data file's label column") from error
+        raise HeadpruneError(
+            f"label {label!r} is not a number, as a regression model needs", "fix the data file's label column"
+        ) from error
 
 
 def label_value(label, task: str, config):
@@ -293,25 +352,46 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
     max_length = min(max_length, usable_positions(config) or max_length)
     if task in ("classification", "regression"):
         pairs = [e["text_pair"] for e in examples] if all("text_pair" in e for e in examples) else None
-        batch = tokenizer([e["text"] for e in examples], pairs, padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            [e["text"] for e in examples],
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         if all("label" in e for e in examples):  # texts read without labels (TEXTS_ONLY) are encoded alone
             batch["labels"] = torch.tensor([label_value(e["label"], task, config) for e in examples])
         return dict(batch)
     if task == "image-classification":  # ``tokenizer`` is the model's image processor
         pixels = tokenizer([load_image(e["image"]) for e in examples], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels, "labels": torch.tensor([label_value(e["label"], task, config) for e in examples])}
+        return {
+            "pixel_values": pixels,
+            "labels": torch.tensor([label_value(e["label"], task, config) for e in examples]),
+        }
     if task == "language-modeling":
         if tokenizer.pad_token is None:  # GPT-2 and Llama tokenizers have none; padded positions are masked anyway
             tokenizer.pad_token = tokenizer.eos_token
         # Right padding: positions then count from each text's first token without position ids, as served.
-        batch = tokenizer([e["text"] for e in examples], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt", padding_side="right")
+        batch = tokenizer(
+            [e["text"] for e in examples],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            padding_side="right",
+        )
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
-    batch = tokenizer([e["source"] for e in examples], text_target=[e["target"] for e in examples], padding=True,
-                      truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tokenizer(
+        [e["source"] for e in examples],
+        text_target=[e["target"] for e in examples],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
     labels = batch["labels"]
     labels[labels == tokenizer.pad_token_id] = -100
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
@@ -320,4 +400,4 @@ def encode_batch(tokenizer, examples: list[dict], task: str, config, max_length:
 def batches(examples: list[dict], size: int):
     """Yields consecutive slices of ``examples`` of at most ``size`` items."""
     for start in range(0, len(examples), size):
-        yield examples[start:start + size]
+        yield examples[start : start + size]

@@ -27,9 +27,16 @@ class ProgressLog:
     ``interval`` seconds while it runs, one when it ends; each with the elapsed time and, where the total is known,
     the estimated time left."""
 
-    def __init__(self, description: str, total: float | None, interval: float = LOG_INTERVAL_S,
-                 write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 unit: str = "", wall_clock: bool = False):
+    def __init__(
+        self,
+        description: str,
+        total: float | None,
+        interval: float = LOG_INTERVAL_S,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        unit: str = "",
+        wall_clock: bool = False,
+    ):
         self.description, self.total, self.interval, self.clock, self.unit = description, total, interval, clock, unit
         # The work counts its own wall-clock seconds (a training budget): the time left is what is left of them.
         self.wall_clock = wall_clock
@@ -41,8 +48,10 @@ class ProgressLog:
     def status(self, done: float, details: str = "") -> str:
         """Returns the progress line for ``done`` of the total."""
         elapsed = self.clock() - self.started
-        parts = [f"{done:.0f}/{self.total:.0f}{self.unit}" if self.total else f"{done:.0f}{self.unit} done",
-                 f"elapsed {_clock(elapsed)}"]
+        parts = [
+            f"{done:.0f}/{self.total:.0f}{self.unit}" if self.total else f"{done:.0f}{self.unit} done",
+            f"elapsed {_clock(elapsed)}",
+        ]
         if self.total and done:
             left = self.total - done if self.wall_clock else elapsed * (self.total - done) / done
             parts.append(f"ETA {_clock(max(left, 0))}")
@@ -75,8 +84,13 @@ def progress_bar(description: str, total: int | None) -> Iterator[Advance]:
         finally:
             log.close()
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
@@ -108,23 +122,37 @@ def training_bar(description: str, seconds: float) -> Iterator:
 
         def update_log(status) -> None:
             bleu = "-" if status.bleu is None else format_points(status.bleu)
-            log.update(min(status.seconds, seconds), f"step {status.step}, loss {status.loss:.3f}, "
-                                                      f"{status.tokens_per_second:,.0f} tok/s, BLEU {bleu}")
+            log.update(
+                min(status.seconds, seconds),
+                f"step {status.step}, loss {status.loss:.3f}, {status.tokens_per_second:,.0f} tok/s, BLEU {bleu}",
+            )
 
         try:
             yield update_log
         finally:
             log.close()
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-               TextColumn("step {task.fields[step]}  loss {task.fields[loss]}  {task.fields[speed]} tok/s  "
-                          "BLEU {task.fields[bleu]}"))
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn(
+            "step {task.fields[step]}  loss {task.fields[loss]}  {task.fields[speed]} tok/s  BLEU {task.fields[bleu]}"
+        ),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=seconds, step=0, loss="-", speed="-", bleu="-")
 
         def update(status) -> None:
             bleu = "-" if status.bleu is None else format_points(status.bleu)
-            progress.update(task, completed=min(status.seconds, seconds), step=status.step, loss=f"{status.loss:.3f}",
-                            speed=f"{status.tokens_per_second:,.0f}", bleu=bleu)
+            progress.update(
+                task,
+                completed=min(status.seconds, seconds),
+                step=status.step,
+                loss=f"{status.loss:.3f}",
+                speed=f"{status.tokens_per_second:,.0f}",
+                bleu=bleu,
+            )
 
         yield update

@@ -9,16 +9,25 @@ from contextlib import contextmanager
 import pytest
 
 # Without the background-networking flags Chromium keeps calling home, which a closed network refuses.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def chromium_path() -> str:
     """Returns the Chromium binary; fails the test with what to do when it is not installed."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.fail("Chromium is not installed: run `make setup` (it installs Debian's chromium package), or "
-                    "apt-get install chromium")
+        pytest.fail(
+            "Chromium is not installed: run `make setup` (it installs Debian's chromium package), or "
+            "apt-get install chromium"
+        )
     return path
 
 

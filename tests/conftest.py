@@ -124,7 +124,10 @@ def cls_data(workdir, bert_dir) -> Path:
     with torch.no_grad():
         predicted = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
     names = model.config.id2label
-    rows = [{"text": text, "label": names[(label + (i % 6 == 0)) % 2]} for i, (text, label) in enumerate(zip(texts, predicted))]
+    rows = [
+        {"text": text, "label": names[(label + (i % 6 == 0)) % 2]}
+        for i, (text, label) in enumerate(zip(texts, predicted))
+    ]
     return write_jsonl(workdir / "cls.jsonl", rows)
 
 

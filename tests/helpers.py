@@ -40,8 +40,10 @@ from transformers import (
 
 from serving.client import TritonClient
 
-WORDS = ("the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
-         "not really quite long short dull bright dark slow fast el la una pelicula buena mala muy es fue").split()
+WORDS = (
+    "the a movie film great awful good bad fine boring fun plot actor scene story love hate was is very "
+    "not really quite long short dull bright dark slow fast el la una pelicula buena mala muy es fue"
+).split()
 
 
 # Weights this wide make a wrong head, row or bias move outputs by about 0.1-1, orders of
@@ -79,14 +81,15 @@ def center_decision(model, tokenizer, texts: list[str] | None = None, inputs: di
     with torch.no_grad():
         logits = model(**(inputs if inputs is not None else tokenizer(texts, padding=True, return_tensors="pt"))).logits
         margins = sorted(set((logits[:, 1] - logits[:, 0]).tolist()))
-        middle = margins[len(margins) // 4: max(len(margins) * 3 // 4, len(margins) // 4 + 2)]
+        middle = margins[len(margins) // 4 : max(len(margins) * 3 // 4, len(margins) // 4 + 2)]
         low, high = max(zip(middle, middle[1:]), key=lambda pair: pair[1] - pair[0])
         head = getattr(model.classifier, "out_proj", model.classifier)  # RoBERTa-style heads end in out_proj
         head.bias[1] -= (low + high) / 2
 
 
-def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8,
-              model_type: str = "bert") -> Path:
+def make_bert(
+    path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8, model_type: str = "bert"
+) -> Path:
     """Saves a tiny random BERT (or, with ``model_type``, DistilBERT, MPNet or DeBERTa-v2) sequence classifier
     (2 labels) with a WordPiece tokenizer; returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
@@ -96,30 +99,62 @@ def make_bert(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_s
     torch.manual_seed(seed)
     labels = dict(num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
     if model_type == "distilbert":
-        config = DistilBertConfig(vocab_size=len(vocab), dim=heads * head_size, n_layers=layers, n_heads=heads,
-                                  hidden_dim=4 * heads * head_size, max_position_embeddings=64, dropout=0.1,
-                                  attention_dropout=0.1, **labels)
+        config = DistilBertConfig(
+            vocab_size=len(vocab),
+            dim=heads * head_size,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=4 * heads * head_size,
+            max_position_embeddings=64,
+            dropout=0.1,
+            attention_dropout=0.1,
+            **labels,
+        )
         model = DistilBertForSequenceClassification(config)
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     elif model_type == "mpnet":
-        config = MPNetConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
-                             num_attention_heads=heads, intermediate_size=4 * heads * head_size,
-                             max_position_embeddings=64, pad_token_id=0, **labels)
+        config = MPNetConfig(
+            vocab_size=len(vocab),
+            hidden_size=heads * head_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * heads * head_size,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            **labels,
+        )
         model = MPNetForSequenceClassification(config)
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     elif model_type == "deberta-v2":
         # Relative attention with its own positional projections, the per-head parts a wrong prune would break.
-        config = DebertaV2Config(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
-                                 num_attention_heads=heads, intermediate_size=4 * heads * head_size,
-                                 max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                 max_relative_positions=16, type_vocab_size=0, pad_token_id=0, **labels)
+        config = DebertaV2Config(
+            vocab_size=len(vocab),
+            hidden_size=heads * head_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * heads * head_size,
+            max_position_embeddings=64,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            max_relative_positions=16,
+            type_vocab_size=0,
+            pad_token_id=0,
+            **labels,
+        )
         model = DebertaV2ForSequenceClassification(config)
         tokenizer.model_input_names = ["input_ids", "attention_mask"]
     else:
-        config = BertConfig(vocab_size=len(vocab), hidden_size=heads * head_size, num_hidden_layers=layers,
-                            num_attention_heads=heads, intermediate_size=4 * heads * head_size,
-                            max_position_embeddings=64, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-                            **labels)
+        config = BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=heads * head_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * heads * head_size,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.1,
+            attention_probs_dropout_prob=0.1,
+            **labels,
+        )
         model = BertForSequenceClassification(config)
     model = randomize(model.eval(), seed)
     center_decision(model, tokenizer, random_sentences(200, seed=seed + 100))
@@ -139,8 +174,16 @@ def word_tokenizer(eos_template: bool = False) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: int = 3, heads: int = 4,
-                   key_value_heads: int = 2, head_size: int = 8, steps: int = 0) -> Path:
+def make_causal_lm(
+    path: Path,
+    model_type: str = "gpt2",
+    seed: int = 0,
+    layers: int = 3,
+    heads: int = 4,
+    key_value_heads: int = 2,
+    head_size: int = 8,
+    steps: int = 0,
+) -> Path:
     """Saves a tiny random causal language model (GPT-2, Llama with ``key_value_heads`` grouped-query heads and
     Q/K/V biases, Mistral with them and a sliding window, or Qwen2 with sliding layers after a full one) with a word-level tokenizer that has no padding token, as GPT-2's and Llama's have none, trained
     for ``steps`` steps on successor chains; returns its folder."""
@@ -150,26 +193,62 @@ def make_causal_lm(path: Path, model_type: str = "gpt2", seed: int = 0, layers: 
     torch.manual_seed(seed)
     width = heads * head_size
     if model_type == "gpt2":
-        config = GPT2Config(vocab_size=len(tokenizer), n_embd=width, n_layer=layers, n_head=heads, n_positions=64,
-                            bos_token_id=1, eos_token_id=1)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=width,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
         model = GPT2LMHeadModel(config)
     elif model_type == "mistral":  # a sliding window of 4 positions, shorter than most prompts
-        config = MistralConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
-                               num_attention_heads=heads, num_key_value_heads=key_value_heads,
-                               intermediate_size=2 * width, max_position_embeddings=64, sliding_window=4,
-                               bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        config = MistralConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=key_value_heads,
+            intermediate_size=2 * width,
+            max_position_embeddings=64,
+            sliding_window=4,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=None,
+        )
         model = MistralForCausalLM(config)
     elif model_type == "qwen2":  # sliding-window layers (window 4) after a full-attention first layer
-        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
-                             num_attention_heads=heads, num_key_value_heads=key_value_heads,
-                             intermediate_size=2 * width, max_position_embeddings=64, use_sliding_window=True,
-                             sliding_window=4, max_window_layers=1, bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=key_value_heads,
+            intermediate_size=2 * width,
+            max_position_embeddings=64,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=None,
+        )
         model = Qwen2ForCausalLM(config)
     else:
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
-                             num_attention_heads=heads, num_key_value_heads=key_value_heads,
-                             intermediate_size=2 * width, max_position_embeddings=64, attention_bias=True,
-                             bos_token_id=1, eos_token_id=1, pad_token_id=None)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=key_value_heads,
+            intermediate_size=2 * width,
+            max_position_embeddings=64,
+            attention_bias=True,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=None,
+        )
         model = LlamaForCausalLM(config)
     model = randomize(model.eval(), seed)
     if steps:
@@ -228,18 +307,33 @@ def random_images(count: int, seed: int) -> list:
     return images
 
 
-def make_vit(path: Path, seed: int = 0, layers: int = 3, heads: int = 4, head_size: int = 8, image_size: int = 16,
-             patch_size: int = 4) -> Path:
+def make_vit(
+    path: Path,
+    seed: int = 0,
+    layers: int = 3,
+    heads: int = 4,
+    head_size: int = 8,
+    image_size: int = 16,
+    patch_size: int = 4,
+) -> Path:
     """Saves a tiny random ViT image classifier (2 labels) with its image processor (resize to image_size, rescale,
     normalize); returns its folder."""
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     labels = dict(num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
-    config = ViTConfig(hidden_size=heads * head_size, num_hidden_layers=layers, num_attention_heads=heads,
-                       intermediate_size=4 * heads * head_size, image_size=image_size, patch_size=patch_size, **labels)
+    config = ViTConfig(
+        hidden_size=heads * head_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * heads * head_size,
+        image_size=image_size,
+        patch_size=patch_size,
+        **labels,
+    )
     model = randomize(ViTForImageClassification(config).eval(), seed)
-    processor = ViTImageProcessor(size={"height": image_size, "width": image_size}, image_mean=[0.4, 0.5, 0.6],
-                                  image_std=[0.2, 0.25, 0.3])
+    processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]
+    )
     center_decision(model, None, inputs=processor(random_images(100, seed + 100), return_tensors="pt"))
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -251,10 +345,21 @@ def make_marian(path: Path, seed: int = 0, layers: int = 2, heads: int = 4, d_mo
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = word_tokenizer(eos_template=True)
     torch.manual_seed(seed)
-    config = MarianConfig(vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-                          encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=2 * d_model,
-                          decoder_ffn_dim=2 * d_model, max_position_embeddings=64, pad_token_id=0, eos_token_id=1,
-                          decoder_start_token_id=0, forced_eos_token_id=1)
+    config = MarianConfig(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        forced_eos_token_id=1,
+    )
     model = randomize(MarianMTModel(config).eval(), seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -288,8 +393,9 @@ def train_to_reverse(model, tokenizer, seed: int, steps: int) -> None:
     model.train()
     for step in range(steps):
         sources = random_sentences(32, seed=1000 * seed + step)
-        batch = tokenizer(sources, text_target=[" ".join(s.split()[::-1]) for s in sources], padding=True,
-                          return_tensors="pt")
+        batch = tokenizer(
+            sources, text_target=[" ".join(s.split()[::-1]) for s in sources], padding=True, return_tensors="pt"
+        )
         batch["labels"][batch["labels"] == tokenizer.pad_token_id] = -100
         loss = model(**batch).loss
         optimizer.zero_grad()
@@ -346,24 +452,62 @@ def optimize_result(total: float = 2.9, latency: float = 2.45, gain_low: float =
         return Speedup(ratio, ratio * 0.95, ratio * 1.05, 10, 10, 80, 80).to_dict()
 
     def quality(value: float, low: float) -> dict:
-        return {"metric": "accuracy", "value": value, "baseline_value": 0.869, "examples": 1000,
-                "gain": 100 * (value - 0.869), "gain_low": low, "gain_high": low + 2.6, "p_value": 0.5}
+        return {
+            "metric": "accuracy",
+            "value": value,
+            "baseline_value": 0.869,
+            "examples": 1000,
+            "gain": 100 * (value - 0.869),
+            "gain_low": low,
+            "gain_high": low + 2.6,
+            "p_value": 0.5,
+        }
 
-    steps = [(Candidate(0.5), 1.28, 1.28, 0.862), (Candidate(0.5, True), 1.02, 1.30, 0.871),
-             (Candidate(0.5, True, "int8"), total / 1.30, total, 0.873)]
-    rows = [{"step": c.to_dict(), "share": speed(share), "throughput": speed(cumulative),
-             "p50_b1": speed(latency if c.precision == "int8" else 1.2), "quality": quality(value, gain_low)}
-            for c, share, cumulative, value in steps]
-    trial = {"record": "trial", "candidate": steps[-1][0].to_dict(), "quality": quality(0.876, -0.5), "eligible": True,
-             "speedup": speed(2.49), "seconds": 207.0}
-    return {"settings": {"max_drop": 1.0, "objective": "throughput", "batch_size": 16, "search_trials": 3,
-                         "budget_minutes": 30.0, "repo": "outputs/bench/optimize-repo", "seq_len": 128},
-            "task": "classification",
-            "environment": {"machine": {"cpu_model": "AMD EPYC", "cpus": 2, "int8_instructions": ["avx2"],
-                                        "platform": "Linux"}},
-            "levers_not_applicable": {},
-            "search": {"trials": [trial], "stopped_by_budget": False, "masked_quality": {"0.5": 0.849}},
-            "chosen": steps[-1][0].to_dict(),
-            "proof": {"steps": rows, "batch_size": 16, "trials": 10,
-                      "baseline_quality": {"metric": "accuracy", "value": 0.869, "examples": 1000}},
-            "installed": {"chosen": "minilm_best", "unpruned": "minilm_best_unpruned"}}
+    steps = [
+        (Candidate(0.5), 1.28, 1.28, 0.862),
+        (Candidate(0.5, True), 1.02, 1.30, 0.871),
+        (Candidate(0.5, True, "int8"), total / 1.30, total, 0.873),
+    ]
+    rows = [
+        {
+            "step": c.to_dict(),
+            "share": speed(share),
+            "throughput": speed(cumulative),
+            "p50_b1": speed(latency if c.precision == "int8" else 1.2),
+            "quality": quality(value, gain_low),
+        }
+        for c, share, cumulative, value in steps
+    ]
+    trial = {
+        "record": "trial",
+        "candidate": steps[-1][0].to_dict(),
+        "quality": quality(0.876, -0.5),
+        "eligible": True,
+        "speedup": speed(2.49),
+        "seconds": 207.0,
+    }
+    return {
+        "settings": {
+            "max_drop": 1.0,
+            "objective": "throughput",
+            "batch_size": 16,
+            "search_trials": 3,
+            "budget_minutes": 30.0,
+            "repo": "outputs/bench/optimize-repo",
+            "seq_len": 128,
+        },
+        "task": "classification",
+        "environment": {
+            "machine": {"cpu_model": "AMD EPYC", "cpus": 2, "int8_instructions": ["avx2"], "platform": "Linux"}
+        },
+        "levers_not_applicable": {},
+        "search": {"trials": [trial], "stopped_by_budget": False, "masked_quality": {"0.5": 0.849}},
+        "chosen": steps[-1][0].to_dict(),
+        "proof": {
+            "steps": rows,
+            "batch_size": 16,
+            "trials": 10,
+            "baseline_quality": {"metric": "accuracy", "value": 0.869, "examples": 1000},
+        },
+        "installed": {"chosen": "minilm_best", "unpruned": "minilm_best_unpruned"},
+    }

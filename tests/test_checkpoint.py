@@ -25,10 +25,13 @@ from exporter.pruning.prune import prune_checkpoint
 from exporter.triton.repository import export_to_repository
 
 
-@pytest.mark.parametrize("fixture,plan", [
-    ("bert_dir", {"encoder": {0: [1, 3], 2: [0, 1, 2, 3]}}),
-    ("marian_dir", {"encoder": {1: [0, 1, 2, 3]}, "decoder": {0: [2]}, "cross": {1: [0, 3]}}),
-])
+@pytest.mark.parametrize(
+    "fixture,plan",
+    [
+        ("bert_dir", {"encoder": {0: [1, 3], 2: [0, 1, 2, 3]}}),
+        ("marian_dir", {"encoder": {1: [0, 1, 2, 3]}, "decoder": {0: [2]}, "cross": {1: [0, 3]}}),
+    ],
+)
 def test_round_trip_and_parameter_savings(request, tmp_path, fixture, plan):
     path = request.getfixturevalue(fixture)
     model, tokenizer = load_model(path), load_tokenizer(path)
@@ -135,8 +138,9 @@ def written_like_transformers4(source: Path, out: Path, pruned: dict[int, list[i
 
 
 @pytest.mark.parametrize(("fixture", "kind"), [("bert_dir", "encoder"), ("gpt2_dir", "decoder")])
-def test_a_checkpoint_pruned_by_transformers4_loads_as_its_plan_and_prunes_and_exports_on(request, tmp_path, fixture,
-                                                                                          kind):
+def test_a_checkpoint_pruned_by_transformers4_loads_as_its_plan_and_prunes_and_exports_on(
+    request, tmp_path, fixture, kind
+):
     source = request.getfixturevalue(fixture)
     pruned = {0: [1, 2], 1: [0]}
     folder = written_like_transformers4(source, tmp_path / "classic", pruned)

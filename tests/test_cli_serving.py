@@ -18,22 +18,49 @@ from serving.server.process import TritonServer, free_port
 
 def test_export_serve_classify_and_stop(bert_dir, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "repo"), "--name", "demo", "--json"])
+    result = runner.invoke(
+        main, ["export", str(bert_dir), "--repo", str(tmp_path / "repo"), "--name", "demo", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["validation"]["passed"]
     bad = runner.invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "repo"), "--name", "bad name"])
     assert bad.exit_code == 2 and "not usable" in bad.output
     ports = [free_port() for _ in range(3)]
-    command = [sys.executable, "-m", "serving", "serve", "--repo", str(tmp_path / "repo"), "--http-port", str(ports[0]),
-               "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(tmp_path / "t.log")]
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "serve",
+        "--repo",
+        str(tmp_path / "repo"),
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--log-file",
+        str(tmp_path / "t.log"),
+    ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = server.stdout.readline()
         assert "Triton is ready" in line and f"127.0.0.1:{ports[0]}" in line, line
         listed = runner.invoke(main, ["models", "--url", f"127.0.0.1:{ports[1]}", "--protocol", "grpc", "--json"])
         assert {m["name"] for m in json.loads(listed.output)["models"]} == {"demo", "demo_text"}
-        answer = runner.invoke(main, ["classify", "--model", "demo_text", "--url", f"127.0.0.1:{ports[0]}", "--json",
-                                      "the movie was great", "bad plot"])
+        answer = runner.invoke(
+            main,
+            [
+                "classify",
+                "--model",
+                "demo_text",
+                "--url",
+                f"127.0.0.1:{ports[0]}",
+                "--json",
+                "the movie was great",
+                "bad plot",
+            ],
+        )
         rows = json.loads(answer.output)["results"]
         assert [r["label"] in ("negative", "positive") for r in rows] == [True, True]
     finally:
@@ -54,8 +81,13 @@ def test_classify_without_a_server_says_what_to_do():
 
 def test_a_stop_that_runs_out_of_tritons_exit_timeout_is_reported(bert_dir, tmp_path):
     export_to_repository(bert_dir, tmp_path / "repo", "demo")
-    server = TritonServer(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=tmp_path / "t.log").start()
+    server = TritonServer(
+        tmp_path / "repo",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=tmp_path / "t.log",
+    ).start()
     client = httpclient.InferenceServerClient(server.http_url)
     assert client.is_server_ready()  # and the connection stays open: Triton waits for it when told to stop
     try:
@@ -63,5 +95,15 @@ def test_a_stop_that_runs_out_of_tritons_exit_timeout_is_reported(bert_dir, tmp_
     finally:
         client.close()
     assert problem is not None and "exit timeout (10 s) expired" in problem
-    assert TritonServer(tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                        log_file=tmp_path / "t.log").start().stop() is None  # no connection left open: a clean stop
+    assert (
+        TritonServer(
+            tmp_path / "repo",
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            log_file=tmp_path / "t.log",
+        )
+        .start()
+        .stop()
+        is None
+    )  # no connection left open: a clean stop

@@ -36,7 +36,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def repo(bert_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     export_to_repository(bert_dir, root / "repo", "base")
-    for name, plan in (("p25", {"encoder": {0: [0], 1: [1], 2: [2]}}), ("p50", {"encoder": {0: [0, 1], 1: [1, 2], 2: [2, 3]}})):
+    for name, plan in (
+        ("p25", {"encoder": {0: [0], 1: [1], 2: [2]}}),
+        ("p50", {"encoder": {0: [0, 1], 1: [1, 2], 2: [2, 3]}}),
+    ):
         model, tokenizer = load_model(bert_dir), load_tokenizer(bert_dir)
         apply_plan(model, HeadPlan(plan))
         # Pruning a random model shifts every margin one way: re-centre so each deployment predicts both classes.
@@ -46,20 +49,67 @@ def repo(bert_dir, tmp_path_factory):
 
 
 def settings_for(repo, data, out, **extra) -> CompareSettings:
-    values = dict(repo=repo, baseline="base", candidates=["p25", "p50"], data=data, out=out, batch_sizes=[1, 4],
-                  concurrency=[1, 2], seq_len=24, trials=2, requests=12, examples=12, max_windows=2, warmup=2)
+    values = dict(
+        repo=repo,
+        baseline="base",
+        candidates=["p25", "p50"],
+        data=data,
+        out=out,
+        batch_sizes=[1, 4],
+        concurrency=[1, 2],
+        seq_len=24,
+        trials=2,
+        requests=12,
+        examples=12,
+        max_windows=2,
+        warmup=2,
+    )
     return CompareSettings(**(values | extra))
 
 
 @pytest.mark.slow
 def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, workdir):
     scores = workdir / "scores-for-compare.json"
-    assert CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(cls_data), "--out", str(scores)]).exit_code == 0
+    assert (
+        CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(cls_data), "--out", str(scores)]).exit_code == 0
+    )
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, [
-        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p25", "--candidate", "p50",
-        "--data", str(cls_data), "--out", str(out), "--batch-sizes", "1,4", "--concurrency", "1,2", "--seq-len", "24",
-        "--trials", "2", "--requests", "12", "--examples", "12", "--max-windows", "2", "--max-drop", "0", "--scores", str(scores)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--repo",
+            str(repo),
+            "--baseline",
+            "base",
+            "--candidate",
+            "p25",
+            "--candidate",
+            "p50",
+            "--data",
+            str(cls_data),
+            "--out",
+            str(out),
+            "--batch-sizes",
+            "1,4",
+            "--concurrency",
+            "1,2",
+            "--seq-len",
+            "24",
+            "--trials",
+            "2",
+            "--requests",
+            "12",
+            "--examples",
+            "12",
+            "--max-windows",
+            "2",
+            "--max-drop",
+            "0",
+            "--scores",
+            str(scores),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["complete"] and len(report["cells"]) == 3 * 2 * 2
@@ -76,12 +126,19 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
         in_process = Evaluator(model, tokenizer, examples)().value
         assert report["deployments"][name]["quality"]["value"] == pytest.approx(in_process, abs=1e-9)
         with torch.no_grad():
-            predicted = model(**tokenizer([e["text"] for e in examples], padding=True, return_tensors="pt")).logits.argmax(-1)
+            predicted = model(
+                **tokenizer([e["text"] for e in examples], padding=True, return_tensors="pt")
+            ).logits.argmax(-1)
         assert set(predicted.tolist()) == {0, 1}, name  # a classifier predicting one class proves little
         accuracies[name] = in_process
-    assert len(set(accuracies.values())) > 1  # pruning changed some predictions: the comparison can tell deployments apart
+    assert (
+        len(set(accuracies.values())) > 1
+    )  # pruning changed some predictions: the comparison can tell deployments apart
     facts = report["deployments"]
-    assert facts["p50"]["heads"] == 6 and facts["p50"]["parameters"] < facts["p25"]["parameters"] < facts["base"]["parameters"]
+    assert (
+        facts["p50"]["heads"] == 6
+        and facts["p50"]["parameters"] < facts["p25"]["parameters"] < facts["base"]["parameters"]
+    )
     assert {name: facts[name]["version"] for name in facts} == {"base": 1, "p25": 1, "p50": 1}
     predicted = {s["candidate"]: s["predicted"] for s in report["speedups"]}
     assert 1 < predicted["p25"] < predicted["p50"]
@@ -95,7 +152,13 @@ def test_compare_writes_a_consistent_report(repo, cls_data, tmp_path, bert_dir, 
     assert (out / "latency.csv").read_text().count("\n") == 1 + 12
     perf = (out / "perf_analyzer_p25_batch4.csv").read_text().splitlines()  # a row per concurrency, 1 and 2
     assert perf[0].startswith("Concurrency,Inferences/Second,Client Send,") and len(perf) == 3
-    for png in ("latency_vs_batch", "throughput_vs_concurrency", "quality_vs_latency", "quality_vs_pruned", "head_importance"):
+    for png in (
+        "latency_vs_batch",
+        "throughput_vs_concurrency",
+        "quality_vs_latency",
+        "quality_vs_pruned",
+        "head_importance",
+    ):
         assert (out / f"{png}.png").read_bytes()[:8] == PNG
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and html.escape(report["verdict"]["text"]) in page
@@ -121,6 +184,7 @@ class Interrupt:
                     if self.action is None:
                         raise KeyboardInterrupt
                     self.action()
+
         return advance
 
 
@@ -147,11 +211,16 @@ def test_resume_does_not_remeasure_finished_cells(repo, cls_data, tmp_path):
 def structure(report_folder: Path) -> dict:
     """Returns what a report holds, without its numbers: files, JSON keys, cells and Markdown headings."""
     report = json.loads((report_folder / "report.json").read_text())
-    return {"files": sorted(p.name for p in report_folder.iterdir()), "keys": sorted(report),
-            "deployments": {name: sorted(facts) for name, facts in report["deployments"].items()},
-            "cells": sorted((c["deployment"], c["batch_size"], c["concurrency"], tuple(sorted(c))) for c in report["cells"]),
-            "complete": report["complete"],
-            "headings": [line for line in (report_folder / "report.md").read_text().splitlines() if line.startswith("#")]}
+    return {
+        "files": sorted(p.name for p in report_folder.iterdir()),
+        "keys": sorted(report),
+        "deployments": {name: sorted(facts) for name, facts in report["deployments"].items()},
+        "cells": sorted(
+            (c["deployment"], c["batch_size"], c["concurrency"], tuple(sorted(c))) for c in report["cells"]
+        ),
+        "complete": report["complete"],
+        "headings": [line for line in (report_folder / "report.md").read_text().splitlines() if line.startswith("#")],
+    }
 
 
 @pytest.mark.slow
@@ -196,9 +265,15 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
         (dict(candidates=["nope"]), "does not exist"),
         (dict(concurrency=[0]), "positive"),
         (dict(scores=cls_data), "not a headprune scores file"),
-        (dict(data=write_jsonl(tmp_path / "unseen.jsonl", [{"text": "fun", "label": "negative"},
-                                                           {"text": "dull", "label": "neutral"}])),
-         r"line 2: label 'neutral' is not one of the model's labels"),
+        (
+            dict(
+                data=write_jsonl(
+                    tmp_path / "unseen.jsonl",
+                    [{"text": "fun", "label": "negative"}, {"text": "dull", "label": "neutral"}],
+                )
+            ),
+            r"line 2: label 'neutral' is not one of the model's labels",
+        ),
     ]
     for extra, message in cases:
         with pytest.raises(HeadpruneError, match=message):
@@ -206,17 +281,52 @@ def test_bad_compare_settings_are_reported(repo, cls_data, tmp_path):
 
 
 def test_compare_against_a_server_that_is_down(repo, cls_data, tmp_path):
-    result = CliRunner().invoke(main, [
-        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
-        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16",
-        "--quality-examples", "7"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--repo",
+            str(repo),
+            "--baseline",
+            "base",
+            "--candidate",
+            "p50",
+            "--data",
+            str(cls_data),
+            "--out",
+            str(tmp_path / "down"),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--seq-len",
+            "16",
+            "--quality-examples",
+            "7",
+        ],
+    )
     assert result.exit_code == 2 and "cannot reach Triton" in result.output and "Traceback" not in result.output
     start = json.loads((tmp_path / "down" / "measurements.jsonl").read_text().splitlines()[0])
     assert start["signature"]["max_examples"] == 7  # the quality subset, apart from the latency settings
     assert "give the right --url" in result.output and "rerun with --resume" in result.output
-    again = CliRunner().invoke(main, [
-        "compare", "--repo", str(repo), "--baseline", "base", "--candidate", "p50", "--data", str(cls_data),
-        "--out", str(tmp_path / "down"), "--url", f"127.0.0.1:{free_port()}", "--seq-len", "16"])
+    again = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--repo",
+            str(repo),
+            "--baseline",
+            "base",
+            "--candidate",
+            "p50",
+            "--data",
+            str(cls_data),
+            "--out",
+            str(tmp_path / "down"),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--seq-len",
+            "16",
+        ],
+    )
     assert again.exit_code == 2 and "already exists" in again.output and "continue it (--resume)" in again.output
     assert (tmp_path / "down" / "report.json").exists()  # an (empty, incomplete) report is still written
 
@@ -228,10 +338,15 @@ def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, 
     texts, pairs = random_sentences(48, seed=7, low=5, high=9), random_sentences(48, seed=8, low=5, high=9)
     max_length = 12  # shorter than most pairs: truncation must match too
     with torch.no_grad():
-        predicted = model(**tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length,
-                                      return_tensors="pt")).logits.argmax(-1).tolist()
-    rows = [{"text": t, "text_pair": p, "label": model.config.id2label[(y + (i % 5 == 0)) % 2]}
-            for i, (t, p, y) in enumerate(zip(texts, pairs, predicted))]
+        predicted = (
+            model(**tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+            .logits.argmax(-1)
+            .tolist()
+        )
+    rows = [
+        {"text": t, "text_pair": p, "label": model.config.id2label[(y + (i % 5 == 0)) % 2]}
+        for i, (t, p, y) in enumerate(zip(texts, pairs, predicted))
+    ]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
     options = DeploymentOptions(max_length=max_length)
     export_to_repository(bert_dir, tmp_path / "repo", "base", options=options)
@@ -239,9 +354,21 @@ def test_served_accuracy_equals_in_process_accuracy_on_sentence_pairs(bert_dir, 
     apply_plan(model_p, HeadPlan({"encoder": {0: [0, 1], 1: [2]}}))
     pruned = save_pruned(model_p, tokenizer, tmp_path / "p", source=bert_dir)
     export_to_repository(pruned, tmp_path / "repo", "p", options=options)
-    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["p"], data=data, out=tmp_path / "r",
-                               batch_sizes=[1], concurrency=[1], seq_len=12, trials=1, requests=2, examples=2,
-                               max_windows=1, warmup=1)
+    settings = CompareSettings(
+        repo=tmp_path / "repo",
+        baseline="base",
+        candidates=["p"],
+        data=data,
+        out=tmp_path / "r",
+        batch_sizes=[1],
+        concurrency=[1],
+        seq_len=12,
+        trials=1,
+        requests=2,
+        examples=2,
+        max_windows=1,
+        warmup=1,
+    )
     comparison = Comparison(settings)
     served = {r["deployment"]: r["value"] for r in comparison.run() if r["record"] == "quality"}
     examples = read_examples(data, "classification")
@@ -268,15 +395,25 @@ def test_compare_a_remote_server_from_its_own_descriptions(repo, cls_data, tmp_p
     write_config(config, served / "plain")
     server = TritonServer(served, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with server:
-        settings = settings_for(tmp_path / "not-readable-here", cls_data, tmp_path / "r", url=server.grpc_url,
-                                protocol="grpc", candidates=["p50"], batch_sizes=[1], concurrency=[1], trials=1)
+        settings = settings_for(
+            tmp_path / "not-readable-here",
+            cls_data,
+            tmp_path / "r",
+            url=server.grpc_url,
+            protocol="grpc",
+            candidates=["p50"],
+            batch_sizes=[1],
+            concurrency=[1],
+            trials=1,
+        )
         run_comparison(settings)
         report = json.loads((tmp_path / "r" / "report.json").read_text())
         local = describe_deployment(repo, "p50", seq_len=24)
         remote = report["deployments"]["p50"]
         assert (remote["heads"], remote["parameters"], remote["version"]) == (local.heads, local.parameters, 1)
         assert remote["flops_per_example"] == local.flops_per_example and remote["quality"]["examples"] == 64
-        missing = settings_for(tmp_path / "not-readable-here", cls_data, tmp_path / "m", url=server.http_url,
-                               candidates=["plain"])
+        missing = settings_for(
+            tmp_path / "not-readable-here", cls_data, tmp_path / "m", url=server.http_url, candidates=["plain"]
+        )
         with pytest.raises(HeadpruneError, match="without a headprune description"):
             Comparison(missing).prepare()

@@ -15,18 +15,41 @@ from serving.demo.pipeline import DemoBudget, prepare_data, run_demo
 from serving.report.results import render_results
 
 # The optimizer on a budget of 100 points: any quality qualifies, so a choice is made and compared.
-SMALL = DemoBudget(train=400, score=200, eval=200, epochs=1, curve_step=0.25, rescore_examples=100,
-                   optimize={"max_drop": 100.0, "step": 0.25, "max_level": 0.75, "search_trials": 2, "test_trials": 2,
-                             "batch_size": 4, "seq_len": 32, "score_examples": 200, "rescore_examples": 100,
-                             "min_speedup": 0.0},  # so a choice is made even where speed is within the noise
-                   latency={"batch_sizes": [1, 4], "concurrency": [1], "trials": 1, "requests": 3, "examples": 8,
-                            "seq_len": 32, "max_windows": 1})
+SMALL = DemoBudget(
+    train=400,
+    score=200,
+    eval=200,
+    epochs=1,
+    curve_step=0.25,
+    rescore_examples=100,
+    optimize={
+        "max_drop": 100.0,
+        "step": 0.25,
+        "max_level": 0.75,
+        "search_trials": 2,
+        "test_trials": 2,
+        "batch_size": 4,
+        "seq_len": 32,
+        "score_examples": 200,
+        "rescore_examples": 100,
+        "min_speedup": 0.0,
+    },  # so a choice is made even where speed is within the noise
+    latency={
+        "batch_sizes": [1, 4],
+        "concurrency": [1],
+        "trials": 1,
+        "requests": 3,
+        "examples": 8,
+        "seq_len": 32,
+        "max_windows": 1,
+    },
+)
 
 
 @pytest.mark.slow
 def test_demo_pipeline_on_real_weights(tmp_path):
     cache = default_cache()
-    bars = lambda label, total: (lambda n=1: None)  # noqa: E731
+    bars = lambda label, total: lambda n=1: None  # noqa: E731
     lines = []
     path = run_demo(cache, tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL, bars, lines.append)
     report = json.loads((tmp_path / "reports" / "report.json").read_text())
@@ -36,17 +59,23 @@ def test_demo_pipeline_on_real_weights(tmp_path):
     result = json.loads(optimized.read_text())
     chosen = result["chosen"]
     assert {n: (e["heads"], e["precision"]) for n, e in report["deployments"].items()} == {
-        "minilm": (72, "fp32"), "minilm_pruned30": (50, "fp32"), "minilm_pruned50": (36, "fp32"),
-        "minilm_best": (round(72 * (1 - chosen["level"])), chosen["precision"])}
+        "minilm": (72, "fp32"),
+        "minilm_pruned30": (50, "fp32"),
+        "minilm_pruned50": (36, "fp32"),
+        "minilm_best": (round(72 * (1 - chosen["level"])), chosen["precision"]),
+    }
     plans = json.loads((optimized.parent / "plans.json").read_text())
     plan = next((row["plan"] for row in plans["levels"] if row["level"] == chosen["level"]), None)
-    assert report["deployments"]["minilm_best"]["head_plan"] == (plan if chosen["level"] else
-                                                                  report["deployments"]["minilm"]["head_plan"])
+    assert report["deployments"]["minilm_best"]["head_plan"] == (
+        plan if chosen["level"] else report["deployments"]["minilm"]["head_plan"]
+    )
     assert result["proof"]["steps"][-1]["step"]["name"] == chosen["name"]
     # The served baseline gives exactly the in-process accuracy of the fine-tuned checkpoint.
     model_dir = report["demo"]["model"]
     eval_file = prepare_data(cache, SMALL)["eval"]
-    in_process = Evaluator(load_model(model_dir), load_tokenizer(model_dir), read_examples(eval_file, "classification"))()
+    in_process = Evaluator(
+        load_model(model_dir), load_tokenizer(model_dir), read_examples(eval_file, "classification")
+    )()
     served = report["deployments"]["minilm"]["quality"]
     assert served["value"] == pytest.approx(in_process.value, abs=1e-9) and served["examples"] == 200
     assert served["value"] > 0.6  # real weights learn the task even on this budget

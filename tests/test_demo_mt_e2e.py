@@ -15,22 +15,37 @@ from serving.demo.translation import TranslationDemoBudget, model_folder, run_tr
 from serving.report.mt_results import FIGURES, render_translation_results
 
 SMALL = TranslationDemoBudget(
-    training=TranslationSettings(vocab_size=2000, d_model=64, layers=2, heads=4, ffn=128, minutes=1.0,
-                                 eval_minutes=0.5, eval_sentences=50),
-    score_sentences=100, rescore_sentences=50, experiment_sentences=24, curve_step=0.5, dynamics_checkpoints=2,
-    prune_levels=(0.5,), compare_sentences=24,
-    latency={"batch_sizes": [1, 8], "concurrency": [1], "trials": 1, "warmup": 1, "requests": 2, "examples": 8,
-             "max_windows": 1})
+    training=TranslationSettings(
+        vocab_size=2000, d_model=64, layers=2, heads=4, ffn=128, minutes=1.0, eval_minutes=0.5, eval_sentences=50
+    ),
+    score_sentences=100,
+    rescore_sentences=50,
+    experiment_sentences=24,
+    curve_step=0.5,
+    dynamics_checkpoints=2,
+    prune_levels=(0.5,),
+    compare_sentences=24,
+    latency={
+        "batch_sizes": [1, 8],
+        "concurrency": [1],
+        "trials": 1,
+        "warmup": 1,
+        "requests": 2,
+        "examples": 8,
+        "max_windows": 1,
+    },
+)
 
 
 @pytest.mark.slow
 def test_translation_demo_on_real_data(tmp_path):
-    bars = lambda label, total: (lambda n=1: None)  # noqa: E731
+    bars = lambda label, total: lambda n=1: None  # noqa: E731
     lines = []
     threads = torch.get_num_threads()
     try:
-        path = run_translation_demo(default_cache(), tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL,
-                                    bars, lines.append)
+        path = run_translation_demo(
+            default_cache(), tmp_path / "out", tmp_path / "repo", tmp_path / "reports", SMALL, bars, lines.append
+        )
     finally:
         torch.set_num_threads(threads)
     report = json.loads((tmp_path / "reports" / "report.json").read_text())
@@ -49,8 +64,12 @@ def test_translation_demo_on_real_data(tmp_path):
     assert repository.versions("marian_translate") == [1] and repository.versions("marian_pruned50_translate") == [1]
     experiments = report["experiments"]
     types = ("encoder", "decoder", "cross")
-    assert set(experiments["curves"]) == {"global_once", "global_rescored", *(f"{kind}_only" for kind in types),
-                                          *(f"{kind}_only_rescored" for kind in types)}
+    assert set(experiments["curves"]) == {
+        "global_once",
+        "global_rescored",
+        *(f"{kind}_only" for kind in types),
+        *(f"{kind}_only_rescored" for kind in types),
+    }
     for kind in types:
         for name in (f"{kind}_only", f"{kind}_only_rescored"):
             curve = experiments["curves"][name]

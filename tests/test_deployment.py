@@ -21,7 +21,7 @@ def _pruned(bert_dir, folder, plan):
 
 
 def test_facts_describe_the_served_version_even_after_an_older_one_is_re_exported(bert_dir, tmp_path):
-    one = _pruned(bert_dir, tmp_path / "one", {"encoder": {0: [0]}})            # 11 heads
+    one = _pruned(bert_dir, tmp_path / "one", {"encoder": {0: [0]}})  # 11 heads
     two = _pruned(bert_dir, tmp_path / "two", {"encoder": {0: [0], 1: [1, 2]}})  # 9 heads
     three = _pruned(bert_dir, tmp_path / "three", {"encoder": {2: [0, 1, 2, 3]}})  # 8 heads
     repo = tmp_path / "repo"

@@ -34,8 +34,9 @@ class Disk:
         folder.mkdir()
         self.folder = folder
         self.file_limit: int | None = None
-        self.mounted = not os.environ.get("HEADPRUNE_TEST_NO_MOUNT") and self._mount("-t", "tmpfs", "-o", "size=8m",
-                                                                                      "tmpfs")
+        self.mounted = not os.environ.get("HEADPRUNE_TEST_NO_MOUNT") and self._mount(
+            "-t", "tmpfs", "-o", "size=8m", "tmpfs"
+        )
 
     def _mount(self, *options: str) -> bool:
         return subprocess.run(["mount", *options, str(self.folder)], capture_output=True).returncode == 0
@@ -69,8 +70,14 @@ class Disk:
 
     def run(self, *args) -> subprocess.CompletedProcess:
         """Runs headprune with ``args`` under the problem; returns the finished process."""
-        return subprocess.run(headprune(*args), capture_output=True, text=True, env=ENV, timeout=300,
-                              preexec_fn=self._limit if self.file_limit else None)
+        return subprocess.run(
+            headprune(*args),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+            preexec_fn=self._limit if self.file_limit else None,
+        )
 
     def _limit(self) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit then fails with EFBIG
@@ -79,8 +86,9 @@ class Disk:
     def close(self) -> None:
         """Gives the folder back as it was."""
         if self.mounted:
-            subprocess.run(["umount", str(self.folder)], capture_output=True).returncode == 0 or \
-                subprocess.run(["umount", "-l", str(self.folder)], check=True)
+            subprocess.run(["umount", str(self.folder)], capture_output=True).returncode == 0 or subprocess.run(
+                ["umount", "-l", str(self.folder)], check=True
+            )
         else:
             self._chmod(0o755)
 

@@ -62,12 +62,15 @@ def test_fusing_with_the_configs_head_count_would_be_wrong(tmp_path, bert_dir):
             layer.module("query").weight.mul_(3)
             layer.module("key").weight.mul_(3)
     names = export_onnx(model, tmp_path / "m.onnx")
-    naive = optimizer.optimize_model(str(tmp_path / "m.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0)
+    naive = optimizer.optimize_model(
+        str(tmp_path / "m.onnx"), model_type="bert", num_heads=4, hidden_size=32, opt_level=0
+    )
     naive.save_model_to_file(str(tmp_path / "naive.onnx"))
     assert fused_head_counts(tmp_path / "naive.onnx")[1] != 2
     naive_diff = validate_onnx(model, tmp_path / "naive.onnx", names).max_abs_diff
-    ours = export_to_repository(save_pruned(model, load_tokenizer(bert_dir), tmp_path / "p"), tmp_path / "repo", "m",
-                                optimize=True)
+    ours = export_to_repository(
+        save_pruned(model, load_tokenizer(bert_dir), tmp_path / "p"), tmp_path / "repo", "m", optimize=True
+    )
     assert fused_head_counts(ours.model_path) == [4, 2, 4]
     # The naive graph fails the default export check; ours is orders of magnitude closer.
     assert naive_diff > 1e-4 and naive_diff > 1000 * ours.validation.max_abs_diff
@@ -98,8 +101,14 @@ def test_gpu_deployment_options_generate_the_accelerator_block(bert_dir, tmp_pat
     with pytest.raises(HeadpruneError, match="set `kind` to gpu"):
         DeploymentOptions(tensorrt=True)
     # The library names its parameters; the command line shows its own options instead.
-    result = CliRunner().invoke(main, ["export", str(bert_dir), "--repo", str(tmp_path / "r"), "--name", "g", "--tensorrt"])
-    assert result.exit_code == 2 and "--tensorrt needs GPU instances" in result.output and "set --kind to gpu" in result.output
+    result = CliRunner().invoke(
+        main, ["export", str(bert_dir), "--repo", str(tmp_path / "r"), "--name", "g", "--tensorrt"]
+    )
+    assert (
+        result.exit_code == 2
+        and "--tensorrt needs GPU instances" in result.output
+        and "set --kind to gpu" in result.output
+    )
 
 
 def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, tmp_path):
@@ -125,18 +134,22 @@ def test_onnx_validation_fails_far_above_tolerance_on_a_wrong_model(uneven_dir, 
 def test_int8_export_quantizes_the_matmuls_and_stays_close_to_fp32(uneven_dir, tmp_path):
     plain = export_to_repository(uneven_dir, tmp_path / "repo", "plain")
     small = export_to_repository(uneven_dir, tmp_path / "repo", "small", precision="int8")
-    operators = {p: {n.op_type for n in onnx.load(str(r.model_path)).graph.node} for p, r in (("fp32", plain), ("int8", small))}
+    operators = {
+        p: {n.op_type for n in onnx.load(str(r.model_path)).graph.node} for p, r in (("fp32", plain), ("int8", small))
+    }
     assert "MatMulInteger" in operators["int8"] and "MatMulInteger" not in operators["fp32"]
     assert small.quantization.passed and 0 < small.quantization.max_abs_diff <= small.quantization.atol
     assert small.validation.max_abs_diff <= 1e-4  # the FP32 graph it came from was checked as usual
     assert DeploymentDescription.read(small.model_path.parent).precision == "int8"
     assert DeploymentDescription.read(plain.model_path.parent).precision == "fp32"
     assert describe_deployment(tmp_path / "repo", "small", 16).to_dict()["precision"] == "int8"  # what reports show
-    result = CliRunner().invoke(main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli",
-                                       "--quantize", "int8"])
+    result = CliRunner().invoke(
+        main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli", "--quantize", "int8"]
+    )
     assert result.exit_code == 0 and "INT8: max |INT8 - FP32|" in result.output
-    as_json = CliRunner().invoke(main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli",
-                                        "--json"])
+    as_json = CliRunner().invoke(
+        main, ["export", str(uneven_dir), "--repo", str(tmp_path / "repo"), "--name", "cli", "--json"]
+    )
     data = json.loads(as_json.output)
     assert (data["heads"], data["original_heads"], data["front_end"], data["version"]) == (4, 12, "cli_text", 2)
     with pytest.raises(HeadpruneError, match="precision 'int4' is unknown"):
@@ -166,8 +179,10 @@ def test_int8_check_demands_the_fp32_decisions_on_real_texts(uneven_dir, bert_di
     result = export_to_repository(uneven_dir, tmp_path / "repo", "checked", precision="int8", validation_texts=texts)
     check = result.quantization
     assert check.texts == 64 and check.agreement is not None and check.agreement >= check.min_agreement
-    assert json.loads((result.model_path.parent / "validation.json").read_text())["quantization"]["agreement"] == \
-        check.agreement
+    assert (
+        json.loads((result.model_path.parent / "validation.json").read_text())["quantization"]["agreement"]
+        == check.agreement
+    )
     # A demand no graph meets: the same check refuses it and leaves nothing behind.
     model = load_model(uneven_dir)
     names = export_onnx(model, tmp_path / "m.onnx")
@@ -190,7 +205,10 @@ def test_int8_weights_use_seven_bits_where_the_cpu_lacks_dot_products(uneven_dir
         path = tmp_path / f"{reduce}.onnx"
         names = export_onnx(model, path)
         assert quantize_int8(model, path, names, reduce_range=reduce).reduce_range is reduce
-        weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
-                   if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_quantized")]
+        weights = [
+            onnx.numpy_helper.to_array(t)
+            for t in onnx.load(str(path)).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("_quantized")
+        ]
         ranges[reduce] = max(int(np.abs(w.astype(int)).max()) for w in weights)
     assert ranges[True] <= 64 < ranges[False]

@@ -16,28 +16,75 @@ from exporter import HeadGates, HeadPlan, apply_plan, build_inventory
 from exporter.pruning.families import supported_model_types
 from tests.helpers import random_plan, randomize
 
-ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-               max_position_embeddings=40)
-SEQ2SEQ = dict(vocab_size=50, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40)
+ENCODER = dict(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+)
+SEQ2SEQ = dict(
+    vocab_size=50,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=40,
+)
 ARCHITECTURES = {
     "bert": ("BertConfig", "BertForSequenceClassification", ENCODER),
     "roberta": ("RobertaConfig", "RobertaForSequenceClassification", ENCODER),
     "electra": ("ElectraConfig", "ElectraForSequenceClassification", ENCODER | {"embedding_size": 32}),
     "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", ENCODER),
     "camembert": ("CamembertConfig", "CamembertForSequenceClassification", ENCODER),
-    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
-                   dict(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40)),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        dict(vocab_size=50, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40),
+    ),
     "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", ENCODER | {"pad_token_id": 1}),
     # DeBERTa-v2's own positional key/query projections, and v3's sharing of query_proj/key_proj instead.
-    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
-                   ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": False,
-                              "max_relative_positions": 16, "type_vocab_size": 0}),
-    "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
-                   ENCODER | {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
-                              "position_buckets": 8, "norm_rel_ebd": "layer_norm", "type_vocab_size": 0}),
-    "vit": ("ViTConfig", "ViTForImageClassification", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                           intermediate_size=64, image_size=16, patch_size=4)),
+    "deberta-v2": (
+        "DebertaV2Config",
+        "DebertaV2ForSequenceClassification",
+        ENCODER
+        | {
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "share_att_key": False,
+            "max_relative_positions": 16,
+            "type_vocab_size": 0,
+        },
+    ),
+    "deberta-v3": (
+        "DebertaV2Config",
+        "DebertaV2ForSequenceClassification",
+        ENCODER
+        | {
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "share_att_key": True,
+            "position_buckets": 8,
+            "norm_rel_ebd": "layer_norm",
+            "type_vocab_size": 0,
+        },
+    ),
+    "vit": (
+        "ViTConfig",
+        "ViTForImageClassification",
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=4,
+        ),
+    ),
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=40)),
     # Grouped-query attention: 4 query heads over 2 key/value heads (Qwen2 adds Q/K/V biases).
     "llama": ("LlamaConfig", "LlamaForCausalLM", ENCODER | {"num_key_value_heads": 2, "attention_bias": True}),
@@ -86,7 +133,9 @@ def test_masked_equals_shrunk(model_type):
     plan = {kind: {0: [0, 2], 1: [0, 1, 2, 3]} for kind in inventory.attention_types}
     masked, shrunk, model = masked_and_shrunk(model_type, plan)
     assert (masked - shrunk).abs().max().item() <= 1e-5
-    assert build_inventory(model).kept_head_count() == inventory.original_head_count() - 6 * len(inventory.attention_types)
+    assert build_inventory(model).kept_head_count() == inventory.original_head_count() - 6 * len(
+        inventory.attention_types
+    )
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))

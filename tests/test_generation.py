@@ -52,9 +52,18 @@ def loaded(request):
 def generate(model, inputs, use_cache: bool = True, num_beams: int = 1):
     """Greedy (or beam) generation of exactly NEW_TOKENS tokens; returns the output (sequences, scores, logits, cache)."""
     with torch.no_grad():
-        return model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, forced_eos_token_id=None,
-                              num_beams=num_beams, do_sample=False, use_cache=use_cache, output_scores=True,
-                              output_logits=True, return_dict_in_generate=True)
+        return model.generate(
+            **inputs,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            forced_eos_token_id=None,
+            num_beams=num_beams,
+            do_sample=False,
+            use_cache=use_cache,
+            output_scores=True,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
 
 
 def cache_lengths(cache) -> dict:
@@ -68,7 +77,8 @@ def cache_lengths(cache) -> dict:
 
 def assert_same_generation(expected, actual, what: str) -> None:
     assert torch.equal(expected.sequences, actual.sequences), (
-        f"{what}: token sequences differ\n{expected.sequences.tolist()}\n{actual.sequences.tolist()}")
+        f"{what}: token sequences differ\n{expected.sequences.tolist()}\n{actual.sequences.tolist()}"
+    )
     for name in ("logits", "scores"):
         want, got = torch.stack(getattr(expected, name), 1), torch.stack(getattr(actual, name), 1)
         torch.testing.assert_close(got, want, rtol=0, atol=TOLERANCE, msg=lambda m: f"{what}, {name}: {m}")
@@ -85,8 +95,9 @@ def check_generation(loaded, plan: dict) -> None:
     assert shrunk.sequences.shape[1] == PROMPT.shape[1] + NEW_TOKENS
     assert_same_generation(masked, shrunk, f"masked vs shrunk with cache, plan {plan}")
     assert cache_lengths(shrunk.cache) == cache_lengths(masked.cache)
-    assert_same_generation(generate(shrunk_model, inputs, use_cache=False), shrunk,
-                           f"shrunk without vs with cache, plan {plan}")
+    assert_same_generation(
+        generate(shrunk_model, inputs, use_cache=False), shrunk, f"shrunk without vs with cache, plan {plan}"
+    )
 
 
 @st.composite
@@ -114,19 +125,28 @@ def test_shrunk_generates_what_masked_generates(loaded, data):
 
 def headless(loaded, *kinds: str, layers: tuple[int, ...] | None = None) -> dict:
     inventory = build_inventory(loaded[0])
-    return {kind: {layer.index: list(range(layer.original_heads)) for layer in inventory.of_type(kind)
-                   if layers is None or layer.index in layers} for kind in kinds}
+    return {
+        kind: {
+            layer.index: list(range(layer.original_heads))
+            for layer in inventory.of_type(kind)
+            if layers is None or layer.index in layers
+        }
+        for kind in kinds
+    }
 
 
-@pytest.mark.parametrize("kinds,layers", [
-    (("decoder",), (0,)),                      # the position of every new token is read from this layer's cache
-    (("decoder", "cross"), (0,)),
-    (("cross",), (0,)),
-    (("decoder",), None),                      # every layer of one type headless
-    (("cross",), None),
-    (("encoder",), None),
-    (("encoder", "decoder", "cross"), None),   # no heads left at all
-])
+@pytest.mark.parametrize(
+    "kinds,layers",
+    [
+        (("decoder",), (0,)),  # the position of every new token is read from this layer's cache
+        (("decoder", "cross"), (0,)),
+        (("cross",), (0,)),
+        (("decoder",), None),  # every layer of one type headless
+        (("cross",), None),
+        (("encoder",), None),
+        (("encoder", "decoder", "cross"), None),  # no heads left at all
+    ],
+)
 def test_headless_layers_generate_what_masked_generates(loaded, kinds, layers):
     check_generation(loaded, headless(loaded, *kinds, layers=layers))
 

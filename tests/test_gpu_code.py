@@ -38,16 +38,26 @@ def gpu_config(tensorrt: bool) -> dict:
     return json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))  # as Triton passes it
 
 
-@pytest.mark.parametrize("available,tensorrt,expected", [
-    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], True,
-     ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
-    (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], False,
-     ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    (["CUDAExecutionProvider", "CPUExecutionProvider"], True, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    (["CPUExecutionProvider"], True, ["CPUExecutionProvider"]),
-])
-def test_gpu_instances_prefer_tensorrt_then_cuda_then_cpu_as_configured_and_available(backend, monkeypatch, available,
-                                                                                      tensorrt, expected):
+@pytest.mark.parametrize(
+    "available,tensorrt,expected",
+    [
+        (
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            True,
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+        (
+            ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            False,
+            ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        ),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], True, ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        (["CPUExecutionProvider"], True, ["CPUExecutionProvider"]),
+    ],
+)
+def test_gpu_instances_prefer_tensorrt_then_cuda_then_cpu_as_configured_and_available(
+    backend, monkeypatch, available, tensorrt, expected
+):
     monkeypatch.setattr(backend.ort, "get_available_providers", lambda: available)
     providers = backend._providers(gpu_config(tensorrt), "GPU", 3)
     assert [p if isinstance(p, str) else p[0] for p in providers] == expected
@@ -58,7 +68,9 @@ def test_gpu_instances_prefer_tensorrt_then_cuda_then_cpu_as_configured_and_avai
 
 
 def test_cpu_instances_use_the_cpu_even_where_a_gpu_provider_exists(backend, monkeypatch):
-    monkeypatch.setattr(backend.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        backend.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     assert backend._providers(gpu_config(True), "CPU", 0) == ["CPUExecutionProvider"]
 
 
@@ -68,7 +80,8 @@ def test_gpu_speed_table_logic_on_the_cpu(tmp_path):
     assert json.loads((tmp_path / "gpu.json").read_text()) == json.loads(json.dumps(result))
     rows = result["rows"]
     assert [(r["precision"], r["attention"], r["batch"]) for r in rows] == [
-        ("float32", a, b) for a in ("eager", "sdpa") for b in (1, 3)]
+        ("float32", a, b) for a in ("eager", "sdpa") for b in (1, 3)
+    ]
     for row in rows:
         assert row["heads"] == {"unpruned": 8, "pruned": 4}
         speeds = row["examples_per_s"]

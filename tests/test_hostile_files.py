@@ -79,26 +79,41 @@ def test_damaged_safetensors_are_refused(request, tmp_path, source, damage):
         refused(["finetune", model, "--data", request.getfixturevalue("cls_data"), "--out", out], weights, out=out)
 
 
-@pytest.mark.parametrize("source,key,value", [
-    ("bert_dir", "num_attention_heads", 3),
-    ("bert_dir", "num_attention_heads", 0),
-    ("marian_dir", "decoder_attention_heads", 5),
-])
+@pytest.mark.parametrize(
+    "source,key,value",
+    [
+        ("bert_dir", "num_attention_heads", 3),
+        ("bert_dir", "num_attention_heads", 0),
+        ("marian_dir", "decoder_attention_heads", 5),
+    ],
+)
 def test_a_head_count_that_does_not_divide_the_hidden_size_is_refused(request, tmp_path, source, key, value):
     model = copy_of(request.getfixturevalue(source), tmp_path)
     edit_json(model / "config.json", **{key: value})
     out = tmp_path / "out"
-    refused(["prune", model, "--plan", write_plan(tmp_path, MORE), "--out", out],
-            f"'{model / 'config.json'}' sets {key} = {value}", "restore the config.json", out=out)
+    refused(
+        ["prune", model, "--plan", write_plan(tmp_path, MORE), "--out", out],
+        f"'{model / 'config.json'}' sets {key} = {value}",
+        "restore the config.json",
+        out=out,
+    )
 
 
-@pytest.mark.parametrize("source,changes,message", [
-    ("bert_dir", {"hidden_size": 64}, "weights in '{model}' do not have the shapes its config.json describes"),
-    # Unpruned Q/K/V shapes do not depend on the head count (that mistake cannot be seen); a pruned checkpoint's do.
-    ("pruned_dir", {"num_attention_heads": 8}, "weights in '{model}' do not match its config.json and head plan"),
-    ("pruned_dir", {"num_attention_heads": 2}, "'{model}/head_plan.json' does not fit the model its config.json "
-                                               "describes: plan names head(s) [3] in layer 2"),
-], ids=["hidden size", "pruned, head count vs weights", "pruned, head count vs plan"])
+@pytest.mark.parametrize(
+    "source,changes,message",
+    [
+        ("bert_dir", {"hidden_size": 64}, "weights in '{model}' do not have the shapes its config.json describes"),
+        # Unpruned Q/K/V shapes do not depend on the head count (that mistake cannot be seen); a pruned checkpoint's do.
+        ("pruned_dir", {"num_attention_heads": 8}, "weights in '{model}' do not match its config.json and head plan"),
+        (
+            "pruned_dir",
+            {"num_attention_heads": 2},
+            "'{model}/head_plan.json' does not fit the model its config.json "
+            "describes: plan names head(s) [3] in layer 2",
+        ),
+    ],
+    ids=["hidden size", "pruned, head count vs weights", "pruned, head count vs plan"],
+)
 def test_a_config_that_does_not_fit_the_weights_is_refused(request, tmp_path, cls_data, source, changes, message):
     model = copy_of(request.getfixturevalue(source), tmp_path)
     edit_json(model / "config.json", **changes)
@@ -106,16 +121,28 @@ def test_a_config_that_does_not_fit_the_weights_is_refused(request, tmp_path, cl
     refused(["score", model, "--data", cls_data, "--out", out], message.format(model=model), out=out)
 
 
-@pytest.mark.parametrize("record,message", [
-    ({"plan": {"encoder": {"1": [1], "2": [0, 3]}}}, "do not match its config.json and head plan"),
-    ({"plan": {"encoder": {"0": [9], "2": [0, 3]}}}, "head_plan.json' does not fit the model its config.json describes: "
-                                                      "plan names head(s) [9] in layer 0"),
-    ({"plan": {"encoder": {"0": [1], "5": [0]}}}, "head_plan.json' does not fit the model its config.json describes: "
-                                                  "layer 5 of attention type 'encoder' does not exist"),
-    ({"plan": {"encoder": {"0": [1, 1], "2": [0, 3]}}}, "head_plan.json': layer 0 of 'encoder' lists head(s) [1] more than once"),
-    ({"plan": None, "format": "something-else/1"}, "head_plan.json' is not a headprune-pruned/1 record"),
-    ("{not json", "head_plan.json' is damaged"),
-], ids=["other layer", "head out of range", "layer out of range", "head twice", "not a record", "not JSON"])
+@pytest.mark.parametrize(
+    "record,message",
+    [
+        ({"plan": {"encoder": {"1": [1], "2": [0, 3]}}}, "do not match its config.json and head plan"),
+        (
+            {"plan": {"encoder": {"0": [9], "2": [0, 3]}}},
+            "head_plan.json' does not fit the model its config.json describes: plan names head(s) [9] in layer 0",
+        ),
+        (
+            {"plan": {"encoder": {"0": [1], "5": [0]}}},
+            "head_plan.json' does not fit the model its config.json describes: "
+            "layer 5 of attention type 'encoder' does not exist",
+        ),
+        (
+            {"plan": {"encoder": {"0": [1, 1], "2": [0, 3]}}},
+            "head_plan.json': layer 0 of 'encoder' lists head(s) [1] more than once",
+        ),
+        ({"plan": None, "format": "something-else/1"}, "head_plan.json' is not a headprune-pruned/1 record"),
+        ("{not json", "head_plan.json' is damaged"),
+    ],
+    ids=["other layer", "head out of range", "layer out of range", "head twice", "not a record", "not JSON"],
+)
 def test_a_head_plan_that_does_not_fit_the_checkpoint_is_refused(pruned_dir, tmp_path, record, message):
     model = copy_of(pruned_dir, tmp_path)
     if isinstance(record, dict):
@@ -123,45 +150,68 @@ def test_a_head_plan_that_does_not_fit_the_checkpoint_is_refused(pruned_dir, tmp
     else:
         (model / "head_plan.json").write_text(record)
     out = tmp_path / "out"
-    refused(["prune", model, "--plan", write_plan(tmp_path, MORE), "--out", out], message,
-            "re-create it with 'headprune prune'", out=out)
+    refused(
+        ["prune", model, "--plan", write_plan(tmp_path, MORE), "--out", out],
+        message,
+        "re-create it with 'headprune prune'",
+        out=out,
+    )
 
 
 def test_a_plan_listing_a_head_twice_is_refused(bert_dir, tmp_path):
     out = tmp_path / "out"
-    refused(["prune", bert_dir, "--plan", write_plan(tmp_path, {"encoder": {"0": [1, 2, 1]}}), "--out", out],
-            "plan file", "layer 0 of 'encoder' lists head(s) [1] more than once", "list each head to remove once", out=out)
+    refused(
+        ["prune", bert_dir, "--plan", write_plan(tmp_path, {"encoder": {"0": [1, 2, 1]}}), "--out", out],
+        "plan file",
+        "layer 0 of 'encoder' lists head(s) [1] more than once",
+        "list each head to remove once",
+        out=out,
+    )
 
 
 def test_pruning_again_takes_original_indices_and_refuses_heads_already_gone(bert_dir, pruned_dir, tmp_path):
     out = tmp_path / "again"
-    refused(["prune", pruned_dir, "--plan", write_plan(tmp_path, {"encoder": {"0": [1, 2]}}), "--out", out],
-            "head(s) [1] of layer 0 of 'encoder'", "no longer has", "refer to the original model", out=out)
+    refused(
+        ["prune", pruned_dir, "--plan", write_plan(tmp_path, {"encoder": {"0": [1, 2]}}), "--out", out],
+        "head(s) [1] of layer 0 of 'encoder'",
+        "no longer has",
+        "refer to the original model",
+        out=out,
+    )
     # Original head 2 is the pruned layer's second head: the result keeps the original's heads 0 and 3 of layer 0.
-    result = CliRunner().invoke(main, ["prune", str(pruned_dir), "--plan", str(write_plan(tmp_path, {"encoder": {"0": [2]}})),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        ["prune", str(pruned_dir), "--plan", str(write_plan(tmp_path, {"encoder": {"0": [2]}})), "--out", str(out)],
+    )
     assert result.exit_code == 0, result.output
     again = load_model(out)
     assert HeadPlan.of_model(build_inventory(again)).removed == {"encoder": {0: [1, 2], 2: [0, 3]}}
     query = load_model(bert_dir).bert.encoder.layer[0].attention.self.query.weight
-    torch.testing.assert_close(again.bert.encoder.layer[0].attention.self.query.weight,
-                               torch.cat([query[0:8], query[24:32]]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.bert.encoder.layer[0].attention.self.query.weight, torch.cat([query[0:8], query[24:32]]), rtol=0, atol=0
+    )
 
 
 MARKER_CODE = "open({marker!r}, 'w').close()\n"
 
 
-@pytest.mark.parametrize("file,changes", [
-    ("config.json", {}),  # a built-in type: transformers would quietly ignore auto_map here
-    ("config.json", {"model_type": "evil"}),  # an unknown type: transformers would look for the code
-    ("tokenizer_config.json", {}),
-])
+@pytest.mark.parametrize(
+    "file,changes",
+    [
+        ("config.json", {}),  # a built-in type: transformers would quietly ignore auto_map here
+        ("config.json", {"model_type": "evil"}),  # an unknown type: transformers would look for the code
+        ("tokenizer_config.json", {}),
+    ],
+)
 def test_a_folder_asking_for_its_own_code_is_refused_and_none_runs(bert_dir, cls_data, tmp_path, file, changes):
     model = copy_of(bert_dir, tmp_path)
     marker = tmp_path / "code-ran"
     (model / "evil.py").write_text(MARKER_CODE.format(marker=str(marker)))
-    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel",
-                "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    auto_map = {
+        "AutoConfig": "evil.EvilConfig",
+        "AutoModelForSequenceClassification": "evil.EvilModel",
+        "AutoTokenizer": ["evil.EvilTokenizer", None],
+    }
     edit_json(model / file, auto_map=auto_map, **changes)
     plan = write_plan(tmp_path, MORE)
     commands = [
@@ -173,8 +223,12 @@ def test_a_folder_asking_for_its_own_code_is_refused_and_none_runs(bert_dir, cls
     ]
     for args, out in commands:
         try:
-            refused(args, f"'{model / file}' asks for custom code from the model folder (auto_map)",
-                    "never runs code from a model folder", out=out)
+            refused(
+                args,
+                f"'{model / file}' asks for custom code from the model folder (auto_map)",
+                "never runs code from a model folder",
+                out=out,
+            )
         finally:  # checked first: running the folder's code is worse than any message
             assert not marker.exists(), f"'{args[0]}' ran code from the model folder"
 
@@ -191,26 +245,65 @@ GOOD = {"text": "the movie", "label": "positive"}
 
 DATA_CASES = {
     "not utf-8": ("d.jsonl", latin1_on_line_3(), [], ["is not valid utf-8: line 3", "--encoding latin-1"]),
-    "missing label": ("d.jsonl", rows(GOOD) + "\n" + rows({"text": "a film"}), [], ["line 3 has no label (column 'label')"]),
+    "missing label": (
+        "d.jsonl",
+        rows(GOOD) + "\n" + rows({"text": "a film"}),
+        [],
+        ["line 3 has no label (column 'label')"],
+    ),
     "null label": ("d.jsonl", rows(GOOD, {"text": "a film", "label": None}), [], ["line 2 has no label"]),
     "empty label": ("d.csv", "text,label\nthe movie,positive\na film,\n", [], ["line 3 has no label"]),
     "short row": ("d.tsv", "text\tlabel\nthe movie\tpositive\na film\n", [], ["line 3 has no label"]),
     "extra field": ("d.csv", "text,label\nthe movie, great,positive\n", [], ["line 2 has more fields than its header"]),
-    "text not a string": ("d.jsonl", rows(GOOD, {"text": 5, "label": "positive"}), [], ["line 2: text 5 is not a string"]),
-    "unseen label name": ("d.jsonl", rows(GOOD, {"text": "a film", "label": "neutral"}), [],
-                          ["line 2: label 'neutral' is not one of the model's labels (['negative', 'positive'] or 0..1)"]),
-    "unseen label id": ("d.csv", "text,label\nthe movie,0\na film,2\n", [], ["line 3: label '2' is not one of the model's"]),
-    "missing label column": ("d.jsonl", rows(GOOD), ["--label-column", "sentiment"],
-                             ["lacks label (column 'sentiment')", "it has columns ['label', 'text']", "--label-column"]),
-    "no header row": ("d.tsv", "the movie was great\tpositive\na dull film\tnegative\n", [],
-                      ["lacks text (column 'text')", "that first row looks like data, not a header", "--no-header"]),
-    "position without --no-header": ("d.tsv", "the movie was great\tpositive\na dull film\tnegative\n",
-                                     ["--text-column", "0"], ["lacks text (column '0')", "--no-header"]),
-    "one row without header": ("d.tsv", "the movie was great\tpositive\n", [],
-                               ["holds no examples below its header row", "--no-header"]),
+    "text not a string": (
+        "d.jsonl",
+        rows(GOOD, {"text": 5, "label": "positive"}),
+        [],
+        ["line 2: text 5 is not a string"],
+    ),
+    "unseen label name": (
+        "d.jsonl",
+        rows(GOOD, {"text": "a film", "label": "neutral"}),
+        [],
+        ["line 2: label 'neutral' is not one of the model's labels (['negative', 'positive'] or 0..1)"],
+    ),
+    "unseen label id": (
+        "d.csv",
+        "text,label\nthe movie,0\na film,2\n",
+        [],
+        ["line 3: label '2' is not one of the model's"],
+    ),
+    "missing label column": (
+        "d.jsonl",
+        rows(GOOD),
+        ["--label-column", "sentiment"],
+        ["lacks label (column 'sentiment')", "it has columns ['label', 'text']", "--label-column"],
+    ),
+    "no header row": (
+        "d.tsv",
+        "the movie was great\tpositive\na dull film\tnegative\n",
+        [],
+        ["lacks text (column 'text')", "that first row looks like data, not a header", "--no-header"],
+    ),
+    "position without --no-header": (
+        "d.tsv",
+        "the movie was great\tpositive\na dull film\tnegative\n",
+        ["--text-column", "0"],
+        ["lacks text (column '0')", "--no-header"],
+    ),
+    "one row without header": (
+        "d.tsv",
+        "the movie was great\tpositive\n",
+        [],
+        ["holds no examples below its header row", "--no-header"],
+    ),
     "positions in JSONL": ("d.jsonl", rows(GOOD), ["--no-header"], ["column positions (no header row) apply to CSV"]),
-    "two roles in one column": ("d.tsv", "the movie\tpositive\n", ["--no-header", "--text-column", "0", "--label-column", "0"],
-                                ["the text and label roles would both read column 0"]),
+    "two roles in one column": (
+        "d.tsv",
+        "the movie\tpositive\n",
+        ["--no-header", "--text-column", "0", "--label-column", "0"],
+        ["the text and label roles would both read column 0"],
+    ),
 }
 
 
@@ -242,21 +335,31 @@ def test_a_file_without_header_is_read_by_column_positions(bert_dir, tmp_path):
     assert read_examples(tmp_path / "reversed.tsv", "classification", {"text": 1, "label": 0}) == expected
     assert read_examples(tmp_path / "reversed.tsv", "classification", {HEADERLESS: True, "text": 1}) == expected
     for options in (["--no-header"], ["--no-header", "--text-column", "0", "--label-column", "1"]):
-        result = CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(tmp_path / "raw.tsv"), *options,
-                                           "--out", str(tmp_path / "s.json")])
+        result = CliRunner().invoke(
+            main,
+            ["score", str(bert_dir), "--data", str(tmp_path / "raw.tsv"), *options, "--out", str(tmp_path / "s.json")],
+        )
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / "s.json").read_text())["examples"] == 2
     out = tmp_path / "never.json"
-    refused(["score", bert_dir, "--data", tmp_path / "raw.tsv", "--no-header", "--text-column", "text", "--out", out],
-            "--text-column 'text': with --no-header a column is a 0-based position", out=out)
+    refused(
+        ["score", bert_dir, "--data", tmp_path / "raw.tsv", "--no-header", "--text-column", "text", "--out", out],
+        "--text-column 'text': with --no-header a column is a 0-based position",
+        out=out,
+    )
 
 
-@pytest.mark.parametrize("name,content", [
-    ("d.jsonl", "\n" + rows(GOOD) + "   \n\n" + rows({"text": "a film", "label": "negative"}) + "\n\n"),
-    ("d.csv", "text,label\n\nthe movie,positive\n   \n,\na film,negative\n\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("d.jsonl", "\n" + rows(GOOD) + "   \n\n" + rows({"text": "a film", "label": "negative"}) + "\n\n"),
+        ("d.csv", "text,label\n\nthe movie,positive\n   \n,\na film,negative\n\n"),
+    ],
+)
 def test_blank_lines_are_skipped(bert_dir, tmp_path, name, content):
     (tmp_path / name).write_text(content)
-    result = CliRunner().invoke(main, ["score", str(bert_dir), "--data", str(tmp_path / name), "--out", str(tmp_path / "s.json")])
+    result = CliRunner().invoke(
+        main, ["score", str(bert_dir), "--data", str(tmp_path / name), "--out", str(tmp_path / "s.json")]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s.json").read_text())["examples"] == 2

@@ -42,8 +42,12 @@ def test_serving_commands_and_help_do_not_import_torch_or_transformers():
 
 
 def test_the_probe_would_notice_torch():
-    result = subprocess.run([sys.executable, "-c", PROBE.replace("import sys\n", "import sys, torch\n", 1)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.replace("import sys\n", "import sys, torch\n", 1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout.strip().startswith("torch")
 
 
@@ -72,6 +76,7 @@ def project_modules(root: Path) -> dict[str, Path]:
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     """Returns {module: the project modules it imports}, counting imports inside functions too (a deferred import
     hides a cycle at import time, not from the design)."""
+
     def owner(name: str) -> str | None:
         while name and name not in modules:
             name = name.rpartition(".")[0]
@@ -87,9 +92,13 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the package up level - 1 folders
-                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + [base] * bool(base))
-                found |= {owner(f"{base}.{alias.name}") if f"{base}.{alias.name}" in modules else owner(base)
-                          for alias in node.names}
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + [base] * bool(base)
+                    )
+                found |= {
+                    owner(f"{base}.{alias.name}") if f"{base}.{alias.name}" in modules else owner(base)
+                    for alias in node.names
+                }
         graph[name] = found - {None, name}
     return graph
 

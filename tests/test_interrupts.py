@@ -49,8 +49,9 @@ def test_interrupted_commands_keep_the_previous_output(command, bert_dir, cls_da
 
 
 @pytest.mark.slow
-def test_a_killed_export_leaves_its_staging_outside_the_repository_and_the_next_run_removes_it(bert_dir, cls_data,
-                                                                                                   tmp_path):
+def test_a_killed_export_leaves_its_staging_outside_the_repository_and_the_next_run_removes_it(
+    bert_dir, cls_data, tmp_path
+):
     """SIGKILL cannot be caught: whatever it leaves must lie outside the repository, and the next export removes it."""
     case = export_case(tmp_path, bert_dir, cls_data)
     before = tree(case.output)

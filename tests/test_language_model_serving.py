@@ -30,8 +30,10 @@ from serving.report.runner import run_comparison
 from serving.server.process import TritonServer, free_port
 from tests.helpers import client_for
 
-PLANS = {"gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headless
-         "llama_pruned": {"decoder": {0: [0], 1: [0, 1], 2: [3]}}}  # layer 1's group 0 gone; uneven groups copy a head
+PLANS = {
+    "gpt2_pruned": {"decoder": {0: [0, 1, 2, 3], 1: [1]}},  # layer 0 headless
+    "llama_pruned": {"decoder": {0: [0], 1: [0, 1], 2: [3]}},
+}  # layer 1's group 0 gone; uneven groups copy a head
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,9 @@ def served(gpt2_dir, llama_dir, mistral_dir, qwen2_dir, lm_data, tmp_path_factor
     for name, folder in dirs.items():
         export_to_repository(folder, root / "repo", name, options=options)
     texts = [e["text"] for e in read_examples(lm_data, "language-modeling")]
-    export_to_repository(dirs["llama_pruned"], root / "repo", "llama_int8", options=options, precision="int8",
-                         validation_texts=texts)
+    export_to_repository(
+        dirs["llama_pruned"], root / "repo", "llama_int8", options=options, precision="int8", validation_texts=texts
+    )
     with TritonServer(root / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": root / "repo", "dirs": dirs}
 
@@ -159,17 +162,27 @@ def test_int8_language_model_is_checked_and_served_as_its_graphs_run_in_process(
     assert nll == pytest.approx([float(session.run(["nll"], feed)[0][0, 0]) for feed in feeds], rel=1e-5)
     fp32, _ = client.score_text("llama_pruned_text", texts, batch_size=1)
     assert np.abs(nll - fp32).max() > 1e-4  # the INT8 graph is the one served
-    settings = json.loads(read_config(repo / "llama_int8_generate" / "config.pbtxt").parameters["generation"].string_value)
-    search = CausalSearch(session_runner(repo / "llama_int8_generate" / "1" / "generate.onnx"), settings["layout"],
-                          settings["eos_ids"], settings["pad_id"])
+    settings = json.loads(
+        read_config(repo / "llama_int8_generate" / "config.pbtxt").parameters["generation"].string_value
+    )
+    search = CausalSearch(
+        session_runner(repo / "llama_int8_generate" / "1" / "generate.onnx"),
+        settings["layout"],
+        settings["eos_ids"],
+        settings["pad_id"],
+    )
     expected = search.greedy([tokenizer(p)["input_ids"] for p in PROMPTS], 12)
-    assert client.generate("llama_int8_generate", PROMPTS, 12) == tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert client.generate("llama_int8_generate", PROMPTS, 12) == tokenizer.batch_decode(
+        expected, skip_special_tokens=True
+    )
 
 
 def test_int8_language_model_refused_when_perplexity_or_continuations_change_too_much(served, tmp_path):
     source = served["dirs"]["llama_pruned"]
-    for demand, message in ((dict(max_perplexity_increase=-0.5), "perplexity on the 64 validation texts"),
-                            (dict(min_generation_agreement=1.01), "INT8 step graph continued")):
+    for demand, message in (
+        (dict(max_perplexity_increase=-0.5), "perplexity on the 64 validation texts"),
+        (dict(min_generation_agreement=1.01), "INT8 step graph continued"),
+    ):
         with pytest.raises(HeadpruneError, match=message):
             export_to_repository(source, tmp_path / "repo", "x", precision="int8", **demand)
         assert not [p.name for p in (tmp_path / "repo").iterdir() if not p.name.startswith(".")]
@@ -177,15 +190,31 @@ def test_int8_language_model_refused_when_perplexity_or_continuations_change_too
 
 @pytest.mark.slow
 def test_compare_reports_perplexity_and_tokens_per_second(served, lm_data, tmp_path):
-    settings = CompareSettings(repo=served["repo"], baseline="llama", candidates=["llama_pruned"], data=lm_data,
-                               out=tmp_path / "report", url=served["server"].http_url, batch_sizes=[1, 4],
-                               concurrency=[1], seq_len=16, trials=2, requests=6, examples=8, max_windows=1, warmup=1)
+    settings = CompareSettings(
+        repo=served["repo"],
+        baseline="llama",
+        candidates=["llama_pruned"],
+        data=lm_data,
+        out=tmp_path / "report",
+        url=served["server"].http_url,
+        batch_sizes=[1, 4],
+        concurrency=[1],
+        seq_len=16,
+        trials=2,
+        requests=6,
+        examples=8,
+        max_windows=1,
+        warmup=1,
+    )
     report_md = run_comparison(settings)
     report = json.loads((report_md.parent / "report.json").read_text())
     for name in ("llama", "llama_pruned"):
         quality = report["deployments"][name]["quality"]
-        expected = Evaluator(load_model(served["dirs"][name]), load_tokenizer(served["dirs"][name]),
-                             read_examples(lm_data, "language-modeling"))()
+        expected = Evaluator(
+            load_model(served["dirs"][name]),
+            load_tokenizer(served["dirs"][name]),
+            read_examples(lm_data, "language-modeling"),
+        )()
         assert quality["metric"] == "perplexity" and quality["value"] == pytest.approx(expected.value, rel=1e-5)
     assert "p_value" in report["deployments"]["llama_pruned"]["quality"]
     text = report_md.read_text()
@@ -196,8 +225,9 @@ def test_compare_reports_perplexity_and_tokens_per_second(served, lm_data, tmp_p
 
 
 @pytest.mark.parametrize(("graph", "message"), [("model.onnx", "perplexity"), ("generate.onnx", "INT8 step graph")])
-def test_int8_checks_refuse_a_quantized_graph_with_its_embedding_rows_shifted(llama_dir, tmp_path, monkeypatch, graph,
-                                                                             message):
+def test_int8_checks_refuse_a_quantized_graph_with_its_embedding_rows_shifted(
+    llama_dir, tmp_path, monkeypatch, graph, message
+):
     vocab = load_model(llama_dir).config.vocab_size
     real = quantize.quantize_file
 
@@ -207,7 +237,9 @@ def test_int8_checks_refuse_a_quantized_graph_with_its_embedding_rows_shifted(ll
             model = onnx.load(str(quantized))
             table = next(t for t in model.graph.initializer if len(t.dims) == 2 and vocab in t.dims)
             rows = onnx.numpy_helper.to_array(table)
-            table.CopyFrom(onnx.numpy_helper.from_array(np.roll(rows, 1, axis=list(table.dims).index(vocab)), table.name))
+            table.CopyFrom(
+                onnx.numpy_helper.from_array(np.roll(rows, 1, axis=list(table.dims).index(vocab)), table.name)
+            )
             onnx.save(model, str(quantized))
 
     monkeypatch.setattr(quantize, "quantize_file", damaged)

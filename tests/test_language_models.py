@@ -52,8 +52,10 @@ def test_masking_a_head_changes_perplexity_and_best_is_lowest(llama_dir, lm_data
     best = best_head_per_layer(evaluator, build_inventory(model))
     for index, entry in best.layers["decoder"].items():
         layer = build_inventory(model).get("decoder", int(index))
-        values = [evaluator(HeadPlan({"decoder": {layer.index: [h for h in layer.kept if h != keep]}})).value
-                  for keep in layer.kept]
+        values = [
+            evaluator(HeadPlan({"decoder": {layer.index: [h for h in layer.kept if h != keep]}})).value
+            for keep in layer.kept
+        ]
         assert entry["metric"] == min(values)  # perplexity: lower is better
 
 
@@ -114,7 +116,9 @@ def test_plain_text_data_needs_a_language_model_and_other_formats_name_their_tex
     (tmp_path / "lm.jsonl").write_text('{"passage": "the film"}\n')
     with pytest.raises(HeadpruneError, match="lacks text"):
         read_examples(tmp_path / "lm.jsonl", "language-modeling")
-    assert read_examples(tmp_path / "lm.jsonl", "language-modeling", columns={"text": "passage"}) == [{"text": "the film"}]
+    assert read_examples(tmp_path / "lm.jsonl", "language-modeling", columns={"text": "passage"}) == [
+        {"text": "the film"}
+    ]
 
 
 def test_left_padding_tokenizers_score_as_right_padding_ones(llama_dir, lm_data):

@@ -51,8 +51,12 @@ def served(tmp_path_factory):
     export_to_repository(root / "pruned", root / "repo", "pruned")
     # Larger, so that 256 requests sent at once cannot all be served before the queue fills.
     slow = make_bert(root / "slow", layers=4, heads=8, head_size=32)
-    export_to_repository(slow, root / "repo", "limited", options=DeploymentOptions(max_batch_size=2, max_queue_size=8,
-                                                                                          queue_timeout_ms=30_000))
+    export_to_repository(
+        slow,
+        root / "repo",
+        "limited",
+        options=DeploymentOptions(max_batch_size=2, max_queue_size=8, queue_timeout_ms=30_000),
+    )
     with TritonServer(root / "repo", **ports()) as server:
         yield server
 
@@ -137,7 +141,9 @@ class Output:
 def serve(args: list[str]) -> tuple[subprocess.Popen, Output]:
     """Starts ``headprune serve`` and returns it with its output once it says it is ready."""
     command = [sys.executable, "-m", "serving", "serve", *args]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     output = Output(server)
     output.until("(Ctrl-C to stop)")
     return server, output
@@ -218,7 +224,9 @@ def test_a_serving_python_without_the_backend_packages_is_refused(tmp_path):
 def other_python() -> str | None:
     """Returns an installed Python 3 interpreter of another minor version than this one, if there is one."""
     ours = f"python3.{sys.version_info.minor}"
-    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3.*")) + sorted(Path("/usr/bin").glob("python3.*")):
+    for candidate in sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3.*")) + sorted(
+        Path("/usr/bin").glob("python3.*")
+    ):
         if candidate.name != ours and candidate.name.count(".") == 1 and candidate.name[8:].isdigit():
             return str(candidate)
     return None
@@ -252,7 +260,9 @@ def test_model_control_on_a_reachable_address_needs_confirmation(tmp_path):
     with pytest.raises(HeadpruneError, match="model control on 0.0.0.0 would let any host"):
         server.start()
     assert server.process is None
-    result = CliRunner().invoke(main, ["serve", "--repo", str(tmp_path / "repo"), "--host", "::", "--allow-model-control"])
+    result = CliRunner().invoke(
+        main, ["serve", "--repo", str(tmp_path / "repo"), "--host", "::", "--allow-model-control"]
+    )
     assert result.exit_code == 2 and "--expose-model-control" in result.output
     help_text = CliRunner().invoke(main, ["serve", "--help"]).output
     assert "WARNING" in help_text and "no authentication" in " ".join(help_text.split())
@@ -260,9 +270,16 @@ def test_model_control_on_a_reachable_address_needs_confirmation(tmp_path):
     assert not process.is_loopback("0.0.0.0") and not process.is_loopback("10.0.0.1")
 
 
-@pytest.mark.parametrize("path", ["/v2/models/..%2F..%2F..%2Fetc%2Fpasswd", "/v2/models/../../etc/passwd/config",
-                                  "/v2/models/pruned/versions/..%2F..%2Fetc%2Fpasswd/stats",
-                                  "/v2/repository/models/..%2F..%2Fetc/load", "/v2/models/%2Fetc%2Fpasswd/config"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/v2/models/../../etc/passwd/config",
+        "/v2/models/pruned/versions/..%2F..%2Fetc%2Fpasswd/stats",
+        "/v2/repository/models/..%2F..%2Fetc/load",
+        "/v2/models/%2Fetc%2Fpasswd/config",
+    ],
+)
 def test_no_request_reads_a_file_outside_the_repository(served, path):
     host, port = served.http_url.split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)

@@ -22,12 +22,20 @@ from tests.helpers import make_bert, make_trained_marian, random_sentences, writ
 
 
 def settings_for(tmp_path, **overrides) -> OptimizeSettings:
-    values = dict(model=tmp_path / "model", train=tmp_path / "train.jsonl", dev=tmp_path / "dev.jsonl",
-                  test=tmp_path / "test.jsonl", repo=tmp_path / "repo", name="best", out=tmp_path / "out")
+    values = dict(
+        model=tmp_path / "model",
+        train=tmp_path / "train.jsonl",
+        dev=tmp_path / "dev.jsonl",
+        test=tmp_path / "test.jsonl",
+        repo=tmp_path / "repo",
+        name="best",
+        out=tmp_path / "out",
+    )
     return OptimizeSettings(**{**values, **overrides})
 
 
 # --- the rules ---------------------------------------------------------------------------------------------------
+
 
 def test_the_paired_gain_interval_of_accuracy_matches_the_normal_approximation():
     rng = np.random.default_rng(0)
@@ -85,13 +93,19 @@ def test_the_paired_trial_interval_is_a_t_interval_over_log_ratios():
 
 def test_each_candidate_names_its_steps_one_lever_at_a_time():
     chosen = Candidate(0.8, True, "int8")
-    assert [s.name for s in chosen.steps] == ["fp32_plain_p0", "fp32_plain_p80", "fp32_distilled_p80",
-                                              "int8_distilled_p80"]
+    assert [s.name for s in chosen.steps] == [
+        "fp32_plain_p0",
+        "fp32_plain_p80",
+        "fp32_distilled_p80",
+        "int8_distilled_p80",
+    ]
     assert [s.name for s in Candidate(0.0, False, "int8").steps] == ["fp32_plain_p0", "int8_plain_p0"]
     assert recipe("classification", 0.5) == Candidate(0.5, True, "int8")
     assert recipe("language-modeling", 0.5) == Candidate(0.5, True, "int8")
     assert recipe("image-classification", 0.5) == Candidate(0.5, False, "fp32")
-    assert not_applicable("translation") == not_applicable("language-modeling") == not_applicable("classification") == {}
+    assert (
+        not_applicable("translation") == not_applicable("language-modeling") == not_applicable("classification") == {}
+    )
     assert set(not_applicable("image-classification")) == {"dynamic INT8 weights", "distil from the unpruned model"}
 
 
@@ -106,10 +120,14 @@ class FakeSearch(Search):
     def measure(self, candidate):
         self.tried.append(candidate.name)
         failed = candidate.precision == "int8" and candidate.level > self.int8_up_to
-        trial = {"record": "trial", "candidate": candidate.to_dict(),
-                 "eligible": candidate.level <= self.limit and not failed,
-                 "speedup": {"ratio": 1 + candidate.level + (candidate.precision == "int8")},
-                 "seconds": self.seconds, **({"failed": "INT8 changed decisions"} if failed else {})}
+        trial = {
+            "record": "trial",
+            "candidate": candidate.to_dict(),
+            "eligible": candidate.level <= self.limit and not failed,
+            "speedup": {"ratio": 1 + candidate.level + (candidate.precision == "int8")},
+            "seconds": self.seconds,
+            **({"failed": "INT8 changed decisions"} if failed else {}),
+        }
         self.journal.append(trial)
         return trial
 
@@ -129,10 +147,20 @@ def test_where_int8_cannot_be_made_the_same_level_in_fp32_stands_for_it(tmp_path
     search = FakeSearch(settings_for(tmp_path), "classification", 0.7, int8_up_to=0.3)
     search.start(resume=False)
     trials, _ = search.run()
-    assert search.tried == ["int8_plain_p0", "int8_distilled_p50", "fp32_distilled_p50", "int8_distilled_p70",
-                            "fp32_distilled_p70", "int8_distilled_p80", "fp32_distilled_p80"]
-    assert [t["candidate"]["name"] for t in trials if t["eligible"]] == ["int8_plain_p0", "fp32_distilled_p50",
-                                                                         "fp32_distilled_p70"]
+    assert search.tried == [
+        "int8_plain_p0",
+        "int8_distilled_p50",
+        "fp32_distilled_p50",
+        "int8_distilled_p70",
+        "fp32_distilled_p70",
+        "int8_distilled_p80",
+        "fp32_distilled_p80",
+    ]
+    assert [t["candidate"]["name"] for t in trials if t["eligible"]] == [
+        "int8_plain_p0",
+        "fp32_distilled_p50",
+        "fp32_distilled_p70",
+    ]
 
 
 def test_the_search_stops_when_the_next_candidate_would_not_fit_the_budget(tmp_path):
@@ -156,9 +184,11 @@ def test_a_rerun_with_the_same_settings_reuses_the_trials_and_other_settings_are
 
 
 def test_choose_keeps_the_fastest_eligible_candidate_that_beats_the_baseline():
-    trials = [{"eligible": True, "speedup": {"ratio": 1.5}, "candidate": {"level": 0.3}},
-              {"eligible": False, "speedup": {"ratio": 3.0}, "candidate": {"level": 0.9}},
-              {"eligible": True, "speedup": {"ratio": 2.0}, "candidate": {"level": 0.6}}]
+    trials = [
+        {"eligible": True, "speedup": {"ratio": 1.5}, "candidate": {"level": 0.3}},
+        {"eligible": False, "speedup": {"ratio": 3.0}, "candidate": {"level": 0.9}},
+        {"eligible": True, "speedup": {"ratio": 2.0}, "candidate": {"level": 0.6}},
+    ]
     assert choose(trials)["candidate"]["level"] == 0.6
     slow = [{"eligible": True, "speedup": {"ratio": 0.9}, "candidate": {"level": 0.1}}]
     assert choose(slow) is None and choose(slow, min_speedup=0.5) == slow[0]
@@ -176,6 +206,7 @@ def test_settings_refuse_proving_on_the_dev_split(tmp_path):
 
 # --- end to end through Triton ------------------------------------------------------------------------------------
 
+
 def labelled_splits(model_dir, folder) -> dict:
     """Writes train/dev/test files labelled by the model's own predictions (every sixth flipped)."""
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
@@ -184,8 +215,10 @@ def labelled_splits(model_dir, folder) -> dict:
         texts = random_sentences(count, seed=20 + index)
         with torch.no_grad():
             predicted = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
-        rows = [{"text": t, "label": model.config.id2label[(p + (i % 6 == 0)) % 2]}
-                for i, (t, p) in enumerate(zip(texts, predicted))]
+        rows = [
+            {"text": t, "label": model.config.id2label[(p + (i % 6 == 0)) % 2]}
+            for i, (t, p) in enumerate(zip(texts, predicted))
+        ]
         paths[split] = write_jsonl(folder / f"{split}.jsonl", rows)
     return paths
 
@@ -195,10 +228,23 @@ def test_optimize_chooses_on_dev_proves_on_test_and_installs_the_choice(tmp_path
     # Wide enough that pruning and INT8 change the served time by more than the server's own noise.
     model_dir = make_bert(tmp_path / "bert", head_size=64)
     splits = labelled_splits(model_dir, tmp_path)
-    settings = OptimizeSettings(model=model_dir, train=splits["train"], dev=splits["dev"], test=splits["test"],
-                                repo=tmp_path / "repo", name="best", out=tmp_path / "out", max_drop=100.0,
-                                step=0.25, max_level=0.75, search_trials=2, test_trials=3, distill_epochs=1, seq_len=64,
-                                min_int8_agreement=0.8)  # a tiny random model's decisions sit close to its boundary
+    settings = OptimizeSettings(
+        model=model_dir,
+        train=splits["train"],
+        dev=splits["dev"],
+        test=splits["test"],
+        repo=tmp_path / "repo",
+        name="best",
+        out=tmp_path / "out",
+        max_drop=100.0,
+        step=0.25,
+        max_level=0.75,
+        search_trials=2,
+        test_trials=3,
+        distill_epochs=1,
+        seq_len=64,
+        min_int8_agreement=0.8,
+    )  # a tiny random model's decisions sit close to its boundary
     path = optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     trials = result["search"]["trials"]
@@ -232,11 +278,23 @@ def test_optimize_on_a_language_model_prunes_distils_and_quantizes(tmp_path, gpt
     lines = random_sentences(60, seed=30, low=4, high=10)
     files = {name: tmp_path / f"{name}.txt" for name in ("train", "dev", "test")}
     for index, path in enumerate(files.values()):
-        path.write_text("\n".join(lines[20 * index:20 * (index + 1)]) + "\n")
-    settings = OptimizeSettings(model=gpt2_dir, train=files["train"], dev=files["dev"], test=files["test"],
-                                repo=tmp_path / "repo", name="lm", out=tmp_path / "out", max_drop=1e6,
-                                step=0.5, max_level=0.5, search_trials=2, test_trials=2, seq_len=16,
-                                min_speedup=0.0)  # a tiny model's pruned speed is within the server's noise
+        path.write_text("\n".join(lines[20 * index : 20 * (index + 1)]) + "\n")
+    settings = OptimizeSettings(
+        model=gpt2_dir,
+        train=files["train"],
+        dev=files["dev"],
+        test=files["test"],
+        repo=tmp_path / "repo",
+        name="lm",
+        out=tmp_path / "out",
+        max_drop=1e6,
+        step=0.5,
+        max_level=0.5,
+        search_trials=2,
+        test_trials=2,
+        seq_len=16,
+        min_speedup=0.0,
+    )  # a tiny model's pruned speed is within the server's noise
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     trials = result["search"]["trials"]
@@ -258,10 +316,22 @@ def test_optimize_on_a_translation_model_measures_bleu_and_pulls_every_lever(tmp
         sources = random_sentences(24, seed=40 + index)
         rows = [{"source": s, "target": " ".join(s.split()[::-1])} for s in sources]  # what the model learned
         files[name] = write_jsonl(tmp_path / f"{name}.jsonl", rows)
-    settings = OptimizeSettings(model=model_dir, train=files["train"], dev=files["dev"], test=files["test"],
-                                repo=tmp_path / "repo", name="mt", out=tmp_path / "out", max_drop=1000.0,
-                                step=0.5, max_level=0.5, search_trials=2, test_trials=2, batch_size=4,
-                                min_speedup=0.0)  # a tiny model's pruned speed is within the server's noise
+    settings = OptimizeSettings(
+        model=model_dir,
+        train=files["train"],
+        dev=files["dev"],
+        test=files["test"],
+        repo=tmp_path / "repo",
+        name="mt",
+        out=tmp_path / "out",
+        max_drop=1000.0,
+        step=0.5,
+        max_level=0.5,
+        search_trials=2,
+        test_trials=2,
+        batch_size=4,
+        min_speedup=0.0,
+    )  # a tiny model's pruned speed is within the server's noise
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     trials = result["search"]["trials"]
@@ -278,7 +348,11 @@ def test_optimize_on_a_translation_model_measures_bleu_and_pulls_every_lever(tmp
 
 
 def test_without_a_qualifying_candidate_the_headline_keeps_the_unpruned_model():
-    result = {"settings": {"max_drop": 0.5}, "proof": None, "task": "classification",
-              "environment": {"machine": {"cpu_model": "CPU X", "int8_instructions": ["avx2"]}}}
+    result = {
+        "settings": {"max_drop": 0.5},
+        "proof": None,
+        "task": "classification",
+        "environment": {"machine": {"cpu_model": "CPU X", "int8_instructions": ["avx2"]}},
+    }
     assert headline(result).startswith("No candidate kept") and "CPU X (avx2)" in headline(result)
     assert BASELINE.label == "unpruned, FP32"

@@ -15,7 +15,7 @@ from serving.server.process import TritonServer, free_port
 
 # Answers first, then stays busy for 50 ms (as a backend does that cleans up after answering): the client's next
 # request then arrives while the instance is still busy.
-BUSY_AFTER_ANSWERING = '''
+BUSY_AFTER_ANSWERING = """
 import time
 
 import triton_python_backend_utils as pb_utils
@@ -29,7 +29,7 @@ class TritonPythonModel:
                                                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         time.sleep(0.05)
         return None
-'''
+"""
 
 
 def _model(repo, name: str, options: DeploymentOptions) -> None:

@@ -25,7 +25,7 @@ def sample(folder, count=64, seed=5) -> list[dict]:
     examples = [{"text": text, "label": "positive"} for text in random_sentences(count, seed=seed)]
     encoded = []
     for start in range(0, count, 16):
-        batch = encode_batch(tokenizer, examples[start:start + 16], "classification", config)
+        batch = encode_batch(tokenizer, examples[start : start + 16], "classification", config)
         batch.pop("labels")
         encoded.append(batch)
     return encoded
@@ -37,8 +37,10 @@ def attention_errors(pruned, base, batches) -> list[float]:
     errors = []
     for mine, theirs in zip(build_inventory(pruned).layers, build_inventory(base).layers):
         outputs = {}
-        hooks = [layer.module("output").register_forward_hook(lambda m, i, o, key=key: outputs.__setitem__(key, o))
-                 for key, layer in (("mine", mine), ("theirs", theirs))]
+        hooks = [
+            layer.module("output").register_forward_hook(lambda m, i, o, key=key: outputs.__setitem__(key, o))
+            for key, layer in (("mine", mine), ("theirs", theirs))
+        ]
         total = 0.0
         for batch in batches:
             pruned(**batch)
@@ -82,9 +84,24 @@ def test_an_unpruned_model_rescaled_against_itself_keeps_every_head_as_it_is(ber
 
 def test_recover_command_writes_a_loadable_checkpoint_with_its_scales(bert_dir, tmp_path):
     pruned = save_pruned(pruned_copy(bert_dir), load_tokenizer(bert_dir), tmp_path / "pruned", source=bert_dir)
-    data = write_jsonl(tmp_path / "sample.jsonl", [{"text": t, "label": "positive"} for t in random_sentences(40, seed=2)])
-    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
-                                       "--out", str(tmp_path / "recovered"), "--method", "rescale"])
+    data = write_jsonl(
+        tmp_path / "sample.jsonl", [{"text": t, "label": "positive"} for t in random_sentences(40, seed=2)]
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(pruned),
+            "--teacher",
+            str(bert_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "recovered"),
+            "--method",
+            "rescale",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "rescaled 8 heads on 40 examples" in result.output
     record = json.loads((tmp_path / "recovered" / "recovery.json").read_text())
@@ -94,8 +111,9 @@ def test_recover_command_writes_a_loadable_checkpoint_with_its_scales(bert_dir, 
     original = build_inventory(load_model(pruned)).layers[0].module("output").weight
     assert not torch.equal(build_inventory(recovered).layers[0].module("output").weight, original)
     other = make_bert(tmp_path / "other", head_size=4)
-    refused = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(other), "--data", str(data),
-                                        "--out", str(tmp_path / "again")])
+    refused = CliRunner().invoke(
+        main, ["recover", str(pruned), "--teacher", str(other), "--data", str(data), "--out", str(tmp_path / "again")]
+    )
     assert refused.exit_code == 2 and "is not the model" in refused.output and "pass the unpruned" in refused.output
     assert not (tmp_path / "again").exists()
 
@@ -106,8 +124,11 @@ def divergence(student, teacher, batches) -> float:
     total = 0.0
     for batch in batches:
         target = torch.log_softmax(teacher(**batch).logits, -1)
-        total += float(torch.nn.functional.kl_div(torch.log_softmax(student(**batch).logits, -1), target,
-                                                  log_target=True, reduction="batchmean"))
+        total += float(
+            torch.nn.functional.kl_div(
+                torch.log_softmax(student(**batch).logits, -1), target, log_target=True, reduction="batchmean"
+            )
+        )
     return total / len(batches)
 
 
@@ -126,14 +147,56 @@ def test_distillation_moves_the_pruned_model_towards_the_teacher_and_keeps_its_h
     assert stored["method"] == "distill" and stored["examples"] == 192
     # Texts alone, as --help promises: no label column.
     data = write_jsonl(tmp_path / "texts.jsonl", [{"text": e["text"]} for e in texts])
-    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
-                                       "--out", str(tmp_path / "cli"), "--max-examples", "64"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(pruned),
+            "--teacher",
+            str(bert_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "cli"),
+            "--max-examples",
+            "64",
+        ],
+    )
     assert result.exit_code == 0 and "distilled 1 epoch(s) on 64 examples" in result.output, result.output
-    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
-                                       "--out", str(tmp_path / "cli"), "--method", "rescale", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(pruned),
+            "--teacher",
+            str(bert_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "cli"),
+            "--method",
+            "rescale",
+            "--json",
+        ],
+    )
     assert result.exit_code != 0 and "--overwrite" in result.output  # refused before any work
-    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(bert_dir), "--data", str(data),
-                                       "--out", str(tmp_path / "cli"), "--method", "rescale", "--json", "--overwrite"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(pruned),
+            "--teacher",
+            str(bert_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "cli"),
+            "--method",
+            "rescale",
+            "--json",
+            "--overwrite",
+        ],
+    )
     assert result.exit_code == 0 and json.loads(result.output)["method"] == "rescale"
 
 
@@ -142,8 +205,14 @@ def output_divergence(student, teacher, tokenizer, examples, outputs) -> float:
     """Returns the mean KL divergence of the student's output distributions from the teacher's at the positions the
     distillation counts (``outputs`` is its per-task function)."""
     predicted, target, mask = outputs(student.eval(), teacher.eval(), tokenizer, examples, 64)
-    return float(torch.nn.functional.kl_div(torch.log_softmax(predicted[mask], -1), torch.log_softmax(target[mask], -1),
-                                            log_target=True, reduction="batchmean"))
+    return float(
+        torch.nn.functional.kl_div(
+            torch.log_softmax(predicted[mask], -1),
+            torch.log_softmax(target[mask], -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["language-modeling", "translation"])
@@ -153,8 +222,11 @@ def test_distillation_moves_language_and_translation_models_towards_the_teacher(
 
     base = gpt2_dir if kind == "language-modeling" else make_trained_marian(tmp_path / "marian", seed=5, layers=2)
     # Whole layers' heads removed, cross attention included: far from the teacher before recovery.
-    plan = {"decoder": {"0": [0, 1, 2, 3], "1": [0, 1, 3], "2": [1, 2]}} if kind == "language-modeling" else \
-        {"encoder": {"0": [0, 1, 2]}, "decoder": {"1": [0, 1]}, "cross": {"0": [0, 1, 2, 3], "1": [1]}}
+    plan = (
+        {"decoder": {"0": [0, 1, 2, 3], "1": [0, 1, 3], "2": [1, 2]}}
+        if kind == "language-modeling"
+        else {"encoder": {"0": [0, 1, 2]}, "decoder": {"1": [0, 1]}, "cross": {"0": [0, 1, 2, 3], "1": [1]}}
+    )
     model = load_model(base).eval()
     apply_plan(model, HeadPlan.of(plan))
     pruned = save_pruned(model, load_tokenizer(base), tmp_path / "pruned", source=base)
@@ -167,6 +239,7 @@ def test_distillation_moves_language_and_translation_models_towards_the_teacher(
 
         def texts(count, seed):
             return [{"source": text} for text in random_sentences(count, seed)]
+
     train = texts(160, 6)
     record = distill(pruned, base, train, tmp_path / "distilled", epochs=3, learning_rate=1e-3, batch_size=16)
     held_out = texts(32, 7)
@@ -176,6 +249,7 @@ def test_distillation_moves_language_and_translation_models_towards_the_teacher(
     # close to the teacher and moves less than the translation model, whose cross attention carries the source.
     assert after < (0.8 if kind == "language-modeling" else 0.5) * before, (before, after)
     assert record["final_loss"] < record["first_loss"]
+
     # Beside the divergence: the next token the student would pick agrees with the teacher's more often.
     def agreement(folder) -> float:
         predicted, target, mask = outputs(load_model(folder).eval(), teacher.eval(), tokenizer, held_out, 64)
@@ -183,9 +257,23 @@ def test_distillation_moves_language_and_translation_models_towards_the_teacher(
 
     if kind == "translation":  # (the tiny LM's pruned copy already picks the teacher's token 99 % of the time)
         assert agreement(tmp_path / "distilled") > agreement(pruned)
-    assert HeadPlan.of_model(build_inventory(load_model(tmp_path / "distilled"))).to_dict() == \
-        HeadPlan.of(plan).to_dict()  # the heads stay removed
+    assert (
+        HeadPlan.of_model(build_inventory(load_model(tmp_path / "distilled"))).to_dict() == HeadPlan.of(plan).to_dict()
+    )  # the heads stay removed
     data = write_jsonl(tmp_path / "unlabelled.jsonl", train)  # no labels, no targets: what the command reads
-    result = CliRunner().invoke(main, ["recover", str(pruned), "--teacher", str(base), "--data", str(data),
-                                       "--out", str(tmp_path / "cli"), "--max-examples", "32"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recover",
+            str(pruned),
+            "--teacher",
+            str(base),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "cli"),
+            "--max-examples",
+            "32",
+        ],
+    )
     assert result.exit_code == 0 and "distilled 1 epoch(s) on 32 examples" in result.output, result.output

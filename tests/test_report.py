@@ -18,7 +18,11 @@ from serving.report.document import build_document, render_markdown
 from serving.report.model import Report
 from serving.report.report import build_report, render_report, write_report
 
-ENVIRONMENT = {"machine": {"platform": "test", "cpus": 1}, "libraries": {}, "server": {"name": "triton", "version": "0"}}
+ENVIRONMENT = {
+    "machine": {"platform": "test", "cpus": 1},
+    "libraries": {},
+    "server": {"name": "triton", "version": "0"},
+}
 
 
 def markdown(report) -> str:
@@ -37,37 +41,78 @@ class Facts:
     weights_sha256: str = "0" * 8
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "pruned_share": 1 - self.heads / self.original_heads,
-                "heads_per_layer": {"encoder": [self.heads // 2, self.heads - self.heads // 2]},
-                "parameters": 1000 + self.heads, "attention_parameters": 100 + self.heads, "onnx_bytes": 10**6}
+        return {
+            **asdict(self),
+            "pruned_share": 1 - self.heads / self.original_heads,
+            "heads_per_layer": {"encoder": [self.heads // 2, self.heads - self.heads // 2]},
+            "parameters": 1000 + self.heads,
+            "attention_parameters": 100 + self.heads,
+            "onnx_bytes": 10**6,
+        }
 
 
-def latency_records(name: str, rng: np.random.Generator, mean_ms: float, requests: int, trials: int,
-                    batch_sizes=(1, 4), concurrency=(1,)) -> list[dict]:
+def latency_records(
+    name: str,
+    rng: np.random.Generator,
+    mean_ms: float,
+    requests: int,
+    trials: int,
+    batch_sizes=(1, 4),
+    concurrency=(1,),
+) -> list[dict]:
     """Returns the journal's latency records of one deployment: lognormal latencies of mean ``mean_ms``, and the
     throughput a closed loop with those latencies has."""
     records = []
     for trial in range(trials):
         for batch in batch_sizes:
             for clients in concurrency:
-                latencies = mean_ms * rng.lognormal(-0.3**2 / 2, 0.3, requests)
+                latencies = mean_ms * rng.lognormal(-(0.3**2) / 2, 0.3, requests)
                 throughput = clients * batch * 1000 / latencies.mean()
-                records.append({"record": "latency", "deployment": name, "batch_size": batch, "concurrency": clients,
-                                "trial": trial, "windows": 1, "latencies_ms": latencies.tolist(),
-                                "wall_s": requests * batch / throughput, "throughput": throughput,
-                                "server": {"queue_us": 5.0, "compute_input_us": 7.0, "compute_infer_us": 10.0,
-                                           "compute_output_us": 3.0}})
+                records.append(
+                    {
+                        "record": "latency",
+                        "deployment": name,
+                        "batch_size": batch,
+                        "concurrency": clients,
+                        "trial": trial,
+                        "windows": 1,
+                        "latencies_ms": latencies.tolist(),
+                        "wall_s": requests * batch / throughput,
+                        "throughput": throughput,
+                        "server": {
+                            "queue_us": 5.0,
+                            "compute_input_us": 7.0,
+                            "compute_infer_us": 10.0,
+                            "compute_output_us": 3.0,
+                        },
+                    }
+                )
     return records
 
 
 def quality(name: str, value: float) -> dict:
-    return {"record": "quality", "deployment": name, "metric": "accuracy", "value": value, "examples": 1000,
-            "signature": ""}
+    return {
+        "record": "quality",
+        "deployment": name,
+        "metric": "accuracy",
+        "value": value,
+        "examples": 1000,
+        "signature": "",
+    }
 
 
-def make_report(tmp_path, speeds: dict[str, float], accuracies: dict[str, float] | None = None, requests: int = 200,
-                trials: int = 3, max_drop: float | None = None, batch_sizes=(1, 4), concurrency=(1,), seed: int = 7,
-                per_example: dict[str, list[int]] | None = None):
+def make_report(
+    tmp_path,
+    speeds: dict[str, float],
+    accuracies: dict[str, float] | None = None,
+    requests: int = 200,
+    trials: int = 3,
+    max_drop: float | None = None,
+    batch_sizes=(1, 4),
+    concurrency=(1,),
+    seed: int = 7,
+    per_example: dict[str, list[int]] | None = None,
+):
     """Returns a report of 'base' and candidates whose latencies are truly ``speeds[name]`` times lower (with
     ``per_example`` correctness, whose mean then is the accuracy)."""
     rng = np.random.default_rng(seed)
@@ -81,9 +126,17 @@ def make_report(tmp_path, speeds: dict[str, float], accuracies: dict[str, float]
             record.update(value=sum(correct) / len(correct), examples=len(correct), per_example=correct)
     for name in names:
         records += latency_records(name, rng, 10.0 / speeds.get(name, 1.0), requests, trials, batch_sizes, concurrency)
-    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=list(speeds), data=tmp_path / "d",
-                               out=tmp_path, batch_sizes=list(batch_sizes), concurrency=list(concurrency), trials=trials,
-                               max_drop=max_drop)
+    settings = CompareSettings(
+        repo=tmp_path / "repo",
+        baseline="base",
+        candidates=list(speeds),
+        data=tmp_path / "d",
+        out=tmp_path,
+        batch_sizes=list(batch_sizes),
+        concurrency=list(concurrency),
+        trials=trials,
+        max_drop=max_drop,
+    )
     deployment_facts = {n: Facts(n, 12 - 2 * i, 1000 - 100 * i) for i, n in enumerate(names)}
     return build_report(settings, deployment_facts, records, ENVIRONMENT, ["headprune", "compare"])
 
@@ -97,8 +150,12 @@ def test_a_true_speedup_gets_an_interval_around_it_that_excludes_one(tmp_path):
     for s in speedups(report, "fast"):
         assert 1 < s["ci_low"] <= 1.3 <= s["ci_high"] < 1.45, s
         assert s["ci_low"] <= s["ratio"] <= s["ci_high"] and s["significant"]
-        assert (s["baseline_trials"], s["candidate_trials"], s["baseline_requests"], s["candidate_requests"]) == \
-            (3, 3, 600, 600)
+        assert (s["baseline_trials"], s["candidate_trials"], s["baseline_requests"], s["candidate_requests"]) == (
+            3,
+            3,
+            600,
+            600,
+        )
         assert s["predicted"] == pytest.approx(1000 / 900)
     mean = report.to_dict()["mean_speedups"]["fast"]
     assert mean["ci_low"] <= 1.3 <= mean["ci_high"] and mean["significant"] and mean["cells"] == 2
@@ -121,7 +178,7 @@ def test_intervals_cover_the_true_speedup_about_95_percent_of_the_time():
         rng = np.random.default_rng(1000 + seed)
         sides = []
         for mean_ms in (10.0, 10.0 / 1.2):
-            trials = [mean_ms * rng.lognormal(-0.3**2 / 2, 0.3, 50) for _ in range(3)]
+            trials = [mean_ms * rng.lognormal(-(0.3**2) / 2, 0.3, 50) for _ in range(3)]
             throughputs = [1000 / t.mean() for t in trials]
             draws = bootstrap_throughput(trials, throughputs, np.random.default_rng(seed))
             sides.append((float(np.mean(throughputs)), draws))
@@ -188,14 +245,29 @@ def test_tail_percentiles_need_enough_requests(tmp_path):
 
 
 def test_latency_csv_has_a_row_per_cell_and_leaves_unsupported_percentiles_empty(tmp_path):
-    report = make_report(tmp_path, {"a": 1.3, "b": 1.1}, requests=30, trials=2, batch_sizes=(1, 4, 16),
-                         concurrency=(1, 2))
+    report = make_report(
+        tmp_path, {"a": 1.3, "b": 1.1}, requests=30, trials=2, batch_sizes=(1, 4, 16), concurrency=(1, 2)
+    )
     rows = list(csv.DictReader(io.StringIO(report.latency_csv())))
     assert len(rows) == 3 * 3 * 2
-    assert {(r["deployment"], r["batch_size"], r["concurrency"]) for r in rows} == \
-        {(d, str(b), str(c)) for d in ("base", "a", "b") for b in (1, 4, 16) for c in (1, 2)}
-    assert list(rows[0])[:13] == ["deployment", "batch_size", "concurrency", "p50", "p90", "p95", "p99", "mean",
-                                  "throughput", "throughput_min", "throughput_max", "requests", "trials"]
+    assert {(r["deployment"], r["batch_size"], r["concurrency"]) for r in rows} == {
+        (d, str(b), str(c)) for d in ("base", "a", "b") for b in (1, 4, 16) for c in (1, 2)
+    }
+    assert list(rows[0])[:13] == [
+        "deployment",
+        "batch_size",
+        "concurrency",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+        "mean",
+        "throughput",
+        "throughput_min",
+        "throughput_max",
+        "requests",
+        "trials",
+    ]
     for row in rows:
         assert row["p99"] == "" and float(row["p95"]) > 0 and (row["requests"], row["trials"]) == ("60", "2")
         assert float(row["compute_infer_us"]) == 10.0
@@ -206,16 +278,33 @@ def test_perf_analyzer_csvs_have_its_columns_and_the_cells_numbers(tmp_path):
     files = report.perf_analyzer_csvs()
     assert sorted(files) == [f"perf_analyzer_{d}_batch{b}.csv" for d in ("a", "base") for b in (1, 4)]
     rows = list(csv.DictReader(io.StringIO(files["perf_analyzer_a_batch4.csv"])))
-    assert list(rows[0]) == ["Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
-                             "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
-                             "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency"]
+    assert list(rows[0]) == [
+        "Concurrency",
+        "Inferences/Second",
+        "Client Send",
+        "Network+Server Send/Recv",
+        "Server Queue",
+        "Server Compute Input",
+        "Server Compute Infer",
+        "Server Compute Output",
+        "Client Recv",
+        "p50 latency",
+        "p90 latency",
+        "p95 latency",
+        "p99 latency",
+    ]
     cells = {c.concurrency: c for c in report.cells if c.deployment == "a" and c.batch_size == 4}
     assert [int(r["Concurrency"]) for r in rows] == [1, 2, 4]
     for row in rows:
         stats = cells[int(row["Concurrency"])].stats
         assert float(row["Inferences/Second"]) == pytest.approx(stats.throughput, abs=1e-3)
         assert int(row["p50 latency"]) == round(1000 * stats.p50) and row["p99 latency"] == ""  # 60 requests
-        assert [int(row[f"Server {s}"]) for s in ("Queue", "Compute Input", "Compute Infer", "Compute Output")] == [5, 7, 10, 3]
+        assert [int(row[f"Server {s}"]) for s in ("Queue", "Compute Input", "Compute Infer", "Compute Output")] == [
+            5,
+            7,
+            10,
+            3,
+        ]
         assert int(row["Network+Server Send/Recv"]) == round(1000 * stats.mean - 25)
 
 
@@ -240,8 +329,9 @@ def test_within_max_drop_means_the_whole_interval_lies_above_the_drop(tmp_path):
     base = [1] * 900 + [0] * 100
     lost8 = [0] * 8 + [1] * 892 + [0] * 100  # -0.8 points, but only 1,000 examples: the interval reaches below -1
     same = list(base)
-    report = make_report(tmp_path, {"fast": 1.6, "equal": 1.2}, max_drop=1,
-                         per_example={"base": base, "fast": lost8, "equal": same})
+    report = make_report(
+        tmp_path, {"fast": 1.6, "equal": 1.2}, max_drop=1, per_example={"base": base, "fast": lost8, "equal": same}
+    )
     fast = report.deployments["fast"].quality
     assert report.quality_points("fast") == pytest.approx(-0.8) and fast.gain_low < -1 < fast.gain_high
     chosen = report.verdict()
@@ -268,13 +358,15 @@ def test_markdown_shows_sample_counts_and_the_rule(tmp_path):
 
 def test_report_is_deterministic_and_quick_for_fifty_cells(tmp_path):
     started = time.perf_counter()
-    report = make_report(tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64),
-                         concurrency=(1, 2, 4, 8))
+    report = make_report(
+        tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64), concurrency=(1, 2, 4, 8)
+    )
     took = time.perf_counter() - started
     assert len(report.cells) == 48 and len(report.speedups) == 32
     assert took < 3.0, f"building a 48-cell report took {took:.2f} s"
-    again = make_report(tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64),
-                        concurrency=(1, 2, 4, 8))
+    again = make_report(
+        tmp_path, {"a": 1.2, "b": 1.1}, requests=64, batch_sizes=(1, 4, 16, 64), concurrency=(1, 2, 4, 8)
+    )
     assert again.speedups == report.speedups and again.mean_speedups == report.mean_speedups
 
 
@@ -294,13 +386,21 @@ def test_report_json_round_trips_and_old_reports_are_refused(tmp_path):
 
 def test_quality_changes_carry_a_paired_test_and_only_real_ones_are_marked(tmp_path):
     base = [1] * 800 + [0] * 200
-    worse = [0] * 30 + base[30:]           # 30 examples lost, none gained: significant
+    worse = [0] * 30 + base[30:]  # 30 examples lost, none gained: significant
     noisy = [0] * 3 + base[3:800] + [1] * 2 + base[802:]  # 3 lost, 2 gained: not significant
     records = [{"record": "start", "signature": {}, "started": 0.0}]
     for name, correct in (("base", base), ("worse", worse), ("noisy", noisy)):
         records.append({**quality(name, sum(correct) / 1000), "per_example": correct})
-    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["worse", "noisy"],
-                               data=tmp_path / "d", out=tmp_path, batch_sizes=[1], concurrency=[1], trials=1)
+    settings = CompareSettings(
+        repo=tmp_path / "repo",
+        baseline="base",
+        candidates=["worse", "noisy"],
+        data=tmp_path / "d",
+        out=tmp_path,
+        batch_sizes=[1],
+        concurrency=[1],
+        trials=1,
+    )
     facts = {n: Facts(n, 12 - 2 * i, 1000 - 100 * i) for i, n in enumerate(("base", "worse", "noisy"))}
     report = build_report(settings, facts, records, ENVIRONMENT, ["headprune", "compare"])
     deployments = report.to_dict()["deployments"]
@@ -308,15 +408,18 @@ def test_quality_changes_carry_a_paired_test_and_only_real_ones_are_marked(tmp_p
     assert deployments["noisy"]["quality"]["p_value"] == pytest.approx(1.0)
     assert "p_value" not in deployments["base"]["quality"] and "per_example" not in deployments["worse"]["quality"]
     text = markdown(report)
-    section = text[text.index("## Quality"):text.index("## Latency")]
+    section = text[text.index("## Quality") : text.index("## Latency")]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
     assert "-3.00*" in rows["worse"] and "-0.10 |" in rows["noisy"] and "*" not in rows["noisy"]
 
 
 def test_report_round_trips_through_its_dict_with_extra_sections_and_scores(tmp_path):
     report = make_report(tmp_path, {"a": 1.3, "b": 1.0}, accuracies={"a": 0.88}, requests=30, trials=2, max_drop=1)
-    report = replace(report, scores={"scores": {"encoder": {"0": [0.5, None], "1": [0.1, 0.2]}}},
-                     extra={"experiments": {"curves": {}}, "demo": {"budget": {"train": 10}}})
+    report = replace(
+        report,
+        scores={"scores": {"encoder": {"0": [0.5, None], "1": [0.1, 0.2]}}},
+        extra={"experiments": {"curves": {}}, "demo": {"budget": {"train": 10}}},
+    )
     data = report.to_dict()
     assert list(data)[-4:] == ["scores", "verdict", "experiments", "demo"]
     again = Report.from_dict(json.loads(json.dumps(data)))
@@ -329,11 +432,21 @@ def test_journals_that_name_the_record_type_kind_still_build_a_report(tmp_path):
     current = make_report(tmp_path, {"a": 1.3}, requests=30, trials=2, seed=3)
     rng = np.random.default_rng(3)
     records = [{"kind": "start", "signature": {}, "started": 0.0}]
-    records += [{"kind": "quality", **{k: v for k, v in quality(n, 0.9).items() if k != "record"}} for n in ("base", "a")]
+    records += [
+        {"kind": "quality", **{k: v for k, v in quality(n, 0.9).items() if k != "record"}} for n in ("base", "a")
+    ]
     for name, speed in (("base", 1.0), ("a", 1.3)):
         records += [{"kind": r.pop("record"), **r} for r in latency_records(name, rng, 10.0 / speed, 30, 2)]
-    settings = CompareSettings(repo=tmp_path / "repo", baseline="base", candidates=["a"], data=tmp_path / "d",
-                               out=tmp_path, batch_sizes=[1, 4], concurrency=[1], trials=2)
+    settings = CompareSettings(
+        repo=tmp_path / "repo",
+        baseline="base",
+        candidates=["a"],
+        data=tmp_path / "d",
+        out=tmp_path,
+        batch_sizes=[1, 4],
+        concurrency=[1],
+        trials=2,
+    )
     facts = {n: Facts(n, 12 - 2 * i, 1000 - 100 * i) for i, n in enumerate(("base", "a"))}
     old = build_report(settings, facts, records, ENVIRONMENT, ["headprune", "compare"]).to_dict()
     assert len(old["cells"]) == 4 and old["complete"]

@@ -20,10 +20,29 @@ from tests.browser import chromium
 from tests.test_report import make_report
 
 # report.json's cell fields, in the latency table's column order (no tokens/s column: not a language model).
-LATENCY_FIELDS = ("deployment", "batch_size", "concurrency", "requests", "trials", "p50", "p90", "p95", "p99", "mean",
-                  "throughput", "throughput_min")
-SPEEDUP_FIELDS = ("candidate", "batch_size", "concurrency", "candidate_requests", "candidate_trials", "ratio",
-                  "predicted")
+LATENCY_FIELDS = (
+    "deployment",
+    "batch_size",
+    "concurrency",
+    "requests",
+    "trials",
+    "p50",
+    "p90",
+    "p95",
+    "p99",
+    "mean",
+    "throughput",
+    "throughput_min",
+)
+SPEEDUP_FIELDS = (
+    "candidate",
+    "batch_size",
+    "concurrency",
+    "candidate_requests",
+    "candidate_trials",
+    "ratio",
+    "predicted",
+)
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 900}
 
 
@@ -31,8 +50,16 @@ PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 900}
 def report_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
     # 2 trials of 30 requests cannot support a p99: the page must show those cells as empty, not as numbers.
-    report = make_report(folder, {"p25": 1.2, "p50": 1.5}, {"base": 0.9, "p25": 0.89, "p50": 0.85}, requests=30,
-                         trials=2, max_drop=2, batch_sizes=(1, 4, 16), concurrency=(1, 2))
+    report = make_report(
+        folder,
+        {"p25": 1.2, "p50": 1.5},
+        {"base": 0.9, "p25": 0.89, "p50": 0.85},
+        requests=30,
+        trials=2,
+        max_drop=2,
+        batch_sizes=(1, 4, 16),
+        concurrency=(1, 2),
+    )
     write_report(report, folder)
     return folder
 
@@ -41,11 +68,13 @@ def table_rows(page, key: str) -> list[list[dict]]:
     """Returns the rows of the page's table ``key`` as the browser has them: each cell's text and data-value."""
     return page.eval_on_selector_all(
         f"#table-{key} tbody tr",
-        "rows => rows.map(r => Array.from(r.cells).map(c => ({text: c.textContent, value: c.getAttribute('data-value')})))")
+        "rows => rows.map(r => Array.from(r.cells).map(c => ({text: c.textContent, value: c.getAttribute('data-value')})))",
+    )
 
 
 def values(rows: list[list[dict]]) -> list[list]:
     """Returns the rows' data-values as report.json holds them (numbers as numbers, no value as None)."""
+
     def parse(raw):
         if raw is None:
             return None
@@ -53,6 +82,7 @@ def values(rows: list[list[dict]]) -> list[list]:
             return json.loads(raw)
         except json.JSONDecodeError:
             return raw
+
     return [[parse(cell["value"]) for cell in row] for row in rows]
 
 

@@ -74,22 +74,27 @@ def test_the_check_fails_when_the_reference_is_another_models(fuzzed):
     assert "the reference request to base" in report.failures[-1]["problem"]
 
 
-@pytest.mark.parametrize("outcome, framing, problem", [
-    (Outcome("ok"), False, "a bad request succeeded"),
-    (Outcome("timeout", "timed out"), False, "no answer within the timeout"),
-    (Outcome("closed", "RemoteDisconnected"), False, "closed without an answer"),
-    (Outcome("closed", "RemoteDisconnected"), True, None),
-    (Outcome("error", " "), False, "no message"),
-    (Outcome("error", "[400] input_ids must lie in [0, 44)"), False, None),
-])
+@pytest.mark.parametrize(
+    "outcome, framing, problem",
+    [
+        (Outcome("ok"), False, "a bad request succeeded"),
+        (Outcome("timeout", "timed out"), False, "no answer within the timeout"),
+        (Outcome("closed", "RemoteDisconnected"), False, "closed without an answer"),
+        (Outcome("closed", "RemoteDisconnected"), True, None),
+        (Outcome("error", " "), False, "no message"),
+        (Outcome("error", "[400] input_ids must lie in [0, 44)"), False, None),
+    ],
+)
 def test_judge_accepts_only_an_error_for_a_bad_request(outcome, framing, problem):
     verdict = judge(Case("http_raw", "http", "base", "test", None, framing=framing), outcome)
     assert (verdict is None) if problem is None else (problem in verdict)
 
 
 def test_judge_wants_the_culprit_named_and_the_right_answer_for_a_valid_request():
-    assert "does not name 'token_type_ids'" in judge(Case("tensor", "grpc", "base", "range", None, mentions="token_type_ids"),
-                                                     Outcome("error", "input_ids must lie in [0, 44)"))
+    assert "does not name 'token_type_ids'" in judge(
+        Case("tensor", "grpc", "base", "range", None, mentions="token_type_ids"),
+        Outcome("error", "input_ids must lie in [0, 44)"),
+    )
     right = np.array([[0.5, -0.5]], dtype=np.float32)
     valid = Case("text", "http", "base_text", "long_valid", None, expect="same", expected=right)
     assert judge(valid, Outcome("ok", output=right + 5e-5)) is None

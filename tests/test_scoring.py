@@ -23,17 +23,27 @@ from exporter.pruning.scoring import batch_loss, query_masks
 from tests.helpers import random_sentences
 
 
-@pytest.mark.parametrize("model_fixture,data_fixture", [("bert_dir", "cls_data"), ("distilbert_dir", "cls_data"),
-                                                        ("mpnet_dir", "cls_data"), ("deberta_dir", "cls_data"),
-                                                        ("marian_dir", "mt_data"), ("gpt2_dir", "lm_data"),
-                                                        ("llama_dir", "lm_data"), ("vit_dir", "image_data")])
+@pytest.mark.parametrize(
+    "model_fixture,data_fixture",
+    [
+        ("bert_dir", "cls_data"),
+        ("distilbert_dir", "cls_data"),
+        ("mpnet_dir", "cls_data"),
+        ("deberta_dir", "cls_data"),
+        ("marian_dir", "mt_data"),
+        ("gpt2_dir", "lm_data"),
+        ("llama_dir", "lm_data"),
+        ("vit_dir", "image_data"),
+    ],
+)
 def test_importance_equals_finite_difference_of_the_gate(request, model_fixture, data_fixture):
     path, data = request.getfixturevalue(model_fixture), request.getfixturevalue(data_fixture)
     model = load_model(path).double()
     for module in model.modules():
         if type(module).__name__.endswith("RMSNorm"):  # Llama's computes in float32 even in a float64 model
-            module.forward = lambda hidden, norm=module: norm.weight * hidden * torch.rsqrt(
-                hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+            module.forward = lambda hidden, norm=module: (
+                norm.weight * hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+            )
     tokenizer = load_tokenizer(path)
     examples = read_examples(data, task_of(model))[:8]
     scores = compute_importance(model, tokenizer, examples, method="batch", normalize=False, batch_size=len(examples))
@@ -52,7 +62,9 @@ def test_importance_equals_finite_difference_of_the_gate(request, model_fixture,
                 down = batch_loss(model, batch).item()
                 gate[head] = 1
                 estimate = abs(up - down) / (2 * eps) / tokens[layer.attention_type.query_side]
-                assert scores.scores[layer.attention_type.name][layer.index][head] == pytest.approx(estimate, rel=1e-3, abs=1e-9)
+                assert scores.scores[layer.attention_type.name][layer.index][head] == pytest.approx(
+                    estimate, rel=1e-3, abs=1e-9
+                )
 
 
 def test_token_method_bounds_batch_method_and_normalises_per_layer(bert_dir, cls_data):
@@ -158,11 +170,13 @@ def test_token_estimator_equals_an_independent_per_token_gradient(bert_dir, cls_
     inventory = build_inventory(model)
     gates, handles = {}, []
     for layer in inventory.layers:
+
         def pre_hook(module, args, index=layer.index, heads=len(layer.kept)):
             hidden = args[0]
             gate = torch.ones(*hidden.shape[:-1], heads, 1, dtype=hidden.dtype, requires_grad=True)
             gates[index] = gate
             return ((hidden.reshape(*hidden.shape[:-1], heads, -1) * gate).reshape(hidden.shape),)
+
         handles.append(layer.module("output").register_forward_pre_hook(pre_hook))
     try:
         batch_loss(model, batch).backward()
@@ -181,8 +195,9 @@ def test_regression_heads_score_with_squared_error(tmp_path):
     from tests.helpers import random_sentences, randomize
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
-                        num_labels=1)
+    config = BertConfig(
+        vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32, num_labels=1
+    )
     model = randomize(BertForSequenceClassification(config).eval())
     tokenizer = load_tokenizer(_tiny_tokenizer_dir(tmp_path))
     examples = [{"text": text, "label": str(0.5 * i)} for i, text in enumerate(random_sentences(12, seed=4))]

@@ -51,8 +51,11 @@ def deployment(bert_dir, distilbert_dir, mpnet_dir, deberta_dir, tmp_path_factor
     write_config(legacy, repo / "legacy")
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     with server:
-        yield {"server": server, "repo": repo,
-               "dirs": {"base": bert_dir, **{name: root / name for name, _ in families}}}
+        yield {
+            "server": server,
+            "repo": repo,
+            "dirs": {"base": bert_dir, **{name: root / name for name, _ in families}},
+        }
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -66,7 +69,7 @@ def listening_addresses(port: int) -> set[str]:
             address, hex_port = local.split(":")
             if state == "0A" and int(hex_port, 16) == port:
                 # /proc writes addresses as little-endian 32-bit words.
-                raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+                raw = b"".join(bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8))
                 if len(raw) == 16 and raw[:12] == b"\0" * 10 + b"\xff\xff":
                     raw = raw[12:]  # IPv4-mapped IPv6
                 addresses.add(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw))
@@ -134,8 +137,10 @@ def strings(*values) -> np.ndarray:
 
 def tensors(ids=1, mask=1, types=0, shape=(2, 5)) -> dict[str, np.ndarray]:
     """Returns the classifier's three int64 inputs, each filled with one value."""
-    return {name: np.full(shape, value, dtype=np.int64)
-            for name, value in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types))}
+    return {
+        name: np.full(shape, value, dtype=np.int64)
+        for name, value in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types))
+    }
 
 
 def bad_requests():
@@ -143,7 +148,11 @@ def bad_requests():
     return [
         ("base", {"input_ids": ids.astype(np.float32), "attention_mask": ids, "token_type_ids": ids}, "FP32"),
         ("base", {"input_ids": ids[None], "attention_mask": ids[None], "token_type_ids": ids[None]}, "shape"),
-        ("base", {n: np.ones((9, 5), dtype=np.int64) for n in ("input_ids", "attention_mask", "token_type_ids")}, "batch"),
+        (
+            "base",
+            {n: np.ones((9, 5), dtype=np.int64) for n in ("input_ids", "attention_mask", "token_type_ids")},
+            "batch",
+        ),
         ("base", tensors(ids=-1), f"input_ids must lie in [0, {VOCAB}); received -1"),
         ("base", tensors(ids=VOCAB), f"input_ids must lie in [0, {VOCAB}); received {VOCAB}"),
         ("base", tensors(types=-1), "token_type_ids must lie in [0, 2); received -1"),
@@ -151,10 +160,17 @@ def bad_requests():
         ("base", tensors(mask=2), "attention_mask must lie in [0, 2); received 2"),
         ("base", tensors(mask=-1), "attention_mask must lie in [0, 2); received -1"),
         ("base", tensors(shape=(2, 0)), "input 'input_ids' holds no tokens"),
-        ("base", tensors(shape=(1, 65)), "input 'input_ids' holds 65 tokens per row, more than the model's 64 positions"),
+        (
+            "base",
+            tensors(shape=(1, 65)),
+            "input 'input_ids' holds 65 tokens per row, more than the model's 64 positions",
+        ),
         # MPNet numbers positions from padding_idx + 1: 63 of its 64 positions hold tokens.
-        ("mpnet", {k: v for k, v in tensors(shape=(1, 64)).items() if k != "token_type_ids"},
-         "holds 64 tokens per row, more than the model's 63 positions"),
+        (
+            "mpnet",
+            {k: v for k, v in tensors(shape=(1, 64)).items() if k != "token_type_ids"},
+            "holds 64 tokens per row, more than the model's 63 positions",
+        ),
         ("base_text", {"TEXT": strings("")}, "TEXT row 0 must not be empty"),
         ("base_text", {"TEXT": strings("fun", b"caf\xe9 \xff")}, "TEXT row 1 must be UTF-8"),
         ("base_text", {"TEXT": strings("fun"), "TEXT_PAIR": strings(" ")}, "TEXT_PAIR row 0 must not be empty"),
@@ -186,8 +202,10 @@ def infer_together(server, model: str, requests: list[dict], outputs: list[str])
     HeadpruneError, how many executions Triton ran for them)."""
     before = executions(server, model)
     # Each thread makes its own client: the HTTP client works only in the thread that made it.
-    results = call_together(lambda i: TritonClient(server.url(PROTOCOLS[i % 2]), PROTOCOLS[i % 2]).infer(
-        model, requests[i], outputs), len(requests))
+    results = call_together(
+        lambda i: TritonClient(server.url(PROTOCOLS[i % 2]), PROTOCOLS[i % 2]).infer(model, requests[i], outputs),
+        len(requests),
+    )
     return results, executions(server, model) - before
 
 
@@ -202,8 +220,10 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(deployment, name):
     # "legacy" has no input_ranges: token_type_ids=2 then fails inside ONNX Runtime, for the whole batch.
     model = load_model(deployment["dirs"]["base"])
     session = ort.InferenceSession(str(deployment["repo"] / name / "1" / "model.onnx"))
-    good = [random_inputs(model, ["input_ids", "attention_mask", "token_type_ids"], batch, 7, seed)
-            for batch, seed in ((1, 1), (2, 2), (1, 3), (1, 4))]
+    good = [
+        random_inputs(model, ["input_ids", "attention_mask", "token_type_ids"], batch, 7, seed)
+        for batch, seed in ((1, 1), (2, 2), (1, 3), (1, 4))
+    ]
     bad = {"token_type_ids": tensors(types=2, shape=(1, 7)), "input_ids": tensors(ids=-1, shape=(1, 7))}
     requests = good[:2] + [bad["token_type_ids"]] + good[2:] + [bad["input_ids"]]
     results, ran = infer_together(deployment["server"], name, requests, ["logits"])
@@ -232,8 +252,14 @@ def text_reference(folder, texts, pairs=None, max_length=BATCHING.max_length) ->
 def test_one_bad_text_never_fails_the_others_in_its_batch(deployment):
     good = [TEXTS[:1], TEXTS[1:], ["the plot was not really very fun and the actor was quite dull"], TEXTS[::-1]]
     bad = [strings(""), strings("fun", b"caf\xe9 \xff")]
-    requests = [{"TEXT": strings(*good[0])}, {"TEXT": strings(*good[1])}, {"TEXT": bad[0]},
-                {"TEXT": strings(*good[2])}, {"TEXT": bad[1]}, {"TEXT": strings(*good[3])}]
+    requests = [
+        {"TEXT": strings(*good[0])},
+        {"TEXT": strings(*good[1])},
+        {"TEXT": bad[0]},
+        {"TEXT": strings(*good[2])},
+        {"TEXT": bad[1]},
+        {"TEXT": strings(*good[3])},
+    ]
     results, ran = infer_together(deployment["server"], "batched_text", requests, ["LOGITS"])
     assert ran < len(requests), "the requests were not batched together"
     texts = iter(good)
@@ -272,7 +298,11 @@ def test_server_listens_on_loopback_only_and_refuses_model_control(deployment):
 
 def test_every_generated_config_parses_with_tritons_schema(deployment):
     configs = {p.parent.name: read_config(p) for p in deployment["repo"].glob("*/config.pbtxt")}
-    assert set(configs) == {f"{n}{s}" for n in ("base", "pruned", "distilbert", "mpnet", "deberta", "batched", "legacy") for s in ("", "_text")}
+    assert set(configs) == {
+        f"{n}{s}"
+        for n in ("base", "pruned", "distilbert", "mpnet", "deberta", "batched", "legacy")
+        for s in ("", "_text")
+    }
     pruned = configs["pruned"]
     assert pruned.backend == "onnxruntime" and pruned.max_batch_size == 8
     assert [i.name for i in pruned.input] == ["input_ids", "attention_mask", "token_type_ids"]

@@ -42,7 +42,11 @@ def check_masked_equals_shrunk(loaded, data):
     assert (masked - shrunk).abs().max().item() <= 1e-5
     kept = build_inventory(shrunk_model)
     for layer in kept.layers:
-        assert layer.kept == [h for h in range(layer.original_heads) if h not in plan.get(layer.attention_type.name, {}).get(layer.index, [])]
+        assert layer.kept == [
+            h
+            for h in range(layer.original_heads)
+            if h not in plan.get(layer.attention_type.name, {}).get(layer.index, [])
+        ]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -66,8 +70,13 @@ def test_masking_a_head_changes_the_output(bert):
     assert (full - masked).abs().max().item() > 1e-6
 
 
-@pytest.mark.parametrize("first,second", [({"encoder": {0: [1, 3]}}, {"encoder": {0: [0], 2: [0, 1, 2, 3]}}),
-                                          ({"encoder": {1: [0, 1]}}, {"encoder": {1: [0, 1, 2, 3]}})])
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ({"encoder": {0: [1, 3]}}, {"encoder": {0: [0], 2: [0, 1, 2, 3]}}),
+        ({"encoder": {1: [0, 1]}}, {"encoder": {1: [0, 1, 2, 3]}}),
+    ],
+)
 def test_pruning_a_pruned_model_composes(bert, first, second):
     model, batch = bert
     twice = copy.deepcopy(model)
@@ -115,6 +124,9 @@ def test_the_equality_check_fails_far_above_tolerance_on_broken_shrinking(reques
     with torch.no_grad(), HeadGates(inventory).mask(plan):
         masked = model(**batch).logits
     assert (masked - _shrunk_logits(loaded, plan)).abs().max() <= TOLERANCE
-    for broken in (_shrunk_logits(loaded, wrong_head), _shrunk_logits(loaded, plan, _drop_biases),
-                   _shrunk_logits(loaded, plan, _swap_rows)):
+    for broken in (
+        _shrunk_logits(loaded, wrong_head),
+        _shrunk_logits(loaded, plan, _drop_biases),
+        _shrunk_logits(loaded, plan, _swap_rows),
+    ):
         assert (masked - broken).abs().max() > 1000 * TOLERANCE

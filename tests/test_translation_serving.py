@@ -56,13 +56,22 @@ def served(tmp_path_factory):
     configured.save_pretrained(root / "configured")
     tokenizer.save_pretrained(root / "configured")
     repo = root / "repo"
-    for name, folder, options in (("base", base, DeploymentOptions(max_batch_size=16, max_length=24)),
-                                  ("pruned", root / "pruned", DeploymentOptions(max_batch_size=16, max_length=24)),
-                                  ("batched", base, BATCHING),
-                                  ("configured", root / "configured", DeploymentOptions(max_batch_size=16, max_length=24))):
+    for name, folder, options in (
+        ("base", base, DeploymentOptions(max_batch_size=16, max_length=24)),
+        ("pruned", root / "pruned", DeploymentOptions(max_batch_size=16, max_length=24)),
+        ("batched", base, BATCHING),
+        ("configured", root / "configured", DeploymentOptions(max_batch_size=16, max_length=24)),
+    ):
         export_translation_to_repository(folder, repo, name, options=options, max_new_tokens=NEW_TOKENS, threads=1)
-    export_translation_to_repository(base, repo, "quantized", options=DeploymentOptions(max_batch_size=16, max_length=24),
-                                     max_new_tokens=NEW_TOKENS, threads=1, precision="int8")
+    export_translation_to_repository(
+        base,
+        repo,
+        "quantized",
+        options=DeploymentOptions(max_batch_size=16, max_length=24),
+        max_new_tokens=NEW_TOKENS,
+        threads=1,
+        precision="int8",
+    )
     add_bls_variant(repo, "pruned")
     with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
         yield {"server": server, "repo": repo, "dirs": {"base": base, "pruned": root / "pruned"}, "root": root}
@@ -115,14 +124,23 @@ def test_int8_graphs_are_checked_against_the_fp32_ones_and_served(served, tmp_pa
     settings = json.loads((folder / "deployment.json").read_text())["generation"]
     tokenizer, search, expected = load_tokenizer(served["dirs"]["base"]), onnx_search(folder, settings), []
     for start in range(0, len(SOURCES), 16):
-        batch = tokenizer(SOURCES[start:start + 16], padding=True, truncation=True, max_length=24, return_tensors="np")
-        expected += tokenizer.batch_decode(search.greedy(batch["input_ids"], batch["attention_mask"], NEW_TOKENS),
-                                           skip_special_tokens=True)
+        batch = tokenizer(
+            SOURCES[start : start + 16], padding=True, truncation=True, max_length=24, return_tensors="np"
+        )
+        expected += tokenizer.batch_decode(
+            search.greedy(batch["input_ids"], batch["attention_mask"], NEW_TOKENS), skip_special_tokens=True
+        )
     assert client_for(served, "http").translate("quantized_translate", SOURCES, num_beams=1, batch_size=16) == expected
     # A demand no INT8 graph meets: refused, nothing written.
     with pytest.raises(HeadpruneError, match="INT8 graphs gave the FP32 graphs' translation"):
-        export_translation_to_repository(served["dirs"]["base"], tmp_path / "repo", "strict", precision="int8",
-                                         min_agreement=1.01, max_new_tokens=NEW_TOKENS)
+        export_translation_to_repository(
+            served["dirs"]["base"],
+            tmp_path / "repo",
+            "strict",
+            precision="int8",
+            min_agreement=1.01,
+            max_new_tokens=NEW_TOKENS,
+        )
     assert not (tmp_path / "repo" / "strict_translate").exists()
 
 
@@ -155,14 +173,17 @@ def test_the_description_records_the_cache_layout_and_validation(served):
     assert description.heads == 36 - 1 - 4 - 4 - 1 - 4 - 1
 
 
-@pytest.mark.parametrize("sources, parameters, message", [
-    ([""], {}, "SOURCE row 0 must not be empty"),
-    (["the movie " * 20], {}, "has 41 tokens; this model takes at most 24"),
-    (["a film"], {"num_beams": 0}, "num_beams must be an integer from 1 to 8"),
-    (["a film"], {"num_beams": MAX_BEAMS + 1}, "num_beams must be an integer from 1 to 8"),
-    (["a film"], {"max_new_tokens": 0}, "max_new_tokens must be an integer from 1 to 16"),
-    (["a film"], {"num_beams": "many"}, "num_beams must be an integer"),
-])
+@pytest.mark.parametrize(
+    "sources, parameters, message",
+    [
+        ([""], {}, "SOURCE row 0 must not be empty"),
+        (["the movie " * 20], {}, "has 41 tokens; this model takes at most 24"),
+        (["a film"], {"num_beams": 0}, "num_beams must be an integer from 1 to 8"),
+        (["a film"], {"num_beams": MAX_BEAMS + 1}, "num_beams must be an integer from 1 to 8"),
+        (["a film"], {"max_new_tokens": 0}, "max_new_tokens must be an integer from 1 to 16"),
+        (["a film"], {"num_beams": "many"}, "num_beams must be an integer"),
+    ],
+)
 def test_bad_requests_get_clear_errors(served, sources, parameters, message):
     client = client_for(served, "http")
     with pytest.raises(HeadpruneError, match=message):
@@ -175,8 +196,9 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(served):
     before = client.statistics("batched_translate")["model_stats"][0]
     requests = [SOURCES[:3], [""], SOURCES[3:5], SOURCES[5:6], ["the film " * 20], SOURCES[6:9]]
     # Each thread makes its own client: the HTTP client works only in the thread that made it.
-    results = call_together(lambda i: TritonClient(served["server"].http_url).translate("batched_translate",
-                                                                                       requests[i]), len(requests))
+    results = call_together(
+        lambda i: TritonClient(served["server"].http_url).translate("batched_translate", requests[i]), len(requests)
+    )
     after = client.statistics("batched_translate")["model_stats"][0]
     expected = in_process(served["dirs"]["base"], SOURCES[:9])
     assert results[0] == expected[:3] and results[2] == expected[3:5] and results[3] == expected[5:6]
@@ -190,9 +212,21 @@ def test_one_bad_request_never_fails_the_others_in_its_batch(served):
 def test_compare_reports_bleu_of_the_served_outputs(served, tmp_path):
     references = in_process(served["dirs"]["base"], SOURCES)  # the base model's outputs as references: BLEU 100
     data = write_jsonl(tmp_path / "mt.jsonl", [{"source": s, "target": t} for s, t in zip(SOURCES, references)])
-    settings = CompareSettings(repo=served["repo"], baseline="base", candidates=["pruned"], data=data,
-                               out=tmp_path / "out", batch_sizes=[1, 4], concurrency=[1], trials=1, warmup=1,
-                               requests=2, examples=4, max_windows=1, url=served["server"].http_url)
+    settings = CompareSettings(
+        repo=served["repo"],
+        baseline="base",
+        candidates=["pruned"],
+        data=data,
+        out=tmp_path / "out",
+        batch_sizes=[1, 4],
+        concurrency=[1],
+        trials=1,
+        warmup=1,
+        requests=2,
+        examples=4,
+        max_windows=1,
+        url=served["server"].http_url,
+    )
     records = Comparison(settings).run()
     quality = {r["deployment"]: r for r in records if r.get("record") == "quality"}
     assert quality["base"]["metric"] == "bleu" and quality["base"]["value"] == pytest.approx(100.0)
@@ -211,8 +245,20 @@ def test_translate_command_prints_the_served_translations(served):
 
     from serving.cli import main
 
-    result = CliRunner().invoke(main, ["translate", *SOURCES[:3], "--model", "base_translate", "--url",
-                                       served["server"].http_url, "--beams", "2", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "translate",
+            *SOURCES[:3],
+            "--model",
+            "base_translate",
+            "--url",
+            served["server"].http_url,
+            "--beams",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["results"]
     assert [r["translation"] for r in rows] == client_for(served, "http").translate("base_translate", SOURCES[:3], 2)

@@ -17,8 +17,19 @@ from serving.cli import main
 from serving.demo.tatoeba import split_by_source, tatoeba_pairs, write_translation_splits
 from tests.helpers import random_sentences, write_jsonl
 
-TINY = TranslationSettings(vocab_size=120, d_model=16, layers=1, heads=2, ffn=32, max_length=16, batch_tokens=200,
-                           minutes=0.04, eval_minutes=0.015, eval_sentences=8, warmup_steps=10)
+TINY = TranslationSettings(
+    vocab_size=120,
+    d_model=16,
+    layers=1,
+    heads=2,
+    ffn=32,
+    max_length=16,
+    batch_tokens=200,
+    minutes=0.04,
+    eval_minutes=0.015,
+    eval_sentences=8,
+    warmup_steps=10,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,7 +44,9 @@ def test_learning_rate_warms_up_decays_and_cools_down_to_zero_at_the_end_of_the_
     settings = TranslationSettings(warmup_steps=100, minutes=10, cooldown=0.2)
     assert learning_rate_factor(49, 0, settings) == pytest.approx(0.5)  # half way up the warm-up
     assert learning_rate_factor(399, 0, settings) == pytest.approx(0.5)  # inverse square root: sqrt(100 / 400)
-    assert learning_rate_factor(399, 8 * 60, settings) == pytest.approx(0.5)  # the cooldown starts at 80 % of the budget
+    assert learning_rate_factor(399, 8 * 60, settings) == pytest.approx(
+        0.5
+    )  # the cooldown starts at 80 % of the budget
     assert learning_rate_factor(399, 9 * 60, settings) == pytest.approx(0.25)  # half way down
     assert learning_rate_factor(399, 10 * 60, settings) == 0.0
     assert learning_rate_factor(399, 9 * 60, TranslationSettings(warmup_steps=100, minutes=10, cooldown=0)) == 0.5
@@ -57,8 +70,12 @@ def test_tatoeba_pairs_are_deduplicated_and_splits_are_disjoint_by_source(tmp_pa
     with pytest.raises(HeadpruneError, match="distinct sources"):
         split_by_source(found, {"test": 100})
     # Paraphrases: case and punctuation make no other source, and a shared translation keeps a pair out of training.
-    paraphrased = [{"source": "Hi.", "target": "¡Hola!"}, {"source": "hi!", "target": "Hola."},
-                   {"source": "Hello.", "target": "¡Hola!"}, {"source": "Good night.", "target": "Buenas noches."}]
+    paraphrased = [
+        {"source": "Hi.", "target": "¡Hola!"},
+        {"source": "hi!", "target": "Hola."},
+        {"source": "Hello.", "target": "¡Hola!"},
+        {"source": "Good night.", "target": "Buenas noches."},
+    ]
     for seed in range(20):
         held = split_by_source(paraphrased, {"test": 1}, seed=seed)
         if held["test"][0]["source"] == "Hi.":
@@ -103,7 +120,7 @@ def test_an_interrupted_run_resumes_from_its_last_evaluation(tmp_path):
     (run / "training.json").unlink()
     longer = TranslationSettings(**{**TINY.__dict__, "minutes": 2 * TINY.minutes})
     resumed = train_translation(pairs(200, 1), pairs(8, 2), run, longer, resume=True)
-    assert resumed["curve"][:len(first["curve"])] == first["curve"]  # earlier evaluations are kept
+    assert resumed["curve"][: len(first["curve"])] == first["curve"]  # earlier evaluations are kept
     assert resumed["curve"][-1]["step"] > first["curve"][-1]["step"]  # and training went on from there
     assert resumed["curve"][-1]["seconds"] > first["curve"][-1]["seconds"]
     other = TranslationSettings(**{**TINY.__dict__, "d_model": 32})
@@ -113,12 +130,40 @@ def test_an_interrupted_run_resumes_from_its_last_evaluation(tmp_path):
 
 
 def test_train_mt_command_on_given_files(tmp_path):
-    files = {name: write_jsonl(tmp_path / f"{name}.jsonl", pairs(count, seed))
-             for name, count, seed in (("train", 200, 1), ("dev", 8, 2), ("test", 8, 3))}
-    arguments = ["train-mt", "--out", str(tmp_path / "run"), "--data", str(files["train"]), "--dev", str(files["dev"]),
-                 "--test", str(files["test"]), "--minutes", "0.03", "--eval-minutes", "0.015", "--vocab-size", "120",
-                 "--d-model", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--batch-tokens", "200",
-                 "--warmup-steps", "10", "--json"]
+    files = {
+        name: write_jsonl(tmp_path / f"{name}.jsonl", pairs(count, seed))
+        for name, count, seed in (("train", 200, 1), ("dev", 8, 2), ("test", 8, 3))
+    }
+    arguments = [
+        "train-mt",
+        "--out",
+        str(tmp_path / "run"),
+        "--data",
+        str(files["train"]),
+        "--dev",
+        str(files["dev"]),
+        "--test",
+        str(files["test"]),
+        "--minutes",
+        "0.03",
+        "--eval-minutes",
+        "0.015",
+        "--vocab-size",
+        "120",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--ffn",
+        "32",
+        "--batch-tokens",
+        "200",
+        "--warmup-steps",
+        "10",
+        "--json",
+    ]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -154,8 +199,9 @@ def test_a_warm_up_longer_than_the_budget_allows_is_cut_to_a_tenth_of_its_steps(
     assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 1.2) == 100  # 1,000 steps: 100
     assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 0.1) == 400  # 12,000 steps: kept
     assert learning_rate_factor(49, 0, TINY, warmup_steps=100) == pytest.approx(0.5)
-    assert learning_rate_factor(399, 4.5 * 60, TranslationSettings(warmup_steps=100, minutes=10), 100, 5 * 60) == \
-        pytest.approx(0.25)  # the cooldown ends with the training time, before the budget's end
+    assert learning_rate_factor(
+        399, 4.5 * 60, TranslationSettings(warmup_steps=100, minutes=10), 100, 5 * 60
+    ) == pytest.approx(0.25)  # the cooldown ends with the training time, before the budget's end
     said = []
     settings = TranslationSettings(**{**TINY.__dict__, "warmup_steps": 100_000})
     record = train_translation(pairs(200, 1), pairs(8, 2), tmp_path / "run", settings, say=said.append)
@@ -169,18 +215,52 @@ def test_train_mt_reads_a_raw_tsv_without_header_holds_out_dev_and_test_and_reco
     from exporter.triton.translation import export_translation_to_repository
 
     rows = pairs(300, 1)
-    (tmp_path / "raw.tsv").write_text("".join(f"{r['target']}\t{r['source']}\tCC-BY 2.0 #{i}\n" for i, r in enumerate(rows)))
+    (tmp_path / "raw.tsv").write_text(
+        "".join(f"{r['target']}\t{r['source']}\tCC-BY 2.0 #{i}\n" for i, r in enumerate(rows))
+    )
     given = train_shared_bpe((t for r in rows for t in r.values()), 90)
     given.save_pretrained(tmp_path / "tokenizer")
-    arguments = ["train-mt", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "raw.tsv"), "--no-header",
-                 "--source-column", "1", "--target-column", "0", "--source-lang", "xx", "--target-lang", "yy",
-                 "--tokenizer", str(tmp_path / "tokenizer"), "--minutes", "0.03", "--eval-minutes", "0.015",
-                 "--d-model", "16", "--layers", "1", "--heads", "2", "--ffn", "32", "--batch-tokens", "200",
-                 "--warmup-steps", "10", "--json"]
+    arguments = [
+        "train-mt",
+        "--out",
+        str(tmp_path / "run"),
+        "--data",
+        str(tmp_path / "raw.tsv"),
+        "--no-header",
+        "--source-column",
+        "1",
+        "--target-column",
+        "0",
+        "--source-lang",
+        "xx",
+        "--target-lang",
+        "yy",
+        "--tokenizer",
+        str(tmp_path / "tokenizer"),
+        "--minutes",
+        "0.03",
+        "--eval-minutes",
+        "0.015",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--ffn",
+        "32",
+        "--batch-tokens",
+        "200",
+        "--warmup-steps",
+        "10",
+        "--json",
+    ]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
-    splits = {name: [json.loads(line) for line in (tmp_path / "run" / "splits" / f"{name}.jsonl").open()]
-              for name in ("train", "score", "test")}
+    splits = {
+        name: [json.loads(line) for line in (tmp_path / "run" / "splits" / f"{name}.jsonl").open()]
+        for name in ("train", "score", "test")
+    }
     assert len(splits["score"]) == len(splits["test"]) == 30 and len(splits["train"]) == 240
     assert splits["test"][0] in rows  # the second column is the source, the first the target
     assert not {r["source"] for r in splits["test"]} & {r["source"] for r in splits["train"]}

@@ -68,7 +68,9 @@ def test_tune_measures_through_triton_and_writes_the_chosen_settings(bert_dir, t
     assert json.loads((tmp_path / "tune.json").read_text())["chosen"] == {**vars(result.chosen)}
     after = read_config(repo / "base" / "config.pbtxt")
     assert ServingSettings.of_config(after) == result.chosen
-    assert result.written == (result.chosen != result.current) == ((repo / "base" / "config.pbtxt").read_text() != before)
+    assert (
+        result.written == (result.chosen != result.current) == ((repo / "base" / "config.pbtxt").read_text() != before)
+    )
     # The variants' folders were temporary: the repository holds only what export wrote.
     assert sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")) == ["base", "base_text"]
 

@@ -32,7 +32,10 @@ def image_files(folder) -> list:
 
 def test_image_folder_and_csv_give_the_same_examples(image_data, tmp_path):
     from_folder = read_examples(image_data, "image-classification")
-    assert len(from_folder) == len(image_files(image_data)) and {e["label"] for e in from_folder} == {"negative", "positive"}
+    assert len(from_folder) == len(image_files(image_data)) and {e["label"] for e in from_folder} == {
+        "negative",
+        "positive",
+    }
     rows = ["image,label"] + [f"{p.relative_to(image_data)},{p.parent.name}" for p in image_files(image_data)]
     (image_data / "labels.csv").write_text("\n".join(rows) + "\n")
     try:
@@ -41,11 +44,16 @@ def test_image_folder_and_csv_give_the_same_examples(image_data, tmp_path):
         (image_data / "labels.csv").unlink()
     assert sorted((e["image"], e["label"]) for e in from_csv) == sorted((e["image"], e["label"]) for e in from_folder)
     (tmp_path / "images").symlink_to(image_data)
-    renamed = ["path\tclass"] + [f"images/{p.relative_to(image_data)}\t{p.parent.name}" for p in image_files(image_data)[:3]]
+    renamed = ["path\tclass"] + [
+        f"images/{p.relative_to(image_data)}\t{p.parent.name}" for p in image_files(image_data)[:3]
+    ]
     (tmp_path / "renamed.tsv").write_text("\n".join(renamed) + "\n")
-    mapped = read_examples(tmp_path / "renamed.tsv", "image-classification", columns={"image": "path", "label": "class"})
-    assert [e["image"] for e in mapped] == [str(tmp_path / "images" / p.relative_to(image_data))
-                                            for p in image_files(image_data)[:3]]
+    mapped = read_examples(
+        tmp_path / "renamed.tsv", "image-classification", columns={"image": "path", "label": "class"}
+    )
+    assert [e["image"] for e in mapped] == [
+        str(tmp_path / "images" / p.relative_to(image_data)) for p in image_files(image_data)[:3]
+    ]
 
 
 def test_unreadable_images_and_missing_files_name_the_file(vit_dir, tmp_path):
@@ -125,9 +133,21 @@ def test_image_model_configs(served):
 
 @pytest.mark.slow
 def test_compare_measures_accuracy_on_an_image_folder(served, image_data, tmp_path):
-    settings = CompareSettings(repo=served["repo"], baseline="vit", candidates=["vit_pruned"], data=image_data,
-                               out=tmp_path / "report", url=served["server"].http_url, batch_sizes=[1, 4],
-                               concurrency=[1], trials=2, requests=6, examples=8, max_windows=1, warmup=1)
+    settings = CompareSettings(
+        repo=served["repo"],
+        baseline="vit",
+        candidates=["vit_pruned"],
+        data=image_data,
+        out=tmp_path / "report",
+        url=served["server"].http_url,
+        batch_sizes=[1, 4],
+        concurrency=[1],
+        trials=2,
+        requests=6,
+        examples=8,
+        max_windows=1,
+        warmup=1,
+    )
     report = json.loads((run_comparison(settings).parent / "report.json").read_text())
     for name, folder in served["dirs"].items():
         model = load_model(folder)

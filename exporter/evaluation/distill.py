@@ -47,8 +47,9 @@ def _language_model_outputs(student, teacher, tokenizer, chunk: list[dict], max_
 def _translation_outputs(student, teacher, tokenizer, chunk: list[dict], max_length: int):
     # Sources and translations stay within the position embeddings (the start token takes one).
     max_length = min(max_length, (usable_positions(teacher.config) or max_length + 1) - 1)
-    sources = tokenizer([str(e["source"]) for e in chunk], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+    sources = tokenizer(
+        [str(e["source"]) for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     with torch.no_grad():
         generated = teacher.generate(**sources, max_new_tokens=max_length, num_beams=1, do_sample=False)
         # Teacher-forced along the teacher's translation: the distributions at each of its tokens, EOS included.
@@ -60,13 +61,28 @@ def _translation_outputs(student, teacher, tokenizer, chunk: list[dict], max_len
 
 # Per task: the example field batches are grouped by length on, and (student logits, teacher logits, mask of the
 # positions that count) of a batch.
-TASK_OUTPUTS = {"classification": ("text", _classifier_outputs), "language-modeling": ("text", _language_model_outputs),
-                "translation": ("source", _translation_outputs)}
+TASK_OUTPUTS = {
+    "classification": ("text", _classifier_outputs),
+    "language-modeling": ("text", _language_model_outputs),
+    "translation": ("source", _translation_outputs),
+}
 
 
-def distill(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict], out: str | Path, *, epochs: int = 1,
-            batch_size: int = 32, learning_rate: float = 5e-5, temperature: float = 2.0, max_length: int = 64,
-            seed: int = 0, overwrite: bool = False, progress: Advance = no_progress) -> dict:
+def distill(
+    pruned_dir: str | Path,
+    teacher_dir: str | Path,
+    examples: list[dict],
+    out: str | Path,
+    *,
+    epochs: int = 1,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    temperature: float = 2.0,
+    max_length: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Advance = no_progress,
+) -> dict:
     """Trains the pruned classifier, language model or translation model in ``pruned_dir`` to match
     ``teacher_dir``'s output distributions on ``examples`` (texts, or a translation model's sources; labels and
     targets unused) and writes it to ``out`` (same heads, same shapes); returns the record saved as
@@ -87,14 +103,33 @@ def distill(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict
         predicted = F.log_softmax(predicted[mask] / temperature, dim=-1)
         target = F.log_softmax(target[mask] / temperature, dim=-1)
         # Scaled by T^2 so the gradients keep their size whatever the temperature.
-        return F.kl_div(predicted, target, log_target=True, reduction="batchmean") * temperature ** 2
+        return F.kl_div(predicted, target, log_target=True, reduction="batchmean") * temperature**2
 
     started = time.monotonic()
-    losses = train_in_place(student, examples, loss_of, epochs=epochs, batch_size=batch_size,
-                            learning_rate=learning_rate, rng=rng, progress=progress, key=key)
-    record = {"method": "distill", "teacher": str(teacher_dir), "examples": len(examples), "epochs": epochs,
-              "batch_size": batch_size, "learning_rate": learning_rate, "temperature": temperature,
-              "max_length": max_length, "seed": seed, "first_loss": losses[0],
-              "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.monotonic() - started, 1)}
+    losses = train_in_place(
+        student,
+        examples,
+        loss_of,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        rng=rng,
+        progress=progress,
+        key=key,
+    )
+    record = {
+        "method": "distill",
+        "teacher": str(teacher_dir),
+        "examples": len(examples),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "temperature": temperature,
+        "max_length": max_length,
+        "seed": seed,
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "seconds": round(time.monotonic() - started, 1),
+    }
     save_pruned(student, tokenizer, out, source=pruned_dir, overwrite=overwrite, records={RECORD_FILE: record})
     return record

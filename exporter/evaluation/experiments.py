@@ -50,17 +50,22 @@ def best_head_per_layer(evaluator: Evaluator, inventory: HeadInventory, progress
             progress(1)
         quality, head = max(results, key=lambda pair: (gain(unmasked.metric, unmasked.value, pair[0].value), pair[1]))
         layers.setdefault(layer.attention_type.name, {})[str(layer.index)] = {
-            "best_head": head, "metric": quality.value, "delta": quality.value - unmasked.value,
+            "best_head": head,
+            "metric": quality.value,
+            "delta": quality.value - unmasked.value,
             "p_value": paired_p_value(unmasked.metric, unmasked.per_example, quality.per_example),
         }
     return BestHeads(unmasked.metric, unmasked.value, unmasked.examples, ALPHA, layers)
 
 
-def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = False,
-                    only_type: str | None = None) -> list[float]:
+def curve_fractions(
+    step: float, inventory: HeadInventory, per_type: bool = False, only_type: str | None = None
+) -> list[float]:
     """Returns the shares of heads a pruning curve visits: 0, step, 2 step, ... and, last, the largest
     share that leaves at least one head (in each attention type with ``per_type``, in ``only_type`` if given)."""
-    per_kind = {kind: sum(layer.original_heads for layer in inventory.of_type(kind)) for kind in inventory.attention_types}
+    per_kind = {
+        kind: sum(layer.original_heads for layer in inventory.of_type(kind)) for kind in inventory.attention_types
+    }
     if only_type is not None:
         sizes = [per_kind[only_type]]
     else:
@@ -77,9 +82,17 @@ def curve_fractions(step: float, inventory: HeadInventory, per_type: bool = Fals
     return fractions
 
 
-def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callable[[HeadPlan | None], HeadScores],
-                  step: float = 0.1, rescore: bool = False, per_type: bool = False, only_type: str | None = None,
-                  progress: Advance = no_progress, up_to: float = 1.0) -> PruningCurve:
+def pruning_curve(
+    evaluator: Evaluator,
+    inventory: HeadInventory,
+    score: Callable[[HeadPlan | None], HeadScores],
+    step: float = 0.1,
+    rescore: bool = False,
+    per_type: bool = False,
+    only_type: str | None = None,
+    progress: Advance = no_progress,
+    up_to: float = 1.0,
+) -> PruningCurve:
     """Returns the metric at each of ``curve_fractions`` of heads (those up to ``up_to``) pruned by ascending
     importance.
 
@@ -100,7 +113,8 @@ def pruning_curve(evaluator: Evaluator, inventory: HeadInventory, score: Callabl
         plan = plan_from_scores(ranked, fraction, per_type=per_type, already=plan)
         quality = evaluator(plan)
         metric = quality.metric
-        points.append({"fraction": fraction, "pruned_heads": plan.count(), "metric": quality.value,
-                       "plan": plan.to_dict()})
+        points.append(
+            {"fraction": fraction, "pruned_heads": plan.count(), "metric": quality.value, "plan": plan.to_dict()}
+        )
         progress(1)
     return PruningCurve(metric, rescore, per_type, step, points, only_type=only_type)

@@ -26,15 +26,25 @@ def length_buckets(examples: list[dict], batch_size: int, rng: random.Random, ke
     pool = batch_size * 50
     chunks = []
     for start in range(0, len(shuffled), pool):
-        window = sorted(shuffled[start:start + pool], key=lambda e: len(str(e[key])))
+        window = sorted(shuffled[start : start + pool], key=lambda e: len(str(e[key])))
         chunks += list(batches(window, batch_size))
     rng.shuffle(chunks)
     return chunks
 
 
-def train_in_place(model, examples: list[dict], loss_of: Callable[[list[dict]], torch.Tensor], *, epochs: int,
-                   batch_size: int, learning_rate: float, rng: random.Random, freeze_embeddings: bool = True,
-                   progress: Advance = no_progress, key: str = "text") -> list[float]:
+def train_in_place(
+    model,
+    examples: list[dict],
+    loss_of: Callable[[list[dict]], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    rng: random.Random,
+    freeze_embeddings: bool = True,
+    progress: Advance = no_progress,
+    key: str = "text",
+) -> list[float]:
     """Minimises ``loss_of(batch of examples)`` over batches of similar ``key`` lengths with AdamW, 10 % linear
     warm-up then linear decay; returns the loss of every step. ``model`` ends in eval mode with every parameter
     trainable again."""
@@ -62,11 +72,21 @@ def train_in_place(model, examples: list[dict], loss_of: Callable[[list[dict]], 
     return losses
 
 
-def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, labels: list[str] | None = None,
-             epochs: int = FinetuneSettings.epochs, batch_size: int = FinetuneSettings.batch_size,
-             learning_rate: float = FinetuneSettings.learning_rate, max_length: int = FinetuneSettings.max_length,
-             seed: int = FinetuneSettings.seed, freeze_embeddings: bool = FinetuneSettings.freeze_embeddings,
-             overwrite: bool = False, progress: Advance = no_progress) -> Path:
+def finetune(
+    base_dir: str | Path,
+    examples: list[dict],
+    out: str | Path,
+    *,
+    labels: list[str] | None = None,
+    epochs: int = FinetuneSettings.epochs,
+    batch_size: int = FinetuneSettings.batch_size,
+    learning_rate: float = FinetuneSettings.learning_rate,
+    max_length: int = FinetuneSettings.max_length,
+    seed: int = FinetuneSettings.seed,
+    freeze_embeddings: bool = FinetuneSettings.freeze_embeddings,
+    overwrite: bool = False,
+    progress: Advance = no_progress,
+) -> Path:
     """Trains a classification head and the encoder of ``base_dir`` on ``examples``; returns ``out``.
 
     ``labels`` are the label names (default: sorted names found in the data). The
@@ -80,21 +100,45 @@ def finetune(base_dir: str | Path, examples: list[dict], out: str | Path, *, lab
     labels = labels or sorted({str(e["label"]) for e in examples})
     if (Path(base_dir) / PLAN_FILE).exists():
         # from_pretrained would re-initialise the shrunk attention weights (their shapes differ from the config).
-        raise HeadpruneError(f"'{base_dir}' is a pruned checkpoint, which fine-tuning cannot load",
-                             "fine-tune the unpruned model, then prune the result")
+        raise HeadpruneError(
+            f"'{base_dir}' is a pruned checkpoint, which fine-tuning cannot load",
+            "fine-tune the unpruned model, then prune the result",
+        )
     check_model_folder(base_dir)
     tokenizer = require_tokenizer(base_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
-        use_safetensors=True, trust_remote_code=False, ignore_mismatched_sizes=True)
-    losses = train_in_place(model, examples, lambda chunk: model(**encode_batch(
-        tokenizer, chunk, "classification", model.config, max_length)).loss, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, rng=rng, freeze_embeddings=freeze_embeddings, progress=progress)
-    record = {"base": str(base_dir), "examples": len(examples), "epochs": epochs, "batch_size": batch_size,
-              "learning_rate": learning_rate, "max_length": max_length, "seed": seed,
-              "freeze_embeddings": freeze_embeddings, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1)}
+        base_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        use_safetensors=True,
+        trust_remote_code=False,
+        ignore_mismatched_sizes=True,
+    )
+    losses = train_in_place(
+        model,
+        examples,
+        lambda chunk: model(**encode_batch(tokenizer, chunk, "classification", model.config, max_length)).loss,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        rng=rng,
+        freeze_embeddings=freeze_embeddings,
+        progress=progress,
+    )
+    record = {
+        "base": str(base_dir),
+        "examples": len(examples),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+        "seed": seed,
+        "freeze_embeddings": freeze_embeddings,
+        "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+    }
     with atomic_dir(out, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

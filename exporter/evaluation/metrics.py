@@ -83,8 +83,9 @@ def chrf(hypotheses: list[str], references: list[str]) -> QualityScore:
     from sacrebleu.metrics import CHRF
 
     metric = CHRF()
-    return QualityScore("chrf", metric.corpus_score(hypotheses, [references]).score, len(hypotheses),
-                        str(metric.get_signature()))
+    return QualityScore(
+        "chrf", metric.corpus_score(hypotheses, [references]).score, len(hypotheses), str(metric.get_signature())
+    )
 
 
 def accuracy(predictions: list[int], labels: list[int]) -> QualityScore:
@@ -100,7 +101,15 @@ def perplexity(statistics: list[tuple[float, int]]) -> QualityScore:
     if not tokens:
         from exporter.errors import HeadpruneError
 
-        raise HeadpruneError(f"none of the {len(statistics)} texts has a token to predict (each is one token long), "
-                             "so perplexity is undefined", "evaluate on texts of two tokens or more")
-    return QualityScore("perplexity", corpus_perplexity(statistics), len(statistics),
-                        f"next-token perplexity over {tokens} predicted tokens", statistics)
+        raise HeadpruneError(
+            f"none of the {len(statistics)} texts has a token to predict (each is one token long), "
+            "so perplexity is undefined",
+            "evaluate on texts of two tokens or more",
+        )
+    return QualityScore(
+        "perplexity",
+        corpus_perplexity(statistics),
+        len(statistics),
+        f"next-token perplexity over {tokens} predicted tokens",
+        statistics,
+    )

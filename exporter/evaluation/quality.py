@@ -41,26 +41,42 @@ class Evaluator:
     mask: the model must not change while an Evaluator uses it.
     """
 
-    def __init__(self, model, tokenizer, examples: list[dict], batch_size: int = 64, max_length: int = 128,
-                 max_new_tokens: int = 64, replay: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        examples: list[dict],
+        batch_size: int = 64,
+        max_length: int = 128,
+        max_new_tokens: int = 64,
+        replay: bool = False,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task_of(model)
         if self.task == "regression":
-            raise HeadpruneError("quality of a regression head (num_labels=1) is not measured by headprune: "
-                                 "it evaluates accuracy for classifiers, BLEU for translation models and "
-                                 "perplexity for language models",
-                                 "score and prune it (importance uses squared error), then evaluate it with your own metric")
+            raise HeadpruneError(
+                "quality of a regression head (num_labels=1) is not measured by headprune: "
+                "it evaluates accuracy for classifiers, BLEU for translation models and "
+                "perplexity for language models",
+                "score and prune it (importance uses squared error), then evaluate it with your own metric",
+            )
         self.max_new_tokens = max_new_tokens
         key = {"translation": "source", "image-classification": "image"}.get(self.task, "text")
         ordered = sorted(examples, key=lambda e: len(str(e[key])))
-        self.batches = [encode_batch(tokenizer, chunk, self.task, model.config, max_length)
-                        for chunk in batches(ordered, batch_size)]
+        self.batches = [
+            encode_batch(tokenizer, chunk, self.task, model.config, max_length)
+            for chunk in batches(ordered, batch_size)
+        ]
         self.references = [e.get("target") for e in ordered]
         self.inventory = build_inventory(model)
         self.gates = HeadGates(self.inventory)
         single_stack = len(self.inventory.family.attention_types) == 1
-        self.stack = get_path(model.base_model, self.inventory.family.attention_types[0].layers) if replay and single_stack else None
+        self.stack = (
+            get_path(model.base_model, self.inventory.family.attention_types[0].layers)
+            if replay and single_stack
+            else None
+        )
         self.recorded: list[list] | None = None
         self._results: dict[frozenset, QualityScore] = {}
 
@@ -83,8 +99,10 @@ class Evaluator:
             yield
             return
         recorded: list[list] = [[] for _ in self.stack]
-        handles = [layer.register_forward_hook(lambda m, a, out, i=i: recorded[i].append(out))
-                   for i, layer in enumerate(self.stack)]
+        handles = [
+            layer.register_forward_hook(lambda m, a, out, i=i: recorded[i].append(out))
+            for i, layer in enumerate(self.stack)
+        ]
         try:
             yield
         finally:
@@ -92,12 +110,15 @@ class Evaluator:
                 handle.remove()
         self.recorded = recorded
 
-    def __call__(self, removed: HeadPlan | dict | None = None,
-                 progress: Advance = no_progress) -> QualityScore:
+    def __call__(self, removed: HeadPlan | dict | None = None, progress: Advance = no_progress) -> QualityScore:
         """Returns the quality with the given original heads masked (none by default)."""
         plan = HeadPlan.of(removed)
-        key = frozenset((kind, layer, head) for kind, layers in plan.removed.items()
-                        for layer, heads in layers.items() for head in heads)
+        key = frozenset(
+            (kind, layer, head)
+            for kind, layers in plan.removed.items()
+            for layer, heads in layers.items()
+            for head in heads
+        )
         if key not in self._results:
             self._results[key] = self._evaluate(plan, progress)
         return self._results[key]
@@ -124,8 +145,13 @@ class Evaluator:
                 return perplexity(statistics)
             hypotheses = []
             for batch in self.batches:
-                generated = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                max_new_tokens=self.max_new_tokens, num_beams=1, do_sample=False)
+                generated = self.model.generate(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    max_new_tokens=self.max_new_tokens,
+                    num_beams=1,
+                    do_sample=False,
+                )
                 hypotheses += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
                 progress(len(batch["input_ids"]))
             return bleu(hypotheses, self.references)

@@ -31,11 +31,17 @@ RIDGE = 1e-3
 def _capture(module: nn.Module, store: dict) -> torch.utils.hooks.RemovableHandle:
     def hook(_, inputs, output):
         store["input"], store["output"] = inputs[0].detach(), output.detach()
+
     return module.register_forward_hook(hook)
 
 
-def _layer_scales(pruned_layer: AttentionLayer, base_layer: AttentionLayer, run_pruned: Callable, run_base: Callable,
-                  encoded: list[dict]) -> torch.Tensor:
+def _layer_scales(
+    pruned_layer: AttentionLayer,
+    base_layer: AttentionLayer,
+    run_pruned: Callable,
+    run_base: Callable,
+    encoded: list[dict],
+) -> torch.Tensor:
     """Returns the least-squares scale of each kept head of ``pruned_layer`` over the ``encoded`` batches."""
     output = pruned_layer.module("output")
     kept, size = len(pruned_layer.kept), pruned_layer.head_size
@@ -83,24 +89,39 @@ def rescale_heads(pruned: nn.Module, base: nn.Module, encoded: list[dict]) -> di
     return scales
 
 
-def load_pruned_and_teacher(pruned_dir: str | Path, teacher_dir: str | Path,
-                            tasks: tuple[str, ...] = ("classification", "regression")) -> tuple[nn.Module, nn.Module]:
+def load_pruned_and_teacher(
+    pruned_dir: str | Path, teacher_dir: str | Path, tasks: tuple[str, ...] = ("classification", "regression")
+) -> tuple[nn.Module, nn.Module]:
     """Returns the pruned model (of one of ``tasks``) and the unpruned one it came from; raises HeadpruneError when
     they do not match."""
     task = model_task(pruned_dir)
     if task not in tasks:
-        raise HeadpruneError(f"'{pruned_dir}' is a {task} model; this recovery works on {', '.join(tasks)} models",
-                             "recover a pruned model of one of those tasks")
+        raise HeadpruneError(
+            f"'{pruned_dir}' is a {task} model; this recovery works on {', '.join(tasks)} models",
+            "recover a pruned model of one of those tasks",
+        )
     pruned, teacher = load_model(pruned_dir), load_model(teacher_dir)
-    if type(pruned) is not type(teacher) or teacher.config.hidden_size != pruned.config.hidden_size \
-            or teacher.config.num_labels != pruned.config.num_labels:
-        raise HeadpruneError(f"'{teacher_dir}' ({type(teacher).__name__}) is not the model '{pruned_dir}' was pruned "
-                             f"from ({type(pruned).__name__})", "pass the unpruned checkpoint as the teacher")
+    if (
+        type(pruned) is not type(teacher)
+        or teacher.config.hidden_size != pruned.config.hidden_size
+        or teacher.config.num_labels != pruned.config.num_labels
+    ):
+        raise HeadpruneError(
+            f"'{teacher_dir}' ({type(teacher).__name__}) is not the model '{pruned_dir}' was pruned "
+            f"from ({type(pruned).__name__})",
+            "pass the unpruned checkpoint as the teacher",
+        )
     return pruned, teacher
 
 
-def recover_by_rescaling(pruned_dir: str | Path, teacher_dir: str | Path, examples: list[dict], out: str | Path,
-                         batch_size: int = 32, overwrite: bool = False) -> dict:
+def recover_by_rescaling(
+    pruned_dir: str | Path,
+    teacher_dir: str | Path,
+    examples: list[dict],
+    out: str | Path,
+    batch_size: int = 32,
+    overwrite: bool = False,
+) -> dict:
     """Writes to ``out`` the pruned classifier of ``pruned_dir`` with its heads rescaled against the unpruned
     ``teacher_dir`` on ``examples`` (texts; labels unused); returns the record also saved as ``out/recovery.json``."""
     refuse_existing(out, overwrite)

@@ -43,8 +43,10 @@ class Ablation(_Stored):
     def format(self) -> str:
         """Returns a one-line summary."""
         moved, total = self.significant()
-        return (f"baseline {self.metric} {in_points(self.metric, self.baseline):.2f} on {self.examples} examples; heads "
-                f"whose removal changes it significantly (p < {self.alpha}): {moved} of {total}")
+        return (
+            f"baseline {self.metric} {in_points(self.metric, self.baseline):.2f} on {self.examples} examples; heads "
+            f"whose removal changes it significantly (p < {self.alpha}): {moved} of {total}"
+        )
 
 
 @dataclass
@@ -68,9 +70,11 @@ class BestHeads(_Stored):
         for kind, layers in self.layers.items():
             for layer, row in layers.items():
                 mark = "*" if row["p_value"] < self.alpha else " "
-                lines.append(f"{kind} layer {layer}: best head {row['best_head']}, {self.metric} "
-                             f"{in_points(self.metric, row['metric']):.2f} ({in_points(self.metric, row['delta']):+.2f}"
-                             f"{mark} p={row['p_value']:.3g})")
+                lines.append(
+                    f"{kind} layer {layer}: best head {row['best_head']}, {self.metric} "
+                    f"{in_points(self.metric, row['metric']):.2f} ({in_points(self.metric, row['delta']):+.2f}"
+                    f"{mark} p={row['p_value']:.3g})"
+                )
         lines.append(f"* significant at p < {self.alpha} (paired test on {self.examples} examples)")
         return "\n".join(lines)
 
@@ -99,5 +103,8 @@ class PruningCurve(_Stored):
 
     def format(self) -> str:
         """Returns one line per point."""
-        return "\n".join(f"{100 * p['fraction']:5.1f} % pruned ({p['pruned_heads']:3d} heads): {self.metric} "
-                         f"{in_points(self.metric, p['metric']):.2f}" for p in self.points)
+        return "\n".join(
+            f"{100 * p['fraction']:5.1f} % pruned ({p['pruned_heads']:3d} heads): {self.metric} "
+            f"{in_points(self.metric, p['metric']):.2f}"
+            for p in self.points
+        )

@@ -26,7 +26,7 @@ def mcnemar_exact(first: tuple[int, ...], second: tuple[int, ...]) -> float:
     if discordant == 0:
         return 1.0
     tail = sum(comb(discordant, k) for k in range(min(only_first, only_second) + 1))
-    return min(1.0, 2 * tail / 2 ** discordant)
+    return min(1.0, 2 * tail / 2**discordant)
 
 
 def paired_bootstrap(first: tuple, second: tuple, corpus_score, resamples: int = 1000, seed: int = 0) -> float:
@@ -46,8 +46,10 @@ def paired_p_value(metric: str, first: tuple | list, second: tuple | list) -> fl
     """Returns the p-value that two measurements of the same examples differ: McNemar for accuracy,
     paired bootstrap for BLEU and perplexity. ``first``/``second`` are QualityScore.per_example of each."""
     if len(first) != len(second) or not first:
-        raise HeadpruneError("a paired test needs per-example results of the same examples on both sides",
-                             "evaluate both on the same data with one Evaluator")
+        raise HeadpruneError(
+            "a paired test needs per-example results of the same examples on both sides",
+            "evaluate both on the same data with one Evaluator",
+        )
     if metric == "accuracy":
         return mcnemar_exact(tuple(first), tuple(second))
     score = _corpus_scorer(metric)
@@ -71,15 +73,18 @@ def _corpus_scorer(metric: str):
     raise HeadpruneError(f"no paired test is known for metric '{metric}'", "compare accuracy, BLEU or perplexity")
 
 
-def paired_gain_interval(metric: str, baseline: tuple | list, candidate: tuple | list, resamples: int = 2000,
-                         seed: int = 0) -> tuple[float, float]:
+def paired_gain_interval(
+    metric: str, baseline: tuple | list, candidate: tuple | list, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """Returns the 95 % paired-bootstrap interval (low, high) of the candidate's gain over the baseline on the
     reporting scale (accuracy in points; positive is better, also for perplexity), resampling the examples."""
     from exporter.evaluation.metrics import gain
 
     if len(baseline) != len(candidate) or not baseline:
-        raise HeadpruneError("a paired interval needs per-example results of the same examples on both sides",
-                             "evaluate both on the same data")
+        raise HeadpruneError(
+            "a paired interval needs per-example results of the same examples on both sides",
+            "evaluate both on the same data",
+        )
     score = _corpus_scorer(metric)
     a, b = np.asarray(baseline, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
     rng = np.random.default_rng(seed)

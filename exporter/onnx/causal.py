@@ -39,13 +39,17 @@ class CausalCacheLayout:
     def of(cls, model) -> "CausalCacheLayout":
         """Returns the layout of ``model`` as pruned."""
         layers = build_inventory(model).layers
-        heads = tuple((len(layer.key_value_heads()) if layer.original_key_value_heads else len(layer.kept))
-                      if layer.kept else 0 for layer in layers)
+        heads = tuple(
+            (len(layer.key_value_heads()) if layer.original_key_value_heads else len(layer.kept)) if layer.kept else 0
+            for layer in layers
+        )
         return cls(heads, layers[0].head_size)
 
     def names(self, prefix: str) -> list[str]:
         """Returns ``{prefix}.{l}.key``/``.value`` for each layer with heads."""
-        return [f"{prefix}.{layer}.{part}" for layer, count in enumerate(self.heads) if count for part in ("key", "value")]
+        return [
+            f"{prefix}.{layer}.{part}" for layer, count in enumerate(self.heads) if count for part in ("key", "value")
+        ]
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
@@ -66,8 +70,9 @@ class CausalStep(nn.Module):
             if heads:
                 cache.update(next(given), next(given), index)
         mask = step_masks(self.model.config, attention_mask, input_ids.shape[1], self.model.dtype)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
-                            use_cache=True).logits[:, -1]
+        logits = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True
+        ).logits[:, -1]
         presents = []
         for index, heads in enumerate(self.layout.heads):
             if heads:
@@ -81,8 +86,11 @@ def step_inputs(model, layout: CausalCacheLayout, batch: int = 2, new: int = 2, 
     mask = torch.ones(batch, past + new, dtype=torch.long)
     mask[0, 0] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-    inputs = {"input_ids": torch.randint(3, model.config.vocab_size, (batch, new), generator=generator),
-              "attention_mask": mask, "position_ids": positions}
+    inputs = {
+        "input_ids": torch.randint(3, model.config.vocab_size, (batch, new), generator=generator),
+        "attention_mask": mask,
+        "position_ids": positions,
+    }
     for layer, count in enumerate(layout.heads):
         if count:
             for part in ("key", "value"):
@@ -97,35 +105,53 @@ def export_causal_onnx(model, folder: str | Path) -> CausalCacheLayout:
     model.set_attn_implementation("eager")
     layout = CausalCacheLayout.of(model)
     inputs = step_inputs(model, layout)
-    axes = {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"}}
+    axes = {
+        "input_ids": {0: "batch", 1: "new"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "new"},
+        "logits": {0: "batch"},
+    }
     axes |= {name: {0: "batch", 2: "past"} for name in layout.names("past")}
     axes |= {name: {0: "batch", 2: "total"} for name in layout.names("present")}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(CausalStep(model, layout).eval(), tuple(inputs.values()), str(Path(folder) / GENERATE_FILE),
-                              input_names=list(inputs), output_names=["logits", *layout.names("present")],
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                CausalStep(model, layout).eval(),
+                tuple(inputs.values()),
+                str(Path(folder) / GENERATE_FILE),
+                input_names=list(inputs),
+                output_names=["logits", *layout.names("present")],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
     finally:
         model.set_attn_implementation(previous)
     return layout
 
 
-def pytorch_greedy_continuations(model, prompts: list[list[int]], pad_id: int, eos_ids: int | list[int],
-                                 max_new_tokens: int) -> list[list[int]]:
+def pytorch_greedy_continuations(
+    model, prompts: list[list[int]], pad_id: int, eos_ids: int | list[int], max_new_tokens: int
+) -> list[list[int]]:
     """Returns transformers' greedy continuations of left-padded prompts, cut after the first end-of-sequence id."""
     from exporter.triton.models.search import left_padded
 
     eos_ids = [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
     ids, mask = left_padded(prompts, pad_id)
     with torch.no_grad():
-        generated = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id,
-                                   eos_token_id=eos_ids)
+        generated = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+        )
     continuations = []
     for row in generated:
-        tokens = row[ids.shape[1]:].tolist()
+        tokens = row[ids.shape[1] :].tolist()
         ends = [i for i, token in enumerate(tokens) if token in eos_ids]
-        continuations.append(tokens[:ends[0] + 1] if ends else tokens)
+        continuations.append(tokens[: ends[0] + 1] if ends else tokens)
     return continuations

@@ -37,8 +37,12 @@ class Validation:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"max_abs_diff": self.max_abs_diff, "atol": self.atol, "shapes": [list(s) for s in self.shapes],
-                "passed": self.passed}
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "atol": self.atol,
+            "shapes": [list(s) for s in self.shapes],
+            "passed": self.passed,
+        }
 
 
 def input_names(model) -> list[str]:
@@ -91,9 +95,12 @@ def random_inputs(model, names: list[str], batch: int, seq: int, seed: int) -> d
     ids = rng.integers(0, model.config.vocab_size, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     for row in range(batch):
-        mask[row, rng.integers(1, seq + 1):] = 0
-    arrays = {"input_ids": ids, "attention_mask": mask,
-              "token_type_ids": rng.integers(0, 2, size=(batch, seq), dtype=np.int64)}
+        mask[row, rng.integers(1, seq + 1) :] = 0
+    arrays = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": rng.integers(0, 2, size=(batch, seq), dtype=np.int64),
+    }
     return {name: arrays[name] for name in names}
 
 
@@ -117,24 +124,39 @@ def export_onnx(model, path: str | Path) -> list[str]:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # The wrapper must be in eval mode too: export restores its mode afterwards, recursively.
-            torch.onnx.export(_Outputs(model, names).eval(), tuple(torch.from_numpy(example[n]) for n in names),
-                              str(path), input_names=names, output_names=outputs,
-                              dynamic_axes={k: v for k, v in axes.items() if k in names + outputs},
-                              opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                _Outputs(model, names).eval(),
+                tuple(torch.from_numpy(example[n]) for n in names),
+                str(path),
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes={k: v for k, v in axes.items() if k in names + outputs},
+                opset_version=OPSET,
+                dynamo=False,
+            )
     finally:
         model.set_attn_implementation(previous)
     return names
 
 
-def validate_onnx(model, path: str | Path, names: list[str], atol: float = 1e-4, seed: int = 1,
-                  reference_path: str | Path | None = None, relative: bool = False) -> Validation:
+def validate_onnx(
+    model,
+    path: str | Path,
+    names: list[str],
+    atol: float = 1e-4,
+    seed: int = 1,
+    reference_path: str | Path | None = None,
+    relative: bool = False,
+) -> Validation:
     """Returns the max |diff| between ONNX Runtime on ``path`` and the model (or another ONNX file), over every
     output (a language model's ``nll`` too).
 
     With ``relative``, ``atol`` is a share of the reference logits' range (max - min over
     the checked inputs), and the returned tolerance is that share in logits."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(str(reference_path), providers=["CPUExecutionProvider"]) if reference_path else None
+    reference = (
+        ort.InferenceSession(str(reference_path), providers=["CPUExecutionProvider"]) if reference_path else None
+    )
     outputs = output_names(model)
     function = _Outputs(model, names).eval()
     worst, low, high = 0.0, float("inf"), float("-inf")

@@ -54,12 +54,16 @@ class PerLayerHeadsAttention(FusionAttention):
 def fused_head_counts(path: str | Path) -> list[int]:
     """Returns the num_heads attribute of every fused Attention node in an ONNX file, in graph order."""
     model = onnx.load(str(path))
-    return [next(a.i for a in node.attribute if a.name == "num_heads")
-            for node in model.graph.node if node.op_type == "Attention"]
+    return [
+        next(a.i for a in node.attribute if a.name == "num_heads")
+        for node in model.graph.node
+        if node.op_type == "Attention"
+    ]
 
 
-def optimize_attention(model, inventory: HeadInventory, path: str | Path, names: list[str],
-                       atol: float) -> tuple[int, Validation]:
+def optimize_attention(
+    model, inventory: HeadInventory, path: str | Path, names: list[str], atol: float
+) -> tuple[int, Validation]:
     """Fuses attention in the ONNX file at ``path`` in place; returns (fused node count, validation vs PyTorch).
 
     Raises HeadpruneError (leaving ``path`` as it was) if the fused graph differs from
@@ -83,9 +87,13 @@ def optimize_attention(model, inventory: HeadInventory, path: str | Path, names:
         expected = [len(layer.kept) for layer in inventory.layers if layer.kept]
         counts = fused_head_counts(fused_path)
         if counts and counts != expected:
-            raise HeadpruneError(f"attention fusion used head counts {counts}, the layers have {expected}",
-                                 "export without `optimize` and report this model")
-        require_valid(validate_onnx(model, fused_path, names, atol, reference_path=path), "the fused ONNX graph (vs unfused)")
+            raise HeadpruneError(
+                f"attention fusion used head counts {counts}, the layers have {expected}",
+                "export without `optimize` and report this model",
+            )
+        require_valid(
+            validate_onnx(model, fused_path, names, atol, reference_path=path), "the fused ONNX graph (vs unfused)"
+        )
         validation = validate_onnx(model, fused_path, names, atol)
         require_valid(validation, "the fused ONNX graph (vs PyTorch)")
         shutil.move(fused_path, path)

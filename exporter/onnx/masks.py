@@ -30,5 +30,7 @@ def step_masks(config, attention_mask: torch.Tensor, new: int, dtype: torch.dtyp
     layer_types = getattr(config, "layer_types", None)
     if layer_types is None:
         return causal_mask(attention_mask, new, dtype, window)
-    return {kind: causal_mask(attention_mask, new, dtype, window if kind == "sliding_attention" else None)
-            for kind in set(layer_types)}
+    return {
+        kind: causal_mask(attention_mask, new, dtype, window if kind == "sliding_attention" else None)
+        for kind in set(layer_types)
+    }

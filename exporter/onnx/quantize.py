@@ -53,8 +53,14 @@ class Int8Check(Validation):
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {**super().to_dict(), "agreement": self.agreement, "texts": self.texts,
-                "min_agreement": self.min_agreement, "reduce_range": self.reduce_range, "passed": self.passed}
+        return {
+            **super().to_dict(),
+            "agreement": self.agreement,
+            "texts": self.texts,
+            "min_agreement": self.min_agreement,
+            "reduce_range": self.reduce_range,
+            "passed": self.passed,
+        }
 
 
 def argmax_agreement(path: Path, reference_path: Path, feeds: list[dict]) -> float:
@@ -94,8 +100,14 @@ def quantize_file(path: Path, quantized: Path, reduce_range: bool) -> None:
     logging.getLogger().addFilter(hint)
     try:
         # A fused graph's Attention outputs have no inferred type (a contrib op): they are FP32.
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=reduce_range, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        quantize_dynamic(
+            str(path),
+            str(quantized),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=reduce_range,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
     finally:
         logging.getLogger().removeFilter(hint)
 
@@ -106,8 +118,9 @@ MIN_GENERATION_AGREEMENT = 0.9
 MAX_PERPLEXITY_INCREASE = 0.02
 
 
-def quantize_checked(folder: str | Path, files: list[str], check: Callable[[Path], dict],
-                     reduce_range: bool | None = None) -> dict:
+def quantize_checked(
+    folder: str | Path, files: list[str], check: Callable[[Path], dict], reduce_range: bool | None = None
+) -> dict:
     """Quantizes the ONNX ``files`` of ``folder`` (dynamic INT8 weights) beside it and replaces them when
     ``check(folder with the INT8 files)`` says "passed"; returns that check, with ``reduce_range`` (7-bit weights,
     default: this CPU lacks 8-bit dot products). A failed check leaves the FP32 files."""
@@ -131,13 +144,25 @@ def agreement_check(same: int, total: int, min_agreement: float, unit: str) -> d
     """Returns the check that ``same`` of ``total`` outputs (``unit``: sentences, prompts) are unchanged, passed
     when their share is at least ``min_agreement``."""
     agreement = same / max(total, 1)
-    return {unit: total, "same": same, "agreement": agreement, "min_agreement": min_agreement,
-            "passed": agreement >= min_agreement}
+    return {
+        unit: total,
+        "same": same,
+        "agreement": agreement,
+        "min_agreement": min_agreement,
+        "passed": agreement >= min_agreement,
+    }
 
 
-def quantize_seq2seq(tokenizer, folder: str | Path, settings: dict, sources: list[str], max_new_tokens: int,
-                     min_agreement: float = MIN_GENERATION_AGREEMENT, reduce_range: bool | None = None,
-                     batch_size: int = 32) -> dict:
+def quantize_seq2seq(
+    tokenizer,
+    folder: str | Path,
+    settings: dict,
+    sources: list[str],
+    max_new_tokens: int,
+    min_agreement: float = MIN_GENERATION_AGREEMENT,
+    reduce_range: bool | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Replaces a translation export's encoder.onnx and decoder.onnx in ``folder`` by their dynamic INT8 versions when
     greedy search over them gives the FP32 graphs' translation of at least ``min_agreement`` of ``sources``; returns
     the check (sentences, same translations, agreement, whether it passed). A failed check leaves the FP32 graphs."""
@@ -149,8 +174,13 @@ def quantize_seq2seq(tokenizer, folder: str | Path, settings: dict, sources: lis
         same = 0
         searches = [onnx_search(where, settings) for where in (folder, quantized)]
         for start in range(0, len(sources), batch_size):
-            batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
-                              max_length=settings["max_length"], return_tensors="np")
+            batch = tokenizer(
+                sources[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=settings["max_length"],
+                return_tensors="np",
+            )
             fp32, int8 = (s.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens) for s in searches)
             same += sum(a == b for a, b in zip(fp32, int8))
         return agreement_check(same, len(sources), min_agreement, "sentences")
@@ -185,9 +215,13 @@ def summed_nll(path: Path, feeds: list[dict]) -> float:
     return sum(float(session.run(["nll"], feed)[0].sum()) for feed in feeds)
 
 
-def quantize_language_model(folder: str | Path, file: str, feeds: list[dict],
-                            max_increase: float = MAX_PERPLEXITY_INCREASE,
-                            reduce_range: bool | None = None) -> PerplexityCheck:
+def quantize_language_model(
+    folder: str | Path,
+    file: str,
+    feeds: list[dict],
+    max_increase: float = MAX_PERPLEXITY_INCREASE,
+    reduce_range: bool | None = None,
+) -> PerplexityCheck:
     """Replaces a language model's full-sequence graph ``folder/file`` by its dynamic INT8 version when the perplexity
     of the texts in ``feeds`` (batches of input_ids and attention_mask) rises by at most ``max_increase`` (a share);
     returns the check. A failed check leaves the FP32 graph."""
@@ -197,16 +231,28 @@ def quantize_language_model(folder: str | Path, file: str, feeds: list[dict],
 
     def perplexities(quantized: Path) -> dict:
         fp32, int8 = (math.exp(nll / max(tokens, 1)) for nll in (reference, summed_nll(quantized / file, feeds)))
-        return {"texts": sum(len(feed["input_ids"]) for feed in feeds), "tokens": tokens, "perplexity_fp32": fp32,
-                "perplexity_int8": int8, "increase": int8 / fp32 - 1, "max_increase": max_increase,
-                "passed": int8 / fp32 - 1 <= max_increase}
+        return {
+            "texts": sum(len(feed["input_ids"]) for feed in feeds),
+            "tokens": tokens,
+            "perplexity_fp32": fp32,
+            "perplexity_int8": int8,
+            "increase": int8 / fp32 - 1,
+            "max_increase": max_increase,
+            "passed": int8 / fp32 - 1 <= max_increase,
+        }
 
     return PerplexityCheck(**quantize_checked(folder, [file], perplexities, reduce_range))
 
 
-def quantize_int8(model, path: str | Path, names: list[str],
-                  relative_tolerance: float = INT8_RELATIVE_TOLERANCE, feeds: list[dict] | None = None,
-                  reduce_range: bool | None = None, min_agreement: float = MIN_AGREEMENT) -> Int8Check:
+def quantize_int8(
+    model,
+    path: str | Path,
+    names: list[str],
+    relative_tolerance: float = INT8_RELATIVE_TOLERANCE,
+    feeds: list[dict] | None = None,
+    reduce_range: bool | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+) -> Int8Check:
     """Replaces the FP32 graph at ``path`` by its dynamic INT8 version; returns how far its logits are from FP32's
     (the tolerance is ``relative_tolerance`` of the FP32 logits' range) and, given ``feeds`` (batches of real
     inputs), on what share of them the predicted class is unchanged. ``reduce_range`` (7-bit weights) defaults to
@@ -220,8 +266,15 @@ def quantize_int8(model, path: str | Path, names: list[str],
     quantize_file(path, quantized, reduce_range)
     logits = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
     agreement = argmax_agreement(quantized, path, feeds) if feeds else None
-    validation = Int8Check(logits.max_abs_diff, logits.atol, logits.shapes, agreement,
-                           sum(len(next(iter(f.values()))) for f in feeds or []), min_agreement, reduce_range)
+    validation = Int8Check(
+        logits.max_abs_diff,
+        logits.atol,
+        logits.shapes,
+        agreement,
+        sum(len(next(iter(f.values()))) for f in feeds or []),
+        min_agreement,
+        reduce_range,
+    )
     if validation.passed:
         os.replace(quantized, path)
     else:

@@ -93,8 +93,10 @@ class EncoderWithCrossCache(nn.Module):
         for layer, count in zip(self.model.get_decoder().layers, self.layout.cross_heads):
             if count:
                 attention = layer.encoder_attn
-                outputs += [_split_heads(attention.k_proj(encoded), self.layout.head_size),
-                            _split_heads(attention.v_proj(encoded), self.layout.head_size)]
+                outputs += [
+                    _split_heads(attention.k_proj(encoded), self.layout.head_size),
+                    _split_heads(attention.v_proj(encoded), self.layout.head_size),
+                ]
         return tuple(outputs)
 
 
@@ -107,8 +109,8 @@ class DecoderStep(nn.Module):
 
     def forward(self, input_ids, position_ids, encoder_attention_mask, *caches):
         decoder = self.model.get_decoder()
-        cross = iter(caches[:len(self.layout.cross_names)])
-        past = iter(caches[len(self.layout.cross_names):])
+        cross = iter(caches[: len(self.layout.cross_names)])
+        past = iter(caches[len(self.layout.cross_names) :])
         self_cache, cross_cache = DynamicCache(), DynamicCache()
         for index, (self_heads, cross_heads) in enumerate(zip(self.layout.self_heads, self.layout.cross_heads)):
             if self_heads:
@@ -150,13 +152,18 @@ def example_inputs(model, layout: CacheLayout, batch: int = 2, source: int = 7, 
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, model.config.vocab_size, (batch, source), generator=generator)
     mask = torch.ones(batch, source, dtype=torch.long)
-    mask[0, source - 2:] = 0
-    decoder = {"input_ids": torch.randint(3, model.config.vocab_size, (batch, 1), generator=generator),
-               "position_ids": torch.full((batch, 1), past, dtype=torch.long), "encoder_attention_mask": mask}
+    mask[0, source - 2 :] = 0
+    decoder = {
+        "input_ids": torch.randint(3, model.config.vocab_size, (batch, 1), generator=generator),
+        "position_ids": torch.full((batch, 1), past, dtype=torch.long),
+        "encoder_attention_mask": mask,
+    }
     for layer, count in enumerate(layout.cross_heads):
         if count:
             for part in ("key", "value"):
-                decoder[f"cross.{layer}.{part}"] = torch.randn(batch, count, source, layout.head_size, generator=generator)
+                decoder[f"cross.{layer}.{part}"] = torch.randn(
+                    batch, count, source, layout.head_size, generator=generator
+                )
     for layer, count in enumerate(layout.self_heads):
         if count:
             for part in ("key", "value"):
@@ -179,20 +186,35 @@ def export_seq2seq_onnx(model, folder: str | Path) -> CacheLayout:
             warnings.simplefilter("ignore")
             if layout.cross_names:  # without cross heads the source is never read: no encoder graph
                 torch.onnx.export(
-                    EncoderWithCrossCache(model, layout).eval(), tuple(encoder_inputs.values()), str(folder / ENCODER_FILE),
-                    input_names=list(encoder_inputs), output_names=layout.cross_names,
+                    EncoderWithCrossCache(model, layout).eval(),
+                    tuple(encoder_inputs.values()),
+                    str(folder / ENCODER_FILE),
+                    input_names=list(encoder_inputs),
+                    output_names=layout.cross_names,
                     dynamic_axes={"input_ids": batch_source, "attention_mask": batch_source}
                     | {name: cache_axes for name in layout.cross_names},
-                    opset_version=OPSET, dynamo=False)
-            axes = {"input_ids": {0: "batch"}, "position_ids": {0: "batch"}, "encoder_attention_mask": batch_source,
-                    "logits": {0: "batch"}}
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
+            axes = {
+                "input_ids": {0: "batch"},
+                "position_ids": {0: "batch"},
+                "encoder_attention_mask": batch_source,
+                "logits": {0: "batch"},
+            }
             axes |= {name: cache_axes for name in layout.cross_names}
             axes |= {name: {0: "batch", 2: "past"} for name in layout.past_names}
             axes |= {name: {0: "batch", 2: "past_and_one"} for name in layout.present_names}
             torch.onnx.export(
-                DecoderStep(model, layout).eval(), tuple(decoder_inputs.values()), str(folder / DECODER_FILE),
-                input_names=list(decoder_inputs), output_names=["logits", *layout.present_names], dynamic_axes=axes,
-                opset_version=OPSET, dynamo=False)
+                DecoderStep(model, layout).eval(),
+                tuple(decoder_inputs.values()),
+                str(folder / DECODER_FILE),
+                input_names=list(decoder_inputs),
+                output_names=["logits", *layout.present_names],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
     finally:
         model.set_attn_implementation(previous)
     return layout
@@ -206,14 +228,22 @@ def generation_settings(model, tokenizer, layout: CacheLayout, max_length: int) 
     transformers' ``generate`` does; ``max_length`` caps source tokens (and new tokens)."""
     config = model.generation_config
     if model.config.decoder_start_token_id is None or getattr(config, "forced_bos_token_id", None) is not None:
-        raise HeadpruneError("this model starts its translations with a forced or unset first token (e.g. an mBART "
-                             "language code), which the exported search does not handle",
-                             "set decoder_start_token_id (and no forced_bos_token_id) in the model's config")
+        raise HeadpruneError(
+            "this model starts its translations with a forced or unset first token (e.g. an mBART "
+            "language code), which the exported search does not handle",
+            "set decoder_start_token_id (and no forced_bos_token_id) in the model's config",
+        )
     suppressed = sorted({ids[0] for ids in (config.bad_words_ids or []) if len(ids) == 1})
-    return {"layout": layout.to_dict(), "start_id": int(model.config.decoder_start_token_id),
-            "eos_id": int(model.config.eos_token_id), "pad_id": int(tokenizer.pad_token_id),
-            "suppressed_ids": suppressed, "forced_eos": config.forced_eos_token_id is not None,
-            "vocab_size": int(model.config.vocab_size), "max_length": int(max_length)}
+    return {
+        "layout": layout.to_dict(),
+        "start_id": int(model.config.decoder_start_token_id),
+        "eos_id": int(model.config.eos_token_id),
+        "pad_id": int(tokenizer.pad_token_id),
+        "suppressed_ids": suppressed,
+        "forced_eos": config.forced_eos_token_id is not None,
+        "vocab_size": int(model.config.vocab_size),
+        "max_length": int(max_length),
+    }
 
 
 def onnx_search(folder: str | Path, settings: dict, threads: int = 0):
@@ -222,8 +252,15 @@ def onnx_search(folder: str | Path, settings: dict, threads: int = 0):
 
     folder = Path(folder)
     encoder = session_runner(folder / ENCODER_FILE, threads) if any(settings["layout"]["cross_heads"]) else None
-    return Seq2SeqSearch(encoder, session_runner(folder / DECODER_FILE, threads), settings["layout"],
-                         settings["start_id"], settings["eos_id"], settings["suppressed_ids"], settings["forced_eos"])
+    return Seq2SeqSearch(
+        encoder,
+        session_runner(folder / DECODER_FILE, threads),
+        settings["layout"],
+        settings["start_id"],
+        settings["eos_id"],
+        settings["suppressed_ids"],
+        settings["forced_eos"],
+    )
 
 
 @dataclass(frozen=True)
@@ -242,16 +279,26 @@ class GenerationValidation:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"sentences": self.sentences, "exact_matches": self.exact_matches, "exact_match_rate":
-                self.exact_matches / max(self.sentences, 1), "max_abs_diff": self.max_logit_diff, "atol": self.atol,
-                "passed": self.passed}
+        return {
+            "sentences": self.sentences,
+            "exact_matches": self.exact_matches,
+            "exact_match_rate": self.exact_matches / max(self.sentences, 1),
+            "max_abs_diff": self.max_logit_diff,
+            "atol": self.atol,
+            "passed": self.passed,
+        }
 
 
 def pytorch_greedy(model, input_ids, attention_mask, max_new_tokens: int) -> list[list[int]]:
     """Returns transformers' greedy generations as token ids after the start token, cut after EOS."""
     with torch.no_grad():
-        generated = model.generate(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask),
-                                   max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+        generated = model.generate(
+            input_ids=torch.as_tensor(input_ids),
+            attention_mask=torch.as_tensor(attention_mask),
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
+            do_sample=False,
+        )
     return _after_start(model, generated)
 
 
@@ -259,7 +306,7 @@ def _after_start(model, generated) -> list[list[int]]:
     """Returns each generated row without its start token, cut after its first EOS."""
     eos = model.config.eos_token_id
     rows = [row[1:].tolist() for row in generated]
-    return [row[:row.index(eos) + 1] if eos in row else row for row in rows]
+    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]
 
 
 # What transformers 5's generate produces when the generation config sets no length at all.
@@ -277,39 +324,75 @@ def generation_defaults(model, positions: int) -> dict:
         new_tokens = config.max_length - 1  # an encoder-decoder's max_length counts its start token
     else:
         new_tokens = TRANSFORMERS_NEW_TOKENS
-    return {"num_beams": int(config.num_beams or 1), "max_new_tokens": max(1, min(int(new_tokens), positions - 1)),
-            "early_stopping": False if config.early_stopping is None else config.early_stopping,
-            "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty)}
+    return {
+        "num_beams": int(config.num_beams or 1),
+        "max_new_tokens": max(1, min(int(new_tokens), positions - 1)),
+        "early_stopping": False if config.early_stopping is None else config.early_stopping,
+        "length_penalty": 1.0 if config.length_penalty is None else float(config.length_penalty),
+    }
 
 
-def pytorch_beam(model, input_ids, attention_mask, num_beams: int, max_new_tokens: int,
-                 defaults: dict) -> list[list[int]]:
+def pytorch_beam(
+    model, input_ids, attention_mask, num_beams: int, max_new_tokens: int, defaults: dict
+) -> list[list[int]]:
     """Returns transformers' beam search outputs (token ids after the start token, cut after EOS) with the
     checkpoint's ``early_stopping`` and ``length_penalty``."""
     with torch.no_grad():
-        generated = model.generate(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask),
-                                   max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                                   early_stopping=defaults["early_stopping"], length_penalty=defaults["length_penalty"])
+        generated = model.generate(
+            input_ids=torch.as_tensor(input_ids),
+            attention_mask=torch.as_tensor(attention_mask),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            early_stopping=defaults["early_stopping"],
+            length_penalty=defaults["length_penalty"],
+        )
     return _after_start(model, generated)
 
 
-def validate_beam(model, tokenizer, folder: str | Path, settings: dict, sources: list[str], defaults: dict,
-                  num_beams: int = 4, max_new_tokens: int = 16, batch_size: int = 16) -> dict:
+def validate_beam(
+    model,
+    tokenizer,
+    folder: str | Path,
+    settings: dict,
+    sources: list[str],
+    defaults: dict,
+    num_beams: int = 4,
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+) -> dict:
     """Returns how beam search over the exported graphs compares with transformers' (the checkpoint's
     ``early_stopping`` and ``length_penalty``) on ``sources``: sentences, exact matches, and whether they all
     matched."""
     search = onnx_search(folder, settings)
     matches = total = 0
     for start in range(0, len(sources), batch_size):
-        batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
-                          max_length=settings["max_length"], return_tensors="np")
+        batch = tokenizer(
+            sources[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=settings["max_length"],
+            return_tensors="np",
+        )
         expected = pytorch_beam(model, batch["input_ids"], batch["attention_mask"], num_beams, max_new_tokens, defaults)
-        got = search.beam(batch["input_ids"], batch["attention_mask"], num_beams, max_new_tokens,
-                          defaults["length_penalty"], defaults["early_stopping"])
+        got = search.beam(
+            batch["input_ids"],
+            batch["attention_mask"],
+            num_beams,
+            max_new_tokens,
+            defaults["length_penalty"],
+            defaults["early_stopping"],
+        )
         matches += sum(a == b for a, b in zip(got, expected))
         total += len(expected)
-    return {"num_beams": num_beams, "sentences": total, "exact_matches": matches, "passed": matches == total,
-            "early_stopping": defaults["early_stopping"], "length_penalty": defaults["length_penalty"]}
+    return {
+        "num_beams": num_beams,
+        "sentences": total,
+        "exact_matches": matches,
+        "passed": matches == total,
+        "early_stopping": defaults["early_stopping"],
+        "length_penalty": defaults["length_penalty"],
+    }
 
 
 def step_logits_difference(model, search, input_ids, attention_mask, sequences: list[list[int]]) -> float:
@@ -319,8 +402,11 @@ def step_logits_difference(model, search, input_ids, attention_mask, sequences: 
     start = model.config.decoder_start_token_id
     fed = np.array([[start] + s[:-1] + [start] * (width - len(s)) for s in sequences], dtype=np.int64)
     with torch.no_grad():
-        expected = model(input_ids=torch.as_tensor(input_ids), attention_mask=torch.as_tensor(attention_mask),
-                         decoder_input_ids=torch.from_numpy(fed)).logits.numpy()
+        expected = model(
+            input_ids=torch.as_tensor(input_ids),
+            attention_mask=torch.as_tensor(attention_mask),
+            decoder_input_ids=torch.from_numpy(fed),
+        ).logits.numpy()
     state = search.first_state(np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64))
     worst = 0.0
     for step in range(width):
@@ -332,14 +418,27 @@ def step_logits_difference(model, search, input_ids, attention_mask, sequences: 
     return worst
 
 
-def validate_generation(model, tokenizer, folder: str | Path, settings: dict, sources: list[str],
-                        max_new_tokens: int = 32, atol: float = 1e-3, batch_size: int = 32) -> GenerationValidation:
+def validate_generation(
+    model,
+    tokenizer,
+    folder: str | Path,
+    settings: dict,
+    sources: list[str],
+    max_new_tokens: int = 32,
+    atol: float = 1e-3,
+    batch_size: int = 32,
+) -> GenerationValidation:
     """Returns the comparison of greedy search over the exported graphs with transformers' on ``sources``."""
     search = onnx_search(folder, settings)
     matches, worst = 0, 0.0
     for start in range(0, len(sources), batch_size):
-        batch = tokenizer(sources[start:start + batch_size], padding=True, truncation=True,
-                          max_length=settings["max_length"], return_tensors="np")
+        batch = tokenizer(
+            sources[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=settings["max_length"],
+            return_tensors="np",
+        )
         expected = pytorch_greedy(model, batch["input_ids"], batch["attention_mask"], max_new_tokens)
         got = search.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens)
         matches += sum(a == b for a, b in zip(got, expected))

@@ -80,8 +80,13 @@ def _check_heads(config, family: ModelFamily, path: Path) -> None:
     hidden = getattr(config, "hidden_size", None)
     for attention_type in family.attention_types:
         heads = getattr(config, attention_type.config_heads, None)
-        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or not isinstance(hidden, int) \
-                or hidden % heads:
+        if (
+            not isinstance(heads, int)
+            or isinstance(heads, bool)
+            or heads < 1
+            or not isinstance(hidden, int)
+            or hidden % heads
+        ):
             raise HeadpruneError(
                 f"'{path / 'config.json'}' sets {attention_type.config_heads} = {heads!r}, which does not divide "
                 f"the hidden size {hidden!r} into heads",
@@ -97,7 +102,9 @@ def _read_config(path: Path):
         )
     refuse_custom_code(path)
     # Checked before transformers reads the config: an unknown type would send it looking for code.
-    family = family_for(_json_object(path / "config.json", "restore the config.json saved with the model").get("model_type"))
+    family = family_for(
+        _json_object(path / "config.json", "restore the config.json saved with the model").get("model_type")
+    )
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     _check_heads(config, family, path)
     return config
@@ -130,8 +137,10 @@ def require_tokenizer(path: str | Path):
     """Returns the tokenizer stored in a model folder; raises HeadpruneError when it has none."""
     tokenizer = load_tokenizer(path)
     if tokenizer is None:
-        raise HeadpruneError(f"'{path}' has no tokenizer files (nor an image processor config)",
-                             "save the tokenizer (or image processor) into the model folder (save_pretrained)")
+        raise HeadpruneError(
+            f"'{path}' has no tokenizer files (nor an image processor config)",
+            "save the tokenizer (or image processor) into the model folder (save_pretrained)",
+        )
     return tokenizer
 
 
@@ -154,8 +163,9 @@ def _check_weight_files(files: list[Path], fix: str) -> None:
 def _refuse_mismatched(path: Path, info: dict) -> None:
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
-        shown = "; ".join(f"{key}: {list(stored)} stored, {list(expected)} by the config"
-                          for key, stored, expected in mismatched[:3])
+        shown = "; ".join(
+            f"{key}: {list(stored)} stored, {list(expected)} by the config" for key, stored, expected in mismatched[:3]
+        )
         raise HeadpruneError(
             f"weights in '{path}' do not have the shapes its config.json describes ({len(mismatched)} tensors; {shown})",
             "restore the config.json saved with these weights",
@@ -189,8 +199,9 @@ def load_model(path: str | Path) -> PreTrainedModel:
         return _load_classic_pruned(path, config, plan)
     # Mismatched shapes are refused below: loading them into a model that ignores them would
     # silently re-initialise those weights.
-    model, info = _model_class(config).from_pretrained(path, use_safetensors=True, trust_remote_code=False,
-                                                       ignore_mismatched_sizes=True, output_loading_info=True)
+    model, info = _model_class(config).from_pretrained(
+        path, use_safetensors=True, trust_remote_code=False, ignore_mismatched_sizes=True, output_loading_info=True
+    )
     _refuse_mismatched(path, info)
     return model.eval()
 
@@ -204,8 +215,11 @@ def pruned_heads_plan(config, path: Path) -> HeadPlan | None:
     family = family_for(config.model_type)
     source = f"pruned_heads of '{path / 'config.json'}'"
     if family.pruned_heads_type is None:
-        raise HeadpruneError(f"{source}: transformers 4.x could not prune heads of {config.model_type} models, so these "
-                             "weights were not shrunk by it", "restore the config.json saved with these weights")
+        raise HeadpruneError(
+            f"{source}: transformers 4.x could not prune heads of {config.model_type} models, so these "
+            "weights were not shrunk by it",
+            "restore the config.json saved with these weights",
+        )
     return HeadPlan.from_dict({family.pruned_heads_type: pruned}, source=source)
 
 
@@ -218,11 +232,15 @@ def _load_classic_pruned(path: Path, config, plan: HeadPlan) -> PreTrainedModel:
     try:
         apply_plan(model, plan)
     except HeadpruneError as error:
-        raise HeadpruneError(f"{source} does not fit the model: {error.message}",
-                             "restore the config.json saved with these weights") from error
-    _load_state(model, _stored_tensors(_weight_files(path)),
-                f"weights in '{path}' do not have the shapes its pruned_heads give",
-                "restore the config.json saved with these weights")
+        raise HeadpruneError(
+            f"{source} does not fit the model: {error.message}", "restore the config.json saved with these weights"
+        ) from error
+    _load_state(
+        model,
+        _stored_tensors(_weight_files(path)),
+        f"weights in '{path}' do not have the shapes its pruned_heads give",
+        "restore the config.json saved with these weights",
+    )
     return model.eval()
 
 
@@ -275,8 +293,9 @@ def _plan_of_record(path: Path, record: dict, model) -> None:
     try:
         apply_plan(model, plan)
     except HeadpruneError as error:
-        raise HeadpruneError(f"{source} does not fit the model its config.json describes: {error.message}",
-                             DAMAGED) from error
+        raise HeadpruneError(
+            f"{source} does not fit the model its config.json describes: {error.message}", DAMAGED
+        ) from error
 
 
 def load_pruned(path: str | Path) -> PreTrainedModel:
@@ -284,9 +303,11 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     path = Path(path)
     config = _read_config(path)
     if not (path / PLAN_FILE).exists():
-        raise HeadpruneError(f"'{path}' is not a pruned checkpoint (it has no {PLAN_FILE}): load_pruned reads what "
-                             "'headprune prune' writes",
-                             "load an unpruned model with load_model (or any command: they read both kinds)")
+        raise HeadpruneError(
+            f"'{path}' is not a pruned checkpoint (it has no {PLAN_FILE}): load_pruned reads what "
+            "'headprune prune' writes",
+            "load an unpruned model with load_model (or any command: they read both kinds)",
+        )
     record = read_plan_file(path)
     _check_weight_files([path / WEIGHTS_FILE], DAMAGED)
     model = _model_class(config)(config)
@@ -301,8 +322,14 @@ def load_pruned(path: str | Path) -> PreTrainedModel:
     return model.eval()
 
 
-def save_pruned(model: PreTrainedModel, tokenizer, out_dir: str | Path, source: str | Path | None = None,
-                overwrite: bool = False, records: dict[str, dict] | None = None) -> Path:
+def save_pruned(
+    model: PreTrainedModel,
+    tokenizer,
+    out_dir: str | Path,
+    source: str | Path | None = None,
+    overwrite: bool = False,
+    records: dict[str, dict] | None = None,
+) -> Path:
     """Writes ``model`` (pruned or not) as a pruned checkpoint folder, atomically; returns the folder.
 
     ``records`` are written into it too, as JSON files named by their keys. An existing

@@ -74,34 +74,53 @@ class ModelFamily:
 def _inside(module: str, query: str, key: str, value: str, output: str, output_module: str | None = None) -> dict:
     """Returns the paths of an attention module and its projections (the output projection under ``output_module``
     when it lives outside the attention module)."""
-    return {"attention": module, "query": f"{module}.{query}", "key": f"{module}.{key}", "value": f"{module}.{value}",
-            "output": f"{output_module or module}.{output}"}
+    return {
+        "attention": module,
+        "query": f"{module}.{query}",
+        "key": f"{module}.{key}",
+        "value": f"{module}.{value}",
+        "output": f"{output_module or module}.{output}",
+    }
 
 
 def _bert_attention() -> AttentionType:
-    return AttentionType(name="encoder", layers="encoder.layer",
-                         **_inside("attention.self", "query", "key", "value", "dense", "attention.output"),
-                         width_attr="all_head_size")
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        **_inside("attention.self", "query", "key", "value", "dense", "attention.output"),
+        width_attr="all_head_size",
+    )
 
 
 def _distilbert_attention() -> AttentionType:
     # Its forward infers the head count from the projections' width.
-    return AttentionType(name="encoder", layers="transformer.layer",
-                         **_inside("attention", "q_lin", "k_lin", "v_lin", "out_lin"),
-                         config_heads="n_heads", head_count_attr="n_heads")
+    return AttentionType(
+        name="encoder",
+        layers="transformer.layer",
+        **_inside("attention", "q_lin", "k_lin", "v_lin", "out_lin"),
+        config_heads="n_heads",
+        head_count_attr="n_heads",
+    )
 
 
 def _deberta_attention() -> AttentionType:
-    return AttentionType(name="encoder", layers="encoder.layer",
-                         **_inside("attention.self", "query_proj", "key_proj", "value_proj", "dense", "attention.output"),
-                         width_attr="all_head_size",
-                         # Absent with share_att_key (DeBERTa-v3), where the positional terms reuse query_proj and key_proj.
-                         per_head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"))
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        **_inside("attention.self", "query_proj", "key_proj", "value_proj", "dense", "attention.output"),
+        width_attr="all_head_size",
+        # Absent with share_att_key (DeBERTa-v3), where the positional terms reuse query_proj and key_proj.
+        per_head_extras=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
+    )
 
 
 def _vit_attention() -> AttentionType:
-    return AttentionType(name="encoder", layers="layers", **_inside("attention", "q_proj", "k_proj", "v_proj", "o_proj"),
-                         head_size_attr="head_dim")
+    return AttentionType(
+        name="encoder",
+        layers="layers",
+        **_inside("attention", "q_proj", "k_proj", "v_proj", "o_proj"),
+        head_size_attr="head_dim",
+    )
 
 
 def _kept_position_bias(attention: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -124,12 +143,24 @@ def mpnet_position_bias(attention: nn.Module, kept: list[int]) -> None:
 
 
 def _mpnet_attention() -> AttentionType:
-    return AttentionType(name="encoder", layers="encoder.layer", **_inside("attention.attn", "q", "k", "v", "o"),
-                         width_attr="all_head_size", on_shrink=mpnet_position_bias)
+    return AttentionType(
+        name="encoder",
+        layers="encoder.layer",
+        **_inside("attention.attn", "q", "k", "v", "o"),
+        width_attr="all_head_size",
+        on_shrink=mpnet_position_bias,
+    )
 
 
-def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=None, cache=None,
-                        attention_mask=None, past_key_values=None, **kwargs) -> None:
+def bart_headless_cache(
+    attention: nn.Module,
+    hidden_states,
+    key_value_states=None,
+    cache=None,
+    attention_mask=None,
+    past_key_values=None,
+    **kwargs,
+) -> None:
     """Updates a bart-family KV cache for a headless attention layer exactly where BartAttention would.
 
     Marian, BART and mBART take the position of the next decoder token from the length of decoder
@@ -154,8 +185,9 @@ def bart_headless_cache(attention: nn.Module, hidden_states, key_value_states=No
         cache.is_updated[attention.layer_idx] = True
 
 
-def causal_headless_cache(attention: nn.Module, hidden_states, *args, cache=None, past_key_values=None,
-                          **kwargs) -> None:
+def causal_headless_cache(
+    attention: nn.Module, hidden_states, *args, cache=None, past_key_values=None, **kwargs
+) -> None:
     """Appends one placeholder entry per new token to a decoder-only model's KV cache for a headless layer, as its
     attention module would have: generation reads the number of tokens seen so far from the cache."""
     cache = cache if cache is not None else past_key_values
@@ -167,22 +199,43 @@ def causal_headless_cache(attention: nn.Module, hidden_states, *args, cache=None
 
 def _gpt2_attention() -> AttentionType:
     # One Conv1D computes [query | key | value].
-    return AttentionType(name="decoder", layers="h", **_inside("attn", "c_attn", "c_attn", "c_attn", "c_proj"),
-                         head_count_attr="num_heads", head_size_attr="head_dim", width_attr="split_size",
-                         query_side="decoder", headless_cache=causal_headless_cache)
+    return AttentionType(
+        name="decoder",
+        layers="h",
+        **_inside("attn", "c_attn", "c_attn", "c_attn", "c_proj"),
+        head_count_attr="num_heads",
+        head_size_attr="head_dim",
+        width_attr="split_size",
+        query_side="decoder",
+        headless_cache=causal_headless_cache,
+    )
 
 
 def _llama_attention() -> AttentionType:
-    return AttentionType(name="decoder", layers="layers", **_inside("self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
-                         head_count_attr=None, head_size_attr="head_dim", query_side="decoder",
-                         headless_cache=causal_headless_cache, key_value_heads="num_key_value_heads",
-                         groups_attr="num_key_value_groups")
+    return AttentionType(
+        name="decoder",
+        layers="layers",
+        **_inside("self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
+        head_count_attr=None,
+        head_size_attr="head_dim",
+        query_side="decoder",
+        headless_cache=causal_headless_cache,
+        key_value_heads="num_key_value_heads",
+        groups_attr="num_key_value_groups",
+    )
 
 
 def _bart_attention(name: str, stack: str, module: str, config_heads: str, query_side: str) -> AttentionType:
-    return AttentionType(name=name, layers=f"{stack}.layers", **_inside(module, "q_proj", "k_proj", "v_proj", "out_proj"),
-                         config_heads=config_heads, head_count_attr="num_heads", head_size_attr="head_dim",
-                         query_side=query_side, headless_cache=bart_headless_cache)
+    return AttentionType(
+        name=name,
+        layers=f"{stack}.layers",
+        **_inside(module, "q_proj", "k_proj", "v_proj", "out_proj"),
+        config_heads=config_heads,
+        head_count_attr="num_heads",
+        head_size_attr="head_dim",
+        query_side=query_side,
+        headless_cache=bart_headless_cache,
+    )
 
 
 FAMILIES: tuple[ModelFamily, ...] = (

@@ -27,8 +27,9 @@ class HeadGates:
     context before and after gating; scoring uses it for per-token importance.
     """
 
-    def __init__(self, inventory: HeadInventory, requires_grad: bool = False,
-                 on_context: ContextCallback | None = None):
+    def __init__(
+        self, inventory: HeadInventory, requires_grad: bool = False, on_context: ContextCallback | None = None
+    ):
         self.inventory = inventory
         self.on_context = on_context
         self.values: dict[LayerKey, torch.Tensor] = {

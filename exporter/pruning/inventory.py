@@ -151,9 +151,15 @@ class HeadInventory:
             types[name] = {
                 "layers": len(layers),
                 "heads_per_layer": [len(layer.kept) for layer in layers],
-                **({"key_value_heads_per_layer": [len(set(layer.key_value_heads())) if layer.kept else 0
-                                                  for layer in layers]}
-                   if layers and layers[0].original_key_value_heads else {}),
+                **(
+                    {
+                        "key_value_heads_per_layer": [
+                            len(set(layer.key_value_heads())) if layer.kept else 0 for layer in layers
+                        ]
+                    }
+                    if layers and layers[0].original_key_value_heads
+                    else {}
+                ),
                 "original_heads_per_layer": [layer.original_heads for layer in layers],
                 "kept_heads": {str(layer.index): layer.kept for layer in layers},
                 "head_size": layers[0].head_size if layers else 0,
@@ -192,6 +198,7 @@ def build_inventory(model: nn.Module) -> HeadInventory:
         for index, layer in enumerate(_layer_stack(base, attention_type)):
             attention = get_path(layer, attention_type.attention)
             head_size = getattr(attention, attention_type.head_size_attr)
-            layers.append(AttentionLayer(attention_type, index, layer, original_heads, head_size,
-                                         key_value_heads or None))
+            layers.append(
+                AttentionLayer(attention_type, index, layer, original_heads, head_size, key_value_heads or None)
+            )
     return HeadInventory(family, layers)

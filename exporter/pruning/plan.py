@@ -22,8 +22,10 @@ class HeadPlan:
 
     def __post_init__(self):
         # Layer keys from JSON are strings: normalise once here so that "0" and 0 name the same layer.
-        self.removed = {kind: {int(layer): sorted(set(heads)) for layer, heads in layers.items() if heads}
-                        for kind, layers in self.removed.items()}
+        self.removed = {
+            kind: {int(layer): sorted(set(heads)) for layer, heads in layers.items() if heads}
+            for kind, layers in self.removed.items()
+        }
         self.removed = {kind: layers for kind, layers in self.removed.items() if layers}
 
     @classmethod
@@ -35,18 +37,27 @@ class HeadPlan:
         removed: dict[str, dict[int, list[int]]] = {}
         for kind, layers in data.items():
             if not isinstance(layers, dict):
-                raise HeadpruneError(f"{source}: '{kind}' must map layer indices to head lists", f"write it like {example}")
+                raise HeadpruneError(
+                    f"{source}: '{kind}' must map layer indices to head lists", f"write it like {example}"
+                )
             for layer, heads in layers.items():
                 if not str(layer).lstrip("-").isdigit():
-                    raise HeadpruneError(f"{source}: layer '{layer}' of '{kind}' is not an integer", f"write it like {example}")
-                if not isinstance(heads, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in heads):
                     raise HeadpruneError(
-                        f"{source}: heads of layer {layer} of '{kind}' must be a list of integers", f"write it like {example}"
+                        f"{source}: layer '{layer}' of '{kind}' is not an integer", f"write it like {example}"
+                    )
+                if not isinstance(heads, list) or not all(
+                    isinstance(h, int) and not isinstance(h, bool) for h in heads
+                ):
+                    raise HeadpruneError(
+                        f"{source}: heads of layer {layer} of '{kind}' must be a list of integers",
+                        f"write it like {example}",
                     )
                 twice = sorted({h for h in heads if heads.count(h) > 1})
                 if twice:
-                    raise HeadpruneError(f"{source}: layer {layer} of '{kind}' lists head(s) {twice} more than once",
-                                         "list each head to remove once")
+                    raise HeadpruneError(
+                        f"{source}: layer {layer} of '{kind}' lists head(s) {twice} more than once",
+                        "list each head to remove once",
+                    )
                 if heads:
                     removed.setdefault(kind, {})[int(layer)] = sorted(heads)
         return cls(removed)
@@ -105,8 +116,12 @@ class HeadPlan:
 
     def common(self, other: "HeadPlan") -> "HeadPlan":
         """Returns the plan of the heads that both this plan and ``other`` remove."""
-        return HeadPlan({kind: {layer: sorted(set(heads) & other.heads(kind, layer)) for layer, heads in layers.items()}
-                         for kind, layers in self.removed.items()})
+        return HeadPlan(
+            {
+                kind: {layer: sorted(set(heads) & other.heads(kind, layer)) for layer, heads in layers.items()}
+                for kind, layers in self.removed.items()
+            }
+        )
 
     def validate(self, inventory: HeadInventory) -> None:
         """Raises HeadpruneError if the plan names a type, layer or head the model never had."""
@@ -131,8 +146,14 @@ class HeadPlan:
         return cls(removed)
 
 
-def plan_from_scores(scores: HeadScores | dict, fraction: float, *, per_type: bool = False,
-                     min_heads_per_layer: int = 0, already: HeadPlan | None = None) -> HeadPlan:
+def plan_from_scores(
+    scores: HeadScores | dict,
+    fraction: float,
+    *,
+    per_type: bool = False,
+    min_heads_per_layer: int = 0,
+    already: HeadPlan | None = None,
+) -> HeadPlan:
     """Returns the plan removing the lowest-scored heads until ``fraction`` of all heads are gone.
 
     ``scores`` lists every original head per layer (None for heads already
@@ -142,7 +163,9 @@ def plan_from_scores(scores: HeadScores | dict, fraction: float, *, per_type: bo
     """
     rows = scores.scores if isinstance(scores, HeadScores) else scores
     if not 0 <= fraction < 1:
-        raise HeadpruneError(f"fraction {fraction} is outside [0, 1)", "give a share of heads to prune as `fraction`, e.g. 0.3")
+        raise HeadpruneError(
+            f"fraction {fraction} is outside [0, 1)", "give a share of heads to prune as `fraction`, e.g. 0.3"
+        )
     if min_heads_per_layer < 0:
         raise HeadpruneError(f"`min_heads_per_layer` {min_heads_per_layer} is negative", "give 0 or more")
     for layers in rows.values():
@@ -161,8 +184,11 @@ def plan_from_scores(scores: HeadScores | dict, fraction: float, *, per_type: bo
         for kind, layers in group.items():
             for layer, row in layers.items():
                 plan.remove(kind, layer, [head for head, value in enumerate(row) if value is None])
-                candidates += [(value, kind, layer, head) for head, value in enumerate(row)
-                               if value is not None and head not in plan.heads(kind, layer)]
+                candidates += [
+                    (value, kind, layer, head)
+                    for head, value in enumerate(row)
+                    if value is not None and head not in plan.heads(kind, layer)
+                ]
         done = sum(len(plan.heads(k, i)) for k, layers in group.items() for i in layers)
         for _, kind, layer, head in sorted(candidates):
             if done >= target:

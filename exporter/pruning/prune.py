@@ -26,13 +26,23 @@ class PruneResult:
 
     def format(self) -> str:
         """Returns a one-line summary."""
-        return (f"kept {self.heads} of {self.original_heads} heads; parameters {self.parameters_before:,} -> "
-                f"{self.parameters_after:,}; wrote {self.out}")
+        return (
+            f"kept {self.heads} of {self.original_heads} heads; parameters {self.parameters_before:,} -> "
+            f"{self.parameters_after:,}; wrote {self.out}"
+        )
 
 
-def prune_checkpoint(model_dir: str | Path, out: str | Path, *, plan: HeadPlan | None = None,
-                     scores: HeadScores | None = None, fraction: float | None = None, per_type: bool = False,
-                     min_heads_per_layer: int = 0, overwrite: bool = False) -> PruneResult:
+def prune_checkpoint(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    plan: HeadPlan | None = None,
+    scores: HeadScores | None = None,
+    fraction: float | None = None,
+    per_type: bool = False,
+    min_heads_per_layer: int = 0,
+    overwrite: bool = False,
+) -> PruneResult:
     """Removes heads from the checkpoint in ``model_dir`` and writes the pruned checkpoint to ``out``.
 
     Give either an explicit ``plan`` or ``scores`` with a ``fraction`` of all original heads to
@@ -49,14 +59,20 @@ def prune_checkpoint(model_dir: str | Path, out: str | Path, *, plan: HeadPlan |
     before = sum(p.numel() for p in model.parameters())
     already = HeadPlan.of_model(build_inventory(model))
     if plan is None:
-        plan = plan_from_scores(scores, fraction, per_type=per_type, min_heads_per_layer=min_heads_per_layer,
-                                already=already)
+        plan = plan_from_scores(
+            scores, fraction, per_type=per_type, min_heads_per_layer=min_heads_per_layer, already=already
+        )
     else:
         _refuse_removed_again(plan, already, model_dir)
     inventory = apply_plan(model, plan)
     folder = save_pruned(model, load_tokenizer(model_dir), out, source=model_dir, overwrite=overwrite)
-    return PruneResult(folder, inventory.kept_head_count(), inventory.original_head_count(), before,
-                       sum(p.numel() for p in model.parameters()))
+    return PruneResult(
+        folder,
+        inventory.kept_head_count(),
+        inventory.original_head_count(),
+        before,
+        sum(p.numel() for p in model.parameters()),
+    )
 
 
 def _refuse_removed_again(plan: HeadPlan, already: HeadPlan, model_dir: str | Path) -> None:

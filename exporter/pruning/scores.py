@@ -42,8 +42,13 @@ class HeadScores:
     def from_dict(cls, data: dict) -> "HeadScores":
         """Returns scores parsed from ``to_dict`` output."""
         scores = {k: {int(i): v for i, v in layers.items()} for k, layers in data["scores"].items()}
-        return cls(scores, data.get("method", "token"), data.get("normalized", True), data.get("examples", 0),
-                   data.get("signature", {}))
+        return cls(
+            scores,
+            data.get("method", "token"),
+            data.get("normalized", True),
+            data.get("examples", 0),
+            data.get("signature", {}),
+        )
 
     def save(self, path: str | Path) -> Path:
         """Writes the scores as JSON atomically; returns the path."""
@@ -57,4 +62,6 @@ class HeadScores:
         except FileNotFoundError as error:
             raise HeadpruneError(f"scores file '{path}' does not exist", "create it with 'headprune score'") from error
         except (json.JSONDecodeError, KeyError, AttributeError, ValueError) as error:
-            raise HeadpruneError(f"scores file '{path}' is not a headprune scores file", "create it with 'headprune score'") from error
+            raise HeadpruneError(
+                f"scores file '{path}' is not a headprune scores file", "create it with 'headprune score'"
+            ) from error

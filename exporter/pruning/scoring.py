@@ -36,8 +36,9 @@ from exporter.pruning.scores import DEFAULT_BATCH_SIZE, DEFAULT_METHOD, METHODS,
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Returns a language model's next-token cross-entropy per position (batch, seq - 1); 0 where the label is -100."""
     predicted, targets = logits[:, :-1], labels[:, 1:]
-    losses = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                             reduction="none")
+    losses = F.cross_entropy(
+        predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    )
     return losses.reshape(targets.shape)
 
 
@@ -46,11 +47,15 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     head, token cross-entropy (teacher forcing) for translation, next-token cross-entropy for a language model."""
     labels = batch["labels"]
     task = task_of(model)
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels if task == "translation" else None).logits
+    logits = model(
+        **{k: v for k, v in batch.items() if k != "labels"}, labels=labels if task == "translation" else None
+    ).logits
     if task == "language-modeling":
         return token_losses(logits, labels).sum()
     if task == "translation":
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
     if task == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
     return F.cross_entropy(logits, labels, reduction="sum")
@@ -83,10 +88,19 @@ def _frozen_parameters(model):
             p.requires_grad_(flag)
 
 
-def compute_importance(model, tokenizer, examples: list[dict], *, method: str = DEFAULT_METHOD, normalize: bool = True,
-                       batch_size: int = DEFAULT_BATCH_SIZE, removed: HeadPlan | dict | None = None,
-                       max_length: int = 128, masked_in_norm: bool = False,
-                       progress: Advance = no_progress) -> HeadScores:
+def compute_importance(
+    model,
+    tokenizer,
+    examples: list[dict],
+    *,
+    method: str = DEFAULT_METHOD,
+    normalize: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    removed: HeadPlan | dict | None = None,
+    max_length: int = 128,
+    masked_in_norm: bool = False,
+    progress: Advance = no_progress,
+) -> HeadScores:
     """Returns the importance of every head, scored over ``examples`` (never the evaluation split).
 
     ``removed`` masks those original heads first (for re-scoring during iterative
@@ -99,7 +113,11 @@ def compute_importance(model, tokenizer, examples: list[dict], *, method: str = 
     inventory = build_inventory(model)
     task = task_of(model)
     side = {layer.attention_type.name: layer.attention_type.query_side for layer in inventory.layers}
-    totals = {(layer.attention_type.name, layer.index): torch.zeros(len(layer.kept)) for layer in inventory.layers if layer.kept}
+    totals = {
+        (layer.attention_type.name, layer.index): torch.zeros(len(layer.kept))
+        for layer in inventory.layers
+        if layer.kept
+    }
     tokens = {"encoder": 0, "decoder": 0}
     masks: dict[str, torch.Tensor] = {}
 
@@ -157,16 +175,37 @@ def _as_scores(inventory: HeadInventory, totals, tokens, side, method, normalize
     return HeadScores(scores, method, normalize, count)
 
 
-def score_checkpoint(model_dir: str | Path, data: str | Path, *, method: str = DEFAULT_METHOD, normalize: bool = True,
-                     batch_size: int = DEFAULT_BATCH_SIZE, max_examples: int | None = None, seed: int = 0,
-                     columns: dict[str, str] | None = None, encoding: str = "utf-8",
-                     phases: Phases = no_phases) -> HeadScores:
+def score_checkpoint(
+    model_dir: str | Path,
+    data: str | Path,
+    *,
+    method: str = DEFAULT_METHOD,
+    normalize: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_examples: int | None = None,
+    seed: int = 0,
+    columns: dict[str, str] | None = None,
+    encoding: str = "utf-8",
+    phases: Phases = no_phases,
+) -> HeadScores:
     """Returns the importance of every head of the checkpoint in ``model_dir``, scored on the data file ``data``,
     signed with the checkpoint's weights hash, the data file and the seed."""
     model, tokenizer = load_model(model_dir), require_tokenizer(model_dir)
     examples = examples_for(model, data, columns=columns, max_examples=max_examples, seed=seed, encoding=encoding)
-    scores = compute_importance(model, tokenizer, examples, method=method, normalize=normalize, batch_size=batch_size,
-                                progress=phases("scoring heads", len(examples)))
-    scores.signature = {"model": str(model_dir), "weights": checkpoint_hash(model_dir), "data": str(data),
-                        "seed": seed, "max_examples": max_examples}
+    scores = compute_importance(
+        model,
+        tokenizer,
+        examples,
+        method=method,
+        normalize=normalize,
+        batch_size=batch_size,
+        progress=phases("scoring heads", len(examples)),
+    )
+    scores.signature = {
+        "model": str(model_dir),
+        "weights": checkpoint_hash(model_dir),
+        "data": str(data),
+        "seed": seed,
+        "max_examples": max_examples,
+    }
     return scores

@@ -50,9 +50,16 @@ class HeadlessAttention(nn.Module):
     cache as the replaced module would have left it, for layer ``layer_idx``.
     """
 
-    def __init__(self, head_size_attr: str, head_size: int, head_count_attr: str | None,
-                 inner_output: str | None = None, output: nn.Module | None = None,
-                 layer_idx: int | None = None, cache_hook: Callable[..., None] | None = None):
+    def __init__(
+        self,
+        head_size_attr: str,
+        head_size: int,
+        head_count_attr: str | None,
+        inner_output: str | None = None,
+        output: nn.Module | None = None,
+        layer_idx: int | None = None,
+        cache_hook: Callable[..., None] | None = None,
+    ):
         super().__init__()
         setattr(self, head_size_attr, head_size)
         if head_count_attr:
@@ -144,10 +151,11 @@ def shrink_layer(layer: AttentionLayer, keep: list[int]) -> None:
     output = layer.module("output")
     if not keep:
         bias_only = BiasOnly(output.nf if isinstance(output, Conv1D) else output.out_features, output.bias)
-        inner = spec.output[len(spec.attention) + 1:] if spec.output.startswith(spec.attention + ".") else None
+        inner = spec.output[len(spec.attention) + 1 :] if spec.output.startswith(spec.attention + ".") else None
         layer_idx = getattr(layer.module("attention"), "layer_idx", None)
-        headless = HeadlessAttention(spec.head_size_attr, layer.head_size, spec.head_count_attr, inner, bias_only,
-                                     layer_idx, spec.headless_cache)
+        headless = HeadlessAttention(
+            spec.head_size_attr, layer.head_size, spec.head_count_attr, inner, bias_only, layer_idx, spec.headless_cache
+        )
         set_path(layer.layer, spec.attention, headless)
         if inner is None:
             set_path(layer.layer, spec.output, bias_only)

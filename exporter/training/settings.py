@@ -36,12 +36,20 @@ class TranslationSettings:
 
     def __post_init__(self):
         if self.heads < 1 or self.d_model % self.heads:
-            raise HeadpruneError(f"d_model {self.d_model} does not split into {self.heads} heads",
-                                 "choose `heads` dividing `d_model` (e.g. 8 heads for 256)")
-        if min(self.layers, self.ffn, self.vocab_size, self.batch_tokens, self.warmup_steps, self.max_length) < 1 \
-                or self.minutes <= 0 or self.eval_minutes <= 0 or not 0 <= self.cooldown < 1:
-            raise HeadpruneError("training settings out of range", "give positive sizes, steps and minutes, and a "
-                                 "cooldown share from 0 up to (not including) 1")
+            raise HeadpruneError(
+                f"d_model {self.d_model} does not split into {self.heads} heads",
+                "choose `heads` dividing `d_model` (e.g. 8 heads for 256)",
+            )
+        if (
+            min(self.layers, self.ffn, self.vocab_size, self.batch_tokens, self.warmup_steps, self.max_length) < 1
+            or self.minutes <= 0
+            or self.eval_minutes <= 0
+            or not 0 <= self.cooldown < 1
+        ):
+            raise HeadpruneError(
+                "training settings out of range",
+                "give positive sizes, steps and minutes, and a cooldown share from 0 up to (not including) 1",
+            )
 
     def fixed(self) -> dict:
         """Returns the settings a resumed run must share with the run it continues."""
@@ -52,16 +60,32 @@ class TranslationSettings:
         from transformers import MarianConfig
 
         return MarianConfig(
-            vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=self.d_model,
-            encoder_layers=self.layers, decoder_layers=self.layers, encoder_attention_heads=self.heads,
-            decoder_attention_heads=self.heads, encoder_ffn_dim=self.ffn, decoder_ffn_dim=self.ffn,
-            dropout=self.dropout, attention_dropout=0.0, activation_dropout=0.0, max_position_embeddings=self.max_length + 2,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id, forced_eos_token_id=None,
-            share_encoder_decoder_embeddings=True, tie_word_embeddings=True, scale_embedding=True,
-            architectures=["MarianMTModel"], **self.languages())
+            vocab_size=len(tokenizer),
+            decoder_vocab_size=len(tokenizer),
+            d_model=self.d_model,
+            encoder_layers=self.layers,
+            decoder_layers=self.layers,
+            encoder_attention_heads=self.heads,
+            decoder_attention_heads=self.heads,
+            encoder_ffn_dim=self.ffn,
+            decoder_ffn_dim=self.ffn,
+            dropout=self.dropout,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            max_position_embeddings=self.max_length + 2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            forced_eos_token_id=None,
+            share_encoder_decoder_embeddings=True,
+            tie_word_embeddings=True,
+            scale_embedding=True,
+            architectures=["MarianMTModel"],
+            **self.languages(),
+        )
 
     def languages(self) -> dict[str, str]:
         """Returns the language codes given, as the model config records them (source_lang, target_lang)."""
-        return {key: value for key, value in (("source_lang", self.source_lang), ("target_lang", self.target_lang))
-                if value}
+        return {
+            key: value for key, value in (("source_lang", self.source_lang), ("target_lang", self.target_lang)) if value
+        }

@@ -44,8 +44,13 @@ class TrainingStatus:
     bleu: float | None
 
 
-def learning_rate_factor(step: int, seconds: float, settings: TranslationSettings, warmup_steps: int | None = None,
-                         end_seconds: float | None = None) -> float:
+def learning_rate_factor(
+    step: int,
+    seconds: float,
+    settings: TranslationSettings,
+    warmup_steps: int | None = None,
+    end_seconds: float | None = None,
+) -> float:
     """Returns the multiplier of the peak rate at ``step``, ``seconds`` into the budget.
 
     Linear warm-up over ``warmup_steps`` (default: the settings'), then inverse square root decay (Vaswani et
@@ -96,12 +101,17 @@ class _Corpus:
     """The training pairs as token ids, grouped into length-sorted batches of about ``batch_tokens`` per side."""
 
     def __init__(self, tokenizer, examples: list[dict], settings: TranslationSettings):
-        encoded = tokenizer([e["source"] for e in examples], text_target=[e["target"] for e in examples],
-                            truncation=True, max_length=settings.max_length)
+        encoded = tokenizer(
+            [e["source"] for e in examples],
+            text_target=[e["target"] for e in examples],
+            truncation=True,
+            max_length=settings.max_length,
+        )
         self.sources, self.targets = encoded["input_ids"], encoded["labels"]
         self.pad = tokenizer.pad_token_id
-        self.batches = _token_batches([(len(s), len(t)) for s, t in zip(self.sources, self.targets)],
-                                      settings.batch_tokens)
+        self.batches = _token_batches(
+            [(len(s), len(t)) for s, t in zip(self.sources, self.targets)], settings.batch_tokens
+        )
 
     def epoch_order(self, seed: int, epoch: int) -> list[int]:
         order = list(range(len(self.batches)))
@@ -111,8 +121,11 @@ class _Corpus:
     def batch(self, number: int) -> dict[str, torch.Tensor]:
         members = self.batches[number]
         sources = _pad([self.sources[i] for i in members], self.pad)
-        return {"input_ids": sources, "attention_mask": (sources != self.pad).long(),
-                "labels": _pad([self.targets[i] for i in members], -100)}
+        return {
+            "input_ids": sources,
+            "attention_mask": (sources != self.pad).long(),
+            "labels": _pad([self.targets[i] for i in members], -100),
+        }
 
 
 def _save_state(out: Path, model, optimizer, position: dict) -> None:
@@ -124,12 +137,14 @@ def _save_state(out: Path, model, optimizer, position: dict) -> None:
 
 def _load_state(out: Path, model, optimizer, settings: TranslationSettings) -> dict:
     state = out / "state"
-    position = read_json(state / "position.json", f"training state in '{out}' is unreadable",
-                         "start again with `overwrite`")
+    position = read_json(
+        state / "position.json", f"training state in '{out}' is unreadable", "start again with `overwrite`"
+    )
     if position.get("settings") != settings.fixed():
-        raise HeadpruneError(f"the run in '{out}' was started with other settings ({position.get('settings')})",
-                             "resume with the same settings (only the minutes may change), or start over with "
-                             "`overwrite`")
+        raise HeadpruneError(
+            f"the run in '{out}' was started with other settings ({position.get('settings')})",
+            "resume with the same settings (only the minutes may change), or start over with `overwrite`",
+        )
     load_model(model, str(state / "model.safetensors"), strict=False, device=str(next(model.parameters()).device))
     optimizer.load_state_dict(torch.load(state / "optimizer.pt", weights_only=True))
     return position
@@ -151,8 +166,9 @@ def _save_model(folder: Path, model, tokenizer, settings: TranslationSettings) -
 def _evaluate(model, tokenizer, examples: list[dict], settings: TranslationSettings) -> QualityScore:
     device = next(model.parameters()).device
     model.cpu()  # the Evaluator's batches live on the CPU; moving the parameters in place keeps the optimizer's
-    score = Evaluator(model, tokenizer, examples, batch_size=100, max_length=settings.max_length,
-                      max_new_tokens=settings.max_length)()
+    score = Evaluator(
+        model, tokenizer, examples, batch_size=100, max_length=settings.max_length, max_new_tokens=settings.max_length
+    )()
     model.to(device).train()
     return score
 
@@ -164,13 +180,17 @@ def given_tokenizer(folder: str | Path):
 
     folder = Path(folder)
     if not (folder / "tokenizer.json").is_file():
-        raise HeadpruneError(f"'{folder}' holds no fast tokenizer (tokenizer.json)",
-                             "pass a folder written by a tokenizer's save_pretrained (use_fast=True)")
+        raise HeadpruneError(
+            f"'{folder}' holds no fast tokenizer (tokenizer.json)",
+            "pass a folder written by a tokenizer's save_pretrained (use_fast=True)",
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     missing = [name for name in ("pad_token", "eos_token") if getattr(tokenizer, name) is None]
     if missing:
-        raise HeadpruneError(f"the tokenizer in '{folder}' has no {' or '.join(missing)}",
-                             "set them (tokenizer.add_special_tokens) and save it again, or let train-mt train one")
+        raise HeadpruneError(
+            f"the tokenizer in '{folder}' has no {' or '.join(missing)}",
+            "set them (tokenizer.add_special_tokens) and save it again, or let train-mt train one",
+        )
     return tokenizer
 
 
@@ -182,8 +202,11 @@ def _tokenizer(out: Path, train: list[dict], settings: TranslationSettings, give
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(folder)
-    tokenizer = given_tokenizer(given) if given is not None else \
-        train_shared_bpe((text for e in train for text in (e["source"], e["target"])), settings.vocab_size)
+    tokenizer = (
+        given_tokenizer(given)
+        if given is not None
+        else train_shared_bpe((text for e in train for text in (e["source"], e["target"])), settings.vocab_size)
+    )
     with atomic_dir(folder, overwrite=True) as staging:
         tokenizer.save_pretrained(staging)
     return tokenizer
@@ -192,8 +215,14 @@ def _tokenizer(out: Path, train: list[dict], settings: TranslationSettings, give
 class _Run:
     """One training run in ``out``: model, optimizer and position (step, epoch, batch, seconds, curve)."""
 
-    def __init__(self, out: Path, train: list[dict], settings: TranslationSettings, resume: bool,
-                 tokenizer: str | Path | None = None):
+    def __init__(
+        self,
+        out: Path,
+        train: list[dict],
+        settings: TranslationSettings,
+        resume: bool,
+        tokenizer: str | Path | None = None,
+    ):
         from transformers import MarianMTModel
 
         self.out, self.settings = out, settings
@@ -201,8 +230,9 @@ class _Run:
         self.tokenizer = _tokenizer(out, train, settings, tokenizer)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = MarianMTModel(settings.model_config(self.tokenizer)).to(self.device)  # before the optimizer
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98),
-                                           eps=1e-9, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0
+        )
         self.position = {"step": 0, "epoch": 0, "batch": 0, "seconds": 0.0, "curve": [], "settings": settings.fixed()}
         if resume and (out / "state" / "position.json").is_file():
             self.position = _load_state(out, self.model, self.optimizer, settings)
@@ -228,14 +258,21 @@ class _Run:
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.learning_rate * learning_rate_factor(
-                self.position["step"], seconds, self.settings, self.position.get("warmup_steps"), self.end_seconds)
+                self.position["step"], seconds, self.settings, self.position.get("warmup_steps"), self.end_seconds
+            )
         labels = batch["labels"]
-        decoder_input_ids = shift_tokens_right(labels, self.tokenizer.pad_token_id,
-                                               self.model.config.decoder_start_token_id)
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            decoder_input_ids=decoder_input_ids).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                               label_smoothing=self.settings.label_smoothing)
+        decoder_input_ids = shift_tokens_right(
+            labels, self.tokenizer.pad_token_id, self.model.config.decoder_start_token_id
+        )
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids
+        ).logits
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.settings.label_smoothing,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -250,19 +287,35 @@ class _Run:
         score = _evaluate(self.model, self.tokenizer, dev, self.settings)
         self.eval_pace = (time.monotonic() - began) / max(len(dev), 1)
         position = self.position
-        position["curve"].append({"step": position["step"], "epoch": position["epoch"], "seconds": seconds,
-                                  "loss": self.loss, "bleu": score.value})
+        position["curve"].append(
+            {
+                "step": position["step"],
+                "epoch": position["epoch"],
+                "seconds": seconds,
+                "loss": self.loss,
+                "bleu": score.value,
+            }
+        )
         position["seconds"] = seconds
-        _save_model(self.out / "checkpoints" / f"step-{position['step']:06d}", self.model, self.tokenizer,
-                    self.settings)
+        _save_model(
+            self.out / "checkpoints" / f"step-{position['step']:06d}", self.model, self.tokenizer, self.settings
+        )
         _save_state(self.out, self.model, self.optimizer, position)
         return score.value
 
 
-def train_translation(train: list[dict], dev: list[dict], out: str | Path, settings: TranslationSettings = TranslationSettings(),
-                      test: list[dict] | None = None, resume: bool = False, overwrite: bool = False,
-                      progress: Callable[[TrainingStatus], None] = lambda status: None,
-                      tokenizer: str | Path | None = None, say: Callable[[str], None] = lambda _: None) -> dict:
+def train_translation(
+    train: list[dict],
+    dev: list[dict],
+    out: str | Path,
+    settings: TranslationSettings = TranslationSettings(),
+    test: list[dict] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[TrainingStatus], None] = lambda status: None,
+    tokenizer: str | Path | None = None,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict:
     """Trains a Marian model on ``train`` (source/target dicts) for ``settings.minutes`` of wall-clock time.
 
     BLEU on (up to ``eval_sentences`` of) ``dev`` is measured every ``eval_minutes``
@@ -282,7 +335,9 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
         refuse_existing(out, overwrite, resumable=True)
     record_path = out / RECORD_FILE
     if resume and record_path.is_file():
-        record = read_json(record_path, f"training record '{record_path}' is unreadable", "start again with `overwrite`")
+        record = read_json(
+            record_path, f"training record '{record_path}' is unreadable", "start again with `overwrite`"
+        )
         if record.get("finished"):
             return record
     if not train:
@@ -291,7 +346,7 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
         shutil.rmtree(out)  # asked for: a fresh run replaces the old one's state and checkpoints
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(out, train, settings, resume, tokenizer)
-    dev = dev[:settings.eval_sentences]
+    dev = dev[: settings.eval_sentences]
     run.model.train()
     started, spent_before = time.monotonic(), run.position["seconds"]
     curve = run.position["curve"]
@@ -314,20 +369,38 @@ def train_translation(train: list[dict], dev: list[dict], out: str | Path, setti
             pace = (now - started) / (run.position["step"] - steps_before)
             run.position["warmup_steps"] = scaled_warmup(settings, pace)
             if run.position["warmup_steps"] < settings.warmup_steps:
-                say(f"warm-up cut from {settings.warmup_steps} to {run.position['warmup_steps']} steps: at "
-                    f"{pace:.2f} s per step the budget allows about {settings.minutes * 60 / pace:,.0f} steps")
-        progress(TrainingStatus(run.position["step"], run.position["epoch"], spent_before + now - started, run.loss,
-                                window_tokens / max(now - window_start, 1e-9), bleu))
+                say(
+                    f"warm-up cut from {settings.warmup_steps} to {run.position['warmup_steps']} steps: at "
+                    f"{pace:.2f} s per step the budget allows about {settings.minutes * 60 / pace:,.0f} steps"
+                )
+        progress(
+            TrainingStatus(
+                run.position["step"],
+                run.position["epoch"],
+                spent_before + now - started,
+                run.loss,
+                window_tokens / max(now - window_start, 1e-9),
+                bleu,
+            )
+        )
         if now - window_start > 30:  # tokens/s over the last half minute or so
             window_tokens, window_start = 0, now
     model = run.model.cpu()
-    say(f"training stopped at {seconds / 60:.1f} min, step {run.position['step']}; saving the model"
-        + (f" and translating {len(test)} test sentences" if test else ""))
+    say(
+        f"training stopped at {seconds / 60:.1f} min, step {run.position['step']}; saving the model"
+        + (f" and translating {len(test)} test sentences" if test else "")
+    )
     _save_model(out / "model", model, run.tokenizer, settings)
-    record = {"settings": dataclasses.asdict(settings), "parameters": sum(p.numel() for p in model.parameters()),
-              "threads": torch.get_num_threads(), "device": run.device, "curve": run.position["curve"],
-              "dev_sentences": len(dev), "finished": True,
-              "warmup_steps": run.position.get("warmup_steps", settings.warmup_steps)}
+    record = {
+        "settings": dataclasses.asdict(settings),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": torch.get_num_threads(),
+        "device": run.device,
+        "curve": run.position["curve"],
+        "dev_sentences": len(dev),
+        "finished": True,
+        "warmup_steps": run.position.get("warmup_steps", settings.warmup_steps),
+    }
     if test:
         record["test"] = _evaluate(model, run.tokenizer, test, settings).to_dict() | {"references": 1}
     record["seconds"] = spent_before + time.monotonic() - started  # all of it, final evaluations included

@@ -35,10 +35,16 @@ class DeploymentOptions:
     queue_timeout_ms: int = 0
 
     def __post_init__(self):
-        if self.max_batch_size < 1 or self.instances < 1 or min(self.queue_delay_us, self.threads, self.max_queue_size,
-                                                                   self.queue_timeout_ms) < 0:
-            raise HeadpruneError("`max_batch_size` and `instances` must be >= 1; `queue_delay_us`, `threads`, "
-                                 "`max_queue_size` and `queue_timeout_ms` >= 0", "pass positive values")
+        if (
+            self.max_batch_size < 1
+            or self.instances < 1
+            or min(self.queue_delay_us, self.threads, self.max_queue_size, self.queue_timeout_ms) < 0
+        ):
+            raise HeadpruneError(
+                "`max_batch_size` and `instances` must be >= 1; `queue_delay_us`, `threads`, "
+                "`max_queue_size` and `queue_timeout_ms` >= 0",
+                "pass positive values",
+            )
         if self.kind not in ("cpu", "gpu"):
             raise HeadpruneError(f"instance kind '{self.kind}' is unknown", "use cpu or gpu")
         if self.tensorrt and self.kind != "gpu":
@@ -67,9 +73,14 @@ def apply_batching(config: pb.ModelConfig, options: DeploymentOptions) -> None:
     # it then waits for the instance instead, misses the instance's wake-up and holds the request 500 ms
     # (tests/test_queue_policy.py). So the policy is written only when a limit is asked for.
     if options.max_queue_size or options.queue_timeout_ms:
-        batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
-            timeout_action=pb.ModelQueuePolicy.REJECT, max_queue_size=options.max_queue_size,
-            default_timeout_microseconds=options.queue_timeout_ms * 1000, allow_timeout_override=True))
+        batching.default_queue_policy.CopyFrom(
+            pb.ModelQueuePolicy(
+                timeout_action=pb.ModelQueuePolicy.REJECT,
+                max_queue_size=options.max_queue_size,
+                default_timeout_microseconds=options.queue_timeout_ms * 1000,
+                allow_timeout_override=True,
+            )
+        )
 
 
 def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -> pb.ModelConfig:
@@ -87,16 +98,24 @@ def apply_serving_settings(config: pb.ModelConfig, options: DeploymentOptions) -
     return config
 
 
-def classifier_config(name: str, inputs: list[str], num_labels: int, options: DeploymentOptions,
-                      parameters: dict[str, str], vocab_size: int | None = None,
-                      pixels: list[int] | None = None) -> pb.ModelConfig:
+def classifier_config(
+    name: str,
+    inputs: list[str],
+    num_labels: int,
+    options: DeploymentOptions,
+    parameters: dict[str, str],
+    vocab_size: int | None = None,
+    pixels: list[int] | None = None,
+) -> pb.ModelConfig:
     """Returns the config of an ONNX classifier: int64 [batch, seq] inputs (fp32 [batch, *``pixels``] for an image
     model), fp32 [batch, labels] logits; or, given the ``vocab_size`` of a language model, fp32 [batch, seq, vocab]
     logits and [batch, 1] ``nll``."""
-    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size,
-                            default_model_filename=MODEL_FILE)
-    config.input.extend(_tensor(pb.ModelInput, n, FP32, pixels) if pixels else _tensor(pb.ModelInput, n, INT64, [-1])
-                        for n in inputs)
+    config = pb.ModelConfig(
+        name=name, backend="onnxruntime", max_batch_size=options.max_batch_size, default_model_filename=MODEL_FILE
+    )
+    config.input.extend(
+        _tensor(pb.ModelInput, n, FP32, pixels) if pixels else _tensor(pb.ModelInput, n, INT64, [-1]) for n in inputs
+    )
     if vocab_size is None:
         config.output.append(_tensor(pb.ModelOutput, "logits", FP32, [num_labels]))
     else:
@@ -111,8 +130,15 @@ def classifier_config(name: str, inputs: list[str], num_labels: int, options: De
     return config
 
 
-def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[int, str] | None,
-                options: DeploymentOptions, pad_id: int, pad_token: str) -> pb.ModelConfig:
+def text_config(
+    name: str,
+    classifier: str,
+    inputs: list[str],
+    id2label: dict[int, str] | None,
+    options: DeploymentOptions,
+    pad_id: int,
+    pad_token: str,
+) -> pb.ModelConfig:
     """Returns the config of the text front end (Python, BLS): UTF-8 TEXT, optional TEXT_PAIR in; LOGITS, LABEL out.
     For a language model (``id2label`` None): TEXT in; NLL (summed next-token negative log-likelihood) and TOKENS
     (tokens predicted) out, one row per text."""
@@ -128,17 +154,24 @@ def text_config(name: str, classifier: str, inputs: list[str], id2label: dict[in
     # Concurrent requests then reach one execute() together, like the classifier's.
     apply_batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
-    _parameters(config, {
-        "classifier": classifier, "classifier_inputs": json.dumps(inputs), "max_length": str(options.max_length),
-        "pad_id": str(pad_id), "pad_token": pad_token,
-        "task": "language-modeling" if id2label is None else "classification",
-        "id2label": json.dumps({str(k): v for k, v in (id2label or {}).items()}),
-    })
+    _parameters(
+        config,
+        {
+            "classifier": classifier,
+            "classifier_inputs": json.dumps(inputs),
+            "max_length": str(options.max_length),
+            "pad_id": str(pad_id),
+            "pad_token": pad_token,
+            "task": "language-modeling" if id2label is None else "classification",
+            "id2label": json.dumps({str(k): v for k, v in (id2label or {}).items()}),
+        },
+    )
     return config
 
 
-def image_config(name: str, classifier: str, id2label: dict[int, str], options: DeploymentOptions,
-                 preprocessing: dict) -> pb.ModelConfig:
+def image_config(
+    name: str, classifier: str, id2label: dict[int, str], options: DeploymentOptions, preprocessing: dict
+) -> pb.ModelConfig:
     """Returns the config of the image front end (Python, BLS): encoded image bytes in (IMAGE); LOGITS, LABEL out."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
     config.input.append(_tensor(pb.ModelInput, "IMAGE", STRING, [1]))
@@ -146,8 +179,14 @@ def image_config(name: str, classifier: str, id2label: dict[int, str], options: 
     config.output.append(_tensor(pb.ModelOutput, "LABEL", STRING, [1]))
     apply_batching(config, options)
     _instances(config, DeploymentOptions(instances=options.instances))
-    _parameters(config, {"classifier": classifier, "preprocessing": json.dumps(preprocessing),
-                         "id2label": json.dumps({str(k): v for k, v in id2label.items()})})
+    _parameters(
+        config,
+        {
+            "classifier": classifier,
+            "preprocessing": json.dumps(preprocessing),
+            "id2label": json.dumps({str(k): v for k, v in id2label.items()}),
+        },
+    )
     return config
 
 
@@ -156,8 +195,9 @@ def translation_config(name: str, options: DeploymentOptions, parameters: dict[s
     return generation_config(name, options, parameters, "SOURCE", "TRANSLATION")
 
 
-def generation_config(name: str, options: DeploymentOptions, parameters: dict[str, str], source: str,
-                      output: str) -> pb.ModelConfig:
+def generation_config(
+    name: str, options: DeploymentOptions, parameters: dict[str, str], source: str, output: str
+) -> pb.ModelConfig:
     """Returns the config of a generating model (Python): UTF-8 text in (``source``), generated text out
     (``output``), one row per text."""
     config = pb.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)

@@ -88,8 +88,11 @@ class DeploymentDescription:
     def read(cls, version_folder: str | Path) -> "DeploymentDescription":
         """Returns the description of an exported version; raises HeadpruneError when it is missing or foreign."""
         path = Path(version_folder) / FILE
-        data = read_json(path, f"'{path}' does not exist: this version was not exported by this headprune",
-                         "re-export the model with headprune")
+        data = read_json(
+            path,
+            f"'{path}' does not exist: this version was not exported by this headprune",
+            "re-export the model with headprune",
+        )
         return cls.from_dict(data, f"'{path}'")
 
     @classmethod
@@ -98,6 +101,8 @@ class DeploymentDescription:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise HeadpruneError(f"the '{CONFIG_PARAMETER}' parameter of '{model}' is not JSON ({error.msg})",
-                                 "re-export the model with headprune") from error
+            raise HeadpruneError(
+                f"the '{CONFIG_PARAMETER}' parameter of '{model}' is not JSON ({error.msg})",
+                "re-export the model with headprune",
+            ) from error
         return cls.from_dict(data, f"the '{CONFIG_PARAMETER}' parameter of '{model}'")

@@ -18,8 +18,11 @@ from exporter.triton.description import DeploymentDescription
 
 def input_ranges(config, names: list[str]) -> dict[str, list[int]]:
     """Returns the valid [low, high) range of each integer input, from the model's vocabulary sizes."""
-    ranges = {"input_ids": [0, getattr(config, "vocab_size", 0)], "attention_mask": [0, 2],
-              "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1]}
+    ranges = {
+        "input_ids": [0, getattr(config, "vocab_size", 0)],
+        "attention_mask": [0, 2],
+        "token_type_ids": [0, getattr(config, "type_vocab_size", 1) or 1],
+    }
     return {name: ranges[name] for name in names if name in ranges}  # pixel values are not integers
 
 
@@ -36,8 +39,16 @@ def flop_coefficients(model: nn.Module, inventory: HeadInventory) -> tuple[int, 
     return linear, attention
 
 
-def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_length: int, source: Path,
-                   onnx_bytes: int, validation: dict) -> DeploymentDescription:
+def describe_model(
+    model,
+    inventory: HeadInventory,
+    *,
+    inputs: list[str],
+    max_length: int,
+    source: Path,
+    onnx_bytes: int,
+    validation: dict,
+) -> DeploymentDescription:
     """Returns the description of an exported classifier or language model."""
     summary = inventory.summary(model)
     config = model.config
@@ -45,18 +56,28 @@ def describe_model(model, inventory: HeadInventory, *, inputs: list[str], max_le
     linear, attention = flop_coefficients(model, inventory)
     labelled = task in ("classification", "image-classification")
     return DeploymentDescription(
-        family=summary["family"], model_type=summary["model_type"], source_checkpoint=str(source.resolve()),
-        weights_sha256=checkpoint_hash(source), head_plan=HeadPlan.of_model(inventory).to_dict(),
-        heads=summary["heads"], original_heads=summary["original_heads"],
+        family=summary["family"],
+        model_type=summary["model_type"],
+        source_checkpoint=str(source.resolve()),
+        weights_sha256=checkpoint_hash(source),
+        head_plan=HeadPlan.of_model(inventory).to_dict(),
+        heads=summary["heads"],
+        original_heads=summary["original_heads"],
         heads_per_layer={k: v["heads_per_layer"] for k, v in summary["attention_types"].items()},
-        parameters=summary["parameters"], attention_parameters=summary["attention_parameters"],
-        flops_linear=linear, flops_attention=attention, inputs=inputs, input_ranges=input_ranges(config, inputs),
+        parameters=summary["parameters"],
+        attention_parameters=summary["attention_parameters"],
+        flops_linear=linear,
+        flops_attention=attention,
+        inputs=inputs,
+        input_ranges=input_ranges(config, inputs),
         id2label={str(k): v for k, v in config.id2label.items()} if labelled else {},
         label2id={str(k): int(v) for k, v in config.label2id.items()} if labelled else {},
-        vocab_size=getattr(config, "vocab_size", 0) or 0, type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
+        vocab_size=getattr(config, "vocab_size", 0) or 0,
+        type_vocab_size=getattr(config, "type_vocab_size", 0) or 0,
         max_positions=image_tokens(config) if task == "image-classification" else usable_positions(config),
         max_length=image_tokens(config) if task == "image-classification" else max_length,
-        onnx_bytes=onnx_bytes, validation=validation,
+        onnx_bytes=onnx_bytes,
+        validation=validation,
         task=task if task in ("language-modeling", "image-classification") else "classification",
         input_shape=pixel_shape(config) if task == "image-classification" else [],
     )

@@ -23,8 +23,10 @@ def require_fast_tokenizer(model_dir: Path):
     """Returns the model folder's fast tokenizer, which the served text front ends run; raises HeadpruneError without one."""
     tokenizer = load_tokenizer(model_dir)
     if tokenizer is None or not tokenizer.is_fast:
-        raise HeadpruneError(f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
-                             "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder")
+        raise HeadpruneError(
+            f"'{model_dir}' has no fast tokenizer (tokenizer.json) for the text front end",
+            "save a fast tokenizer (AutoTokenizer with use_fast=True) into the model folder",
+        )
     return tokenizer
 
 
@@ -42,7 +44,7 @@ def text_feeds(tokenizer, texts: list[str], names: list[str], max_length: int, b
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     feeds = []
     for start in range(0, len(texts), batch_size):
-        rows = [tokenizer(text, truncation=True, max_length=max_length) for text in texts[start:start + batch_size]]
+        rows = [tokenizer(text, truncation=True, max_length=max_length) for text in texts[start : start + batch_size]]
         width = max(len(row["input_ids"]) for row in rows)
         feed = {name: np.zeros((len(rows), width), dtype=np.int64) for name in names}
         feed["input_ids"][:] = pad

@@ -40,8 +40,9 @@ def install_version(repository: ModelRepository, name: str, version: int, staged
     return target
 
 
-def install_with_configs(repository: ModelRepository, name: str, version: int, staged: Path,
-                         write_configs: Callable[[], None]) -> Path:
+def install_with_configs(
+    repository: ModelRepository, name: str, version: int, staged: Path, write_configs: Callable[[], None]
+) -> Path:
     """Renames ``staged`` in as version ``version`` of model ``name``, after ``write_configs()`` when that version is
     the one Triton serves (the highest) or the model has no config yet; returns the version folder.
 

@@ -48,8 +48,10 @@ def translate_model_name(name: str) -> str:
 def check_name(name: str) -> str:
     """Returns ``name`` if a Triton repository can hold it; raises HeadpruneError otherwise."""
     if not NAME_PATTERN.fullmatch(name) or len(name) > 100:
-        raise HeadpruneError(f"model name {name!r} is not usable in a Triton repository",
-                             "use up to 100 letters, digits, '_', '-' and '.', starting with a letter or digit")
+        raise HeadpruneError(
+            f"model name {name!r} is not usable in a Triton repository",
+            "use up to 100 letters, digits, '_', '-' and '.', starting with a letter or digit",
+        )
     return name
 
 
@@ -73,14 +75,18 @@ class ModelRepository:
     def versions(self, name: str) -> list[int]:
         """Returns the version numbers (numeric subfolders) of a model, none if it does not exist."""
         folder = self.folder(name)
-        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
+        return (
+            sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
+        )
 
     def served_version(self, name: str) -> int:
         """Returns the version Triton serves under its default policy (the highest); raises HeadpruneError if none."""
         versions = self.versions(name)
         if not versions:
-            raise HeadpruneError(f"model '{name}' has no version in '{self.root}'",
-                                 f"export it into that repository under the name '{name}'")
+            raise HeadpruneError(
+                f"model '{name}' has no version in '{self.root}'",
+                f"export it into that repository under the name '{name}'",
+            )
         return versions[-1]
 
     def version_folder(self, name: str, version: int) -> Path:
@@ -91,14 +97,21 @@ class ModelRepository:
         """Returns the names of the models the repository holds (folders with a config.pbtxt), sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(p.parent.name for p in self.root.glob(f"*/{CONFIG_FILE}") if NAME_PATTERN.fullmatch(p.parent.name))
+        return sorted(
+            p.parent.name for p in self.root.glob(f"*/{CONFIG_FILE}") if NAME_PATTERN.fullmatch(p.parent.name)
+        )
 
     def deployment_models(self, name: str) -> list[str]:
         """Returns the models that serve deployment ``name``: the model itself and its front ends, or its translation
         model; none when the repository does not hold it."""
         held = set(self.models())
-        related = (name, text_model_name(name), image_model_name(name), generate_model_name(name),
-                   translate_model_name(name))
+        related = (
+            name,
+            text_model_name(name),
+            image_model_name(name),
+            generate_model_name(name),
+            translate_model_name(name),
+        )
         return [model for model in related if model in held]
 
     def deployments(self) -> list[str]:
@@ -109,8 +122,10 @@ class ModelRepository:
         for model in sorted(held):
             if model.endswith(TRANSLATE_SUFFIX):
                 names.append(model.removesuffix(TRANSLATE_SUFFIX))
-            elif not any(model.endswith(suffix) and model.removesuffix(suffix) in held
-                         for suffix in (TEXT_SUFFIX, IMAGE_SUFFIX, GENERATE_SUFFIX)):
+            elif not any(
+                model.endswith(suffix) and model.removesuffix(suffix) in held
+                for suffix in (TEXT_SUFFIX, IMAGE_SUFFIX, GENERATE_SUFFIX)
+            ):
                 names.append(model)
         return sorted(set(names))
 

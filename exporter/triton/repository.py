@@ -65,13 +65,21 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"name": self.name, "version": self.version, "model_path": str(self.model_path),
-                "validation": self.validation.to_dict(), "fused_attention": self.fused_attention,
-                # text_model: the front end's key before image models had front ends of their own.
-                "front_end": self.front_end, "text_model": self.front_end, "heads": self.heads,
-                "original_heads": self.original_heads,
-                "precision": self.precision, "quantization": self.quantization and self.quantization.to_dict(),
-                "generation": self.generation}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "model_path": str(self.model_path),
+            "validation": self.validation.to_dict(),
+            "fused_attention": self.fused_attention,
+            # text_model: the front end's key before image models had front ends of their own.
+            "front_end": self.front_end,
+            "text_model": self.front_end,
+            "heads": self.heads,
+            "original_heads": self.original_heads,
+            "precision": self.precision,
+            "quantization": self.quantization and self.quantization.to_dict(),
+            "generation": self.generation,
+        }
 
 
 def image_preprocessing(model_dir: Path) -> dict:
@@ -80,16 +88,26 @@ def image_preprocessing(model_dir: Path) -> dict:
     processor = load_tokenizer(model_dir)
     settings = processor.to_dict() if processor is not None else {}
     size = settings.get("size") or {}
-    if processor is None or set(size) != {"height", "width"} or settings.get("do_center_crop") \
-            or settings.get("do_pad"):
-        raise HeadpruneError(f"'{model_dir}' has no image processor the image front end can mirror (it needs "
-                             "preprocessor_config.json resizing to a height and width, without crop or padding)",
-                             "save the model's ViT image processor into the folder (ViTImageProcessor.save_pretrained)")
-    return {"resize": bool(settings.get("do_resize", True)), "height": size["height"], "width": size["width"],
-            "resample": int(settings.get("resample", 2)),
-            "rescale_factor": settings.get("rescale_factor") if settings.get("do_rescale", True) else None,
-            "mean": list(settings["image_mean"]) if settings.get("do_normalize", True) else None,
-            "std": list(settings["image_std"]) if settings.get("do_normalize", True) else None}
+    if (
+        processor is None
+        or set(size) != {"height", "width"}
+        or settings.get("do_center_crop")
+        or settings.get("do_pad")
+    ):
+        raise HeadpruneError(
+            f"'{model_dir}' has no image processor the image front end can mirror (it needs "
+            "preprocessor_config.json resizing to a height and width, without crop or padding)",
+            "save the model's ViT image processor into the folder (ViTImageProcessor.save_pretrained)",
+        )
+    return {
+        "resize": bool(settings.get("do_resize", True)),
+        "height": size["height"],
+        "width": size["width"],
+        "resample": int(settings.get("resample", 2)),
+        "rescale_factor": settings.get("rescale_factor") if settings.get("do_rescale", True) else None,
+        "mean": list(settings["image_mean"]) if settings.get("do_normalize", True) else None,
+        "std": list(settings["image_std"]) if settings.get("do_normalize", True) else None,
+    }
 
 
 def _write_front_end(repository: ModelRepository, name: str, config, code: str, tokenizer=None) -> None:
@@ -110,19 +128,24 @@ LANGUAGE_MODEL_TEXTS = 64
 def require_same_decisions(check: Int8Check) -> None:
     """Raises HeadpruneError when the INT8 graph changed the predicted class of too many validation texts."""
     if check.agreement is not None and check.agreement < check.min_agreement:
-        raise HeadpruneError(f"the INT8 model predicts another class than the FP32 model on "
-                             f"{100 * (1 - check.agreement):.1f} % of the {check.texts} validation texts (at most "
-                             f"{100 * (1 - check.min_agreement):g} % allowed); nothing was written",
-                             "export this model in FP32, or recover it (distil) before quantizing")
+        raise HeadpruneError(
+            f"the INT8 model predicts another class than the FP32 model on "
+            f"{100 * (1 - check.agreement):.1f} % of the {check.texts} validation texts (at most "
+            f"{100 * (1 - check.min_agreement):g} % allowed); nothing was written",
+            "export this model in FP32, or recover it (distil) before quantizing",
+        )
 
 
 def require_perplexity_kept(check: PerplexityCheck) -> None:
     """Raises HeadpruneError when a language model's INT8 graph raised the validation texts' perplexity too much."""
     if not check.passed:
-        raise HeadpruneError(f"the INT8 language model's perplexity on the {check.texts} validation texts is "
-                             f"{check.perplexity_int8:.4g} against {check.perplexity_fp32:.4g} in FP32 "
-                             f"(+{100 * check.increase:.2f} %, at most +{100 * check.max_increase:g} % allowed); "
-                             "nothing was written", "export this model in FP32, or recover it (distil) before quantizing")
+        raise HeadpruneError(
+            f"the INT8 language model's perplexity on the {check.texts} validation texts is "
+            f"{check.perplexity_int8:.4g} against {check.perplexity_fp32:.4g} in FP32 "
+            f"(+{100 * check.increase:.2f} %, at most +{100 * check.max_increase:g} % allowed); "
+            "nothing was written",
+            "export this model in FP32, or recover it (distil) before quantizing",
+        )
 
 
 def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]:
@@ -138,12 +161,20 @@ def _classifier_parameters(description: DeploymentDescription) -> dict[str, str]
     }
 
 
-def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
-                         atol: float = 1e-4, optimize: bool = False,
-                         options: DeploymentOptions = DeploymentOptions(), precision: str = "fp32",
-                         validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT,
-                         max_perplexity_increase: float = MAX_PERPLEXITY_INCREASE,
-                         min_generation_agreement: float = MIN_GENERATION_AGREEMENT) -> ExportResult:
+def export_to_repository(
+    model_dir: str | Path,
+    repo: str | Path,
+    name: str,
+    version: int | None = None,
+    atol: float = 1e-4,
+    optimize: bool = False,
+    options: DeploymentOptions = DeploymentOptions(),
+    precision: str = "fp32",
+    validation_texts: list[str] | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+    max_perplexity_increase: float = MAX_PERPLEXITY_INCREASE,
+    min_generation_agreement: float = MIN_GENERATION_AGREEMENT,
+) -> ExportResult:
     """Exports the text or image classifier or causal language model in ``model_dir`` into the Triton repository
     ``repo``; returns what was written.
 
@@ -169,17 +200,23 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         check_name(served)  # every name must fit before anything is written
     model = load_model(model_dir)
     if task not in ("language-modeling", "image-classification") and (
-            model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification")):
-        raise HeadpruneError(f"'{model_dir}' is not a sequence or image classifier or causal language model "
-                             f"({type(model).__name__})",
-                             "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune'), a "
-                             "*ForImageClassification or a *ForCausalLM one")
+        model.config.is_encoder_decoder or not type(model).__name__.endswith("ForSequenceClassification")
+    ):
+        raise HeadpruneError(
+            f"'{model_dir}' is not a sequence or image classifier or causal language model ({type(model).__name__})",
+            "export a *ForSequenceClassification model (fine-tune one with 'headprune finetune'), a "
+            "*ForImageClassification or a *ForCausalLM one",
+        )
     if images and (optimize or precision != "fp32"):
-        raise HeadpruneError(f"'{model_dir}' is an image model: attention fusion and INT8 are measured for text models "
-                             "only", "export it without `optimize` and in fp32")
+        raise HeadpruneError(
+            f"'{model_dir}' is an image model: attention fusion and INT8 are measured for text models only",
+            "export it without `optimize` and in fp32",
+        )
     if language_model and optimize:
-        raise HeadpruneError(f"'{model_dir}' is a language model: attention fusion is measured for text classifiers "
-                             "only", "export it without `optimize`")
+        raise HeadpruneError(
+            f"'{model_dir}' is a language model: attention fusion is measured for text classifiers only",
+            "export it without `optimize`",
+        )
     if images:
         preprocessing = image_preprocessing(model_dir)
     else:
@@ -202,45 +239,86 @@ def export_to_repository(model_dir: str | Path, repo: str | Path, name: str, ver
         quantization = None
         if precision == "int8" and language_model:
             texts = validation_texts or validation_sources(tokenizer, LANGUAGE_MODEL_TEXTS)
-            quantization = quantize_language_model(staged, MODEL_FILE,
-                                                   text_feeds(tokenizer, texts, names, options.max_length),
-                                                   max_perplexity_increase)
+            quantization = quantize_language_model(
+                staged, MODEL_FILE, text_feeds(tokenizer, texts, names, options.max_length), max_perplexity_increase
+            )
             require_perplexity_kept(quantization)
         elif precision == "int8":
             feeds = text_feeds(tokenizer, validation_texts, names, options.max_length) if validation_texts else None
             quantization = quantize_int8(model, staged / MODEL_FILE, names, feeds=feeds, min_agreement=min_agreement)
             require_same_decisions(quantization)
             require_valid(quantization, "the INT8 model (against the FP32 graph)")
-        checked = {**validation.to_dict(), "fused_attention": fused,
-                   "quantization": quantization and quantization.to_dict()}
+        checked = {
+            **validation.to_dict(),
+            "fused_attention": fused,
+            "quantization": quantization and quantization.to_dict(),
+        }
         atomic_write_json(staged / "validation.json", checked)
-        description = replace(describe_model(model, inventory, inputs=names, max_length=options.max_length,
-                                             source=model_dir, onnx_bytes=(staged / MODEL_FILE).stat().st_size,
-                                             validation=checked), precision=precision)
+        description = replace(
+            describe_model(
+                model,
+                inventory,
+                inputs=names,
+                max_length=options.max_length,
+                source=model_dir,
+                onnx_bytes=(staged / MODEL_FILE).stat().st_size,
+                validation=checked,
+            ),
+            precision=precision,
+        )
         description.write(staged)
-        config = classifier_config(name, names, model.config.num_labels, options, _classifier_parameters(description),
-                                   vocab_size=model.config.vocab_size if language_model else None,
-                                   pixels=description.input_shape or None)
+        config = classifier_config(
+            name,
+            names,
+            model.config.num_labels,
+            options,
+            _classifier_parameters(description),
+            vocab_size=model.config.vocab_size if language_model else None,
+            pixels=description.input_shape or None,
+        )
 
         def write_configs() -> None:  # the front end's tokenizer and limits describe the served version too
             id2label = None if language_model else {int(k): v for k, v in model.config.id2label.items()}
             if images:
-                _write_front_end(repository, front_end, image_config(front_end, name, id2label, options, preprocessing),
-                                 "image.py")
+                _write_front_end(
+                    repository, front_end, image_config(front_end, name, id2label, options, preprocessing), "image.py"
+                )
             else:
                 # Language models' tokenizers often have no padding token; padded positions are masked, as in scoring.
-                pad_id, pad_token = (tokenizer.pad_token_id, tokenizer.pad_token) if tokenizer.pad_token is not None \
+                pad_id, pad_token = (
+                    (tokenizer.pad_token_id, tokenizer.pad_token)
+                    if tokenizer.pad_token is not None
                     else (tokenizer.eos_token_id, tokenizer.eos_token)
+                )
                 text = text_config(front_end, name, names, id2label, options, pad_id, pad_token)
                 _write_front_end(repository, front_end, text, "text.py", tokenizer)
             write_config(config, repository.folder(name))
 
         generation = None
         if language_model:  # validated and installed first: a failure leaves the scoring model uninstalled too
-            generation = export_generation(model, tokenizer, model_dir, repository, name, version, options,
-                                           precision=precision, texts=validation_texts,
-                                           min_agreement=min_generation_agreement).to_dict()
+            generation = export_generation(
+                model,
+                tokenizer,
+                model_dir,
+                repository,
+                name,
+                version,
+                options,
+                precision=precision,
+                texts=validation_texts,
+                min_agreement=min_generation_agreement,
+            ).to_dict()
         target = install_with_configs(repository, name, version, staged, write_configs)
-    return ExportResult(name, version, target / MODEL_FILE, validation, fused, front_end,
-                        inventory.kept_head_count(), inventory.original_head_count(), precision, quantization,
-                        generation)
+    return ExportResult(
+        name,
+        version,
+        target / MODEL_FILE,
+        validation,
+        fused,
+        front_end,
+        inventory.kept_head_count(),
+        inventory.original_head_count(),
+        precision,
+        quantization,
+        generation,
+    )

@@ -56,9 +56,17 @@ class TranslationExport:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"name": self.name, "version": self.version, "folder": str(self.folder),
-                "validation": self.validation.to_dict(), "heads": self.heads, "original_heads": self.original_heads,
-                "beam": self.beam, "defaults": self.defaults, "quantization": self.quantization}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "folder": str(self.folder),
+            "validation": self.validation.to_dict(),
+            "heads": self.heads,
+            "original_heads": self.original_heads,
+            "beam": self.beam,
+            "defaults": self.defaults,
+            "quantization": self.quantization,
+        }
 
 
 def languages_of(config) -> dict[str, str]:
@@ -75,12 +83,20 @@ def _copy_code(folder: Path) -> None:
     (folder / "common.py").write_text(models.joinpath("common.py").read_text())
 
 
-def export_translation_to_repository(model_dir: str | Path, repo: str | Path, name: str, version: int | None = None,
-                                     options: DeploymentOptions = DeploymentOptions(), sources: list[str] | None = None,
-                                     atol: float = 1e-3, max_new_tokens: int = DEFAULT_NEW_TOKENS,
-                                     threads: int = 0, precision: str = "fp32",
-                                     min_agreement: float = MIN_GENERATION_AGREEMENT,
-                                     int8_sources: list[str] | None = None) -> TranslationExport:
+def export_translation_to_repository(
+    model_dir: str | Path,
+    repo: str | Path,
+    name: str,
+    version: int | None = None,
+    options: DeploymentOptions = DeploymentOptions(),
+    sources: list[str] | None = None,
+    atol: float = 1e-3,
+    max_new_tokens: int = DEFAULT_NEW_TOKENS,
+    threads: int = 0,
+    precision: str = "fp32",
+    min_agreement: float = MIN_GENERATION_AGREEMENT,
+    int8_sources: list[str] | None = None,
+) -> TranslationExport:
     """Exports the translation model in ``model_dir`` as ``<name>_translate`` into ``repo``; returns what was written.
 
     Greedy search over the exported graphs must reproduce transformers' greedy tokens
@@ -95,8 +111,10 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
     model_dir, repository = Path(model_dir), ModelRepository(Path(repo))
     model = load_model(model_dir)
     if not model.config.is_encoder_decoder:
-        raise HeadpruneError(f"'{model_dir}' is not a translation (encoder-decoder) model ({type(model).__name__})",
-                             "export classifiers without `task` translation, or pass a Marian/BART/mBART checkpoint")
+        raise HeadpruneError(
+            f"'{model_dir}' is not a translation (encoder-decoder) model ({type(model).__name__})",
+            "export classifiers without `task` translation, or pass a Marian/BART/mBART checkpoint",
+        )
     tokenizer = require_fast_tokenizer(model_dir)
     positions = getattr(model.config, "max_position_embeddings", 0) or options.max_length
     options = replace(options, max_length=min(options.max_length, positions))
@@ -106,52 +124,111 @@ def export_translation_to_repository(model_dir: str | Path, repo: str | Path, na
     with version_staging(repository, served, version) as staged:
         layout = export_seq2seq_onnx(model, staged)
         settings = generation_settings(model, tokenizer, layout, options.max_length)
-        validation = validate_generation(model, tokenizer, staged, settings, sources or validation_sources(tokenizer),
-                                         max_new_tokens=min(max_new_tokens, 32), atol=atol)
+        validation = validate_generation(
+            model,
+            tokenizer,
+            staged,
+            settings,
+            sources or validation_sources(tokenizer),
+            max_new_tokens=min(max_new_tokens, 32),
+            atol=atol,
+        )
         if not validation.passed:
             raise HeadpruneError(
                 f"the exported graphs' greedy search matched transformers on {validation.exact_matches} of "
                 f"{validation.sentences} sentences, step logits within {validation.max_logit_diff:.3g} (tolerance "
-                f"{atol:g}); nothing was written", "report this model as a bug, or loosen the check with `atol`")
+                f"{atol:g}); nothing was written",
+                "report this model as a bug, or loosen the check with `atol`",
+            )
         defaults = generation_defaults(model, positions)
-        beam = validate_beam(model, tokenizer, staged, settings, (sources or validation_sources(tokenizer))[:32],
-                             defaults, num_beams=max(defaults["num_beams"], 2), max_new_tokens=min(max_new_tokens, 16))
+        beam = validate_beam(
+            model,
+            tokenizer,
+            staged,
+            settings,
+            (sources or validation_sources(tokenizer))[:32],
+            defaults,
+            num_beams=max(defaults["num_beams"], 2),
+            max_new_tokens=min(max_new_tokens, 16),
+        )
         quantization = None
         if precision == "int8":
-            quantization = quantize_seq2seq(tokenizer, staged, settings,
-                                            int8_sources or sources or validation_sources(tokenizer),
-                                            min(max_new_tokens, 32), min_agreement)
+            quantization = quantize_seq2seq(
+                tokenizer,
+                staged,
+                settings,
+                int8_sources or sources or validation_sources(tokenizer),
+                min(max_new_tokens, 32),
+                min_agreement,
+            )
             if not quantization["passed"]:
                 raise HeadpruneError(
                     f"greedy search over the INT8 graphs gave the FP32 graphs' translation of "
                     f"{quantization['same']} of {quantization['sentences']} sentences (at least "
                     f"{100 * min_agreement:g} % needed); nothing was written",
-                    "export this model in FP32, or recover it (distil) before quantizing")
+                    "export this model in FP32, or recover it (distil) before quantizing",
+                )
         atomic_write_json(staged / "validation.json", {**validation.to_dict(), "beam": beam, "int8": quantization})
         _copy_code(staged)
         tokenizer.save_pretrained(staged / "tokenizer")
         onnx_bytes = sum((staged / f).stat().st_size for f in (ENCODER_FILE, DECODER_FILE) if (staged / f).exists())
-        description = replace(describe_model(model, inventory, inputs=["input_ids", "attention_mask"],
-                                             max_length=options.max_length, source=model_dir, onnx_bytes=onnx_bytes,
-                                             validation=validation.to_dict()),
-                              task="translation", generation=settings, id2label={}, label2id={}, precision=precision,
-                              languages=languages_of(model.config))
+        description = replace(
+            describe_model(
+                model,
+                inventory,
+                inputs=["input_ids", "attention_mask"],
+                max_length=options.max_length,
+                source=model_dir,
+                onnx_bytes=onnx_bytes,
+                validation=validation.to_dict(),
+            ),
+            task="translation",
+            generation=settings,
+            id2label={},
+            label2id={},
+            precision=precision,
+            languages=languages_of(model.config),
+        )
         description.write(staged)
         # The checkpoint's generation config sets the defaults, as in transformers' generate; beam search is served
         # only where the exported search gave transformers' beams with that config.
-        limits = {"max_beams": MAX_BEAMS if beam["passed"] else 1, "max_new_tokens": max_new_tokens,
-                  "default_new_tokens": min(defaults["max_new_tokens"], max_new_tokens),
-                  "default_beams": defaults["num_beams"] if beam["passed"] else 1,
-                  "length_penalty": defaults["length_penalty"], "early_stopping": defaults["early_stopping"],
-                  "beam_refused": None if beam["passed"] else (
-                      f"the exported beam search matched transformers' on {beam['exact_matches']} of "
-                      f"{beam['sentences']} sentences with this checkpoint's generation config (early_stopping="
-                      f"{defaults['early_stopping']!r}); it serves greedy search only")}
-        config = translation_config(served, options, {
-            CONFIG_PARAMETER: description.to_json(), "generation": json.dumps(settings), "limits": json.dumps(limits),
-            "threads": str(threads), "heads": f"{description.heads}/{description.original_heads}"})
-        install_with_configs(repository, served, version, staged, lambda: write_config(config, repository.folder(served)))
-    return TranslationExport(served, version, repository.version_folder(served, version), validation,
-                             inventory.kept_head_count(), inventory.original_head_count(), beam,
-                             {"num_beams": limits["default_beams"], "max_new_tokens": limits["default_new_tokens"]},
-                             quantization)
+        limits = {
+            "max_beams": MAX_BEAMS if beam["passed"] else 1,
+            "max_new_tokens": max_new_tokens,
+            "default_new_tokens": min(defaults["max_new_tokens"], max_new_tokens),
+            "default_beams": defaults["num_beams"] if beam["passed"] else 1,
+            "length_penalty": defaults["length_penalty"],
+            "early_stopping": defaults["early_stopping"],
+            "beam_refused": None
+            if beam["passed"]
+            else (
+                f"the exported beam search matched transformers' on {beam['exact_matches']} of "
+                f"{beam['sentences']} sentences with this checkpoint's generation config (early_stopping="
+                f"{defaults['early_stopping']!r}); it serves greedy search only"
+            ),
+        }
+        config = translation_config(
+            served,
+            options,
+            {
+                CONFIG_PARAMETER: description.to_json(),
+                "generation": json.dumps(settings),
+                "limits": json.dumps(limits),
+                "threads": str(threads),
+                "heads": f"{description.heads}/{description.original_heads}",
+            },
+        )
+        install_with_configs(
+            repository, served, version, staged, lambda: write_config(config, repository.folder(served))
+        )
+    return TranslationExport(
+        served,
+        version,
+        repository.version_folder(served, version),
+        validation,
+        inventory.kept_head_count(),
+        inventory.original_head_count(),
+        beam,
+        {"num_beams": limits["default_beams"], "max_new_tokens": limits["default_new_tokens"]},
+        quantization,
+    )

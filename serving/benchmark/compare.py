@@ -71,9 +71,25 @@ class CompareSettings:
 
     def signature(self) -> dict:
         """Returns the settings that change the numbers (compared on --resume)."""
-        keys = ("baseline", "candidates", "batch_sizes", "concurrency", "seq_len", "protocol", "trials", "warmup",
-                "requests", "examples", "max_windows", "stability", "max_examples", "seed", "columns", "encoding",
-                "endpoints")
+        keys = (
+            "baseline",
+            "candidates",
+            "batch_sizes",
+            "concurrency",
+            "seq_len",
+            "protocol",
+            "trials",
+            "warmup",
+            "requests",
+            "examples",
+            "max_windows",
+            "stability",
+            "max_examples",
+            "seed",
+            "columns",
+            "encoding",
+            "endpoints",
+        )
         data = asdict(self)
         return {key: data[key] for key in keys} | {"data": str(self.data)}
 
@@ -82,14 +98,18 @@ class CompareSettings:
         if not self.candidates:
             raise HeadpruneError("compare needs at least one candidate", "name one (`candidates`)")
         if len(set(self.deployments)) != len(self.deployments):
-            raise HeadpruneError("a deployment is named twice among `baseline` and `candidates`", "name each model once")
+            raise HeadpruneError(
+                "a deployment is named twice among `baseline` and `candidates`", "name each model once"
+            )
         for name, values in (("`batch_sizes`", self.batch_sizes), ("`concurrency`", self.concurrency)):
             if not values or min(values) < 1:
                 raise HeadpruneError(f"{name} needs positive integers, got {values}", f"pass e.g. {name} 1,4,16")
         unknown = sorted(set(self.endpoints) - set(self.deployments))
         if unknown:
-            raise HeadpruneError(f"an endpoint is given for {', '.join(map(repr, unknown))}, which is not compared",
-                                 "give endpoints only for the baseline and the candidates")
+            raise HeadpruneError(
+                f"an endpoint is given for {', '.join(map(repr, unknown))}, which is not compared",
+                "give endpoints only for the baseline and the candidates",
+            )
         if self.trials < 1 or self.requests < 1 or self.seq_len < 2:
             raise HeadpruneError("`trials` and `requests` must be >= 1 and `seq_len` >= 2", "give larger values")
 
@@ -99,8 +119,13 @@ def _server_url(settings: CompareSettings) -> Iterator[str | None]:
     if settings.url or set(settings.deployments) <= set(settings.endpoints):
         yield settings.url
         return
-    server = TritonServer(settings.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=settings.out / "triton.log")
+    server = TritonServer(
+        settings.repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=settings.out / "triton.log",
+    )
     with server:
         yield server.url(settings.protocol)
 
@@ -127,9 +152,11 @@ def token_inputs(names: list[str], vocab_size: int, batch: int, seq_len: int, se
     """Returns fixed random int64 inputs of shape (batch, seq_len) for the input ``names`` of a text classifier: ids
     in [1, vocab_size), a full attention mask, token type 0."""
     rng = np.random.default_rng(seed)
-    arrays = {"input_ids": rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64),
-              "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
-              "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64)}
+    arrays = {
+        "input_ids": rng.integers(1, vocab_size, size=(batch, seq_len), dtype=np.int64),
+        "attention_mask": np.ones((batch, seq_len), dtype=np.int64),
+        "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64),
+    }
     return {name: arrays[name] for name in names}
 
 
@@ -144,17 +171,24 @@ def latency_inputs(facts: DeploymentFacts, batch: int, seq_len: int, seed: int) 
 
 def machine() -> dict:
     """Returns the platform, processor, CPU model, its 8-bit instructions, CPU count and Python version."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(), "int8_instructions": int8_instructions(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "int8_instructions": int8_instructions(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def library_versions() -> dict:
     """Returns the versions of the libraries that measurements depend on."""
     from importlib.metadata import version
 
-    return {p: version(p) for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton",
-                                    "sacrebleu", "numpy")}
+    return {
+        p: version(p)
+        for p in ("torch", "transformers", "onnxruntime", "tritonclient", "nvidia-pytriton", "sacrebleu", "numpy")
+    }
 
 
 class Comparison:
@@ -185,16 +219,22 @@ class Comparison:
         for name, fact in facts.items():
             too_big = [b for b in settings.batch_sizes if b > fact.max_batch_size]
             if too_big:
-                raise HeadpruneError(f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
-                                     f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes")
+                raise HeadpruneError(
+                    f"batch sizes {too_big} exceed the max_batch_size {fact.max_batch_size} of '{name}'",
+                    f"re-export with a max batch size of {max(settings.batch_sizes)}, or drop those sizes",
+                )
             if fact.task in ("classification", "language-modeling") and settings.seq_len > fact.max_positions:
-                raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of "
-                                     f"'{name}'", f"measure at {fact.max_positions} tokens or fewer")
+                raise HeadpruneError(
+                    f"sequence length {settings.seq_len} exceeds the {fact.max_positions} positions of '{name}'",
+                    f"measure at {fact.max_positions} tokens or fewer",
+                )
         tasks = {fact.task for fact in facts.values()}
         if len(tasks) > 1:
-            raise HeadpruneError(f"the deployments mix tasks ({', '.join(f'{n}: {f.task}' for n, f in facts.items())})",
-                                 "compare classifiers with classifiers, translation models with translation models and "
-                                 "language models with language models")
+            raise HeadpruneError(
+                f"the deployments mix tasks ({', '.join(f'{n}: {f.task}' for n, f in facts.items())})",
+                "compare classifiers with classifiers, translation models with translation models and "
+                "language models with language models",
+            )
         self.task = tasks.pop()
         self.facts = facts
         self.examples()  # a bad data file (a missing column, a label the models lack) fails now, before any measurement
@@ -218,8 +258,10 @@ class Comparison:
         signature = self.settings.signature()
         if resume and records:
             if records[0].get("signature") != signature:
-                raise HeadpruneError(f"'{self.journal.path}' was measured with other settings",
-                                     "rerun with the same settings, or without `resume` to start over")
+                raise HeadpruneError(
+                    f"'{self.journal.path}' was measured with other settings",
+                    "rerun with the same settings, or without `resume` to start over",
+                )
             return
         self.journal.reset()
         self.journal.append({"record": "start", "signature": signature, "started": time.time()})
@@ -252,9 +294,11 @@ class Comparison:
                 measured += self._quality(client, done)
                 measured += self._latency(client, done)
             except HeadpruneError as error:
-                raise HeadpruneError(f"{error.message}, while measuring {self._where} (the {len(done) + measured} "
-                                     f"measurements made so far are kept in {self.journal.path})",
-                                     f"{error.fix}; then rerun with `resume`") from error
+                raise HeadpruneError(
+                    f"{error.message}, while measuring {self._where} (the {len(done) + measured} "
+                    f"measurements made so far are kept in {self.journal.path})",
+                    f"{error.fix}; then rerun with `resume`",
+                ) from error
             finally:
                 main.close()
         return self.journal.records()
@@ -265,25 +309,39 @@ class Comparison:
         settings = self.settings
         if self._examples is None:
             baseline = self.facts[settings.baseline]
-            labels = None if self.task not in ("classification", "image-classification") else \
-                SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
-            self._examples = read_examples(settings.data, self.task, settings.columns, settings.max_examples,
-                                           settings.seed, settings.encoding, config=labels)
+            labels = (
+                None
+                if self.task not in ("classification", "image-classification")
+                else SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
+            )
+            self._examples = read_examples(
+                settings.data,
+                self.task,
+                settings.columns,
+                settings.max_examples,
+                settings.seed,
+                settings.encoding,
+                config=labels,
+            )
         return self._examples
 
     def _quality(self, client_of: Callable[[str], TritonClient], done: set) -> int:
         examples = self.examples()
         todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
-        measure = {"translation": self._translation_quality, "language-modeling": self._language_model_quality,
-                   "classification": self._classification_quality,
-                   "image-classification": self._image_quality}[self.task]
+        measure = {
+            "translation": self._translation_quality,
+            "language-modeling": self._language_model_quality,
+            "classification": self._classification_quality,
+            "image-classification": self._image_quality,
+        }[self.task]
         for name in todo:
             self._where = f"the quality of '{name}'"
             client = client_of(name)
             try:
-                self.journal.append({"record": "quality", "deployment": name,
-                                     **measure(client, self.facts[name], examples, advance)})
+                self.journal.append(
+                    {"record": "quality", "deployment": name, **measure(client, self.facts[name], examples, advance)}
+                )
             finally:
                 client.close()
         return len(todo)
@@ -301,8 +359,9 @@ class Comparison:
         return {**score.to_dict(), "per_example": list(score.per_example)}
 
     @classmethod
-    def _classification_quality(cls, client: TritonClient, facts: DeploymentFacts, examples: list[dict],
-                                advance) -> dict:
+    def _classification_quality(
+        cls, client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance
+    ) -> dict:
         def classify(chunk):
             # Pair tasks send both texts: the served front end tokenises them as the model was trained.
             pairs = [str(e["text_pair"]) for e in chunk] if all("text_pair" in e for e in chunk) else None
@@ -319,13 +378,24 @@ class Comparison:
         references = [str(e["target"]) for e in examples]
         score, character = bleu(hypotheses, references), chrf(hypotheses, references)
         # Per-sentence BLEU statistics: the report tests each candidate's change with a paired bootstrap.
-        return {**score.to_dict(), "per_example": [list(row) for row in score.per_example],
-                "chrf": character.value, "chrf_signature": character.signature, "translations": hypotheses}
+        return {
+            **score.to_dict(),
+            "per_example": [list(row) for row in score.per_example],
+            "chrf": character.value,
+            "chrf_signature": character.signature,
+            "translations": hypotheses,
+        }
 
     @classmethod
     def _image_quality(cls, client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
-        return cls._served_accuracy(facts, examples, advance, lambda chunk: client.classify_images(
-            facts.quality_model, [Path(e["image"]).read_bytes() for e in chunk])[0])
+        return cls._served_accuracy(
+            facts,
+            examples,
+            advance,
+            lambda chunk: client.classify_images(facts.quality_model, [Path(e["image"]).read_bytes() for e in chunk])[
+                0
+            ],
+        )
 
     @staticmethod
     def _language_model_quality(client: TritonClient, facts: DeploymentFacts, examples: list[dict], advance) -> dict:
@@ -351,9 +421,10 @@ class Comparison:
                 shift = (trial + index) % len(names)
                 for name in names[shift:] + names[:shift]:
                     if ("latency", name, batch, concurrency, trial) not in done:
-                        self._where = f"the latency of '{name}' at batch {batch}, concurrency {concurrency} (trial {trial + 1})"
-                        self.journal.append(self._measure(partial(client_of, name), name, batch, concurrency,
-                                                          trial))
+                        self._where = (
+                            f"the latency of '{name}' at batch {batch}, concurrency {concurrency} (trial {trial + 1})"
+                        )
+                        self.journal.append(self._measure(partial(client_of, name), name, batch, concurrency, trial))
                         count += 1
                     advance(1)
         return count
@@ -390,12 +461,25 @@ class Comparison:
         after = stats_client.statistics(model)
         stats_client.close()
         final = windows[-1]
-        return {"record": "latency", "deployment": name, "batch_size": batch, "concurrency": concurrency, "trial": trial,
-                "windows": len(windows), "latencies_ms": final.latencies_ms, "wall_s": final.wall_s,
-                "throughput": final.throughput, "server": server_breakdown(before, after, model), "time": time.time()}
+        return {
+            "record": "latency",
+            "deployment": name,
+            "batch_size": batch,
+            "concurrency": concurrency,
+            "trial": trial,
+            "windows": len(windows),
+            "latencies_ms": final.latencies_ms,
+            "wall_s": final.wall_s,
+            "throughput": final.throughput,
+            "server": server_breakdown(before, after, model),
+            "time": time.time(),
+        }
 
     def environment(self) -> dict:
         """Returns machine, library and server versions for the report signature."""
         server = self.server or {}
-        return {"machine": machine(), "libraries": library_versions(),
-                "server": {"name": server.get("name"), "version": server.get("version")}}
+        return {
+            "machine": machine(),
+            "libraries": library_versions(),
+            "server": {"name": server.get("name"), "version": server.get("version")},
+        }

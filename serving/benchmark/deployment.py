@@ -65,15 +65,32 @@ class DeploymentFacts:
     def to_dict(self) -> dict:
         """Returns JSON-ready data: the description's facts, flat, with where and how it was measured."""
         d = self.description
-        return {"name": self.name, "version": self.version, "source_checkpoint": d.source_checkpoint,
-                "weights_sha256": d.weights_sha256, "head_plan": d.head_plan, "heads": d.heads,
-                "original_heads": d.original_heads, "heads_per_layer": d.heads_per_layer, "parameters": d.parameters,
-                "attention_parameters": d.attention_parameters, "onnx_bytes": d.onnx_bytes,
-                "flops_per_example": self.flops_per_example, "seq_len": self.seq_len, "inputs": d.inputs,
-                "id2label": d.id2label, "label2id": d.label2id, "vocab_size": d.vocab_size,
-                "max_batch_size": self.max_batch_size, "max_positions": self.max_positions,
-                "max_length": d.max_length, "pruned_share": self.pruned_share, "task": d.task,
-                "precision": d.precision, "input_shape": d.input_shape}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source_checkpoint": d.source_checkpoint,
+            "weights_sha256": d.weights_sha256,
+            "head_plan": d.head_plan,
+            "heads": d.heads,
+            "original_heads": d.original_heads,
+            "heads_per_layer": d.heads_per_layer,
+            "parameters": d.parameters,
+            "attention_parameters": d.attention_parameters,
+            "onnx_bytes": d.onnx_bytes,
+            "flops_per_example": self.flops_per_example,
+            "seq_len": self.seq_len,
+            "inputs": d.inputs,
+            "id2label": d.id2label,
+            "label2id": d.label2id,
+            "vocab_size": d.vocab_size,
+            "max_batch_size": self.max_batch_size,
+            "max_positions": self.max_positions,
+            "max_length": d.max_length,
+            "pruned_share": self.pruned_share,
+            "task": d.task,
+            "precision": d.precision,
+            "input_shape": d.input_shape,
+        }
 
 
 def exported_model(repository: ModelRepository, name: str) -> str | None:
@@ -101,10 +118,16 @@ def describe_remote_deployment(client, name: str, seq_len: int) -> DeploymentFac
     config = client.config(name)
     text = config.get("parameters", {}).get(CONFIG_PARAMETER, {}).get("string_value")
     if not text:
-        raise HeadpruneError(f"Triton at {client.url} serves '{name}' without a headprune description (its config has "
-                             f"no '{CONFIG_PARAMETER}' parameter), so its heads, sizes and FLOPs are unknown",
-                             "export the model with this headprune, or compare with a repository folder this "
-                             "machine can read")
+        raise HeadpruneError(
+            f"Triton at {client.url} serves '{name}' without a headprune description (its config has "
+            f"no '{CONFIG_PARAMETER}' parameter), so its heads, sizes and FLOPs are unknown",
+            "export the model with this headprune, or compare with a repository folder this machine can read",
+        )
     version = max((int(v) for v in client.versions(name)), default=0)
-    return DeploymentFacts(name, version, DeploymentDescription.from_config_parameter(text, name),
-                           int(config.get("max_batch_size", 0)), seq_len)
+    return DeploymentFacts(
+        name,
+        version,
+        DeploymentDescription.from_config_parameter(text, name),
+        int(config.get("max_batch_size", 0)),
+        seq_len,
+    )

@@ -47,25 +47,39 @@ class LatencyStats:
         """Returns stats pooling the latencies of all trials; throughput is the mean over trials."""
         pooled = np.concatenate([np.asarray(t, dtype=float) for t in latencies_ms])
         n = int(pooled.size)
-        p50, p90, p95, p99 = (float(np.percentile(pooled, q)) if q <= TAIL or supported(q, n) else None
-                              for q in PERCENTILES)
-        return cls(p50, p90, p95, p99, float(pooled.mean()), float(np.mean(throughputs)),
-                   float(min(throughputs)), float(max(throughputs)), n, len(throughputs))
+        p50, p90, p95, p99 = (
+            float(np.percentile(pooled, q)) if q <= TAIL or supported(q, n) else None for q in PERCENTILES
+        )
+        return cls(
+            p50,
+            p90,
+            p95,
+            p99,
+            float(pooled.mean()),
+            float(np.mean(throughputs)),
+            float(min(throughputs)),
+            float(max(throughputs)),
+            n,
+            len(throughputs),
+        )
 
     def format(self) -> str:
         """Returns a one-line summary; an unsupported percentile shows as '–'."""
         p = {q: "–" if v is None else f"{v:.2f}" for q, v in zip(PERCENTILES, (self.p50, self.p90, self.p95, self.p99))}
-        return (f"p50 {p[50]} ms  p90 {p[90]}  p95 {p[95]}  p99 {p[99]}  mean {self.mean:.2f}  "
-                f"{self.throughput:.1f} ex/s (range {self.throughput_min:.1f}-{self.throughput_max:.1f})  "
-                f"n={self.requests} requests, {self.trials} trial{'s' if self.trials != 1 else ''}")
+        return (
+            f"p50 {p[50]} ms  p90 {p[90]}  p95 {p[95]}  p99 {p[99]}  mean {self.mean:.2f}  "
+            f"{self.throughput:.1f} ex/s (range {self.throughput_min:.1f}-{self.throughput_max:.1f})  "
+            f"n={self.requests} requests, {self.trials} trial{'s' if self.trials != 1 else ''}"
+        )
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data (None for an unsupported percentile)."""
         return asdict(self)
 
 
-def bootstrap_throughput(latencies_ms: list[list[float]], throughputs: list[float], rng: np.random.Generator,
-                         replicates: int = REPLICATES) -> np.ndarray:
+def bootstrap_throughput(
+    latencies_ms: list[list[float]], throughputs: list[float], rng: np.random.Generator, replicates: int = REPLICATES
+) -> np.ndarray:
     """Returns ``replicates`` hierarchical bootstrap draws of a cell's throughput (mean over trials).
 
     Each draw resamples the trials with replacement, then the requests within each drawn trial. A closed loop's
@@ -80,7 +94,7 @@ def bootstrap_throughput(latencies_ms: list[list[float]], throughputs: list[floa
         slots = np.flatnonzero(picked == index)
         step = max(1, _CHUNK // values.size)
         for start in range(0, slots.size, step):
-            chosen = slots[start:start + step]
+            chosen = slots[start : start + step]
             resampled.flat[chosen] = values[rng.integers(0, values.size, size=(chosen.size, values.size))].mean(axis=1)
     return (scale[picked] / resampled).mean(axis=1)
 
@@ -105,12 +119,20 @@ class Speedup:
         """Returns candidate / baseline throughput, its interval from the two cells' bootstrap ratio draws
         (``ratios`` of their draws)."""
         ratio = candidate.throughput / baseline.throughput if baseline.throughput else math.nan
-        return cls.from_draws(ratio, ratio_draws, baseline.trials, candidate.trials, baseline.requests,
-                              candidate.requests)
+        return cls.from_draws(
+            ratio, ratio_draws, baseline.trials, candidate.trials, baseline.requests, candidate.requests
+        )
 
     @classmethod
-    def from_draws(cls, ratio: float, draws: np.ndarray, baseline_trials: int, candidate_trials: int,
-                   baseline_requests: int, candidate_requests: int) -> "Speedup":
+    def from_draws(
+        cls,
+        ratio: float,
+        draws: np.ndarray,
+        baseline_trials: int,
+        candidate_trials: int,
+        baseline_requests: int,
+        candidate_requests: int,
+    ) -> "Speedup":
         """Returns the speedup with the percentile interval of its bootstrap draws."""
         tail = (100 - LEVEL) / 2
         finite = draws[np.isfinite(draws)]
@@ -123,9 +145,14 @@ class Speedup:
         ratio = math.exp(np.mean(np.log([s.ratio for s in speedups])))
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_draws = np.exp(np.log(np.stack(draws)).mean(axis=0))
-        return cls.from_draws(ratio, mean_draws, min(s.baseline_trials for s in speedups),
-                              min(s.candidate_trials for s in speedups), sum(s.baseline_requests for s in speedups),
-                              sum(s.candidate_requests for s in speedups))
+        return cls.from_draws(
+            ratio,
+            mean_draws,
+            min(s.baseline_trials for s in speedups),
+            min(s.candidate_trials for s in speedups),
+            sum(s.baseline_requests for s in speedups),
+            sum(s.candidate_requests for s in speedups),
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> "Speedup":
@@ -162,8 +189,11 @@ def _bound(value: float) -> str:
     return text
 
 
-def speedup_of_trials(baseline: tuple[list[list[float]], list[float]], candidate: tuple[list[list[float]], list[float]],
-                      rng: np.random.Generator) -> Speedup:
+def speedup_of_trials(
+    baseline: tuple[list[list[float]], list[float]],
+    candidate: tuple[list[list[float]], list[float]],
+    rng: np.random.Generator,
+) -> Speedup:
     """Returns candidate / baseline throughput of two cells, each (latencies per trial, throughput per trial), with
     the bootstrap interval of ``bootstrap_throughput``'s draws (baseline drawn first)."""
     stats = [LatencyStats.from_trials(*cell) for cell in (baseline, candidate)]
@@ -189,7 +219,7 @@ def t_quantile_975(degrees: int) -> float:
     if degrees <= len(_T975):
         return _T975[degrees - 1]
     z = 1.959964
-    return z + (z ** 3 + z) / (4 * degrees) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * degrees ** 2)
+    return z + (z**3 + z) / (4 * degrees) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * degrees**2)
 
 
 def paired_trial_ratio(baseline: dict[int, float], candidate: dict[int, float]) -> tuple[float, float, float, int]:
@@ -212,7 +242,9 @@ def paired_trial_ratio(baseline: dict[int, float], candidate: dict[int, float]) 
 def paired_speedup(baseline: dict[int, tuple[float, int]], candidate: dict[int, tuple[float, int]]) -> Speedup:
     """Returns candidate / baseline throughput paired by trial (``{trial: (throughput, requests)}``): the geometric
     mean of the per-trial ratios with its 95 % t interval (``paired_trial_ratio``)."""
-    ratio, low, high, pairs = paired_trial_ratio({t: v[0] for t, v in baseline.items()},
-                                                 {t: v[0] for t, v in candidate.items()})
-    return Speedup(ratio, low, high, pairs, pairs, sum(v[1] for v in baseline.values()),
-                   sum(v[1] for v in candidate.values()))
+    ratio, low, high, pairs = paired_trial_ratio(
+        {t: v[0] for t, v in baseline.items()}, {t: v[0] for t, v in candidate.items()}
+    )
+    return Speedup(
+        ratio, low, high, pairs, pairs, sum(v[1] for v in baseline.values()), sum(v[1] for v in candidate.values())
+    )

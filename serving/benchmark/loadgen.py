@@ -26,8 +26,14 @@ class Window:
         return len(self.latencies_ms) * self.batch_size / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def run_window(make_client: Callable[[], TritonClient], model: str, arrays: dict[str, np.ndarray], outputs: list[str],
-               concurrency: int, requests: int) -> Window:
+def run_window(
+    make_client: Callable[[], TritonClient],
+    model: str,
+    arrays: dict[str, np.ndarray],
+    outputs: list[str],
+    concurrency: int,
+    requests: int,
+) -> Window:
     """Sends ``requests`` requests with ``concurrency`` clients in parallel; returns the window.
 
     Raises the first client error (a HeadpruneError) after all threads stopped.
@@ -81,8 +87,14 @@ class Cell:
     requests: int
 
 
-def interleaved_windows(make_client: Callable[[], TritonClient], models: list[str], cells: list[Cell], trials: int,
-                        outputs: list[str], advance: Callable[[int], None] = lambda n=1: None) -> dict[str, dict[str, list[Window]]]:
+def interleaved_windows(
+    make_client: Callable[[], TritonClient],
+    models: list[str],
+    cells: list[Cell],
+    trials: int,
+    outputs: list[str],
+    advance: Callable[[int], None] = lambda n=1: None,
+) -> dict[str, dict[str, list[Window]]]:
     """Measures every cell of every model once per trial, the model order rotated each trial (a one-request warm-up
     before each model's cells); returns {model: {cell label: [window per trial]}}."""
     windows: dict[str, dict[str, list[Window]]] = {m: {c.label: [] for c in cells} for m in models}
@@ -91,7 +103,8 @@ def interleaved_windows(make_client: Callable[[], TritonClient], models: list[st
         for model in models[shift:] + models[:shift]:
             run_window(make_client, model, cells[0].arrays, outputs, 1, 1)
             for cell in cells:
-                windows[model][cell.label].append(run_window(make_client, model, cell.arrays, outputs, cell.concurrency,
-                                                             cell.requests))
+                windows[model][cell.label].append(
+                    run_window(make_client, model, cell.arrays, outputs, cell.concurrency, cell.requests)
+                )
             advance(1)
     return windows

@@ -51,23 +51,35 @@ class ServingSettings:
 
     def options(self, base: DeploymentOptions) -> DeploymentOptions:
         """Returns ``base`` with these settings."""
-        return replace(base, instances=self.instances, threads=self.threads, spinning=self.spinning,
-                       queue_delay_us=self.queue_delay_us)
+        return replace(
+            base,
+            instances=self.instances,
+            threads=self.threads,
+            spinning=self.spinning,
+            queue_delay_us=self.queue_delay_us,
+        )
 
     @classmethod
     def of_config(cls, config) -> "ServingSettings":
         """Returns the settings a Triton model config holds now."""
         params = {k: v.string_value for k, v in config.parameters.items()}
         instances = sum(group.count or 1 for group in config.instance_group) or 1
-        return cls(instances, int(params.get("intra_op_threads", 0) or 0), params.get("allow_spinning", "1") != "0",
-                   int(config.dynamic_batching.max_queue_delay_microseconds))
+        return cls(
+            instances,
+            int(params.get("intra_op_threads", 0) or 0),
+            params.get("allow_spinning", "1") != "0",
+            int(config.dynamic_batching.max_queue_delay_microseconds),
+        )
 
 
 def default_grid(cores: int, queue_delays: list[int]) -> list[ServingSettings]:
     """Returns every (instances, threads) pair that uses at most ``cores`` cores, with and without spinning, at each
     delay."""
     pairs = [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores]
-    return [ServingSettings(i, t, spin, delay) for (i, t), spin, delay in itertools.product(pairs, (True, False), queue_delays)]
+    return [
+        ServingSettings(i, t, spin, delay)
+        for (i, t), spin, delay in itertools.product(pairs, (True, False), queue_delays)
+    ]
 
 
 @dataclass
@@ -135,14 +147,18 @@ def measure_grid(settings: TuneSettings, phases: Phases = no_phases) -> list[Mea
     repository = ModelRepository(Path(settings.repo))
     config = read_config(repository.config_path(settings.model))
     if config.backend != "onnxruntime":
-        raise HeadpruneError(f"model '{settings.model}' uses the '{config.backend}' backend; tune searches ONNX Runtime "
-                             "settings", "tune an exported classifier (the model named in 'headprune export --name')")
+        raise HeadpruneError(
+            f"model '{settings.model}' uses the '{config.backend}' backend; tune searches ONNX Runtime settings",
+            "tune an exported classifier (the model named in 'headprune export --name')",
+        )
     current = ServingSettings.of_config(config)
     candidates = [current] + [s for s in dict.fromkeys(settings.grid) if s != current]
     facts = describe_deployment(settings.repo, settings.model, settings.seq_len)
     if settings.seq_len > facts.max_positions:
-        raise HeadpruneError(f"sequence length {settings.seq_len} exceeds the {facts.max_positions} positions of "
-                             f"'{settings.model}'", f"measure at {facts.max_positions} tokens or fewer (`seq_len`)")
+        raise HeadpruneError(
+            f"sequence length {settings.seq_len} exceeds the {facts.max_positions} positions of '{settings.model}'",
+            f"measure at {facts.max_positions} tokens or fewer (`seq_len`)",
+        )
     batch_inputs = latency_inputs(facts, settings.batch, settings.seq_len, settings.seed)
     single_inputs = latency_inputs(facts, 1, settings.seq_len, settings.seed)
     with tempfile.TemporaryDirectory(prefix="headprune-tune-") as folder:
@@ -151,10 +167,18 @@ def measure_grid(settings: TuneSettings, phases: Phases = no_phases) -> list[Mea
         measured = {name: Measured(s) for name, s in variants.items()}
         advance = phases("serving settings (interleaved trials)", settings.trials * len(variants))
         with TritonServer(Path(folder), **ports) as server:
-            cells = [Cell("throughput", batch_inputs, settings.concurrency, settings.requests),
-                     Cell("batch1", single_inputs, 1, settings.latency_requests)]
-            windows = interleaved_windows(lambda: TritonClient(server.http_url, "http"), list(variants), cells,
-                                          settings.trials, ["logits"], advance)
+            cells = [
+                Cell("throughput", batch_inputs, settings.concurrency, settings.requests),
+                Cell("batch1", single_inputs, 1, settings.latency_requests),
+            ]
+            windows = interleaved_windows(
+                lambda: TritonClient(server.http_url, "http"),
+                list(variants),
+                cells,
+                settings.trials,
+                ["logits"],
+                advance,
+            )
     for name, cell_windows in windows.items():
         measured[name].throughput_latencies = [w.latencies_ms for w in cell_windows["throughput"]]
         measured[name].throughputs = [w.throughput for w in cell_windows["throughput"]]
@@ -178,10 +202,18 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data."""
-        return {"model": self.model, "batch": self.batch, "concurrency": self.concurrency,
-                "latency_budget_ms": self.latency_budget_ms, "current": asdict(self.current),
-                "chosen": asdict(self.chosen), "chosen_label": self.chosen.label, "speedup": self.speedup.to_dict(),
-                "written": self.written, "candidates": self.candidates}
+        return {
+            "model": self.model,
+            "batch": self.batch,
+            "concurrency": self.concurrency,
+            "latency_budget_ms": self.latency_budget_ms,
+            "current": asdict(self.current),
+            "chosen": asdict(self.chosen),
+            "chosen_label": self.chosen.label,
+            "speedup": self.speedup.to_dict(),
+            "written": self.written,
+            "candidates": self.candidates,
+        }
 
 
 def choose(measured: list[Measured], budget_ms: float | None, seed: int = 0) -> tuple[list[dict], Measured, Speedup]:
@@ -195,9 +227,16 @@ def choose(measured: list[Measured], budget_ms: float | None, seed: int = 0) -> 
     for m, s, d in zip(measured, stats, draws):
         speedup = Speedup.between(stats[0], s, ratios(draws[0], d))
         speedups.append(speedup)
-        rows.append({"settings": asdict(m.settings), "label": m.settings.label, "throughput": s.throughput,
-                     "p50_batch1_ms": m.p50_b1, "speedup": speedup.to_dict(),
-                     "within_budget": budget_ms is None or m.p50_b1 <= budget_ms})
+        rows.append(
+            {
+                "settings": asdict(m.settings),
+                "label": m.settings.label,
+                "throughput": s.throughput,
+                "p50_batch1_ms": m.p50_b1,
+                "speedup": speedup.to_dict(),
+                "within_budget": budget_ms is None or m.p50_b1 <= budget_ms,
+            }
+        )
     eligible = [i for i, row in enumerate(rows) if row["within_budget"]]
     if not eligible:
         return rows, current, speedups[0]
@@ -214,8 +253,16 @@ def tune(settings: TuneSettings, write: bool = True, out: Path | None = None, ph
         settings = replace(settings, grid=default_grid(os.cpu_count() or 1, [100]))
     measured = measure_grid(settings, phases)
     rows, chosen, speedup = choose(measured, settings.latency_budget_ms, settings.seed)
-    result = TuneResult(settings.model, settings.batch, settings.concurrency, settings.latency_budget_ms, rows,
-                        chosen.settings, measured[0].settings, speedup)
+    result = TuneResult(
+        settings.model,
+        settings.batch,
+        settings.concurrency,
+        settings.latency_budget_ms,
+        rows,
+        chosen.settings,
+        measured[0].settings,
+        speedup,
+    )
     if write and chosen.settings != measured[0].settings:
         repository = ModelRepository(Path(settings.repo))
         config = read_config(repository.config_path(settings.model))

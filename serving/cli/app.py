@@ -91,9 +91,12 @@ def _exit_interrupted(interrupt: KeyboardInterrupt) -> None:
     previous = _ignore_interruptions()
     atexit.register(_ignore_interruptions)
     try:
-        console.print(f"[red]interrupted[/red] ({'SIGTERM' if terminated else 'Ctrl-C'}): outputs are replaced only "
-                      "once complete, so each is the previous one or the complete new one", highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"[red]interrupted[/red] ({'SIGTERM' if terminated else 'Ctrl-C'}): outputs are replaced only "
+            "once complete, so each is the previous one or the complete new one",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(143 if terminated else 130)
     finally:
         for number, handler in previous.items():
@@ -128,17 +131,24 @@ def friendly_errors(command):
 def data_options(command):
     """Adds the data file options shared by every command that reads examples: column names (or positions) and
     encoding."""
-    command = click.option("--encoding", default="utf-8", show_default=True,
-                           help="Text encoding of the data files (e.g. latin-1).")(command)
-    command = click.option("--no-header", is_flag=True,
-                           help="CSV/TSV files without a header row: the column options give 0-based positions; "
-                                "roles not given take the other columns in order (text or source, then label or "
-                                "target).")(command)
+    command = click.option(
+        "--encoding", default="utf-8", show_default=True, help="Text encoding of the data files (e.g. latin-1)."
+    )(command)
+    command = click.option(
+        "--no-header",
+        is_flag=True,
+        help="CSV/TSV files without a header row: the column options give 0-based positions; "
+        "roles not given take the other columns in order (text or source, then label or "
+        "target).",
+    )(command)
     for role in reversed(ROLES):
         option = role.replace("_", "-")
-        command = click.option(f"--{option}-column", default=None, metavar="NAME",
-                               help=f"Column holding the '{role}' role (default: {role}; with --no-header its "
-                                    "0-based position).")(command)
+        command = click.option(
+            f"--{option}-column",
+            default=None,
+            metavar="NAME",
+            help=f"Column holding the '{role}' role (default: {role}; with --no-header its 0-based position).",
+        )(command)
     return command
 
 
@@ -150,14 +160,17 @@ def data_source(kwargs: dict) -> dict:
     if kwargs.pop("no_header", False):
         wrong = [f"--{role.replace('_', '-')}-column {name!r}" for role, name in columns.items() if not name.isdigit()]
         if wrong:
-            raise HeadpruneError(f"{', '.join(wrong)}: with --no-header a column is a 0-based position",
-                                 "give positions such as 0 or 1, or drop --no-header to name the header's columns")
+            raise HeadpruneError(
+                f"{', '.join(wrong)}: with --no-header a column is a 0-based position",
+                "give positions such as 0 or 1, or drop --no-header to name the header's columns",
+            )
         columns = {HEADERLESS: True, **{role: int(name) for role, name in columns.items()}}
     return {"columns": columns, "encoding": kwargs.pop("encoding", "utf-8")}
 
 
-overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace an existing non-empty --out (refused otherwise; replaced atomically).")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing non-empty --out (refused otherwise; replaced atomically)."
+)
 
 
 def default_of(cls, name: str):
@@ -196,4 +209,3 @@ def main():
     _quiet_libraries()
     # Past `ulimit -f`, a write then fails with EFBIG (reported like a full disk) instead of SIGXFSZ ending the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-

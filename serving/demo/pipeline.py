@@ -48,8 +48,17 @@ class DemoBudget:
     rescore_examples: int = 500
     seed: int = 0
     # CompareSettings fields the demo sets otherwise than `compare` does (smaller windows, more trials).
-    latency: dict = field(default_factory=lambda: {"batch_sizes": [1, 4, 16, 64], "concurrency": [1, 4], "trials": 3,
-                                                   "warmup": 1, "requests": 6, "examples": 128, "max_windows": 1})
+    latency: dict = field(
+        default_factory=lambda: {
+            "batch_sizes": [1, 4, 16, 64],
+            "concurrency": [1, 4],
+            "trials": 3,
+            "warmup": 1,
+            "requests": 6,
+            "examples": 128,
+            "max_windows": 1,
+        }
+    )
 
 
 def prepare_data(cache: Path, budget: DemoBudget) -> dict[str, Path]:
@@ -84,28 +93,43 @@ def finetuned_model(cache: Path, train_file: Path, budget: DemoBudget, phases: P
         return folder
     examples = read_examples(train_file, "classification")
     advance = phases("fine-tuning MiniLM", budget.epochs * len(examples))
-    return finetune(cache / MINILM.name, examples, folder, labels=["negative", "positive"], epochs=budget.epochs,
-                    seed=budget.seed, progress=advance)
+    return finetune(
+        cache / MINILM.name,
+        examples,
+        folder,
+        labels=["negative", "positive"],
+        epochs=budget.epochs,
+        seed=budget.seed,
+        progress=advance,
+    )
 
 
 # The demo's pruning curves: name -> (re-score before each step, keep masked heads in the layer norm, label).
-CURVES = {"once": (False, False, "importance once"),
-          "rescored": (True, False, "re-scored (masked heads score 0)"),
-          "rescored_bertology": (True, True, "re-scored, masked heads in the norm (bertology)")}
+CURVES = {
+    "once": (False, False, "importance once"),
+    "rescored": (True, False, "re-scored (masked heads score 0)"),
+    "rescored_bertology": (True, True, "re-scored, masked heads in the norm (bertology)"),
+}
 
 
-def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, figures: Path, budget: DemoBudget,
-                    phases: Phases) -> tuple[HeadScores, dict]:
+def run_experiments(
+    model_dir: Path, splits: dict[str, Path], out: Path, figures: Path, budget: DemoBudget, phases: Phases
+) -> tuple[HeadScores, dict]:
     """Runs the paper's experiments in-process (masking); returns the importance scores and the experiments'
     JSON-ready results (also written to ``out``), and plots the curves into ``figures``."""
     model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
     inventory = build_inventory(model)
     score_examples = read_examples(splits["score"], "classification")
     eval_examples = read_examples(splits["eval"], "classification")
-    scores = compute_importance(model, tokenizer, score_examples,
-                                progress=phases("importance scores", len(score_examples)))
-    scores.signature = {"model": str(model_dir), "weights": checkpoint_hash(model_dir), "data": str(splits["score"]),
-                        "seed": budget.seed}
+    scores = compute_importance(
+        model, tokenizer, score_examples, progress=phases("importance scores", len(score_examples))
+    )
+    scores.signature = {
+        "model": str(model_dir),
+        "weights": checkpoint_hash(model_dir),
+        "data": str(splits["score"]),
+        "seed": budget.seed,
+    }
     scores.save(out / "scores.json")
     # One evaluator for every experiment: results are memoised by mask, and replaying unchanged
     # layers makes the per-head experiments affordable on the whole evaluation split.
@@ -114,10 +138,16 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, figures
 
     curves = {}
     for name, (rescore, masked_in_norm, label) in CURVES.items():
+
         def score(removed, masked_in_norm=masked_in_norm):
             # The first scores use the whole scoring split; re-scoring a seeded part of it.
-            return scores if removed is None else compute_importance(model, tokenizer, rescore_examples, removed=removed,
-                                                                     masked_in_norm=masked_in_norm)
+            return (
+                scores
+                if removed is None
+                else compute_importance(
+                    model, tokenizer, rescore_examples, removed=removed, masked_in_norm=masked_in_norm
+                )
+            )
 
         advance = phases(f"pruning curve ({label})", len(curve_fractions(budget.curve_step, inventory)))
         curve = pruning_curve(evaluator, inventory, score, budget.curve_step, rescore=rescore, progress=advance)
@@ -125,15 +155,22 @@ def run_experiments(model_dir: Path, splits: dict[str, Path], out: Path, figures
         curves[name] = curve
     plot_curves(list(curves.values()), figures / "curve.png")
     results, seconds = {}, {}
-    for key, experiment, label in (("ablation", single_head_ablation, "single-head ablation"),
-                                   ("best_head_per_layer", best_head_per_layer, "best head per layer")):
+    for key, experiment, label in (
+        ("ablation", single_head_ablation, "single-head ablation"),
+        ("best_head_per_layer", best_head_per_layer, "best head per layer"),
+    ):
         advance = phases(f"{label} ({len(eval_examples)} sentences)", inventory.kept_head_count())
         started = time.monotonic()
         results[key] = experiment(evaluator, inventory, progress=advance).to_dict()
         seconds[key] = time.monotonic() - started
-    experiments = {"curves": {name: curve.to_dict() for name, curve in curves.items()}, **results, "seconds": seconds,
-                   "eval_examples": len(eval_examples), "score_examples": len(score_examples),
-                   "rescore_examples": len(rescore_examples)}
+    experiments = {
+        "curves": {name: curve.to_dict() for name, curve in curves.items()},
+        **results,
+        "seconds": seconds,
+        "eval_examples": len(eval_examples),
+        "score_examples": len(score_examples),
+        "rescore_examples": len(rescore_examples),
+    }
     atomic_write_json(out / "experiments.json", experiments)
     return scores, experiments
 
@@ -155,8 +192,15 @@ def prune_and_export(model_dir: Path, scores: HeadScores, out: Path, repo: Path,
 OPTIMIZED = "minilm_best"  # the optimizer's choice in the demo's repository (the unpruned model beside it: _unpruned)
 
 
-def optimize_and_install(model_dir: Path, splits: dict[str, Path], out: Path, repo: Path, budget: DemoBudget,
-                         phases: Phases, say: Callable[[str], None]) -> str | None:
+def optimize_and_install(
+    model_dir: Path,
+    splits: dict[str, Path],
+    out: Path,
+    repo: Path,
+    budget: DemoBudget,
+    phases: Phases,
+    say: Callable[[str], None],
+) -> str | None:
     """Runs `headprune optimize` on the fine-tuned model (chosen on the scoring split, proven on the evaluation split)
     and installs its choice into ``repo``; returns the installed deployment's name, None when nothing qualified.
     Its work folder is keyed by its settings, so a rerun with the same budget resumes it."""
@@ -166,8 +210,17 @@ def optimize_and_install(model_dir: Path, splits: dict[str, Path], out: Path, re
     from serving.optimize.pipeline import optimize
     from serving.optimize.search import OptimizeSettings
 
-    settings = OptimizeSettings(model=model_dir, train=splits["train"], dev=splits["score"], test=splits["eval"],
-                                repo=repo, name=OPTIMIZED, out=out, seed=budget.seed, **budget.optimize)
+    settings = OptimizeSettings(
+        model=model_dir,
+        train=splits["train"],
+        dev=splits["score"],
+        test=splits["eval"],
+        repo=repo,
+        name=OPTIMIZED,
+        out=out,
+        seed=budget.seed,
+        **budget.optimize,
+    )
     digest = hashlib.sha256(json.dumps(settings.signature(), sort_keys=True).encode()).hexdigest()[:12]
     settings.out = out / f"optimize-{digest}"
     optimize(settings, resume=True, phases=phases, say=lambda line: say("    " + line), command=["headprune", "demo"])
@@ -175,8 +228,9 @@ def optimize_and_install(model_dir: Path, splits: dict[str, Path], out: Path, re
     return OPTIMIZED if result["chosen"] else None
 
 
-def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudget, phases: Phases,
-             say: Callable[[str], None]) -> Path:
+def run_demo(
+    cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudget, phases: Phases, say: Callable[[str], None]
+) -> Path:
     """Runs the whole demo and writes its report and findings page into ``reports``; returns report.md's path.
 
     The report records how long each stage took (``demo.seconds``) and whether the model came from the cache."""
@@ -189,8 +243,10 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
     say(f"    fine-tuned classifier: {model_dir}")
     model = load_model(model_dir)
     summary = build_inventory(model).summary(model)
-    say(f"2/8 heads: {summary['heads']} heads in {len(summary['attention_types']['encoder']['heads_per_layer'])} layers; "
-        f"attention is {100 * summary['attention_share']:.1f} % of {summary['parameters']:,} parameters")
+    say(
+        f"2/8 heads: {summary['heads']} heads in {len(summary['attention_types']['encoder']['heads_per_layer'])} layers; "
+        f"attention is {100 * summary['attention_share']:.1f} % of {summary['parameters']:,} parameters"
+    )
     say("3-4/8 importance, pruning curves, single-head ablation, best head per layer")
     reports.mkdir(parents=True, exist_ok=True)
     scores, experiments = run_experiments(model_dir, splits, out, reports, budget, phases)
@@ -203,8 +259,17 @@ def run_demo(cache: Path, out: Path, repo: Path, reports: Path, budget: DemoBudg
         candidates += [optimized] if optimized else []
     seconds["prune_and_export"] = time.monotonic() - started - sum(seconds.values())
     say("6-7/8 serve with Triton and compare the deployments")
-    settings = CompareSettings(repo=repo, baseline="minilm", candidates=candidates, data=splits["eval"], out=reports,
-                               max_drop=1.0, scores=out / "scores.json", seed=budget.seed, **budget.latency)
+    settings = CompareSettings(
+        repo=repo,
+        baseline="minilm",
+        candidates=candidates,
+        data=splits["eval"],
+        out=reports,
+        max_drop=1.0,
+        scores=out / "scores.json",
+        seed=budget.seed,
+        **budget.latency,
+    )
 
     def add_demo(report: dict) -> None:
         seconds["compare"] = time.monotonic() - started - sum(seconds.values())

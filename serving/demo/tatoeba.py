@@ -71,17 +71,22 @@ def split_by_source(pairs: list[dict], sizes: dict[str, int] = SPLIT_SIZES, seed
         groups.setdefault(normalised(pair["source"]), []).append(pair)
     keys = list(groups)
     if sum(sizes.values()) >= len(keys):
-        raise HeadpruneError(f"the held-out splits need {sum(sizes.values())} distinct sources, the data has {len(keys)}",
-                             "ask for smaller splits")
+        raise HeadpruneError(
+            f"the held-out splits need {sum(sizes.values())} distinct sources, the data has {len(keys)}",
+            "ask for smaller splits",
+        )
     random.Random(seed).shuffle(keys)
     splits, start = {}, 0
     for name, size in sizes.items():
-        splits[name] = [dict(groups[key][0]) for key in keys[start:start + size]]
+        splits[name] = [dict(groups[key][0]) for key in keys[start : start + size]]
         start += size
     held_sources = set(keys[:start])
     held_targets = {normalised(pair["target"]) for key in held_sources for pair in groups[key]}
-    splits["train"] = [pair for pair in pairs if normalised(pair["source"]) not in held_sources
-                       and normalised(pair["target"]) not in held_targets]
+    splits["train"] = [
+        pair
+        for pair in pairs
+        if normalised(pair["source"]) not in held_sources and normalised(pair["target"]) not in held_targets
+    ]
     return splits
 
 
@@ -96,8 +101,9 @@ def write_splits(splits: dict[str, list[dict]], folder: Path) -> dict[str, Path]
     """Writes each split as ``folder/<name>.jsonl`` (the folder replaced atomically); returns their paths."""
     with atomic_dir(Path(folder), overwrite=True) as staging:
         for name, rows in splits.items():
-            (staging / f"{name}.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                                                   encoding="utf-8")
+            (staging / f"{name}.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+            )
     return {name: Path(folder) / f"{name}.jsonl" for name in splits}
 
 

@@ -22,8 +22,10 @@ QUEUE_METRIC = "avg_time_queue_us"
 HPA = "triton-hpa"  # the chart's fixed name
 MOUNT = "/models"
 # Mean queue time per request (µs) of each pod: queued µs per second over successful requests per second.
-QUEUE_QUERY = ("sum(rate(nv_inference_queue_duration_us{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) / "
-               "clamp_min(sum(rate(nv_inference_request_success{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>), 1e-9)")
+QUEUE_QUERY = (
+    "sum(rate(nv_inference_queue_duration_us{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>) / "
+    "clamp_min(sum(rate(nv_inference_request_success{<<.LabelMatchers>>}[1m])) by (<<.GroupBy>>), 1e-9)"
+)
 
 
 def _repository(storage: Storage) -> tuple[str, list[dict], list[dict]]:
@@ -48,17 +50,33 @@ def chart_values(deployments: list[ServedDeployment], settings: DeploySettings, 
         "resources": resources(settings),
         "tags": {"autoscaling": True, "loadBalancing": False},
         "autoscaling": {
-            "minReplicas": max(settings.min_replicas, 1), "maxReplicas": settings.max_replicas,
-            "metrics": [{"type": "Pods", "pods": {"metric": {"name": QUEUE_METRIC},
-                                                  "target": {"type": "AverageValue",
-                                                             "averageValue": str(settings.queue_target_us)}}}]},
+            "minReplicas": max(settings.min_replicas, 1),
+            "maxReplicas": settings.max_replicas,
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": QUEUE_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": str(settings.queue_target_us)},
+                    },
+                }
+            ],
+        },
         "prometheus-adapter": {
             "prometheus": {"url": settings.prometheus_url, "port": 9090},
-            "rules": {"custom": [{
-                "seriesQuery": f'nv_inference_queue_duration_us{{namespace="{settings.namespace}",pod!=""}}',
-                "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-                "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
-                "metricsQuery": QUEUE_QUERY}]}},
+            "rules": {
+                "custom": [
+                    {
+                        "seriesQuery": f'nv_inference_queue_duration_us{{namespace="{settings.namespace}",pod!=""}}',
+                        "resources": {
+                            "overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+                        },
+                        "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
+                        "metricsQuery": QUEUE_QUERY,
+                    }
+                ]
+            },
+        },
     }
     if volumes:
         values["volumes"], values["volumeMounts"] = volumes, mounts
@@ -69,23 +87,45 @@ def chart_objects(values: dict, release: str, namespace: str) -> list[dict]:
     """Returns the Deployment and HorizontalPodAutoscaler the chart makes of ``values`` for release ``release``."""
     name = (release if CHART in release else f"{release}-{CHART}")[:63].rstrip("-")
     selector = {"app": CHART, "release": release}
-    container = {"name": CHART, "image": values["image"]["imageName"],
-                 "imagePullPolicy": values["image"]["pullPolicy"], "args": ["tritonserver", *values["serverArgs"]],
-                 "envFrom": values["envFrom"], "resources": values["resources"],
-                 "ports": [{"containerPort": 8000, "name": "http"}, {"containerPort": 8001, "name": "grpc"},
-                           {"containerPort": 8002, "name": "metrics"}],
-                 "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}}}
+    container = {
+        "name": CHART,
+        "image": values["image"]["imageName"],
+        "imagePullPolicy": values["image"]["pullPolicy"],
+        "args": ["tritonserver", *values["serverArgs"]],
+        "envFrom": values["envFrom"],
+        "resources": values["resources"],
+        "ports": [
+            {"containerPort": 8000, "name": "http"},
+            {"containerPort": 8001, "name": "grpc"},
+            {"containerPort": 8002, "name": "metrics"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}},
+    }
     if "volumeMounts" in values:
         container["volumeMounts"] = values["volumeMounts"]
     pod = {"containers": [container], **({"volumes": values["volumes"]} if "volumes" in values else {})}
     metadata = {"name": name, "namespace": namespace, "labels": selector}
     autoscaling = values["autoscaling"]
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
-         "spec": {"replicas": autoscaling["minReplicas"], "selector": {"matchLabels": selector},
-                  "template": {"metadata": {"labels": selector}, "spec": pod}}},
-        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {**metadata, "name": HPA},
-         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                  "minReplicas": autoscaling["minReplicas"], "maxReplicas": autoscaling["maxReplicas"],
-                  "metrics": autoscaling["metrics"]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": {
+                "replicas": autoscaling["minReplicas"],
+                "selector": {"matchLabels": selector},
+                "template": {"metadata": {"labels": selector}, "spec": pod},
+            },
+        },
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {**metadata, "name": HPA},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": autoscaling["minReplicas"],
+                "maxReplicas": autoscaling["maxReplicas"],
+                "metrics": autoscaling["metrics"],
+            },
+        },
     ]

@@ -15,8 +15,10 @@ from serving.deploy.settings import DeploySettings
 
 RUNTIME = "kserve-tritonserver"
 # KServe's Triton runtime serves HTTP on 8080 and gRPC on 9000; Knative names the one exposed port by protocol.
-PORTS = {"http": {"name": "http1", "containerPort": 8080, "protocol": "TCP"},
-         "grpc": {"name": "h2c", "containerPort": 9000, "protocol": "TCP"}}
+PORTS = {
+    "http": {"name": "http1", "containerPort": 8080, "protocol": "TCP"},
+    "grpc": {"name": "h2c", "containerPort": 9000, "protocol": "TCP"},
+}
 PROTOCOL_VERSIONS = {"http": "v2", "grpc": "grpc-v2"}
 
 
@@ -29,32 +31,55 @@ def resources(settings: DeploySettings) -> dict:
 
 def admin_key(settings: DeploySettings) -> dict:
     """Returns the environment variable that carries the Secret's admin key into the container."""
-    return {"name": ADMIN_KEY_VARIABLE,
-            "valueFrom": {"secretKeyRef": {"name": settings.admin_secret, "key": ADMIN_KEY_VARIABLE}}}
+    return {
+        "name": ADMIN_KEY_VARIABLE,
+        "valueFrom": {"secretKeyRef": {"name": settings.admin_secret, "key": ADMIN_KEY_VARIABLE}},
+    }
 
 
 def labels(deployment: ServedDeployment) -> dict[str, str]:
     """Returns the labels that tie a Kubernetes object to the headprune deployment it serves."""
-    return {"app.kubernetes.io/managed-by": "headprune", "headprune.io/deployment": deployment.name,
-            "headprune.io/heads": f"{deployment.description.heads}-of-{deployment.description.original_heads}"}
+    return {
+        "app.kubernetes.io/managed-by": "headprune",
+        "headprune.io/deployment": deployment.name,
+        "headprune.io/heads": f"{deployment.description.heads}-of-{deployment.description.original_heads}",
+    }
 
 
-def inference_service(deployment: ServedDeployment, settings: DeploySettings, *, models: list[str] | None = None,
-                      name: str | None = None, storage_uri: str | None = None,
-                      canary_percent: int | None = None) -> dict:
+def inference_service(
+    deployment: ServedDeployment,
+    settings: DeploySettings,
+    *,
+    models: list[str] | None = None,
+    name: str | None = None,
+    storage_uri: str | None = None,
+    canary_percent: int | None = None,
+) -> dict:
     """Returns the InferenceService serving ``deployment``: under its own Kubernetes name and models from
     ``settings.storage_uri``, unless ``name``, ``models`` and ``storage_uri`` say otherwise (a canary serves the
     candidate under the baseline's names), with ``canaryTrafficPercent`` when ``canary_percent`` is given."""
-    predictor = {"minReplicas": settings.min_replicas, "maxReplicas": settings.max_replicas,
-                 "scaleMetric": settings.scale_metric, "scaleTarget": settings.scale_target}
+    predictor = {
+        "minReplicas": settings.min_replicas,
+        "maxReplicas": settings.max_replicas,
+        "scaleMetric": settings.scale_metric,
+        "scaleTarget": settings.scale_target,
+    }
     if canary_percent is not None:
         predictor["canaryTrafficPercent"] = canary_percent
     predictor["model"] = {
-        "modelFormat": {"name": "triton"}, "protocolVersion": PROTOCOL_VERSIONS[settings.protocol],
-        "runtime": RUNTIME, "storageUri": (storage_uri or settings.storage_uri).rstrip("/"), "image": settings.image,
-        "args": model_args(models or deployment.models), "env": [admin_key(settings)],
-        "ports": [dict(PORTS[settings.protocol])], "resources": resources(settings)}
-    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": name or deployment.service, "namespace": settings.namespace,
-                         "labels": labels(deployment)},
-            "spec": {"predictor": predictor}}
+        "modelFormat": {"name": "triton"},
+        "protocolVersion": PROTOCOL_VERSIONS[settings.protocol],
+        "runtime": RUNTIME,
+        "storageUri": (storage_uri or settings.storage_uri).rstrip("/"),
+        "image": settings.image,
+        "args": model_args(models or deployment.models),
+        "env": [admin_key(settings)],
+        "ports": [dict(PORTS[settings.protocol])],
+        "resources": resources(settings),
+    }
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": name or deployment.service, "namespace": settings.namespace, "labels": labels(deployment)},
+        "spec": {"predictor": predictor},
+    }

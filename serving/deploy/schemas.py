@@ -28,8 +28,10 @@ class SchemaError(HeadpruneError):
 
 
 def _refused(what: str, path: str, reason: str) -> SchemaError:
-    return SchemaError(f"the generated {what} fails its schema at {path or 'the top'}: {reason}",
-                       "report this as a headprune bug, with the command that wrote it")
+    return SchemaError(
+        f"the generated {what} fails its schema at {path or 'the top'}: {reason}",
+        "report this as a headprune bug, with the command that wrote it",
+    )
 
 
 def check_kubernetes(resource: dict, version: str = KUBERNETES_VERSION) -> str:
@@ -40,8 +42,11 @@ def check_kubernetes(resource: dict, version: str = KUBERNETES_VERSION) -> str:
     try:
         return kubernetes_validate.validate(resource, version, strict=True)
     except kubernetes_validate.ValidationError as error:  # a jsonschema error with its path
-        raise _refused(f"{resource.get('kind')} {resource.get('metadata', {}).get('name', '')!r}",
-                       ".".join(map(str, error.absolute_path)), error.message) from error
+        raise _refused(
+            f"{resource.get('kind')} {resource.get('metadata', {}).get('name', '')!r}",
+            ".".join(map(str, error.absolute_path)),
+            error.message,
+        ) from error
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,8 +110,12 @@ def _walk(data: object, sdk_type: str, path: str, what: str) -> None:
             raise _refused(what, path, "not a mapping with string keys")
         for key, value in data.items():
             # KServe's resource quantities are Kubernetes' int-or-string.
-            _walk(str(value) if value_type == "ResourceQuantity" else value,
-                  "str" if value_type == "ResourceQuantity" else value_type, f"{path}.{key}", what)
+            _walk(
+                str(value) if value_type == "ResourceQuantity" else value,
+                "str" if value_type == "ResourceQuantity" else value_type,
+                f"{path}.{key}",
+                what,
+            )
         return
     cls = _sdk_class(sdk_type)
     if cls is None:  # a Kubernetes type inside a KServe one
@@ -145,17 +154,26 @@ def check_inference_services(resources: list[dict]) -> str:
     tritonclient's, and the two cannot be imported into one process."""
     root = str(Path(__file__).resolve().parents[2])
     try:
-        checker = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(resources), capture_output=True,
-                                 text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                     filter(None, [root, os.environ.get("PYTHONPATH")]))})
+        checker = subprocess.run(
+            [sys.executable, "-m", __name__],
+            input=json.dumps(resources),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))},
+        )
     except subprocess.TimeoutExpired as error:
-        raise HeadpruneError("the InferenceService check did not finish in 300 s",
-                             "run deploy again; if it persists, report it as a headprune bug") from error
+        raise HeadpruneError(
+            "the InferenceService check did not finish in 300 s",
+            "run deploy again; if it persists, report it as a headprune bug",
+        ) from error
     try:
         answer = json.loads(checker.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise HeadpruneError(f"the InferenceService check failed: {checker.stderr.strip()[-400:] or 'no output'}",
-                             "check that the KServe SDK imports (pip install 'headprune[deploy]')") from None
+        raise HeadpruneError(
+            f"the InferenceService check failed: {checker.stderr.strip()[-400:] or 'no output'}",
+            "check that the KServe SDK imports (pip install 'headprune[deploy]')",
+        ) from None
     if "error" in answer:
         error_type = SchemaError if answer["schema"] else HeadpruneError
         raise error_type(answer["error"], answer["fix"])
@@ -166,13 +184,27 @@ def _main() -> None:
     try:
         print(json.dumps({"version": _check_in_this_process(json.loads(sys.stdin.read()))}))
     except ImportError as error:
-        print(json.dumps({"error": f"checking InferenceServices needs the KServe SDK ({error})",
-                          "fix": "pip install 'headprune[deploy]'", "schema": False}))
+        print(
+            json.dumps(
+                {
+                    "error": f"checking InferenceServices needs the KServe SDK ({error})",
+                    "fix": "pip install 'headprune[deploy]'",
+                    "schema": False,
+                }
+            )
+        )
     except HeadpruneError as error:
         print(json.dumps({"error": error.message, "fix": error.fix, "schema": isinstance(error, SchemaError)}))
     except Exception as error:  # noqa: BLE001  (anything else the SDK raises, reported to the parent in words)
-        print(json.dumps({"error": f"the KServe SDK failed on the InferenceService: {type(error).__name__}: {error}",
-                          "fix": "report this as a headprune bug, with the command that wrote it", "schema": False}))
+        print(
+            json.dumps(
+                {
+                    "error": f"the KServe SDK failed on the InferenceService: {type(error).__name__}: {error}",
+                    "fix": "report this as a headprune bug, with the command that wrote it",
+                    "schema": False,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

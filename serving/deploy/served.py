@@ -38,8 +38,12 @@ def model_args(models: list[str]) -> list[str]:
     repository API restricted to requests that carry the admin key (``$(HEADPRUNE_ADMIN_KEY)``, which Kubernetes
     expands from the container's environment)."""
     key = f"{RESTRICTED_APIS}:{ADMIN_HEADER}=$({ADMIN_KEY_VARIABLE})"
-    return ["--model-control-mode=explicit", *(f"--load-model={model}" for model in models),
-            f"--http-restricted-api={key}", f"--grpc-restricted-protocol={key}"]
+    return [
+        "--model-control-mode=explicit",
+        *(f"--load-model={model}" for model in models),
+        f"--http-restricted-api={key}",
+        f"--grpc-restricted-protocol={key}",
+    ]
 
 
 def served_deployment(repo: Path, name: str, service: str) -> ServedDeployment:
@@ -48,13 +52,16 @@ def served_deployment(repo: Path, name: str, service: str) -> ServedDeployment:
     models = repository.deployment_models(name)
     if not models:
         held = ", ".join(repository.deployments()) or "none"
-        raise HeadpruneError(f"model repository '{repo}' has no deployment {name!r} (it holds: {held})",
-                             "export it first with `headprune export`, or name one it holds")
+        raise HeadpruneError(
+            f"model repository '{repo}' has no deployment {name!r} (it holds: {held})",
+            "export it first with `headprune export`, or name one it holds",
+        )
     measured = translate_model_name(name) if translate_model_name(name) in models else name
     models = [measured, *(m for m in models if m != measured)]
     version = repository.served_version(measured)
-    return ServedDeployment(name, service, models, version,
-                            DeploymentDescription.read(repository.version_folder(measured, version)))
+    return ServedDeployment(
+        name, service, models, version, DeploymentDescription.read(repository.version_folder(measured, version))
+    )
 
 
 def renamed_models(candidate: ServedDeployment, baseline: ServedDeployment) -> dict[str, str]:
@@ -62,9 +69,11 @@ def renamed_models(candidate: ServedDeployment, baseline: ServedDeployment) -> d
     raises HeadpruneError when the two deployments are not served by models of the same kinds."""
     renamed = {model: baseline.name + model.removeprefix(candidate.name) for model in candidate.models}
     if sorted(renamed.values()) != sorted(baseline.models):
-        raise HeadpruneError(f"{candidate.name!r} is served by {', '.join(candidate.models)} and {baseline.name!r} by "
-                             f"{', '.join(baseline.models)}: one cannot take the other's requests",
-                             "split traffic between deployments of the same kind (same task and front end)")
+        raise HeadpruneError(
+            f"{candidate.name!r} is served by {', '.join(candidate.models)} and {baseline.name!r} by "
+            f"{', '.join(baseline.models)}: one cannot take the other's requests",
+            "split traffic between deployments of the same kind (same task and front end)",
+        )
     return renamed
 
 

@@ -19,8 +19,11 @@ _QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?")
 _BUCKET = r"(?P<holder>[a-z0-9][a-z0-9._-]{1,61}[a-z0-9])"
 _CLAIM = r"(?P<holder>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
 _PATH = r"(?P<path>/[^\s]*)?"
-_STORAGE = {"s3": re.compile(f"s3://{_BUCKET}{_PATH}"), "gs": re.compile(f"gs://{_BUCKET}{_PATH}"),
-            "pvc": re.compile(f"pvc://{_CLAIM}{_PATH}")}
+_STORAGE = {
+    "s3": re.compile(f"s3://{_BUCKET}{_PATH}"),
+    "gs": re.compile(f"gs://{_BUCKET}{_PATH}"),
+    "pvc": re.compile(f"pvc://{_CLAIM}{_PATH}"),
+}
 # KServe serves an InferenceService at the host '<name>-predictor-<namespace>.<domain>', whose first label must
 # stay within 63 characters; Helm release names are limited to 53.
 KSERVE_HOST_SUFFIX = "-predictor-"
@@ -44,9 +47,11 @@ class Storage:
         pattern = _STORAGE.get(scheme)
         match = pattern.fullmatch(uri) if pattern else None
         if match is None or ".." in uri.split("/"):
-            raise HeadpruneError(f"--storage-uri {uri!r} is not a model repository location KServe and Triton read",
-                                 "give s3://BUCKET/PATH, gs://BUCKET/PATH or pvc://CLAIM/PATH (lower-case bucket or "
-                                 "claim name, no '..'), where the repository was uploaded")
+            raise HeadpruneError(
+                f"--storage-uri {uri!r} is not a model repository location KServe and Triton read",
+                "give s3://BUCKET/PATH, gs://BUCKET/PATH or pvc://CLAIM/PATH (lower-case bucket or "
+                "claim name, no '..'), where the repository was uploaded",
+            )
         return cls(uri, scheme, match.group("holder"), (match.group("path") or "").strip("/"))
 
 
@@ -60,9 +65,11 @@ def kubernetes_name(deployment: str, limit: int) -> str:
     HeadpruneError when that is not a DNS-1035 label of at most ``limit`` characters."""
     name = re.sub(r"[_.]", "-", deployment.lower())
     if not is_dns_label(name, limit):
-        raise HeadpruneError(f"deployment {deployment!r} becomes {name!r}, which is not a Kubernetes name (a DNS-1035 "
-                             f"label: a letter, then letters, digits and '-', at most {limit} characters)",
-                             "re-export the model under a shorter name that starts with a letter")
+        raise HeadpruneError(
+            f"deployment {deployment!r} becomes {name!r}, which is not a Kubernetes name (a DNS-1035 "
+            f"label: a letter, then letters, digits and '-', at most {limit} characters)",
+            "re-export the model under a shorter name that starts with a letter",
+        )
     return name
 
 
@@ -114,25 +121,36 @@ class DeploySettings:
         if self.target not in TARGETS:
             raise HeadpruneError(f"unknown deploy target {self.target!r}", f"choose one of {', '.join(TARGETS)}")
         storage = Storage.parse(self.storage_uri)
-        for option, value, limit in (("--namespace", self.namespace, 63), ("--admin-secret", self.admin_secret, 63),
-                                     ("--release", self.release, HELM_NAME_LIMIT)):
+        for option, value, limit in (
+            ("--namespace", self.namespace, 63),
+            ("--admin-secret", self.admin_secret, 63),
+            ("--release", self.release, HELM_NAME_LIMIT),
+        ):
             if not is_dns_label(value, limit):
-                raise HeadpruneError(f"{option} {value!r} is not a Kubernetes name",
-                                     f"use lower-case letters, digits and '-', starting with a letter (at most {limit})")
+                raise HeadpruneError(
+                    f"{option} {value!r} is not a Kubernetes name",
+                    f"use lower-case letters, digits and '-', starting with a letter (at most {limit})",
+                )
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise HeadpruneError(f"replicas {self.min_replicas}..{self.max_replicas} are not a range",
-                                 "give 0 <= --min-replicas <= --max-replicas, and --max-replicas >= 1")
+            raise HeadpruneError(
+                f"replicas {self.min_replicas}..{self.max_replicas} are not a range",
+                "give 0 <= --min-replicas <= --max-replicas, and --max-replicas >= 1",
+            )
         if self.scale_metric not in KSERVE_SCALE_METRICS:
-            raise HeadpruneError(f"--scale-metric {self.scale_metric!r} is not one KServe scales on",
-                                 f"choose one of {', '.join(KSERVE_SCALE_METRICS)}")
+            raise HeadpruneError(
+                f"--scale-metric {self.scale_metric!r} is not one KServe scales on",
+                f"choose one of {', '.join(KSERVE_SCALE_METRICS)}",
+            )
         if self.scale_target < 1 or self.queue_target_us < 1 or self.gpus < 0:
-            raise HeadpruneError("--scale-target and --queue-target-us must be >= 1 and --gpus >= 0",
-                                 "give larger values")
+            raise HeadpruneError(
+                "--scale-target and --queue-target-us must be >= 1 and --gpus >= 0", "give larger values"
+            )
         check_quantity("--cpu", self.cpu)
         check_quantity("--memory", self.memory)
         if not self.image or any(c.isspace() for c in self.image):
-            raise HeadpruneError(f"--image {self.image!r} is not a container image reference",
-                                 f"give e.g. {TRITON_IMAGE}")
+            raise HeadpruneError(
+                f"--image {self.image!r} is not a container image reference", f"give e.g. {TRITON_IMAGE}"
+            )
         self._check_canary(storage)
         return storage
 
@@ -145,11 +163,14 @@ class DeploySettings:
             if self.canary == self.baseline:
                 raise HeadpruneError("--canary names the baseline itself", "name the pruned candidate")
             if not 1 <= self.canary_percent <= 99:
-                raise HeadpruneError(f"--canary-percent {self.canary_percent} is not a traffic share",
-                                     "give 1 to 99 (the candidate's share; the baseline keeps the rest)")
+                raise HeadpruneError(
+                    f"--canary-percent {self.canary_percent} is not a traffic share",
+                    "give 1 to 99 (the candidate's share; the baseline keeps the rest)",
+                )
             # The canary revision answers the baseline's requests, so it serves the candidate under the baseline's
             # model names: a repository of its own, which deploy writes and the user uploads.
             if not self.canary_storage_uri or Storage.parse(self.canary_storage_uri).uri == storage.uri:
-                raise HeadpruneError("a canary needs --canary-storage-uri, a location other than --storage-uri",
-                                     "give where you will upload the canary repository deploy writes (e.g. "
-                                     f"{storage.uri}-canary)")
+                raise HeadpruneError(
+                    "a canary needs --canary-storage-uri, a location other than --storage-uri",
+                    f"give where you will upload the canary repository deploy writes (e.g. {storage.uri}-canary)",
+                )

@@ -22,12 +22,20 @@ class Lever:
 
 LEVERS = (
     Lever(PRUNE, "prune heads (re-scored importance)", {}),
-    Lever(DISTILL, "distil from the unpruned model", {
-        "image-classification": "recovery by distillation is implemented for text models only",
-    }),
-    Lever(INT8, "dynamic INT8 weights", {
-        "image-classification": "INT8 export is implemented for text classifiers only",
-    }),
+    Lever(
+        DISTILL,
+        "distil from the unpruned model",
+        {
+            "image-classification": "recovery by distillation is implemented for text models only",
+        },
+    ),
+    Lever(
+        INT8,
+        "dynamic INT8 weights",
+        {
+            "image-classification": "INT8 export is implemented for text classifiers only",
+        },
+    ),
 )
 
 

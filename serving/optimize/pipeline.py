@@ -21,9 +21,15 @@ from serving.optimize.workshop import Workshop
 TASKS = ("classification", "translation", "language-modeling")
 
 
-def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: bool = False,
-             phases: Phases = no_phases, say: Callable[[str], None] = lambda _: None,
-             command: list[str] | None = None) -> Path:
+def optimize(
+    settings: OptimizeSettings,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    phases: Phases = no_phases,
+    say: Callable[[str], None] = lambda _: None,
+    command: list[str] | None = None,
+) -> Path:
     """Searches the levers on the dev split, proves the choice on the test split, installs it (and the unpruned
     model) into ``settings.repo`` and writes optimize.json/md into ``settings.out``; returns optimize.md's path.
 
@@ -34,8 +40,10 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     settings.check()
     task = model_task(settings.model)
     if task not in TASKS:
-        raise HeadpruneError(f"'{settings.model}' is a {task} model: optimize measures {', '.join(TASKS)} models",
-                             "optimize a text classifier, a translation model or a causal language model")
+        raise HeadpruneError(
+            f"'{settings.model}' is a {task} model: optimize measures {', '.join(TASKS)} models",
+            "optimize a text classifier, a translation model or a causal language model",
+        )
     for name in (settings.name, f"{settings.name}_unpruned"):
         check_name(name)
     refuse_existing(settings.out, overwrite or resume, resumable=True)
@@ -65,16 +73,28 @@ def optimize(settings: OptimizeSettings, *, resume: bool = False, overwrite: boo
     installed = install(settings, chosen, task, workshop.checkpoint, workshop.validation_texts())
     plans_data = load_plans(settings.out / "plans.json")[1]
     result = {
-        "settings": {**settings.signature(), "repo": str(settings.repo), "name": settings.name,
-                     "budget_minutes": settings.budget_minutes, "test_trials": settings.test_trials,
-                     "min_speedup": settings.min_speedup},
-        "task": task, "environment": {"machine": machine(), "libraries": library_versions()},
+        "settings": {
+            **settings.signature(),
+            "repo": str(settings.repo),
+            "name": settings.name,
+            "budget_minutes": settings.budget_minutes,
+            "test_trials": settings.test_trials,
+            "min_speedup": settings.min_speedup,
+        },
+        "task": task,
+        "environment": {"machine": machine(), "libraries": library_versions()},
         "levers_not_applicable": not_applicable(task),
-        "search": {"trials": trials, "stopped_by_budget": stopped,
-                   "masked_quality": {str(row["level"]): row["masked_quality"] for row in plans_data["levels"]},
-                   "masked_metric": plans_data["metric"]},
-        "chosen": chosen and chosen.to_dict(), "proof": proof, "installed": installed,
-        "command": command, "seconds": round(time.monotonic() - started, 1),
+        "search": {
+            "trials": trials,
+            "stopped_by_budget": stopped,
+            "masked_quality": {str(row["level"]): row["masked_quality"] for row in plans_data["levels"]},
+            "masked_metric": plans_data["metric"],
+        },
+        "chosen": chosen and chosen.to_dict(),
+        "proof": proof,
+        "installed": installed,
+        "command": command,
+        "seconds": round(time.monotonic() - started, 1),
     }
     result["headline"] = headline(result)
     path = write_result(result, settings.out)

@@ -88,19 +88,27 @@ class OptimizeSettings:
         if self.objective not in OBJECTIVES:
             raise HeadpruneError(f"objective '{self.objective}' is unknown", f"use one of {', '.join(OBJECTIVES)}")
         if self.max_drop < 0:
-            raise HeadpruneError(f"`max_drop` is {self.max_drop}: a drop budget cannot be negative",
-                                 "give the largest quality drop you accept, e.g. 1")
+            raise HeadpruneError(
+                f"`max_drop` is {self.max_drop}: a drop budget cannot be negative",
+                "give the largest quality drop you accept, e.g. 1",
+            )
         if not 0 < self.step <= self.max_level < 1:
-            raise HeadpruneError(f"levels from `step` {self.step} up to `max_level` {self.max_level} are not shares "
-                                 "of heads in (0, 1)", "use e.g. a step of 0.1 up to 0.9")
+            raise HeadpruneError(
+                f"levels from `step` {self.step} up to `max_level` {self.max_level} are not shares of heads in (0, 1)",
+                "use e.g. a step of 0.1 up to 0.9",
+            )
         if self.search_trials < 2 or self.test_trials < 2:
-            raise HeadpruneError("paired speed intervals need at least 2 trials on each split",
-                                 "give `search_trials` and `test_trials` of 2 or more (10 for a headline figure)")
+            raise HeadpruneError(
+                "paired speed intervals need at least 2 trials on each split",
+                "give `search_trials` and `test_trials` of 2 or more (10 for a headline figure)",
+            )
         if self.batch_size < 1 or self.budget_minutes <= 0:
             raise HeadpruneError("`batch_size` and `budget_minutes` must be positive", "give positive values")
         if len({Path(p).resolve() for p in (self.dev, self.test)}) < 2:
-            raise HeadpruneError("the dev and test files are the same file: the choice would be proven on the data "
-                                 "it was made on", "hold out a test split the search never sees")
+            raise HeadpruneError(
+                "the dev and test files are the same file: the choice would be proven on the data it was made on",
+                "hold out a test split the search never sees",
+            )
 
 
 @dataclass(frozen=True)
@@ -157,8 +165,13 @@ def served_models(repo: Path, names: list[str]) -> list[str]:
     repository = ModelRepository(repo)
     served = []
     for name in names:
-        for model in (name, text_model_name(name), image_model_name(name), generate_model_name(name),
-                      translate_model_name(name)):
+        for model in (
+            name,
+            text_model_name(name),
+            image_model_name(name),
+            generate_model_name(name),
+            translate_model_name(name),
+        ):
             if repository.config_path(model).exists():
                 served.append(model)
     return served
@@ -169,9 +182,14 @@ def serving(repo: Path, names: list[str], log_file: Path, protocol: str = "http"
     """Yields the URL of a Triton serving only the deployments ``names`` of ``repo`` (loopback, no client model
     control)."""
     models = served_models(repo, names)
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=log_file,
-                          model_args=("--model-control-mode=explicit", *(f"--load-model={m}" for m in models)))
+    server = TritonServer(
+        repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log_file,
+        model_args=("--model-control-mode=explicit", *(f"--load-model={m}" for m in models)),
+    )
     with server:
         yield server.url(protocol)
 
@@ -182,12 +200,18 @@ def trial_speedup(records: list[dict], baseline: str, candidate: str, batch: int
     import numpy as np
 
     def cells(name: str, value: Callable[[dict], float]) -> dict[int, tuple[float, int]]:
-        return {r["trial"]: (value(r), len(r["latencies_ms"])) for r in records
-                if r.get("record") == "latency" and r["deployment"] == name and r["batch_size"] == batch}
+        return {
+            r["trial"]: (value(r), len(r["latencies_ms"]))
+            for r in records
+            if r.get("record") == "latency" and r["deployment"] == name and r["batch_size"] == batch
+        }
 
     # A latency speedup is the throughput-like ratio of inverse p50s: baseline p50 / candidate p50.
-    value = (lambda r: r["throughput"]) if objective == "throughput" else \
-        (lambda r: 1 / float(np.median(r["latencies_ms"])))
+    value = (
+        (lambda r: r["throughput"])
+        if objective == "throughput"
+        else (lambda r: 1 / float(np.median(r["latencies_ms"])))
+    )
     return paired_speedup(cells(baseline, value), cells(candidate, value))
 
 
@@ -200,10 +224,16 @@ def quality_change(records: list[dict], baseline: str, candidate: str, seed: int
     quality = {r["deployment"]: r for r in records if r.get("record") == "quality"}
     base, cand = quality[baseline], quality[candidate]
     low, high = paired_gain_interval(base["metric"], base["per_example"], cand["per_example"], seed=seed)
-    return {"metric": cand["metric"], "value": cand["value"], "baseline_value": base["value"],
-            "examples": cand["examples"], "gain": gain(cand["metric"], base["value"], cand["value"]),
-            "gain_low": low, "gain_high": high,
-            "p_value": paired_p_value(cand["metric"], base["per_example"], cand["per_example"])}
+    return {
+        "metric": cand["metric"],
+        "value": cand["value"],
+        "baseline_value": base["value"],
+        "examples": cand["examples"],
+        "gain": gain(cand["metric"], base["value"], cand["value"]),
+        "gain_low": low,
+        "gain_high": high,
+        "p_value": paired_p_value(cand["metric"], base["per_example"], cand["per_example"]),
+    }
 
 
 def non_inferior(change: dict, max_drop: float) -> bool:
@@ -218,8 +248,15 @@ class Search:
     workshop.Workshop); the search only decides which to make and measures them.
     """
 
-    def __init__(self, settings: OptimizeSettings, task: str, make: Callable[[Candidate], None],
-                 phases: Phases = no_phases, say: Callable[[str], None] = lambda _: None, spent_before: float = 0.0):
+    def __init__(
+        self,
+        settings: OptimizeSettings,
+        task: str,
+        make: Callable[[Candidate], None],
+        phases: Phases = no_phases,
+        say: Callable[[str], None] = lambda _: None,
+        spent_before: float = 0.0,
+    ):
         self.settings, self.task, self.make, self.phases, self.say = settings, task, make, phases, say
         self.journal = Journal(settings.out / "search.jsonl")
         self.spent_before = spent_before  # seconds of the budget already used (finding the plans)
@@ -229,8 +266,10 @@ class Search:
         records = self.journal.records()
         signature = self.settings.signature()
         if resume and records and records[0].get("signature") != signature:
-            raise HeadpruneError(f"'{self.journal.path}' was searched with other settings",
-                                 "rerun with the same settings, or without `resume` to start over")
+            raise HeadpruneError(
+                f"'{self.journal.path}' was searched with other settings",
+                "rerun with the same settings, or without `resume` to start over",
+            )
         if not (resume and records):
             self.journal.reset()
             self.journal.append({"record": "start", "signature": signature, "started": time.time()})
@@ -258,31 +297,58 @@ class Search:
         try:
             self.make(candidate)
         except HeadpruneError as error:  # e.g. INT8 changing too many decisions: this candidate is out, not the run
-            trial = {"record": "trial", "candidate": candidate.to_dict(), "failed": error.message, "quality": None,
-                     "eligible": False, "speedup": None, "seconds": round(time.monotonic() - began, 1)}
+            trial = {
+                "record": "trial",
+                "candidate": candidate.to_dict(),
+                "failed": error.message,
+                "quality": None,
+                "eligible": False,
+                "speedup": None,
+                "seconds": round(time.monotonic() - began, 1),
+            }
             self.journal.append(trial)
             self.say(f"  {candidate.label}: could not be made ({error.message})")
             return trial
         settings = self.settings
         folder = settings.out / "dev" / candidate.name
-        compare = CompareSettings(repo=settings.out / "repo", baseline=BASELINE.name, candidates=[candidate.name],
-                                  data=settings.dev, out=folder, batch_sizes=[settings.measured_batch],
-                                  concurrency=[1], seq_len=settings.seq_len, trials=settings.search_trials, warmup=1,
-                                  requests=6, examples=8 * settings.measured_batch, max_windows=1,
-                                  columns=settings.columns, encoding=settings.encoding, seed=settings.seed)
+        compare = CompareSettings(
+            repo=settings.out / "repo",
+            baseline=BASELINE.name,
+            candidates=[candidate.name],
+            data=settings.dev,
+            out=folder,
+            batch_sizes=[settings.measured_batch],
+            concurrency=[1],
+            seq_len=settings.seq_len,
+            trials=settings.search_trials,
+            warmup=1,
+            requests=6,
+            examples=8 * settings.measured_batch,
+            max_windows=1,
+            columns=settings.columns,
+            encoding=settings.encoding,
+            seed=settings.seed,
+        )
         with serving(compare.repo, compare.deployments, folder / "triton.log") as url:
             compare.url = url
             records = Comparison(compare, self.phases).run(resume=True)
         change = quality_change(records, BASELINE.name, candidate.name, settings.seed)
         speedup = trial_speedup(records, BASELINE.name, candidate.name, settings.measured_batch, settings.objective)
-        trial = {"record": "trial", "candidate": candidate.to_dict(), "quality": change,
-                 "eligible": non_inferior(change, settings.max_drop), "speedup": speedup.to_dict(),
-                 "seconds": round(time.monotonic() - began, 1)}
+        trial = {
+            "record": "trial",
+            "candidate": candidate.to_dict(),
+            "quality": change,
+            "eligible": non_inferior(change, settings.max_drop),
+            "speedup": speedup.to_dict(),
+            "seconds": round(time.monotonic() - began, 1),
+        }
         self.journal.append(trial)
         verdict = "keeps" if trial["eligible"] else "loses"
-        self.say(f"  {candidate.label}: {verdict} the quality on dev (gain {change['gain']:+.2f} "
-                 f"{unit_of(change['metric'])}, 95 % [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]), "
-                 f"{speedup.format()} {settings.objective}")
+        self.say(
+            f"  {candidate.label}: {verdict} the quality on dev (gain {change['gain']:+.2f} "
+            f"{unit_of(change['metric'])}, 95 % [{change['gain_low']:+.2f}, {change['gain_high']:+.2f}]), "
+            f"{speedup.format()} {settings.objective}"
+        )
         return trial
 
     def run(self) -> tuple[list[dict], bool]:
@@ -322,8 +388,13 @@ def read_trials(out: Path) -> list[dict]:
 
 def save_plans(path: Path, plans: dict[float, dict], metric: str, masked: dict[float, float]) -> None:
     """Writes the re-scored plans of each level and the masked dev quality they give."""
-    atomic_write_json(path, {"metric": metric, "levels": [{"level": level, "plan": plans[level],
-                                                           "masked_quality": masked[level]} for level in plans]})
+    atomic_write_json(
+        path,
+        {
+            "metric": metric,
+            "levels": [{"level": level, "plan": plans[level], "masked_quality": masked[level]} for level in plans],
+        },
+    )
 
 
 def load_plans(path: Path) -> tuple[dict[float, dict], dict]:

@@ -18,8 +18,13 @@ from serving.optimize.search import Candidate, OptimizeSettings, load_plans, sav
 class Workshop:
     """Builds each candidate the search asks for (``make``), reusing what an earlier run left in ``settings.out``."""
 
-    def __init__(self, settings: OptimizeSettings, task: str, phases: Phases = no_phases,
-                 say: Callable[[str], None] = lambda _: None):
+    def __init__(
+        self,
+        settings: OptimizeSettings,
+        task: str,
+        phases: Phases = no_phases,
+        say: Callable[[str], None] = lambda _: None,
+    ):
         self.settings, self.task, self.phases, self.say = settings, task, phases, say
         self.repo = settings.out / "repo"
         self.seconds: dict[str, float] = {}
@@ -31,8 +36,15 @@ class Workshop:
         from exporter.pruning.checkpoint import model_config
 
         settings = self.settings
-        return read_examples(path, self.task, settings.columns, max_examples, settings.seed, settings.encoding,
-                             config=model_config(settings.model) if self.task == "classification" else None)
+        return read_examples(
+            path,
+            self.task,
+            settings.columns,
+            max_examples,
+            settings.seed,
+            settings.encoding,
+            config=model_config(settings.model) if self.task == "classification" else None,
+        )
 
     def plans(self) -> dict[float, dict]:
         """Returns {level: head plan dict}: heads pruned by importance re-scored before every step (on the training
@@ -66,8 +78,15 @@ class Workshop:
             return compute_importance(model, tokenizer, rescoring, removed=removed)
 
         advance = self.phases("re-scored importance and masked dev quality (levels)", len(settings.levels) + 1)
-        curve = pruning_curve(evaluator, build_inventory(model), scored, settings.step, rescore=True,
-                              progress=advance, up_to=settings.max_level)
+        curve = pruning_curve(
+            evaluator,
+            build_inventory(model),
+            scored,
+            settings.step,
+            rescore=True,
+            progress=advance,
+            up_to=settings.max_level,
+        )
         by_level = {round(point["fraction"], 6): point for point in curve.points}
         plans = {level: by_level[level]["plan"] for level in settings.levels if level in by_level}
         save_plans(path, plans, curve.metric, {level: by_level[level]["metric"] for level in plans})
@@ -92,18 +111,34 @@ class Workshop:
             from exporter.evaluation.distill import distill
 
             train = self.examples(settings.train, DISTILL_EXAMPLES)
-            distill(pruned, settings.model, train, recovered, epochs=settings.distill_epochs, seed=settings.seed,
-                    overwrite=True, progress=self.phases(f"distilling the {round(100 * level)} % pruned model",
-                                                         settings.distill_epochs * len(train)))
+            distill(
+                pruned,
+                settings.model,
+                train,
+                recovered,
+                epochs=settings.distill_epochs,
+                seed=settings.seed,
+                overwrite=True,
+                progress=self.phases(
+                    f"distilling the {round(100 * level)} % pruned model", settings.distill_epochs * len(train)
+                ),
+            )
         return recovered
 
     def make(self, candidate: Candidate) -> None:
         """Exports ``candidate`` into the work repository unless it is there already."""
         if served_models(self.repo, [candidate.name]):
             return
-        export_deployment(self.checkpoint(candidate.level, candidate.distill), self.repo, candidate.name,
-                          candidate.precision, self.task, self.settings.batch_size, self.validation_texts(),
-                          self.settings.min_int8_agreement)
+        export_deployment(
+            self.checkpoint(candidate.level, candidate.distill),
+            self.repo,
+            candidate.name,
+            candidate.precision,
+            self.task,
+            self.settings.batch_size,
+            self.validation_texts(),
+            self.settings.min_int8_agreement,
+        )
 
     def validation_texts(self) -> list[str] | None:
         """Returns the training texts an INT8 export is checked on: a classifier's classes, a language model's
@@ -123,8 +158,16 @@ VALIDATION_SOURCES = 128
 DISTILL_EXAMPLES = 6000
 
 
-def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, task: str, batch_size: int,
-                      validation_texts: list[str] | None = None, min_agreement: float = MIN_AGREEMENT) -> str:
+def export_deployment(
+    checkpoint: Path,
+    repo: Path,
+    name: str,
+    precision: str,
+    task: str,
+    batch_size: int,
+    validation_texts: list[str] | None = None,
+    min_agreement: float = MIN_AGREEMENT,
+) -> str:
     """Exports ``checkpoint`` as deployment ``name`` of ``repo`` (a translation model as ``<name>_translate``), with a
     max batch size fitting ``batch_size`` (at least the exports' default), an INT8 export checked on
     ``validation_texts`` (a classifier required to keep the FP32 class on ``min_agreement`` of them); returns the
@@ -133,9 +176,17 @@ def export_deployment(checkpoint: Path, repo: Path, name: str, precision: str, t
     if task == "translation":
         from exporter.triton.translation import export_translation_to_repository
 
-        return export_translation_to_repository(checkpoint, repo, name, options=options, precision=precision,
-                                                int8_sources=validation_texts).name
+        return export_translation_to_repository(
+            checkpoint, repo, name, options=options, precision=precision, int8_sources=validation_texts
+        ).name
     from exporter.triton.repository import export_to_repository
 
-    return export_to_repository(checkpoint, repo, name, options=options, precision=precision,
-                                validation_texts=validation_texts, min_agreement=min_agreement).name
+    return export_to_repository(
+        checkpoint,
+        repo,
+        name,
+        options=options,
+        precision=precision,
+        validation_texts=validation_texts,
+        min_agreement=min_agreement,
+    ).name

@@ -70,14 +70,19 @@ def _plain(value: int | str) -> Entry:
 
 def _summary(report: Report, name: str) -> str:
     entry, lowest = report.deployments[name], report.lowest_concurrency
-    speed = ", ".join(f"batch {s.batch_size} {s.speedup.format()}"
-                      for s in report.speedups if s.candidate == name and s.concurrency == lowest)
+    speed = ", ".join(
+        f"batch {s.batch_size} {s.speedup.format()}"
+        for s in report.speedups
+        if s.candidate == name and s.concurrency == lowest
+    )
     unit = "" if entry.quality and entry.quality.metric in LOWER_IS_BETTER else " points"
     change = f" ({report.quality_change(name)}{unit})" if report.quality_points(name) is not None else ""
     precision = entry.facts.get("precision", "fp32")
     weights = "" if precision == "fp32" else f", {precision.upper()} weights"
-    return (f"({100 * entry.pruned_share:.0f} % of heads pruned{weights}): {entry.quality_text()}{change}; "
-            f"throughput vs {report.baseline} at concurrency {lowest}: {speed or 'not measured'}")
+    return (
+        f"({100 * entry.pruned_share:.0f} % of heads pruned{weights}): {entry.quality_text()}{change}; "
+        f"throughput vs {report.baseline} at concurrency {lowest}: {speed or 'not measured'}"
+    )
 
 
 def _method(report: Report) -> str:
@@ -90,11 +95,13 @@ def _method(report: Report) -> str:
     shapes = {tuple(d.facts["input_shape"]) for d in report.deployments.values() if d.facts.get("input_shape")}
     if shapes:
         inputs = "random images of " + ", ".join("x".join(map(str, shape)) for shape in sorted(shapes)) + " pixels"
-    return (f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
-            f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
-            f"{'' if report.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
-            "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
-            f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}.")
+    return (
+        f"Measured through Triton over {sig['protocol'].upper()}, {inputs}, "
+        f"{requests} requests in {trials} interleaved trial{'' if trials == '1' else 's'} per cell"
+        f"{'' if report.complete else ' (INCOMPLETE: interrupted run)'}; speedup [95 % bootstrap interval, "
+        "resampling trials and the requests within them]; n.s. = the interval includes 1.0"
+        f"{' (1 trial: only requests are resampled)' if trials == '1' else ''}."
+    )
 
 
 def _count_range(values: list[int]) -> str:
@@ -109,14 +116,25 @@ def _quality_table(report: Report) -> Table:
         change = report.quality_change(name)
         p_value = entry.quality.p_value if entry.quality else None
         mark = "*" if p_value is not None and p_value < ALPHA else ""
-        rows.append([_plain(name), Entry(f"{entry.heads}/{entry.facts['original_heads']}", entry.heads),
-                     Entry(entry.quality_text(), entry.quality.value if entry.quality else None),
-                     Entry("" if name == report.baseline or not change else f"{change}{mark}",
-                           None if name == report.baseline else report.quality_points(name)),
-                     Entry(_interval(entry.quality), entry.quality.gain_low if entry.quality else None),
-                     Entry("" if p_value is None else format_p_value(entry.quality.metric, p_value), p_value)])
-    notes = [Note(f"* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for BLEU and "
-                  "perplexity, on the same examples).")]
+        rows.append(
+            [
+                _plain(name),
+                Entry(f"{entry.heads}/{entry.facts['original_heads']}", entry.heads),
+                Entry(entry.quality_text(), entry.quality.value if entry.quality else None),
+                Entry(
+                    "" if name == report.baseline or not change else f"{change}{mark}",
+                    None if name == report.baseline else report.quality_points(name),
+                ),
+                Entry(_interval(entry.quality), entry.quality.gain_low if entry.quality else None),
+                Entry("" if p_value is None else format_p_value(entry.quality.metric, p_value), p_value),
+            ]
+        )
+    notes = [
+        Note(
+            f"* significant change (p < {ALPHA}; exact McNemar test for accuracy, paired bootstrap for BLEU and "
+            "perplexity, on the same examples)."
+        )
+    ]
     q = report.deployments[report.baseline].quality
     if q and q.signature:
         notes.append(Note("Metric signature: ", q.signature))
@@ -124,11 +142,27 @@ def _quality_table(report: Report) -> Table:
         notes.append(Note("chrF signature: ", q.chrf_signature))
     unit = "perplexity" if report.language_model else "points"
     if report.max_drop is not None:
-        notes.append(Note(f"Within {report.max_drop:g} {unit} means the interval's lower bound lies above "
-                          f"-{report.max_drop:g} (non-inferiority); a candidate whose interval reaches below it is not "
-                          "distinguishable from such a drop."))
-    return Table("quality", "Quality", ("deployment", "heads", "quality", f"change ({unit})",
-                                        "gain, 95 % interval (paired bootstrap)", "p (paired test)"), rows, notes=notes)
+        notes.append(
+            Note(
+                f"Within {report.max_drop:g} {unit} means the interval's lower bound lies above "
+                f"-{report.max_drop:g} (non-inferiority); a candidate whose interval reaches below it is not "
+                "distinguishable from such a drop."
+            )
+        )
+    return Table(
+        "quality",
+        "Quality",
+        (
+            "deployment",
+            "heads",
+            "quality",
+            f"change ({unit})",
+            "gain, 95 % interval (paired bootstrap)",
+            "p (paired test)",
+        ),
+        rows,
+        notes=notes,
+    )
 
 
 def _interval(quality) -> str:
@@ -140,17 +174,44 @@ def _latency_table(report: Report) -> Table:
     rows = []
     for c in report.cells:
         s = c.stats
-        rows.append([_plain(c.deployment), _plain(c.batch_size), _plain(c.concurrency), _plain(s.requests),
-                     _plain(s.trials), *(_number(getattr(s, f"p{q}"), 2) for q in PERCENTILES), _number(s.mean, 2),
-                     _number(s.throughput, 1), *([_number(s.throughput * seq_len, 0)] if tokens else []),
-                     Entry(f"{s.throughput_min:.1f}-{s.throughput_max:.1f}", s.throughput_min)])
+        rows.append(
+            [
+                _plain(c.deployment),
+                _plain(c.batch_size),
+                _plain(c.concurrency),
+                _plain(s.requests),
+                _plain(s.trials),
+                *(_number(getattr(s, f"p{q}"), 2) for q in PERCENTILES),
+                _number(s.mean, 2),
+                _number(s.throughput, 1),
+                *([_number(s.throughput * seq_len, 0)] if tokens else []),
+                Entry(f"{s.throughput_min:.1f}-{s.throughput_max:.1f}", s.throughput_min),
+            ]
+        )
     notes = []
     if any(getattr(c.stats, f"p{q}") is None for c in report.cells for q in PERCENTILES):
-        notes.append(Note("– too few requests for this percentile: " + ", ".join(
-            f"p{q} needs at least {min_samples(q)}" for q in PERCENTILES if q > TAIL) +
-            " (a percentile q needs n·(1 − q/100) ≥ 1, at least one request beyond it)."))
-    headers = ("deployment", "batch", "concurrency", "requests", "trials", "p50 ms", "p90", "p95", "p99", "mean",
-               "examples/s", *(["tokens/s"] if tokens else []), "range over trials")
+        notes.append(
+            Note(
+                "– too few requests for this percentile: "
+                + ", ".join(f"p{q} needs at least {min_samples(q)}" for q in PERCENTILES if q > TAIL)
+                + " (a percentile q needs n·(1 − q/100) ≥ 1, at least one request beyond it)."
+            )
+        )
+    headers = (
+        "deployment",
+        "batch",
+        "concurrency",
+        "requests",
+        "trials",
+        "p50 ms",
+        "p90",
+        "p95",
+        "p99",
+        "mean",
+        "examples/s",
+        *(["tokens/s"] if tokens else []),
+        "range over trials",
+    )
     return Table("latency", "Latency and throughput", headers, rows, notes=notes)
 
 
@@ -158,24 +219,56 @@ def _speedup_table(report: Report) -> Table:
     rows = []
     for s in report.speedups:
         m = s.speedup
-        rows.append([_plain(s.candidate), _plain(s.batch_size), _plain(s.concurrency),
-                     Entry(f"{m.baseline_requests}/{m.candidate_requests}", m.candidate_requests),
-                     Entry(f"{m.baseline_trials}/{m.candidate_trials}", m.candidate_trials),
-                     Entry(m.format(), m.ratio), Entry(f"{s.predicted:.2f}x", s.predicted)])
-    intro = [Note("Measured: candidate / baseline throughput [95 % bootstrap interval]; n.s. = the interval includes "
-                  "1.0.")]
-    return Table("speedup", "Speedup: measured vs predicted from FLOPs",
-                 ("candidate", "batch", "concurrency", "requests (baseline/candidate)", "trials (baseline/candidate)",
-                  "measured", "predicted (FLOPs)"), rows, intro=intro)
+        rows.append(
+            [
+                _plain(s.candidate),
+                _plain(s.batch_size),
+                _plain(s.concurrency),
+                Entry(f"{m.baseline_requests}/{m.candidate_requests}", m.candidate_requests),
+                Entry(f"{m.baseline_trials}/{m.candidate_trials}", m.candidate_trials),
+                Entry(m.format(), m.ratio),
+                Entry(f"{s.predicted:.2f}x", s.predicted),
+            ]
+        )
+    intro = [
+        Note("Measured: candidate / baseline throughput [95 % bootstrap interval]; n.s. = the interval includes 1.0.")
+    ]
+    return Table(
+        "speedup",
+        "Speedup: measured vs predicted from FLOPs",
+        (
+            "candidate",
+            "batch",
+            "concurrency",
+            "requests (baseline/candidate)",
+            "trials (baseline/candidate)",
+            "measured",
+            "predicted (FLOPs)",
+        ),
+        rows,
+        intro=intro,
+    )
 
 
 def _stages_table(report: Report) -> Table:
-    rows = [[_plain(c.deployment), _plain(c.batch_size), _plain(c.concurrency),
-             *(_number(c.server[f"{stage}_us"], 0) for stage in ("queue", "compute_input", "compute_infer",
-                                                                  "compute_output"))] for c in report.cells]
-    return Table("stages", "Where the time goes (Triton statistics, µs per request)",
-                 ("deployment", "batch", "concurrency", "queue", "compute input", "compute infer", "compute output"),
-                 rows)
+    rows = [
+        [
+            _plain(c.deployment),
+            _plain(c.batch_size),
+            _plain(c.concurrency),
+            *(
+                _number(c.server[f"{stage}_us"], 0)
+                for stage in ("queue", "compute_input", "compute_infer", "compute_output")
+            ),
+        ]
+        for c in report.cells
+    ]
+    return Table(
+        "stages",
+        "Where the time goes (Triton statistics, µs per request)",
+        ("deployment", "batch", "concurrency", "queue", "compute input", "compute infer", "compute output"),
+        rows,
+    )
 
 
 def _facts_table(report: Report) -> Table:
@@ -183,28 +276,51 @@ def _facts_table(report: Report) -> Table:
     for name, entry in report.deployments.items():
         e = entry.facts
         heads = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in e["heads_per_layer"].items())
-        rows.append([_plain(name), Entry(heads, e["heads"]), Entry(f"{e['parameters']:,}", e["parameters"]),
-                     Entry(f"{e['attention_parameters']:,}", e["attention_parameters"]),
-                     Entry(f"{e['onnx_bytes'] / 1e6:.1f}", e["onnx_bytes"]),
-                     Entry(f"{e['flops_per_example'] / 1e9:.3f}", e["flops_per_example"])])
-    return Table("facts", "Static facts", ("deployment", "heads per layer", "parameters", "attention parameters",
-                                           "ONNX MB", "GFLOPs/example"), rows)
+        rows.append(
+            [
+                _plain(name),
+                Entry(heads, e["heads"]),
+                Entry(f"{e['parameters']:,}", e["parameters"]),
+                Entry(f"{e['attention_parameters']:,}", e["attention_parameters"]),
+                Entry(f"{e['onnx_bytes'] / 1e6:.1f}", e["onnx_bytes"]),
+                Entry(f"{e['flops_per_example'] / 1e9:.3f}", e["flops_per_example"]),
+            ]
+        )
+    return Table(
+        "facts",
+        "Static facts",
+        ("deployment", "heads per layer", "parameters", "attention parameters", "ONNX MB", "GFLOPs/example"),
+        rows,
+    )
 
 
 def build_document(report: Report) -> Document:
     """Returns the document of ``report``: what report.md and report.html both show."""
     env = report.environment
-    signature = [Note("command: ", " ".join(report.command)), Note(f"created: {report.created}"),
-                 Note("settings: ", json.dumps(report.signature)),
-                 Note("weights: " + ", ".join(f"{n} {e.facts['weights_sha256']}" for n, e in report.deployments.items())),
-                 Note(f"machine: {env['machine']}"), Note(f"libraries: {env['libraries']}"),
-                 Note(f"server: {env['server']}")]
-    return Document(title=f"headprune: {report.title}", verdict=report.verdict().text,
-                    candidates=[(name, _summary(report, name)) for name in report.candidates],
-                    method=_method(report),
-                    tables=[_quality_table(report), _latency_table(report), _speedup_table(report),
-                            _stages_table(report), _facts_table(report)],
-                    plots=report.plot_names(), signature=signature)
+    signature = [
+        Note("command: ", " ".join(report.command)),
+        Note(f"created: {report.created}"),
+        Note("settings: ", json.dumps(report.signature)),
+        Note("weights: " + ", ".join(f"{n} {e.facts['weights_sha256']}" for n, e in report.deployments.items())),
+        Note(f"machine: {env['machine']}"),
+        Note(f"libraries: {env['libraries']}"),
+        Note(f"server: {env['server']}"),
+    ]
+    return Document(
+        title=f"headprune: {report.title}",
+        verdict=report.verdict().text,
+        candidates=[(name, _summary(report, name)) for name in report.candidates],
+        method=_method(report),
+        tables=[
+            _quality_table(report),
+            _latency_table(report),
+            _speedup_table(report),
+            _stages_table(report),
+            _facts_table(report),
+        ],
+        plots=report.plot_names(),
+        signature=signature,
+    )
 
 
 def _markdown_note(note: Note) -> str:

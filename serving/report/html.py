@@ -90,13 +90,23 @@ def _table(table: Table) -> list[str]:
 def render_html(document: Document, images: dict[str, bytes]) -> str:
     """Returns report.html: the document with ``images`` ({plot file name: PNG bytes}) inline, in the document's
     plot order; a plot without bytes is left out."""
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">',
-             f"<title>{escape(document.title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
-             f"<h1>{escape(document.title)}</h1>",
-             '<section id="verdict">', f"<p><strong>Verdict:</strong> {escape(document.verdict)}</p>", "</section>",
-             '<ul id="candidates">']
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">',
+        f"<title>{escape(document.title)}</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{escape(document.title)}</h1>",
+        '<section id="verdict">',
+        f"<p><strong>Verdict:</strong> {escape(document.verdict)}</p>",
+        "</section>",
+        '<ul id="candidates">',
+    ]
     parts += [f"<li><strong>{escape(name)}</strong> {escape(text)}</li>" for name, text in document.candidates]
     parts += ["</ul>", f'<p id="method">{escape(document.method)}</p>']
     for table in document.tables:
@@ -106,8 +116,10 @@ def render_html(document: Document, images: dict[str, bytes]) -> str:
         if name in images:
             data = base64.b64encode(images[name]).decode("ascii")
             caption = escape(name.removesuffix(".png").replace("_", " "))
-            parts.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{caption}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
     parts += ["</section>", '<section id="signature">', "<h2>Signature</h2>", "<ul>"]
     parts += [f"<li>{_note(note)}</li>" for note in document.signature]
     parts += ["</ul>", "</section>", f"<script>{SCRIPT}</script>", "</body>", "</html>", ""]

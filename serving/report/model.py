@@ -17,9 +17,21 @@ from serving.benchmark.latency import PERCENTILES, LatencyStats, Speedup
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_concurrency.png", "quality_vs_latency.png")
 # perf_analyzer's CSV layout (its -f option): one row per concurrency, times in microseconds.
-PERF_ANALYZER_COLUMNS = ("Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv", "Server Queue",
-                         "Server Compute Input", "Server Compute Infer", "Server Compute Output", "Client Recv",
-                         "p50 latency", "p90 latency", "p95 latency", "p99 latency")
+PERF_ANALYZER_COLUMNS = (
+    "Concurrency",
+    "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,9 @@ class Quality:
         """Returns e.g. '86.90 %' for accuracy, 'bleu 27.31' otherwise."""
         if self.metric == "accuracy":
             return f"{100 * self.value:.2f} %"
-        return f"{self.metric} {format_points(self.value)}" + (f", chrF {format_points(self.chrf)}"
-                                                               if self.chrf is not None else "")
+        return f"{self.metric} {format_points(self.value)}" + (
+            f", chrF {format_points(self.chrf)}" if self.chrf is not None else ""
+        )
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data (``p_value`` and the interval only where a paired test was made, chrF only where
@@ -110,8 +123,13 @@ class Cell:
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data with the statistics inline."""
-        return {"deployment": self.deployment, "batch_size": self.batch_size, "concurrency": self.concurrency,
-                **self.stats.to_dict(), "server": self.server}
+        return {
+            "deployment": self.deployment,
+            "batch_size": self.batch_size,
+            "concurrency": self.concurrency,
+            **self.stats.to_dict(),
+            "server": self.server,
+        }
 
 
 @dataclass(frozen=True)
@@ -127,13 +145,19 @@ class CellSpeedup:
     @classmethod
     def from_dict(cls, data: dict) -> CellSpeedup:
         """Returns the speedup stored by ``to_dict``."""
-        return cls(data["candidate"], data["batch_size"], data["concurrency"], Speedup.from_dict(data),
-                   data["predicted"])
+        return cls(
+            data["candidate"], data["batch_size"], data["concurrency"], Speedup.from_dict(data), data["predicted"]
+        )
 
     def to_dict(self) -> dict:
         """Returns JSON-ready data with the speedup inline."""
-        return {"candidate": self.candidate, "batch_size": self.batch_size, "concurrency": self.concurrency,
-                **self.speedup.to_dict(), "predicted": self.predicted}
+        return {
+            "candidate": self.candidate,
+            "batch_size": self.batch_size,
+            "concurrency": self.concurrency,
+            **self.speedup.to_dict(),
+            "predicted": self.predicted,
+        }
 
 
 @dataclass(frozen=True)
@@ -177,8 +201,23 @@ def _significance(speedup: Speedup) -> str:
 
 
 # The top-level keys of report.json a Report reads; any other is kept in ``extra``.
-_KEYS = ("title", "created", "command", "signature", "environment", "baseline", "candidates", "max_drop",
-         "deployments", "cells", "speedups", "mean_speedups", "complete", "scores", "verdict")
+_KEYS = (
+    "title",
+    "created",
+    "command",
+    "signature",
+    "environment",
+    "baseline",
+    "candidates",
+    "max_drop",
+    "deployments",
+    "cells",
+    "speedups",
+    "mean_speedups",
+    "complete",
+    "scores",
+    "verdict",
+)
 
 
 @dataclass(frozen=True)
@@ -208,24 +247,39 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         """Returns the report stored by ``to_dict``; its verdict is recomputed from the data."""
         return cls(
-            title=data["title"], created=data["created"], command=data["command"], signature=data["signature"],
-            environment=data["environment"], baseline=data["baseline"], candidates=data["candidates"],
+            title=data["title"],
+            created=data["created"],
+            command=data["command"],
+            signature=data["signature"],
+            environment=data["environment"],
+            baseline=data["baseline"],
+            candidates=data["candidates"],
             max_drop=data["max_drop"],
             deployments={name: Deployment.from_dict(entry) for name, entry in data["deployments"].items()},
             cells=[Cell.from_dict(c) for c in data["cells"]],
             speedups=[CellSpeedup.from_dict(s) for s in data["speedups"]],
             mean_speedups={name: MeanSpeedup.from_dict(m) for name, m in data["mean_speedups"].items()},
-            complete=data["complete"], scores=data.get("scores"),
-            extra={k: v for k, v in data.items() if k not in _KEYS})
+            complete=data["complete"],
+            scores=data.get("scores"),
+            extra={k: v for k, v in data.items() if k not in _KEYS},
+        )
 
     def to_dict(self) -> dict:
         """Returns report.json's data: every field, the verdict, then the extra sections."""
         data = {
-            "title": self.title, "created": self.created, "command": self.command, "signature": self.signature,
-            "environment": self.environment, "baseline": self.baseline, "candidates": self.candidates,
-            "max_drop": self.max_drop, "deployments": {n: d.to_dict() for n, d in self.deployments.items()},
-            "cells": [c.to_dict() for c in self.cells], "speedups": [s.to_dict() for s in self.speedups],
-            "mean_speedups": {n: m.to_dict() for n, m in self.mean_speedups.items()}, "complete": self.complete,
+            "title": self.title,
+            "created": self.created,
+            "command": self.command,
+            "signature": self.signature,
+            "environment": self.environment,
+            "baseline": self.baseline,
+            "candidates": self.candidates,
+            "max_drop": self.max_drop,
+            "deployments": {n: d.to_dict() for n, d in self.deployments.items()},
+            "cells": [c.to_dict() for c in self.cells],
+            "speedups": [s.to_dict() for s in self.speedups],
+            "mean_speedups": {n: m.to_dict() for n, m in self.mean_speedups.items()},
+            "complete": self.complete,
         }
         if self.scores:
             data["scores"] = self.scores
@@ -293,21 +347,30 @@ class Report:
         significant = None
         if best is None:
             shown = "; ".join(f"{c}{self.interval_text(c)}" for c in candidates if self.interval_text(c))
-            text = (f"no candidate stays within {limit:g} {unit} of {base}'s quality"
-                    + (f": none is distinguishable from a drop of {limit:g} ({shown})" if shown else "")
-                    + f"; keep {base}.")
+            text = (
+                f"no candidate stays within {limit:g} {unit} of {base}'s quality"
+                + (f": none is distinguishable from a drop of {limit:g} ({shown})" if shown else "")
+                + f"; keep {base}."
+            )
         else:
             delta = points[best]
             within = f" within {limit:g} {unit} of {base}" if limit is not None else ""
             metric = self.deployments[best].quality.metric if delta is not None else ""
-            quality = "quality not measured" if delta is None else f"{metric} {self.quality_change(best)}" \
-                if metric in LOWER_IS_BETTER else f"{delta:+.2f} points"
+            quality = (
+                "quality not measured"
+                if delta is None
+                else f"{metric} {self.quality_change(best)}"
+                if metric in LOWER_IS_BETTER
+                else f"{delta:+.2f} points"
+            )
             quality += self.interval_text(best) if delta is not None else ""
             if best in means:
                 mean = means[best].speedup
                 significant = mean.significant
-                throughput = (f"{mean.format()} {base}'s throughput (geometric mean over batch sizes at concurrency "
-                              f"{means[best].concurrency}, 95 % bootstrap interval; {_significance(mean)})")
+                throughput = (
+                    f"{mean.format()} {base}'s throughput (geometric mean over batch sizes at concurrency "
+                    f"{means[best].concurrency}, 95 % bootstrap interval; {_significance(mean)})"
+                )
             else:
                 throughput = "throughput not measured"
             text = f"{best} is the fastest candidate{within}: {throughput}, {quality}."
@@ -327,12 +390,20 @@ class Report:
         empty)."""
         buffer = io.StringIO()
         stats = [f.name for f in fields(LatencyStats)]
-        writer = csv.DictWriter(buffer, fieldnames=["deployment", "batch_size", "concurrency", *stats]
-                                + [f"{s}_us" for s in STAGES])
+        writer = csv.DictWriter(
+            buffer, fieldnames=["deployment", "batch_size", "concurrency", *stats] + [f"{s}_us" for s in STAGES]
+        )
         writer.writeheader()
         for c in self.cells:
-            writer.writerow({"deployment": c.deployment, "batch_size": c.batch_size, "concurrency": c.concurrency,
-                             **c.stats.to_dict(), **c.server})
+            writer.writerow(
+                {
+                    "deployment": c.deployment,
+                    "batch_size": c.batch_size,
+                    "concurrency": c.concurrency,
+                    **c.stats.to_dict(),
+                    **c.server,
+                }
+            )
         return buffer.getvalue()
 
     def perf_analyzer_csvs(self) -> dict[str, str]:
@@ -347,13 +418,26 @@ class Report:
                 buffer = io.StringIO()
                 writer = csv.writer(buffer, lineterminator="\n")
                 writer.writerow(PERF_ANALYZER_COLUMNS)
-                for c in sorted((c for c in self.cells if c.deployment == deployment and c.batch_size == batch),
-                                key=lambda c: c.concurrency):
+                for c in sorted(
+                    (c for c in self.cells if c.deployment == deployment and c.batch_size == batch),
+                    key=lambda c: c.concurrency,
+                ):
                     stages = [c.server[f"{s}_us"] for s in STAGES]
-                    percentiles = ["" if getattr(c.stats, f"p{q}") is None else round(1000 * getattr(c.stats, f"p{q}"))
-                                   for q in PERCENTILES]
+                    percentiles = [
+                        "" if getattr(c.stats, f"p{q}") is None else round(1000 * getattr(c.stats, f"p{q}"))
+                        for q in PERCENTILES
+                    ]
                     network = max(round(1000 * c.stats.mean - sum(stages)), 0)
-                    writer.writerow([c.concurrency, round(c.stats.throughput, 3), 0, network,
-                                     *(round(s) for s in stages), 0, *percentiles])
+                    writer.writerow(
+                        [
+                            c.concurrency,
+                            round(c.stats.throughput, 3),
+                            0,
+                            network,
+                            *(round(s) for s in stages),
+                            0,
+                            *percentiles,
+                        ]
+                    )
                 files[f"perf_analyzer_{deployment}_batch{batch}.csv"] = buffer.getvalue()
         return files

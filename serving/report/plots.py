@@ -56,8 +56,9 @@ def plot_training_curve(curve: list[dict], path: str | Path) -> Path:
     return save_figure(figure, path)
 
 
-def _by_deployment(report: Report, x: Callable[[Cell], float], y: Callable[[Cell], float],
-                   **fixed) -> dict[str, list[tuple[float, float]]]:
+def _by_deployment(
+    report: Report, x: Callable[[Cell], float], y: Callable[[Cell], float], **fixed
+) -> dict[str, list[tuple[float, float]]]:
     """Returns per deployment the (x, y) points of its cells whose attributes equal ``fixed``."""
     lines: dict[str, list[tuple[float, float]]] = {}
     for cell in report.cells:
@@ -66,8 +67,9 @@ def _by_deployment(report: Report, x: Callable[[Cell], float], y: Callable[[Cell
     return lines
 
 
-def _line_plot(lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str, path: Path,
-               log_x: bool = True) -> Path:
+def _line_plot(
+    lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str, path: Path, log_x: bool = True
+) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, points in lines.items():
         points = sorted(points, key=lambda p: p[0])
@@ -86,8 +88,9 @@ def _line_plot(lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel:
     return save_figure(figure, path)
 
 
-def _scatter(points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str, path: Path,
-             connect: bool = False) -> Path:
+def _scatter(
+    points: list[tuple[str, float, float]], xlabel: str, ylabel: str, title: str, path: Path, connect: bool = False
+) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
     if connect:
         ordered = sorted(points, key=lambda p: p[1])
@@ -132,21 +135,42 @@ def plot_report(report: Report, folder: str | Path, names: list[str]) -> list[Pa
         path = folder / name
         if name == "latency_vs_batch.png":
             lines = _by_deployment(report, lambda c: c.batch_size, lambda c: c.stats.p50, concurrency=concurrency)
-            paths.append(_line_plot(lines, "batch size", "p50 latency (ms)",
-                                    f"latency vs batch size (concurrency {concurrency})", path))
+            paths.append(
+                _line_plot(
+                    lines, "batch size", "p50 latency (ms)", f"latency vs batch size (concurrency {concurrency})", path
+                )
+            )
         elif name == "throughput_vs_concurrency.png":
             lines = _by_deployment(report, lambda c: c.concurrency, lambda c: c.stats.throughput, batch_size=batch)
-            paths.append(_line_plot(lines, "concurrent clients", "examples / s",
-                                    f"throughput vs concurrency (batch {batch})", path))
+            paths.append(
+                _line_plot(
+                    lines, "concurrent clients", "examples / s", f"throughput vs concurrency (batch {batch})", path
+                )
+            )
         elif name == "quality_vs_latency.png":
             cells = {c.deployment: c for c in report.cells if c.batch_size == largest and c.concurrency == concurrency}
             points = [(n, cells[n].stats.p50, quality[n]) for n in report.deployments if n in cells and n in quality]
-            paths.append(_scatter(points, f"p50 latency (ms), batch {largest}", f"{metric}{unit}",
-                                  "quality vs latency (lower right is worse)", path))
+            paths.append(
+                _scatter(
+                    points,
+                    f"p50 latency (ms), batch {largest}",
+                    f"{metric}{unit}",
+                    "quality vs latency (lower right is worse)",
+                    path,
+                )
+            )
         elif name == "quality_vs_pruned.png":
             points = [(n, 100 * d.pruned_share, quality[n]) for n, d in report.deployments.items() if n in quality]
-            paths.append(_scatter(points, "heads pruned (%)", f"{metric}{unit}", f"{metric} vs share of heads pruned",
-                                  path, connect=True))
+            paths.append(
+                _scatter(
+                    points,
+                    "heads pruned (%)",
+                    f"{metric}{unit}",
+                    f"{metric} vs share of heads pruned",
+                    path,
+                    connect=True,
+                )
+            )
         elif name == "head_importance.png":
             paths.append(_importance_heatmap(report.scores, path))
     return paths

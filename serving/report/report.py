@@ -40,8 +40,9 @@ def _generator(seed: int, name: str, batch: int, concurrency: int) -> np.random.
     return np.random.default_rng([seed, zlib.crc32(name.encode()), batch, concurrency])
 
 
-def build_report(settings: CompareSettings, facts: dict, records: list[dict], environment: dict,
-                 command: list[str] | None = None) -> Report:
+def build_report(
+    settings: CompareSettings, facts: dict, records: list[dict], environment: dict, command: list[str] | None = None
+) -> Report:
     """Returns the report of the measurements: signature, environment, facts, quality, cell stats, speedups."""
     quality = {r["deployment"]: r for r in records if record_type(r) == "quality"}
     cells = []
@@ -64,8 +65,9 @@ def build_report(settings: CompareSettings, facts: dict, records: list[dict], en
                     ratio_draws = ratios(draws[key_b], draws[key_c])
                     speedup = Speedup.between(stats[key_b], stats[key_c], ratio_draws)
                     measured.setdefault(name, []).append((concurrency, speedup, ratio_draws))
-                    speedups.append(CellSpeedup(name, batch, concurrency, speedup,
-                                                base_flops / facts[name].flops_per_example))
+                    speedups.append(
+                        CellSpeedup(name, batch, concurrency, speedup, base_flops / facts[name].flops_per_example)
+                    )
     deployments = {}
     for name in settings.deployments:
         paired = _paired_quality(quality.get(name), quality.get(settings.baseline), name == settings.baseline)
@@ -84,7 +86,7 @@ def build_report(settings: CompareSettings, facts: dict, records: list[dict], en
         speedups=speedups,
         mean_speedups=_mean_speedups(measured),
         complete=len(cells) == len(settings.deployments) * len(settings.batch_sizes) * len(settings.concurrency)
-                 and all(c.stats.trials == settings.trials for c in cells),
+        and all(c.stats.trials == settings.trials for c in cells),
         scores=HeadScores.load(settings.scores).to_dict() if settings.scores else None,
     )
 
@@ -98,8 +100,17 @@ def _paired_quality(measured: dict | None, baseline: dict | None, is_baseline: b
     if not is_baseline and baseline and measured.get("per_example") and baseline.get("per_example"):
         p_value = paired_p_value(measured["metric"], baseline["per_example"], measured["per_example"])
         low, high = paired_gain_interval(measured["metric"], baseline["per_example"], measured["per_example"])
-    return Quality(measured["metric"], measured["value"], measured["examples"], measured["signature"], p_value,
-                   measured.get("chrf"), measured.get("chrf_signature"), low, high)
+    return Quality(
+        measured["metric"],
+        measured["value"],
+        measured["examples"],
+        measured["signature"],
+        p_value,
+        measured.get("chrf"),
+        measured.get("chrf_signature"),
+        low,
+        high,
+    )
 
 
 def _mean_speedups(measured: dict[str, list[tuple[int, Speedup, np.ndarray]]]) -> dict[str, MeanSpeedup]:
@@ -127,12 +138,17 @@ def write_report(report: Report, folder: str | Path) -> Path:
 def read_report_json(folder: str | Path) -> dict:
     """Returns the report.json data of ``folder``; raises HeadpruneError if it is missing, damaged or too old."""
     path = Path(folder) / "report.json"
-    data = read_json(path, f"'{folder}' has no report.json",
-                     "run 'headprune compare' (or 'headprune demo') with that folder as its output first")
+    data = read_json(
+        path,
+        f"'{folder}' has no report.json",
+        "run 'headprune compare' (or 'headprune demo') with that folder as its output first",
+    )
     if "mean_speedups" not in data:
-        raise HeadpruneError(f"'{path}' was written by an older headprune (no speedup intervals)",
-                             "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
-                             "measurements.jsonl without measuring again")
+        raise HeadpruneError(
+            f"'{path}' was written by an older headprune (no speedup intervals)",
+            "rerun the same 'headprune compare' command with --resume: it rebuilds the report from "
+            "measurements.jsonl without measuring again",
+        )
     return data
 
 

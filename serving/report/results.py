@@ -18,7 +18,9 @@ def _duration(demo: dict) -> list[str]:
     if not seconds:
         return []
     model = "the fine-tuned model from the cache" if demo.get("model_cached") else "fine-tuning included"
-    stages = ", ".join(f"{name.replace('_', ' ')} {value / 60:.1f}" for name, value in seconds.items() if name != "total")
+    stages = ", ".join(
+        f"{name.replace('_', ' ')} {value / 60:.1f}" for name, value in seconds.items() if name != "total"
+    )
     return [f"The run took {seconds['total'] / 60:.1f} minutes ({model}; minutes per stage: {stages})."]
 
 
@@ -53,8 +55,11 @@ def render_results(data: dict) -> str:
     ]
     rows = zip(*(curve.points for curve in curves.values()))
     for points in rows:
-        lines.append(f"| {100 * points[0]['fraction']:.1f} % ({points[0]['pruned_heads']}) | "
-                     + " | ".join(f"{100 * p['metric']:.2f} %" for p in points) + " |")
+        lines.append(
+            f"| {100 * points[0]['fraction']:.1f} % ({points[0]['pruned_heads']}) | "
+            + " | ".join(f"{100 * p['metric']:.2f} %" for p in points)
+            + " |"
+        )
     shares = ", ".join(f"**{100 * curve.tolerated_share():.0f} %** {curve.label}" for curve in curves.values())
     lines += [
         "",
@@ -71,43 +76,63 @@ def render_results(data: dict) -> str:
         f"Baseline accuracy {100 * ablation.baseline:.2f} %. Removing one head alone changes accuracy "
         f"significantly (exact McNemar test on the same sentences, p < {alpha}) for **{moved} of {total}** heads; "
         f"the largest drop is {100 * min(deltas):+.2f} and the largest gain {100 * max(deltas):+.2f} points. "
-        "The paper: most heads can be removed alone with no significant change. * marks p < " f"{alpha}.",
+        "The paper: most heads can be removed alone with no significant change. * marks p < "
+        f"{alpha}.",
         "",
         "| layer | change per head (points) |",
         "|---|---|",
     ]
     for layer, row in ablation.delta["encoder"].items():
         marks = ablation.p_value["encoder"][layer]
-        lines.append(f"| {layer} | " + " ".join(f"{100 * d:+.1f}{'*' if p < alpha else ''}" for d, p in zip(row, marks))
-                     + " |")
+        lines.append(
+            f"| {layer} | " + " ".join(f"{100 * d:+.1f}{'*' if p < alpha else ''}" for d, p in zip(row, marks)) + " |"
+        )
     took = f" ({seconds['best_head_per_layer'] / 60:.1f} minutes)" if "best_head_per_layer" in seconds else ""
-    lines += ["", f"## Each layer reduced to its best single head ({best.examples} sentences){took}", "",
-              "| layer | best head | accuracy | change (points) | p (McNemar) |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## Each layer reduced to its best single head ({best.examples} sentences){took}",
+        "",
+        "| layer | best head | accuracy | change (points) | p (McNemar) |",
+        "|---|---|---|---|---|",
+    ]
     for layer, row in best.layers["encoder"].items():
         mark = "*" if row["p_value"] < alpha else ""
-        lines.append(f"| {layer} | {row['best_head']} | {100 * row['metric']:.2f} % | {100 * row['delta']:+.2f}{mark} | "
-                     f"{row['p_value']:.2g} |")
+        lines.append(
+            f"| {layer} | {row['best_head']} | {100 * row['metric']:.2f} % | {100 * row['delta']:+.2f}{mark} | "
+            f"{row['p_value']:.2g} |"
+        )
     changed, layers = best.significant()
     lines += ["", f"Layers whose reduction to one head changes accuracy significantly: **{changed} of {layers}**.", ""]
     lines += ["", "## Served speedup at 50 % of heads pruned", ""]
     fifty = next((c for c in report.candidates if abs(report.deployments[c].pruned_share - 0.5) < 0.01), None)
     if fifty:
         lowest = min(s.concurrency for s in report.speedups)
-        lines += [f"`{fifty}` vs `{base}` through Triton on {report.environment['machine'].get('cpus')} CPU cores, "
-                  f"sequence length {report.signature['seq_len']}, concurrency {lowest}:", "",
-                  "| batch | measured [95 % bootstrap interval] | requests, trials per side | predicted from FLOPs | "
-                  "paper (GPU) |", "|---|---|---|---|---|"]
+        lines += [
+            f"`{fifty}` vs `{base}` through Triton on {report.environment['machine'].get('cpus')} CPU cores, "
+            f"sequence length {report.signature['seq_len']}, concurrency {lowest}:",
+            "",
+            "| batch | measured [95 % bootstrap interval] | requests, trials per side | predicted from FLOPs | "
+            "paper (GPU) |",
+            "|---|---|---|---|---|",
+        ]
         for s in report.speedups:
             if s.candidate == fifty and s.concurrency == lowest:
                 measured = s.speedup
                 paper = PAPER_SPEEDUP.get(s.batch_size)
-                lines.append(f"| {s.batch_size} | {100 * (measured.ratio - 1):+.1f} % ({measured.format()}) | "
-                             f"{measured.baseline_requests}/{measured.candidate_requests}, "
-                             f"{measured.baseline_trials}/{measured.candidate_trials} | "
-                             f"{100 * (s.predicted - 1):+.1f} % | {'' if paper is None else f'+{paper} %'} |")
+                lines.append(
+                    f"| {s.batch_size} | {100 * (measured.ratio - 1):+.1f} % ({measured.format()}) | "
+                    f"{measured.baseline_requests}/{measured.candidate_requests}, "
+                    f"{measured.baseline_trials}/{measured.candidate_trials} | "
+                    f"{100 * (s.predicted - 1):+.1f} % | {'' if paper is None else f'+{paper} %'} |"
+                )
     quality = {n: report.deployments[n].quality for n in [base, *report.candidates]}
-    lines += ["", "Served accuracy: " + ", ".join(f"{n} {100 * q.value:.2f} %" for n, q in quality.items() if q) + ".",
-              "", f"Full comparison: the demo's `report.md`. Verdict: {report.verdict().text}", ""]
+    lines += [
+        "",
+        "Served accuracy: " + ", ".join(f"{n} {100 * q.value:.2f} %" for n, q in quality.items() if q) + ".",
+        "",
+        f"Full comparison: the demo's `report.md`. Verdict: {report.verdict().text}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -115,8 +140,10 @@ def demo_results(report_dir: str | Path) -> dict:
     """Returns report.json of a demo run; raises HeadpruneError if the folder holds none or a plain comparison."""
     report = read_report_json(report_dir)
     if "experiments" not in report:
-        raise HeadpruneError(f"'{report_dir}' is a compare report, not a demo report",
-                             "run 'headprune demo' or 'headprune demo-mt' first")
+        raise HeadpruneError(
+            f"'{report_dir}' is a compare report, not a demo report",
+            "run 'headprune demo' or 'headprune demo-mt' first",
+        )
     return report
 
 

@@ -12,9 +12,15 @@ from serving.benchmark.compare import CompareSettings, Comparison
 from serving.report.report import build_report, write_report
 
 
-def run_comparison(settings: CompareSettings, *, resume: bool = False, overwrite: bool = False,
-                   phases: Phases = no_phases, command: list[str] | None = None,
-                   extend: Callable[[dict], None] | None = None) -> Path:
+def run_comparison(
+    settings: CompareSettings,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    phases: Phases = no_phases,
+    command: list[str] | None = None,
+    extend: Callable[[dict], None] | None = None,
+) -> Path:
     """Measures every deployment of ``settings`` (continuing a journal with ``resume``), writes the report into
     ``settings.out`` and returns report.md's path. An existing non-empty ``settings.out`` is refused unless
     ``resume`` or ``overwrite`` (which starts over: its earlier measurements are deleted).
@@ -29,8 +35,9 @@ def run_comparison(settings: CompareSettings, *, resume: bool = False, overwrite
     try:
         comparison.run()
     finally:
-        report = build_report(settings, comparison.facts, comparison.journal.records(), comparison.environment(),
-                              command or sys.argv)
+        report = build_report(
+            settings, comparison.facts, comparison.journal.records(), comparison.environment(), command or sys.argv
+        )
         if extend is not None:
             extend(report.extra)
         path = write_report(report, settings.out)

@@ -37,8 +37,10 @@ class ReportServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as error:
-            raise HeadpruneError(f"cannot serve the report on {host}:{port} ({error.strerror})",
-                                 "choose another --port, or 0 for a free one") from error
+            raise HeadpruneError(
+                f"cannot serve the report on {host}:{port} ({error.strerror})",
+                "choose another --port, or 0 for a free one",
+            ) from error
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -63,8 +65,9 @@ def report_page(folder: str | Path) -> Path:
     return page
 
 
-def open_report(folder: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                browser: Callable[[str], bool] | None = None) -> ReportServer | None:
+def open_report(
+    folder: str | Path, *, host: str = "127.0.0.1", port: int = 0, browser: Callable[[str], bool] | None = None
+) -> ReportServer | None:
     """Opens ``folder``'s report.html in ``browser`` (the desktop's default); returns None when a browser took it, or else a started
     ReportServer for it (a machine with no browser: a terminal, a server)."""
     page = report_page(folder)

@@ -61,8 +61,10 @@ def _check_port(host: str, port: int, flag: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as error:
-            raise HeadpruneError(f"port {port} on {host} is taken ({error.strerror})",
-                                 f"stop whatever listens there or pass another {flag}") from error
+            raise HeadpruneError(
+                f"port {port} on {host} is taken ({error.strerror})",
+                f"stop whatever listens there or pass another {flag}",
+            ) from error
 
 
 @dataclass
@@ -114,32 +116,57 @@ class TritonServer:
         folder = Path(tempfile.mkdtemp(prefix="headprune-backends-"))
         python = folder / "python"
         python.mkdir()
-        stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+        stub = (
+            root
+            / "python_backend_stubs"
+            / f"{sys.version_info.major}.{sys.version_info.minor}"
+            / "triton_python_backend_stub"
+        )
         if not stub.exists():
-            raise HeadpruneError(f"the Triton Python backend has no stub for Python {sys.version_info.major}.{sys.version_info.minor}",
-                                 "use Python 3.8-3.13")
+            raise HeadpruneError(
+                f"the Triton Python backend has no stub for Python {sys.version_info.major}.{sys.version_info.minor}",
+                "use Python 3.8-3.13",
+            )
         # Copies, not links: Triton refuses a backend library that resolves outside its folder.
-        for source in (root / "backends/python/libtriton_python.so", root / "backends/python/triton_python_backend_utils.py", stub):
+        for source in (
+            root / "backends/python/libtriton_python.so",
+            root / "backends/python/triton_python_backend_utils.py",
+            stub,
+        ):
             shutil.copy2(source, python / source.name)
         onnx_backend = folder / "onnxruntime"
         onnx_backend.mkdir()
-        (onnx_backend / "model.py").write_text(resources.files("serving.server.backends.onnxruntime").joinpath("model.py").read_text())
+        (onnx_backend / "model.py").write_text(
+            resources.files("serving.server.backends.onnxruntime").joinpath("model.py").read_text()
+        )
         return folder
 
     def command(self, backends: Path) -> list[str]:
         """Returns the tritonserver command line."""
-        control = ["--model-control-mode=explicit", "--load-model=*"] if self.allow_model_control else ["--model-control-mode=none"]
+        control = (
+            ["--model-control-mode=explicit", "--load-model=*"]
+            if self.allow_model_control
+            else ["--model-control-mode=none"]
+        )
         if self.model_args:
             control = list(self.model_args)
         return [
             str(_pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repo).resolve()}",
             f"--backend-directory={backends}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false", "--allow-sagemaker=false", "--allow-vertex-ai=false",
-            "--exit-on-error=true", "--strict-readiness=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=true",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--allow-sagemaker=false",
+            "--allow-vertex-ai=false",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
             *control,
         ]
 
@@ -155,12 +182,25 @@ class TritonServer:
     def start(self) -> "TritonServer":
         """Starts the server and waits until every model is ready; raises HeadpruneError with Triton's reason."""
         # Explicit model control (also behind model_args) opens Triton's load and unload API.
-        if (self.allow_model_control or self.model_args) and not is_loopback(self.host) and not self.expose_model_control:
-            raise HeadpruneError(f"model control on {self.host} would let any host that reaches it load models, and so "
-                                 "run code in the server", "bind to 127.0.0.1, or confirm with `expose_model_control`")
+        if (
+            (self.allow_model_control or self.model_args)
+            and not is_loopback(self.host)
+            and not self.expose_model_control
+        ):
+            raise HeadpruneError(
+                f"model control on {self.host} would let any host that reaches it load models, and so "
+                "run code in the server",
+                "bind to 127.0.0.1, or confirm with `expose_model_control`",
+            )
         if not Path(self.repo).is_dir():
-            raise HeadpruneError(f"model repository '{self.repo}' does not exist", "export a model into it with 'headprune export'")
-        for port, flag in ((self.http_port, "--http-port"), (self.grpc_port, "--grpc-port"), (self.metrics_port, "--metrics-port")):
+            raise HeadpruneError(
+                f"model repository '{self.repo}' does not exist", "export a model into it with 'headprune export'"
+            )
+        for port, flag in (
+            (self.http_port, "--http-port"),
+            (self.grpc_port, "--grpc-port"),
+            (self.metrics_port, "--metrics-port"),
+        ):
             _check_port(self.host, port, flag)
         check_binary(_pytriton_root() / "bin" / "tritonserver")
         check_serving_environment(self.python)
@@ -173,8 +213,13 @@ class TritonServer:
         log = open(self.log_file, "a")
         log.write(f"{START_MARK} at {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n")
         log.flush()
-        self.process = subprocess.Popen(self.command(self._backends), stdout=log, stderr=subprocess.STDOUT,
-                                        env=self._environment(), start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(self._backends),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self._environment(),
+            start_new_session=True,
+        )
         log.close()
         self._wait_ready()
         return self
@@ -193,8 +238,10 @@ class TritonServer:
             if self.process.poll() is not None:
                 reason = self.failure_reason()
                 self.stop()
-                raise HeadpruneError(f"Triton exited while starting: {reason}",
-                                     f"fix the model repository '{self.repo}' (full log: {self.log_file})")
+                raise HeadpruneError(
+                    f"Triton exited while starting: {reason}",
+                    f"fix the model repository '{self.repo}' (full log: {self.log_file})",
+                )
             try:
                 if client.is_server_ready():
                     return
@@ -202,18 +249,24 @@ class TritonServer:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise HeadpruneError(f"Triton was not ready after {self.startup_timeout:.0f} s",
-                             f"look at its log {self.log_file}")
+        raise HeadpruneError(
+            f"Triton was not ready after {self.startup_timeout:.0f} s", f"look at its log {self.log_file}"
+        )
 
     def failure_reason(self) -> str:
         """Returns the model-load errors (or last error lines) from the server log."""
         text = self._log_since_start()  # this start's lines only: the log is appended to
         # Triton says either "failed to load 'm' version 1: why" or "failed to load model 'm': why".
-        reasons = dict(re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M))
+        reasons = dict(
+            re.findall(r"failed to load (?:model )?'([^']+)'(?: version \d+)?: (.*?)(?:\\n|\"?$)", text, re.M)
+        )
         if reasons:
             return "; ".join(f"model '{name}': {why.strip()[:300]}" for name, why in reasons.items())
-        errors = [line for line in text.splitlines() if line.startswith("E") and "nvml" not in line.lower()
-                  and "dcgm" not in line.lower()]
+        errors = [
+            line
+            for line in text.splitlines()
+            if line.startswith("E") and "nvml" not in line.lower() and "dcgm" not in line.lower()
+        ]
         return errors[-1] if errors else (text.strip().splitlines() or ["no output"])[-1]
 
     def processes(self) -> dict[int, str]:
@@ -228,7 +281,9 @@ class TritonServer:
                 # /proc/PID/stat: state and process group follow the command name, which may hold spaces.
                 state, _, group = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
                 if int(group) == self.process.pid and state != "Z":  # a dead, unreaped stub is a zombie
-                    found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    found[int(entry.name)] = (
+                        (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    )
             except (OSError, IndexError, ValueError):  # the process ended while being read
                 continue
         return found
@@ -240,7 +295,7 @@ class TritonServer:
         for pid, command in self.processes().items():
             for word in command.split():
                 if "triton_python_backend_stub" in command and word.startswith(root):
-                    models.setdefault(word[len(root):].split("/")[0], []).append(pid)
+                    models.setdefault(word[len(root) :].split("/")[0], []).append(pid)
                     break
         return models
 
@@ -264,8 +319,10 @@ class TritonServer:
             except ProcessLookupError:
                 pass
             if problem is None and "Exit timeout expired" in self._log_since_start():
-                problem = (f"Triton's exit timeout ({EXIT_TIMEOUT_S} s) expired before its models were unloaded "
-                           "(clients still connected, or requests unfinished); its processes were killed")
+                problem = (
+                    f"Triton's exit timeout ({EXIT_TIMEOUT_S} s) expired before its models were unloaded "
+                    "(clients still connected, or requests unfinished); its processes were killed"
+                )
         if self.process is not None:
             self._kill_group(self.process.pid)
             self.process.wait()

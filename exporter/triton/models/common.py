@@ -24,7 +24,9 @@ def token_rows(tensor, name, tokenizer, max_tokens, fix):
         try:
             text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
         except UnicodeDecodeError as error:
-            raise ValueError(f"{name} row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
+            raise ValueError(
+                f"{name} row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})"
+            ) from error
         if not text.strip():
             raise ValueError(f"{name} row {row} must not be empty")
         ids = tokenizer.encode(text).ids
@@ -51,12 +53,16 @@ def grouped_responses(pb_utils, requests, parse, produce, output, doing):
             texts = produce(key, [row for _, rows in members for row in rows])
         except Exception as error:  # fails this group's requests only, with what went wrong
             for index, _ in members:
-                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                    f"cannot {doing} for this request ({type(error).__name__}: {error})"))
+                responses[index] = pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(f"cannot {doing} for this request ({type(error).__name__}: {error})"),
+                )
             continue
         start = 0
         for index, rows in members:
-            values = np.array([t.encode("utf-8") for t in texts[start:start + len(rows)]], dtype=object)
+            values = np.array([t.encode("utf-8") for t in texts[start : start + len(rows)]], dtype=object)
             start += len(rows)
-            responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(output, values.reshape(-1, 1))])
+            responses[index] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(output, values.reshape(-1, 1))]
+            )
     return responses

@@ -38,8 +38,13 @@ class TritonPythonModel:
         parameters = json.loads(request.parameters() or "{}")
         limit = self.settings["max_new_tokens"]
         new_tokens = integer_parameter(parameters, "max_new_tokens", min(limit, 32), 1, limit)
-        prompts = token_rows(pb_utils.get_input_tensor_by_name(request, "PROMPT"), "PROMPT", self.tokenizer,
-                             self.settings["positions"] - new_tokens, "shorten the prompt or ask for fewer new tokens")
+        prompts = token_rows(
+            pb_utils.get_input_tensor_by_name(request, "PROMPT"),
+            "PROMPT",
+            self.tokenizer,
+            self.settings["positions"] - new_tokens,
+            "shorten the prompt or ask for fewer new tokens",
+        )
         return new_tokens, prompts
 
     def _generate(self, new_tokens, prompts):

@@ -32,7 +32,9 @@ class TritonPythonModel:
         self.size = (processing["width"], processing["height"]) if processing["resize"] else None
         self.resample = processing["resample"]
         self.scale = processing["rescale_factor"]
-        self.mean = None if processing["mean"] is None else np.array(processing["mean"], dtype=np.float32)[:, None, None]
+        self.mean = (
+            None if processing["mean"] is None else np.array(processing["mean"], dtype=np.float32)[:, None, None]
+        )
         self.std = None if processing["std"] is None else np.array(processing["std"], dtype=np.float32)[:, None, None]
         id2label = json.loads(parameters["id2label"])
         self.labels = np.array([id2label[str(i)].encode() for i in range(len(id2label))], dtype=object)
@@ -43,7 +45,9 @@ class TritonPythonModel:
             image = Image.open(io.BytesIO(bytes(data)))
             image = image.convert("RGB")
         except Exception as error:  # Pillow raises many types for bad, truncated or oversized images
-            raise ValueError(f"IMAGE row {row} is not an image Pillow can decode ({type(error).__name__}: {error})") from error
+            raise ValueError(
+                f"IMAGE row {row} is not an image Pillow can decode ({type(error).__name__}: {error})"
+            ) from error
         if self.size is not None:
             image = image.resize(self.size, resample=self.resample)
         pixels = np.moveaxis(np.array(image), -1, 0)
@@ -60,13 +64,18 @@ class TritonPythonModel:
             raise ValueError("input IMAGE is missing")
         rows = tensor.as_numpy().reshape(-1)
         pixels = np.stack([self._pixels(row, data) for row, data in enumerate(rows)]).astype(np.float32)
-        response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=["logits"],
-                                             inputs=[pb_utils.Tensor("pixel_values", pixels)]).exec()
+        response = pb_utils.InferenceRequest(
+            model_name=self.classifier,
+            requested_output_names=["logits"],
+            inputs=[pb_utils.Tensor("pixel_values", pixels)],
+        ).exec()
         if response.has_error():
             raise RuntimeError(f"model '{self.classifier}': {response.error().message()}")
         logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
         labels = self.labels[logits.argmax(-1)].reshape(-1, 1)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)])
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)]
+        )
 
     def execute(self, requests):
         responses = []

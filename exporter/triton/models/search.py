@@ -30,8 +30,9 @@ class Seq2SeqSearch:
 
     def __init__(self, encode, decode, layout, start_id, eos_id, suppressed_ids=(), forced_eos=False):
         self.encode, self.decode = encode, decode
-        self.cross_names = [f"cross.{layer}.{part}" for layer, n in enumerate(layout["cross_heads"]) if n
-                            for part in ("key", "value")]
+        self.cross_names = [
+            f"cross.{layer}.{part}" for layer, n in enumerate(layout["cross_heads"]) if n for part in ("key", "value")
+        ]
         self.self_layers = [(layer, n) for layer, n in enumerate(layout["self_heads"]) if n]
         self.head_size = layout["head_size"]
         self.start_id, self.eos_id = start_id, eos_id
@@ -116,7 +117,7 @@ class Seq2SeqSearch:
             survivors = []  # (item, rows, scores, sequences) of sources still searching
             for position, item in enumerate(active):
                 rows, beam_scores, beam_sequences = [], [], []
-                for rank, flat in enumerate(np.argsort(-totals[position], kind="stable")[:2 * num_beams]):
+                for rank, flat in enumerate(np.argsort(-totals[position], kind="stable")[: 2 * num_beams]):
                     beam, token = divmod(int(flat), vocabulary)
                     total = float(totals[position, flat])
                     if not np.isfinite(total):
@@ -129,11 +130,28 @@ class Seq2SeqSearch:
                         rows.append(position * num_beams + beam)
                         beam_scores.append(total)
                         beam_sequences.append(sequence)
-                if rows and not last and not _done([h[0] for h in ended[item]], beam_scores[0], step, num_beams,
-                                                   max_new_tokens, early_stopping, length_penalty):
+                if (
+                    rows
+                    and not last
+                    and not _done(
+                        [h[0] for h in ended[item]],
+                        beam_scores[0],
+                        step,
+                        num_beams,
+                        max_new_tokens,
+                        early_stopping,
+                        length_penalty,
+                    )
+                ):
                     padding = num_beams - len(rows)  # dead copies keep every source at num_beams rows
-                    survivors.append((item, rows + rows[:1] * padding, beam_scores + [-np.inf] * padding,
-                                      beam_sequences + beam_sequences[:1] * padding))
+                    survivors.append(
+                        (
+                            item,
+                            rows + rows[:1] * padding,
+                            beam_scores + [-np.inf] * padding,
+                            beam_sequences + beam_sequences[:1] * padding,
+                        )
+                    )
             if not survivors:
                 break
             active = [item for item, _, _, _ in survivors]
@@ -154,7 +172,7 @@ def _done(ended_scores, best_live, step, num_beams, max_new_tokens, early_stoppi
     if early_stopping is True:
         return True
     length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else step + 1
-    return best_live / length ** length_penalty <= sorted(ended_scores, reverse=True)[num_beams - 1]
+    return best_live / length**length_penalty <= sorted(ended_scores, reverse=True)[num_beams - 1]
 
 
 def left_padded(prompts, pad_id):
@@ -182,8 +200,11 @@ class CausalSearch:
         """Returns the greedy continuation of each prompt (token ids, up to and including an end-of-sequence id)."""
         tokens, mask = left_padded(prompts, self.pad_id)
         positions = np.maximum(mask.cumsum(-1) - 1, 0)
-        state = {f"past.{layer}.{part}": np.zeros((len(prompts), heads, 0, self.head_size), dtype=np.float32)
-                 for layer, heads in self.layers for part in ("key", "value")}
+        state = {
+            f"past.{layer}.{part}": np.zeros((len(prompts), heads, 0, self.head_size), dtype=np.float32)
+            for layer, heads in self.layers
+            for part in ("key", "value")
+        }
         results = [[] for _ in prompts]
         active = np.arange(len(prompts))
         for _ in range(max_new_tokens):

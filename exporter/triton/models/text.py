@@ -50,7 +50,9 @@ class TritonPythonModel:
             try:
                 text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             except UnicodeDecodeError as error:
-                raise ValueError(f"{name} row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})") from error
+                raise ValueError(
+                    f"{name} row {row} must be UTF-8 encoded ({error.reason} at byte {error.start})"
+                ) from error
             if not text.strip():
                 raise ValueError(f"{name} row {row} must not be empty")
             texts.append(text)
@@ -70,10 +72,13 @@ class TritonPythonModel:
 
     def _run(self, encodings, output):
         """Returns ``output`` of the tensor model for the encoded texts."""
-        tensors = [pb_utils.Tensor(name, np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
-                   for name in self.inputs]
-        response = pb_utils.InferenceRequest(model_name=self.classifier, requested_output_names=[output],
-                                             inputs=tensors).exec()
+        tensors = [
+            pb_utils.Tensor(name, np.array([getattr(e, ENCODING_FIELDS[name]) for e in encodings], dtype=np.int64))
+            for name in self.inputs
+        ]
+        response = pb_utils.InferenceRequest(
+            model_name=self.classifier, requested_output_names=[output], inputs=tensors
+        ).exec()
         if response.has_error():
             raise RuntimeError(f"model '{self.classifier}': {response.error().message()}")
         return pb_utils.get_output_tensor_by_name(response, output).as_numpy()
@@ -84,10 +89,14 @@ class TritonPythonModel:
             # Only the small nll output comes back: a batch's logits would be seq * vocab floats per text.
             nll = self._run(encodings, "nll")
             tokens = np.array([[max(sum(e.attention_mask) - 1, 0)] for e in encodings], dtype=np.int64)
-            return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("NLL", nll), pb_utils.Tensor("TOKENS", tokens)])
+            return pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("NLL", nll), pb_utils.Tensor("TOKENS", tokens)]
+            )
         logits = self._run(encodings, "logits")
         labels = self.labels[logits.argmax(-1)].reshape(-1, 1)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)])
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor("LOGITS", logits), pb_utils.Tensor("LABEL", labels)]
+        )
 
     def execute(self, requests):
         responses = []

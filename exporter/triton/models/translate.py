@@ -27,13 +27,16 @@ from search import Seq2SeqSearch, session_runner  # noqa: E402
 
 def _bls_runner(spec):
     """Returns ``run(feeds) -> {output name: array}`` sending the graph's inputs to the served model ``spec["model"]``."""
+
     def run(feeds):
         inputs = [pb_utils.Tensor(name, np.ascontiguousarray(feeds[name])) for name in spec["inputs"]]
-        response = pb_utils.InferenceRequest(model_name=spec["model"], inputs=inputs,
-                                             requested_output_names=spec["outputs"]).exec()
+        response = pb_utils.InferenceRequest(
+            model_name=spec["model"], inputs=inputs, requested_output_names=spec["outputs"]
+        ).exec()
         if response.has_error():
             raise RuntimeError(f"{spec['model']}: {response.error().message()}")
         return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
     return run
 
 
@@ -52,8 +55,9 @@ class TritonPythonModel:
             encode = session_runner(encoder, threads) if os.path.exists(encoder) else None
             decode = session_runner(os.path.join(folder, "decoder.onnx"), threads)
         s = self.settings
-        self.search = Seq2SeqSearch(encode, decode, s["layout"], s["start_id"], s["eos_id"], s["suppressed_ids"],
-                                    s["forced_eos"])
+        self.search = Seq2SeqSearch(
+            encode, decode, s["layout"], s["start_id"], s["eos_id"], s["suppressed_ids"], s["forced_eos"]
+        )
         self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer", "tokenizer.json"))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()  # each source is tokenised once, when checked; batches are padded here
@@ -61,15 +65,21 @@ class TritonPythonModel:
 
     def _request(self, request):
         """Returns (token ids of each source, num_beams, max_new_tokens) of one request; raises ValueError when it is bad."""
-        sources = token_rows(pb_utils.get_input_tensor_by_name(request, "SOURCE"), "SOURCE", self.tokenizer,
-                             self.settings["max_length"], "split the text into sentences")
+        sources = token_rows(
+            pb_utils.get_input_tensor_by_name(request, "SOURCE"),
+            "SOURCE",
+            self.tokenizer,
+            self.settings["max_length"],
+            "split the text into sentences",
+        )
         parameters = json.loads(request.parameters() or "{}")
         limits = self.limits
         if limits.get("beam_refused") and int(parameters.get("num_beams", 1) or 1) > 1:
             raise ValueError(f"num_beams {parameters['num_beams']} is not served: {limits['beam_refused']}")
         beams = integer_parameter(parameters, "num_beams", limits.get("default_beams", 1), 1, limits["max_beams"])
-        new_tokens = integer_parameter(parameters, "max_new_tokens", limits["default_new_tokens"], 1,
-                                       limits["max_new_tokens"])
+        new_tokens = integer_parameter(
+            parameters, "max_new_tokens", limits["default_new_tokens"], 1, limits["max_new_tokens"]
+        )
         return sources, beams, new_tokens
 
     def _translate(self, sources, beams, new_tokens):
@@ -80,8 +90,14 @@ class TritonPythonModel:
         if beams == 1:
             generated = self.search.greedy(ids, mask, new_tokens)
         else:
-            generated = self.search.beam(ids, mask, beams, new_tokens, self.limits.get("length_penalty", 1.0),
-                                         self.limits.get("early_stopping", True))
+            generated = self.search.beam(
+                ids,
+                mask,
+                beams,
+                new_tokens,
+                self.limits.get("length_penalty", 1.0),
+                self.limits.get("early_stopping", True),
+            )
         return self.tokenizer.decode_batch(generated, skip_special_tokens=True)
 
     def _parse(self, request):
@@ -89,5 +105,11 @@ class TritonPythonModel:
         return (beams, new_tokens), sources
 
     def execute(self, requests):
-        return grouped_responses(pb_utils, requests, self._parse, lambda key, sources: self._translate(sources, *key),
-                                 "TRANSLATION", "translate")
+        return grouped_responses(
+            pb_utils,
+            requests,
+            self._parse,
+            lambda key, sources: self._translate(sources, *key),
+            "TRANSLATION",
+            "translate",
+        )

@@ -16,8 +16,13 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-NUMPY_TYPES = {"TYPE_INT64": np.int64, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_FP16": np.float16,
-               "TYPE_BOOL": np.bool_}
+NUMPY_TYPES = {
+    "TYPE_INT64": np.int64,
+    "TYPE_INT32": np.int32,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP16": np.float16,
+    "TYPE_BOOL": np.bool_,
+}
 
 
 def _parameter(config, key, default=None):
@@ -42,8 +47,9 @@ def _check_range(name, array, low, high):
     if bad.size:
         values = np.unique(bad)
         shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
-        raise ValueError(f"{name} must lie in [{low}, {high}); received {shown} "
-                         f"({bad.size} of {array.size} values out of range)")
+        raise ValueError(
+            f"{name} must lie in [{low}, {high}); received {shown} ({bad.size} of {array.size} values out of range)"
+        )
 
 
 def _error_response(error):
@@ -83,7 +89,9 @@ class TritonPythonModel:
             options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         providers = _providers(self.config, args["model_instance_kind"], int(args["model_instance_device_id"]))
         self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
-        self.inputs = [(spec["name"], NUMPY_TYPES[spec["data_type"]], len(spec["dims"])) for spec in self.config["input"]]
+        self.inputs = [
+            (spec["name"], NUMPY_TYPES[spec["data_type"]], len(spec["dims"])) for spec in self.config["input"]
+        ]
         self.outputs = [spec["name"] for spec in self.config["output"]]
         self.batched = self.config.get("max_batch_size", 0) > 0
         self.ranges = _input_ranges(self.config)
@@ -97,8 +105,10 @@ class TritonPythonModel:
                 raise ValueError(f"input '{name}' is missing")
             array = tensor.as_numpy()
             if array.dtype != dtype or array.ndim != rank + int(self.batched):
-                raise ValueError(f"input '{name}' must be {np.dtype(dtype).name} with rank {rank + int(self.batched)}, "
-                                 f"got {array.dtype} with shape {list(array.shape)}")
+                raise ValueError(
+                    f"input '{name}' must be {np.dtype(dtype).name} with rank {rank + int(self.batched)}, "
+                    f"got {array.dtype} with shape {list(array.shape)}"
+                )
             if self.batched and array.ndim == 2:
                 self._check_length(name, array.shape[1])
             if name in self.ranges:
@@ -115,8 +125,10 @@ class TritonPythonModel:
         if tokens == 0:
             raise ValueError(f"input '{name}' holds no tokens: send at least one per row")
         if self.max_positions and tokens > self.max_positions:
-            raise ValueError(f"input '{name}' holds {tokens} tokens per row, more than the model's "
-                             f"{self.max_positions} positions: truncate the sequences")
+            raise ValueError(
+                f"input '{name}' holds {tokens} tokens per row, more than the model's "
+                f"{self.max_positions} positions: truncate the sequences"
+            )
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -153,8 +165,11 @@ class TritonPythonModel:
         start = 0
         for index, arrays in members:
             size = len(next(iter(arrays.values())))
-            tensors = [pb_utils.Tensor(name, result[start:start + size]) for name, result in zip(outputs, results)
-                       if name in asked[index]]
+            tensors = [
+                pb_utils.Tensor(name, result[start : start + size])
+                for name, result in zip(outputs, results)
+                if name in asked[index]
+            ]
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             start += size
 
