@@ -10,36 +10,13 @@ import random
 from pathlib import Path
 
 from exporter.errors import HeadpruneError
+from exporter.tasks import READINGS, SOURCES_ONLY, TASKS, TEXTS_ONLY  # noqa: F401 (re-exported)
 
-# Canonical column roles per task; users may map them to other column names.
-# TEXTS_ONLY reads a classifier's texts without labels, SOURCES_ONLY a translation model's sources without targets
-# (recovery by distillation needs neither).
-TEXTS_ONLY, SOURCES_ONLY = "texts", "sources"
-REQUIRED = {
-    "classification": ("text", "label"),
-    "regression": ("text", "label"),
-    "translation": ("source", "target"),
-    "language-modeling": ("text",),
-    "image-classification": ("image", "label"),
-    TEXTS_ONLY: ("text",),
-    SOURCES_ONLY: ("source",),
-}
-OPTIONAL = {
-    "classification": ("text_pair",),
-    "regression": ("text_pair",),
-    "translation": (),
-    "language-modeling": (),
-    "image-classification": (),
-    TEXTS_ONLY: ("text_pair",),
-    SOURCES_ONLY: (),
-}
+# Column roles per task and reading (exporter.tasks); users may map them to other column names or positions.
+REQUIRED = {name: needed for name, (needed, _) in READINGS.items()}
+OPTIONAL = {name: extra for name, (_, extra) in READINGS.items()}
 # What recovery reads of a data file, per model task.
-UNLABELLED = {
-    "classification": TEXTS_ONLY,
-    "regression": TEXTS_ONLY,
-    "language-modeling": "language-modeling",
-    "translation": SOURCES_ONLY,
-}
+UNLABELLED = {name: task.unlabelled for name, task in TASKS.items() if task.unlabelled}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Class names of transformers' causal language models end with one of these.
 CAUSAL_LM_CLASSES = ("ForCausalLM", "LMHeadModel")

@@ -230,7 +230,7 @@ def test_distillation_moves_language_and_translation_models_towards_the_teacher(
     model = load_model(base).eval()
     apply_plan(model, HeadPlan.of(plan))
     pruned = save_pruned(model, load_tokenizer(base), tmp_path / "pruned", source=base)
-    tokenizer, teacher, outputs = load_tokenizer(base), load_model(base), TASK_OUTPUTS[kind][1]
+    tokenizer, teacher, outputs = load_tokenizer(base), load_model(base), TASK_OUTPUTS[kind]
     if kind == "language-modeling":  # the texts the tiny LM learned: its predictions there depend on attention
 
         def texts(count, seed):

@@ -26,6 +26,7 @@ from exporter.evaluation.rescale import RECORD_FILE, load_pruned_and_teacher
 from exporter.progress import Advance, no_progress
 from exporter.pruning.checkpoint import load_tokenizer, save_pruned
 from exporter.pruning.families import usable_positions
+from exporter.tasks import TASKS
 
 
 def _classifier_outputs(student, teacher, tokenizer, chunk: list[dict], max_length: int):
@@ -59,12 +60,11 @@ def _translation_outputs(student, teacher, tokenizer, chunk: list[dict], max_len
     return student(**sources, decoder_input_ids=decoder_inputs).logits, target, mask
 
 
-# Per task: the example field batches are grouped by length on, and (student logits, teacher logits, mask of the
-# positions that count) of a batch.
+# Per task distillation applies to: (student logits, teacher logits, mask of the positions that count) of a batch.
 TASK_OUTPUTS = {
-    "classification": ("text", _classifier_outputs),
-    "language-modeling": ("text", _language_model_outputs),
-    "translation": ("source", _translation_outputs),
+    "classification": _classifier_outputs,
+    "language-modeling": _language_model_outputs,
+    "translation": _translation_outputs,
 }
 
 
@@ -92,7 +92,7 @@ def distill(
         raise HeadpruneError("the distillation data holds no examples", "pass a file of texts from the task's domain")
     pruned_dir, teacher_dir = Path(pruned_dir), Path(teacher_dir)
     student, teacher = load_pruned_and_teacher(pruned_dir, teacher_dir, tuple(TASK_OUTPUTS))
-    key, outputs = TASK_OUTPUTS[task_of(student)]
+    key, outputs = TASKS[task_of(student)].input, TASK_OUTPUTS[task_of(student)]
     tokenizer = load_tokenizer(pruned_dir)
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from exporter.tasks import TASKS
+
 # Metrics where a smaller value is the better one; every other metric grows with quality.
-LOWER_IS_BETTER = ("perplexity",)
+LOWER_IS_BETTER = tuple(task.metric for task in TASKS.values() if task.metric and not task.higher_is_better)
 
 
 def in_points(metric: str, value: float) -> float:

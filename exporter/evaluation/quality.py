@@ -15,6 +15,7 @@ from exporter.pruning.gates import HeadGates
 from exporter.pruning.inventory import build_inventory, get_path
 from exporter.pruning.plan import HeadPlan
 from exporter.pruning.scoring import token_losses
+from exporter.tasks import TASKS
 
 
 class _Replay(nn.Module):
@@ -54,7 +55,7 @@ class Evaluator:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.task = task_of(model)
-        if self.task == "regression":
+        if TASKS[self.task].metric is None:
             raise HeadpruneError(
                 "quality of a regression head (num_labels=1) is not measured by headprune: "
                 "it evaluates accuracy for classifiers, BLEU for translation models and "
@@ -62,7 +63,7 @@ class Evaluator:
                 "score and prune it (importance uses squared error), then evaluate it with your own metric",
             )
         self.max_new_tokens = max_new_tokens
-        key = {"translation": "source", "image-classification": "image"}.get(self.task, "text")
+        key = TASKS[self.task].input
         ordered = sorted(examples, key=lambda e: len(str(e[key])))
         self.batches = [
             encode_batch(tokenizer, chunk, self.task, model.config, max_length)
@@ -127,31 +128,40 @@ class Evaluator:
         self.gates.mask(plan)
         record = self._recording() if not plan.removed else nullcontext()
         with torch.inference_mode(), self.gates, record, self._replaying(plan):
-            if self.task in ("classification", "image-classification"):
-                predictions, labels = [], []
-                for batch in self.batches:
-                    logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                    predictions += logits.argmax(-1).tolist()
-                    labels += batch["labels"].tolist()
-                    progress(len(batch["labels"]))
-                return accuracy(predictions, labels)
-            if self.task == "language-modeling":
-                statistics = []
-                for batch in self.batches:
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    losses = token_losses(logits.float(), batch["labels"])
-                    statistics += zip(losses.sum(-1).tolist(), (batch["labels"][:, 1:] != -100).sum(-1).tolist())
-                    progress(len(batch["labels"]))
-                return perplexity(statistics)
-            hypotheses = []
-            for batch in self.batches:
-                generated = self.model.generate(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    max_new_tokens=self.max_new_tokens,
-                    num_beams=1,
-                    do_sample=False,
-                )
-                hypotheses += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
-                progress(len(batch["input_ids"]))
-            return bleu(hypotheses, self.references)
+            return getattr(self, METRIC_MEASURES[TASKS[self.task].metric])(progress)
+
+    def _accuracy(self, progress: Advance) -> QualityScore:
+        predictions, labels = [], []
+        for batch in self.batches:
+            logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            predictions += logits.argmax(-1).tolist()
+            labels += batch["labels"].tolist()
+            progress(len(batch["labels"]))
+        return accuracy(predictions, labels)
+
+    def _perplexity(self, progress: Advance) -> QualityScore:
+        statistics = []
+        for batch in self.batches:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            losses = token_losses(logits.float(), batch["labels"])
+            statistics += zip(losses.sum(-1).tolist(), (batch["labels"][:, 1:] != -100).sum(-1).tolist())
+            progress(len(batch["labels"]))
+        return perplexity(statistics)
+
+    def _bleu(self, progress: Advance) -> QualityScore:
+        hypotheses = []
+        for batch in self.batches:
+            generated = self.model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=self.max_new_tokens,
+                num_beams=1,
+                do_sample=False,
+            )
+            hypotheses += self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            progress(len(batch["input_ids"]))
+        return bleu(hypotheses, self.references)
+
+
+# Per quality metric of a task (exporter.tasks): the Evaluator method measuring it in process.
+METRIC_MEASURES = {"accuracy": "_accuracy", "perplexity": "_perplexity", "bleu": "_bleu"}

@@ -42,6 +42,24 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return losses.reshape(targets.shape)
 
 
+def _class_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def _token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum")
+
+
+# Per task: its summed loss from a batch's logits and labels, whose gradient importance is.
+LOSSES = {
+    "classification": _class_cross_entropy,
+    "image-classification": _class_cross_entropy,
+    "regression": lambda logits, labels: F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum"),
+    "translation": _token_cross_entropy,  # teacher forcing: the model shifts the labels into its decoder inputs
+    "language-modeling": lambda logits, labels: token_losses(logits, labels).sum(),
+}
+
+
 def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Returns the summed loss of a batch: classification cross-entropy, squared error for a regression
     head, token cross-entropy (teacher forcing) for translation, next-token cross-entropy for a language model."""
@@ -50,15 +68,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     logits = model(
         **{k: v for k, v in batch.items() if k != "labels"}, labels=labels if task == "translation" else None
     ).logits
-    if task == "language-modeling":
-        return token_losses(logits, labels).sum()
-    if task == "translation":
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-    if task == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
-    return F.cross_entropy(logits, labels, reduction="sum")
+    return LOSSES[task](logits, labels)
 
 
 def query_masks(batch: dict[str, torch.Tensor], task: str, config=None) -> dict[str, torch.Tensor]:

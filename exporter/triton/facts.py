@@ -13,6 +13,7 @@ from exporter.onnx.export import pixel_shape
 from exporter.pruning.families import image_tokens, usable_positions
 from exporter.pruning.inventory import HeadInventory
 from exporter.pruning.plan import HeadPlan
+from exporter.tasks import TASKS
 from exporter.triton.description import DeploymentDescription
 
 
@@ -54,7 +55,7 @@ def describe_model(
     config = model.config
     task = task_of(model)
     linear, attention = flop_coefficients(model, inventory)
-    labelled = task in ("classification", "image-classification")
+    labelled = TASKS[task].labels
     return DeploymentDescription(
         family=summary["family"],
         model_type=summary["model_type"],

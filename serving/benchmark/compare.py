@@ -21,6 +21,7 @@ from exporter.evaluation.metrics import accuracy, bleu, chrf, perplexity
 from exporter.machine import cpu_model, int8_instructions
 from exporter.progress import Phases, no_phases
 from exporter.pruning.scores import HeadScores
+from exporter.tasks import TASKS
 from exporter.triton.layout import ModelRepository
 from serving.benchmark.deployment import (
     DeploymentFacts,
@@ -34,6 +35,15 @@ from serving.client import TritonClient, strings_array
 from serving.server.process import TritonServer, free_port
 
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+# Per task with a quality metric: the Comparison method measuring it through the served models.
+QUALITY_MEASURES = {
+    "translation": "_translation_quality",
+    "language-modeling": "_language_model_quality",
+    "classification": "_classification_quality",
+    "image-classification": "_image_quality",
+}
 
 
 @dataclass
@@ -311,7 +321,7 @@ class Comparison:
             baseline = self.facts[settings.baseline]
             labels = (
                 None
-                if self.task not in ("classification", "image-classification")
+                if not TASKS[self.task].labels
                 else SimpleNamespace(label2id=baseline.label2id, num_labels=len(baseline.id2label))
             )
             self._examples = read_examples(
@@ -329,12 +339,7 @@ class Comparison:
         examples = self.examples()
         todo = [name for name in self.settings.deployments if ("quality", name) not in done]
         advance = self.phases("quality through Triton", len(todo) * len(examples))
-        measure = {
-            "translation": self._translation_quality,
-            "language-modeling": self._language_model_quality,
-            "classification": self._classification_quality,
-            "image-classification": self._image_quality,
-        }[self.task]
+        measure = getattr(self, QUALITY_MEASURES[self.task])
         for name in todo:
             self._where = f"the quality of '{name}'"
             client = client_of(name)

@@ -18,7 +18,8 @@ from serving.optimize.report import headline, write_result
 from serving.optimize.search import BASELINE, Candidate, OptimizeSettings, Search, choose, load_plans
 from serving.optimize.workshop import Workshop
 
-TASKS = ("classification", "translation", "language-modeling")
+# The tasks optimize measures (exporter.tasks names them all).
+OPTIMIZED_TASKS = ("classification", "translation", "language-modeling")
 
 
 def optimize(
@@ -39,9 +40,9 @@ def optimize(
 
     settings.check()
     task = model_task(settings.model)
-    if task not in TASKS:
+    if task not in OPTIMIZED_TASKS:
         raise HeadpruneError(
-            f"'{settings.model}' is a {task} model: optimize measures {', '.join(TASKS)} models",
+            f"'{settings.model}' is a {task} model: optimize measures {', '.join(OPTIMIZED_TASKS)} models",
             "optimize a text classifier, a translation model or a causal language model",
         )
     for name in (settings.name, f"{settings.name}_unpruned"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from exporter.data import TEXTS_ONLY
 from exporter.progress import Phases, no_phases
+from exporter.tasks import TASKS
 from serving.benchmark.compare import CompareSettings
 from serving.benchmark.journal import Journal
 from serving.optimize.search import (
@@ -92,7 +92,7 @@ def end_to_end(url: str, settings: OptimizeSettings, chosen: Candidate, task: st
         str(e["text"])
         for e in read_examples(
             settings.test,
-            "language-modeling" if task != "classification" else TEXTS_ONLY,
+            TASKS[task].unlabelled,
             settings.columns,
             encoding=settings.encoding,
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 from exporter.data import read_examples
 from exporter.onnx.quantize import MIN_AGREEMENT
 from exporter.progress import Phases, no_phases
+from exporter.tasks import TASKS
 from exporter.triton.config import DeploymentOptions
 from serving.optimize.levers import INT8, applies
 from serving.optimize.search import Candidate, OptimizeSettings, load_plans, save_plans, served_models
@@ -146,7 +147,7 @@ class Workshop:
         None where INT8 does not apply."""
         if not applies(INT8, self.task):
             return None
-        column = "source" if self.task == "translation" else "text"
+        column = TASKS[self.task].input
         count = VALIDATION_SOURCES if self.task == "translation" else VALIDATION_TEXTS
         return [str(e[column]) for e in self.examples(self.settings.train, count)]
 
