@@ -417,3 +417,30 @@ def test_compare_a_remote_server_from_its_own_descriptions(repo, cls_data, tmp_p
         )
         with pytest.raises(HeadpruneError, match="without a headprune description"):
             Comparison(missing).prepare()
+
+
+def test_an_interrupted_compare_says_what_it_kept_and_exits_once_with_130(repo, cls_data, tmp_path, monkeypatch):
+    import serving.report.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving.report.runner, "run_comparison", interrupted)
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--repo",
+            str(repo),
+            "--baseline",
+            "base",
+            "--candidate",
+            "p50",
+            "--data",
+            str(cls_data),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert "rerun the same command with --resume" in result.output and "interrupted (Ctrl-C)" in result.output

@@ -35,6 +35,14 @@ def test_the_default_grid_never_uses_more_threads_than_cores():
     grid = default_grid(2, [100])
     assert {(s.instances, s.threads) for s in grid} == {(1, 1), (1, 2), (2, 1)}
     assert len(grid) == 6 and {s.spinning for s in grid} == {True, False}
+    # Counts the user names are all tried, beyond the cores too (the CLI's --instances and --threads).
+    given = default_grid(2, [0, 100], instances=[1, 3], threads=[2])
+    assert {(s.instances, s.threads, s.queue_delay_us) for s in given} == {
+        (1, 2, 0),
+        (3, 2, 0),
+        (1, 2, 100),
+        (3, 2, 100),
+    }
 
 
 def _measured(settings: ServingSettings, mean_ms: float, b1_ms: float, seed: int) -> Measured:

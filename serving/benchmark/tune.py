@@ -72,10 +72,17 @@ class ServingSettings:
         )
 
 
-def default_grid(cores: int, queue_delays: list[int]) -> list[ServingSettings]:
-    """Returns every (instances, threads) pair that uses at most ``cores`` cores, with and without spinning, at each
-    delay."""
-    pairs = [(i, t) for i in range(1, cores + 1) for t in range(1, cores + 1) if i * t <= cores]
+def default_grid(
+    cores: int, queue_delays: list[int], instances: list[int] | None = None, threads: list[int] | None = None
+) -> list[ServingSettings]:
+    """Returns the (instances, threads) pairs to try, with and without spinning, at each delay: every pair of the
+    given counts, or without any given, every pair that uses at most ``cores`` cores."""
+    pairs = [
+        (i, t)
+        for i in instances or range(1, cores + 1)
+        for t in threads or range(1, cores + 1)
+        if instances or threads or i * t <= cores
+    ]
     return [
         ServingSettings(i, t, spin, delay)
         for (i, t), spin, delay in itertools.product(pairs, (True, False), queue_delays)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from serving.benchmark.compare import CompareSettings
-from serving.cli.app import Terminated, data_options, data_source, default_of, friendly_errors, int_list, main
+from serving.cli.app import data_options, data_source, default_of, friendly_errors, int_list, main
 from serving.client import PROTOCOLS
 from serving.progress import PhaseBars
 
@@ -172,14 +172,14 @@ def compare(
         path = run_comparison(
             settings, resume=resume, overwrite=overwrite, phases=bars, command=["headprune", *sys.argv[1:]]
         )
-    except KeyboardInterrupt as interrupt:
+    except KeyboardInterrupt:  # friendly_errors ends the process; this says what of the run is kept
         bars.close()
         click.echo(
-            f"interrupted: what was measured is kept in {out} (report marked incomplete); "
+            f"what was measured is kept in {out} (report marked incomplete); "
             "rerun the same command with --resume to continue",
             err=True,
         )
-        sys.exit(143 if isinstance(interrupt, Terminated) else 130)
+        raise
     finally:
         bars.close()
     click.echo("\n".join(path.read_text().splitlines()[:5]))

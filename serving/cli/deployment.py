@@ -11,9 +11,11 @@ from pathlib import Path
 import click
 
 from exporter.triton.config import DeploymentOptions
+from serving.benchmark.tune import TuneSettings
 from serving.cli.app import default_of, emit, friendly_errors, int_list, main
 from serving.client import PROTOCOLS, TritonClient
 from serving.server.process import TritonServer
+from serving.server.supervisor import supervise
 
 
 @main.command()
@@ -293,7 +295,7 @@ def serve(
     try:
         server.start()
         try:
-            _watch(server, stop, on_failure)
+            code = supervise(server, stop, on_failure, say=lambda line: click.echo(line, err=True), announce=_announce)
         finally:
             began = time.monotonic()
             problem = server.stop()
@@ -304,47 +306,8 @@ def serve(
         click.echo(f"Triton did not stop cleanly: {problem} (log: {server.log_file})", err=True)
     else:
         click.echo(f"Triton stopped: every model unloaded, {time.monotonic() - began:.1f} s.")
-
-
-MAX_RESTARTS, RESTART_WINDOW_S = 5, 600  # a model that dies at once on every start must not restart forever
-
-
-def _watch(server: TritonServer, stop: threading.Event, on_failure: str) -> None:
-    """Serves until ``stop`` is set, restarting the server when it or a backend process fails (``on_failure``
-    "restart", at most MAX_RESTARTS times in RESTART_WINDOW_S) or exiting with code 3."""
-    started = server.model_processes()  # before announcing: a client may act the moment it reads the announcement
-    _announce(server)
-    restarts: list[float] = []
-    while not stop.wait(0.5):
-        failure = _failure(server, started)
-        if failure is None:
-            continue
-        click.echo(failure, err=True)
-        restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_S] + [time.monotonic()]
-        if on_failure == "exit" or len(restarts) > MAX_RESTARTS:
-            if on_failure != "exit":
-                click.echo(
-                    f"{MAX_RESTARTS} restarts within {RESTART_WINDOW_S // 60} minutes: giving up (log: "
-                    f"{server.log_file})",
-                    err=True,
-                )
-            server.stop()
-            sys.exit(3)
-        click.echo("restarting Triton ...", err=True)
-        server.stop()
-        server.start()
-        started = server.model_processes()
-        _announce(server)
-
-
-def _failure(server: TritonServer, started: dict[str, list[int]]) -> str | None:
-    """Returns what failed in a running server (it, or a model's backend process), None when all is well."""
-    if server.process.poll() is not None:
-        return f"Triton stopped unexpectedly (exit code {server.process.returncode}): {server.failure_reason()}"
-    failed = server.failed_models(started)
-    if failed:
-        return f"model {', '.join(failed)}: its backend process died; Triton fails its requests from now on"
-    return None
+    if code:
+        sys.exit(code)
 
 
 def _announce(server: TritonServer) -> None:
@@ -445,8 +408,18 @@ def models(url, protocol, as_json):
 @click.option(
     "--repo", default="model_repo", show_default=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option("--batch-size", default=16, show_default=True, help="Batch size of the throughput measurement.")
-@click.option("--concurrency", default=1, show_default=True, help="Concurrent clients of the throughput measurement.")
+@click.option(
+    "--batch-size",
+    default=default_of(TuneSettings, "batch"),
+    show_default=True,
+    help="Batch size of the throughput measurement.",
+)
+@click.option(
+    "--concurrency",
+    default=default_of(TuneSettings, "concurrency"),
+    show_default=True,
+    help="Concurrent clients of the throughput measurement.",
+)
 @click.option(
     "--latency-budget-ms",
     type=float,
@@ -472,8 +445,15 @@ def models(url, protocol, as_json):
     callback=lambda c, p, v: int_list(v),
     help="Dynamic batching delays to try, comma-separated.",
 )
-@click.option("--seq-len", default=128, show_default=True, help="Tokens per example in the measurements.")
-@click.option("--trials", default=3, show_default=True, help="Interleaved trials per setting.")
+@click.option(
+    "--seq-len",
+    default=default_of(TuneSettings, "seq_len"),
+    show_default=True,
+    help="Tokens per example in the measurements.",
+)
+@click.option(
+    "--trials", default=default_of(TuneSettings, "trials"), show_default=True, help="Interleaved trials per setting."
+)
 @click.option("--dry-run", is_flag=True, help="Measure and report, but leave config.pbtxt as it is.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the result here (JSON)."
@@ -506,19 +486,11 @@ def tune(
     import os
 
     from serving.benchmark.latency import Speedup
-    from serving.benchmark.tune import ServingSettings, TuneSettings
+    from serving.benchmark.tune import default_grid
     from serving.benchmark.tune import tune as run_tune
     from serving.progress import PhaseBars
 
-    cores = os.cpu_count() or 1
-    grid = [
-        ServingSettings(i, t, spin, d)
-        for i in instances or range(1, cores + 1)
-        for t in threads or range(1, cores + 1)
-        for spin in (True, False)
-        for d in queue_delay_us
-        if threads or instances or i * t <= cores
-    ]
+    grid = default_grid(os.cpu_count() or 1, queue_delay_us, instances, threads)
     settings = TuneSettings(repo, model, batch_size, concurrency, latency_budget_ms, trials, seq_len=seq_len, grid=grid)
     bars = PhaseBars()
     try:
