@@ -141,12 +141,14 @@ def column_names(
     task: str, columns: dict, header: bool = True, where: str = "the data file"
 ) -> dict[str, str | int | None]:
     """Returns the column of each role of ``task``: its name (default: the role) in a file with a header row;
-    otherwise its 0-based position, the required roles without one taking the free positions in order."""
+    otherwise its 0-based position, the required roles without one taking the positions no role was given, in
+    order (a label's position given for a labelled reading keeps it out of a texts-only reading's text too)."""
     roles = REQUIRED[task] + OPTIONAL[task]
     if header:
         return {role: columns.get(role, role) for role in roles}
     names = {role: columns.get(role) for role in roles}
-    free = (position for position in range(len(roles) + len(columns)) if position not in names.values())
+    given = {position for position in columns.values() if isinstance(position, int)}
+    free = (p for p in range(len(roles) + len(columns) + 1) if p not in given and p not in names.values())
     for role in REQUIRED[task]:
         if names[role] is None:
             names[role] = next(free)

@@ -60,8 +60,3 @@ READINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     TEXTS_ONLY: (("text",), ("text_pair",)),
     SOURCES_ONLY: (("source",), ()),
 }
-
-
-def task(name: str) -> Task:
-    """Returns the task called ``name``."""
-    return TASKS[name]

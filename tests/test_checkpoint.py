@@ -172,3 +172,6 @@ def test_pruned_heads_of_a_family_transformers4_could_not_prune_are_refused(mari
     (tmp_path / "m" / "config.json").write_text(json.dumps({**settings, "pruned_heads": {"0": [1]}}))
     with pytest.raises(HeadpruneError, match="transformers 4.x could not prune heads of marian models"):
         load_model(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**settings, "pruned_heads": [1]}))
+    with pytest.raises(HeadpruneError, match="is not an object of layers and head lists"):
+        load_model(tmp_path / "m")

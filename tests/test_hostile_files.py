@@ -334,6 +334,9 @@ def test_a_file_without_header_is_read_by_column_positions(bert_dir, tmp_path):
     assert read_examples(tmp_path / "raw.tsv", "classification", {HEADERLESS: True}) == expected  # the first row too
     assert read_examples(tmp_path / "reversed.tsv", "classification", {"text": 1, "label": 0}) == expected
     assert read_examples(tmp_path / "reversed.tsv", "classification", {HEADERLESS: True, "text": 1}) == expected
+    # Read for its texts alone (recovery), the label's position still keeps its column from being the text.
+    texts = read_examples(tmp_path / "reversed.tsv", "texts", {HEADERLESS: True, "label": 0})
+    assert texts == [{"text": e["text"]} for e in expected]
     for options in (["--no-header"], ["--no-header", "--text-column", "0", "--label-column", "1"]):
         result = CliRunner().invoke(
             main,

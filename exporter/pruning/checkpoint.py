@@ -210,10 +210,15 @@ def pruned_heads_plan(config, path: Path) -> HeadPlan | None:
     """Returns the plan, in original head indices, of the ``pruned_heads`` that transformers 4.x's ``prune_heads``
     recorded in config.json (None when there are none); raises HeadpruneError where the family never had them."""
     pruned = getattr(config, "pruned_heads", None)
+    source = f"pruned_heads of '{path / 'config.json'}'"
+    if pruned and not isinstance(pruned, dict):
+        raise HeadpruneError(
+            f"{source} is not an object of layers and head lists ({pruned!r})",
+            "restore the config.json saved with these weights",
+        )
     if not pruned or not any(pruned.values()):
         return None
     family = family_for(config.model_type)
-    source = f"pruned_heads of '{path / 'config.json'}'"
     if family.pruned_heads_type is None:
         raise HeadpruneError(
             f"{source}: transformers 4.x could not prune heads of {config.model_type} models, so these "

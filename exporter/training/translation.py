@@ -359,10 +359,12 @@ def train_translation(
         if seconds >= next_eval or seconds >= run.end_seconds:
             bleu = run.checkpoint(seconds, dev)
             next_eval = seconds + settings.eval_minutes * 60
+            if seconds < run.end_seconds:
+                # Time for the final dev checkpoint and the test evaluation, at this checkpoint's pace; where that
+                # leaves none, this checkpoint is the final one.
+                run.end_seconds = max(seconds, budget - run.eval_pace * (len(dev) + len(test or [])))
             if seconds >= run.end_seconds:
                 break
-            # What the final dev checkpoint and the test evaluation will take, at this checkpoint's pace.
-            run.end_seconds = max(seconds, budget - run.eval_pace * (len(dev) + len(test or [])))
         window_tokens += run.step(batch, seconds)
         now = time.monotonic()
         if "warmup_steps" not in run.position and run.position["step"] - steps_before >= MEASURED_STEPS:

@@ -119,9 +119,10 @@ def generation_settings(model, tokenizer, layout: CausalCacheLayout, max_new_tok
 
 
 def validation_prompts(tokenizer, count: int = 12, texts: list[str] | None = None) -> list[list[int]]:
-    """Returns ``count`` prompts of 1 to 12 tokens as token ids: the starts of ``texts`` when given, else seeded
-    pseudo-sentences of the vocabulary."""
-    texts = [t for t in texts or [] if t.strip()][:count] or validation_sources(tokenizer, count)
+    """Returns ``count`` prompts of 1 to 12 tokens as token ids: the starts of ``texts``, and seeded pseudo-sentences
+    of the vocabulary for the rest."""
+    texts = [t for t in texts or [] if t.strip()][:count]
+    texts += validation_sources(tokenizer, count - len(texts))  # too few given: pseudo-sentences make up the count
     return [ids[:PROMPT_TOKENS] for ids in (tokenizer(text)["input_ids"] for text in texts) if ids]
 
 

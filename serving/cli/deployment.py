@@ -304,6 +304,8 @@ def serve(
             signal.signal(sig, handler)
     if problem:
         click.echo(f"Triton did not stop cleanly: {problem} (log: {server.log_file})", err=True)
+    elif code:
+        click.echo(f"serving stopped on that failure (exit code {code}; log: {server.log_file})", err=True)
     else:
         click.echo(f"Triton stopped: every model unloaded, {time.monotonic() - began:.1f} s.")
     if code:
@@ -436,7 +438,8 @@ def models(url, protocol, as_json):
     "--threads",
     default=None,
     callback=lambda c, p, v: v and int_list(v),
-    help="Intra-op thread counts to try, comma-separated (default: all that fit).",
+    help="Intra-op thread counts to try, comma-separated (default: all that fit the cores, or with --instances 1 to "
+    "the core count).",
 )
 @click.option(
     "--queue-delay-us",

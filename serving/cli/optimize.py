@@ -94,7 +94,9 @@ existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=setting("min_int8_agreement"),
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Share of training texts whose class an INT8 candidate must keep; below it the level is tried in FP32.",
+    help="Classifiers: share of training texts whose class an INT8 candidate must keep; below it the level is tried "
+    "in FP32. (Language models keep 90 % of greedy continuations and perplexity within 2 %, translation models 90 % "
+    "of translations: the export's checks.)",
 )
 @click.option(
     "--min-speedup",

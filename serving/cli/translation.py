@@ -121,15 +121,17 @@ def train_mt(out, data, dev, test, tokenizer, cache, resume, overwrite, as_json,
     )
     held_out = None
     if dev_pairs is None or test_pairs is None:
-        from serving.demo.tatoeba import held_out_splits
+        from serving.demo.tatoeba import SPLIT_SIZES, held_out_splits
 
-        held_out = held_out_splits(train)
+        missing = {"score": dev_pairs, "test": test_pairs}
+        held_out = held_out_splits(train, {name: SPLIT_SIZES[name] for name, given in missing.items() if given is None})
         train, dev_pairs, test_pairs = held_out["train"], dev_pairs or held_out["score"], test_pairs or held_out["test"]
-        click.echo(
-            f"dev and test held out of {data} ({len(held_out['score'])} and {len(held_out['test'])} sources); "
-            f"they are written to {Path(out) / 'splits'} after training",
-            err=True,
+        shares = ", ".join(
+            f"{len(rows)} {'dev' if name == 'score' else name} sources"
+            for name, rows in held_out.items()
+            if name != "train"
         )
+        click.echo(f"held out of {data}: {shares}; written to {Path(out) / 'splits'} after training", err=True)
     with training_bar("training", settings.minutes * 60) as update:
         record = train_translation(
             train,

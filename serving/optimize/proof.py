@@ -89,7 +89,7 @@ def end_to_end(url: str, settings: OptimizeSettings, chosen: Candidate, task: st
     journal = Journal(settings.out / "end_to_end.jsonl")
     names = [BASELINE.name, chosen.name]
     texts = [
-        str(e["text"])
+        str(e[TASKS[task].input])
         for e in read_examples(
             settings.test,
             TASKS[task].unlabelled,
