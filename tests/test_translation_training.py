@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from exporter import load_model, load_tokenizer
 from exporter.errors import HeadpruneError
 from exporter.training.settings import TranslationSettings
-from exporter.training.translation import learning_rate_factor, scaled_warmup, train_translation
+from exporter.training.translation import learning_rate_factor, train_translation, warmup_for
 from serving.cli import main
 from serving.demo.tatoeba import split_by_source, tatoeba_pairs, write_translation_splits
 from tests.helpers import random_sentences, write_jsonl
@@ -195,9 +195,12 @@ def test_the_final_evaluations_fit_in_the_budget(tmp_path, monkeypatch):
     assert record["seconds"] <= budget + 1.5 and record["test"]["examples"] == 300
 
 
-def test_a_warm_up_longer_than_the_budget_allows_is_cut_to_a_tenth_of_its_steps(tmp_path):
-    assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 1.2) == 100  # 1,000 steps: 100
-    assert scaled_warmup(TranslationSettings(warmup_steps=400, minutes=20), 0.1) == 400  # 12,000 steps: kept
+def test_a_long_warm_up_is_warned_about_and_one_the_budget_cannot_finish_is_cut(tmp_path):
+    assert warmup_for(TranslationSettings(warmup_steps=400, minutes=20), 0.1) == (400, None)  # 12,000 steps: 3 %
+    kept, warning = warmup_for(TranslationSettings(warmup_steps=400, minutes=20), 1.2)  # 1,000 steps: 40 %
+    assert kept == 400 and warning.startswith("warning: the 400-step warm-up is 40 % of the training")
+    cut, warning = warmup_for(TranslationSettings(warmup_steps=400, minutes=3), 1.2)  # 150 steps: never at the peak
+    assert cut == 37 and warning.startswith("warm-up cut from 400 to 37 steps")
     assert learning_rate_factor(49, 0, TINY, warmup_steps=100) == pytest.approx(0.5)
     assert learning_rate_factor(
         399, 4.5 * 60, TranslationSettings(warmup_steps=100, minutes=10), 100, 5 * 60
