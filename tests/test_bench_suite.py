@@ -53,13 +53,19 @@ def bench_repo(bert_dir, tmp_path_factory):
     return repo
 
 
-def test_attention_share_counts_the_per_head_nodes_and_shrinks_with_pruning(bench_repo):
-    shares = {
-        name: inprocess.attention_share(next((bench_repo / name).glob("*/model.onnx")), 2, 32, threads=1, vocab_size=40)
-        for name in ("base", "pruned")
-    }
-    assert 0.05 < shares["base"] < 0.95
-    assert shares["pruned"] < shares["base"]
+def test_attention_share_is_the_kernel_time_of_the_per_head_nodes(bench_repo, monkeypatch):
+    # Kernel times of a model this small are mostly per-node overhead and noisy on shared cores, so the test checks
+    # what is counted, not how the share moves with pruning (make bench measures that on MiniLM).
+    path = next((bench_repo / "base").glob("*/model.onnx"))
+
+    def share() -> float:
+        return inprocess.attention_share(path, 2, 32, threads=1, vocab_size=40)
+
+    assert 0.05 < share() < 0.95
+    monkeypatch.setattr(inprocess, "ATTENTION_NODES", ("/no/such/node/",))
+    assert share() == 0.0
+    monkeypatch.setattr(inprocess, "ATTENTION_NODES", ("",))  # every node of the graph
+    assert share() == 1.0
 
 
 def test_the_second_load_generator_gets_tritonclients_answer_and_overhead_is_measured(bench_repo):
