@@ -33,6 +33,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def short_triton_exit_timeout():
+    """Servers started in this process wait 3 s, not 10, for open connections when stopped: module fixtures' clients
+    stay open until collected, and each stop would wait out the timeout (commands run as subprocesses keep 10 s)."""
+    import serving.server.process
+
+    previous = serving.server.process.EXIT_TIMEOUT_S
+    serving.server.process.EXIT_TIMEOUT_S = 3
+    yield
+    serving.server.process.EXIT_TIMEOUT_S = previous
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("headprune")

@@ -11,6 +11,7 @@ import time
 import tritonclient.http as httpclient
 from click.testing import CliRunner
 
+import serving.server.process
 from exporter.triton.repository import export_to_repository
 from serving.cli import main
 from serving.server.process import TritonServer, free_port
@@ -94,7 +95,7 @@ def test_a_stop_that_runs_out_of_tritons_exit_timeout_is_reported(bert_dir, tmp_
         problem = server.stop()
     finally:
         client.close()
-    assert problem is not None and "exit timeout (10 s) expired" in problem
+    assert problem is not None and f"exit timeout ({serving.server.process.EXIT_TIMEOUT_S} s) expired" in problem
     assert (
         TritonServer(
             tmp_path / "repo",

@@ -166,21 +166,14 @@ def quantize_seq2seq(
     """Replaces a translation export's encoder.onnx and decoder.onnx in ``folder`` by their dynamic INT8 versions when
     greedy search over them gives the FP32 graphs' translation of at least ``min_agreement`` of ``sources``; returns
     the check (sentences, same translations, agreement, whether it passed). A failed check leaves the FP32 graphs."""
-    from exporter.onnx.seq2seq import DECODER_FILE, ENCODER_FILE, onnx_search
+    from exporter.onnx.seq2seq import DECODER_FILE, ENCODER_FILE, onnx_search, source_batches
 
     folder = Path(folder)
 
     def same_translations(quantized: Path) -> dict:
         same = 0
         searches = [onnx_search(where, settings) for where in (folder, quantized)]
-        for start in range(0, len(sources), batch_size):
-            batch = tokenizer(
-                sources[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=settings["max_length"],
-                return_tensors="np",
-            )
+        for batch in source_batches(tokenizer, sources, settings["max_length"], batch_size):
             fp32, int8 = (s.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens) for s in searches)
             same += sum(a == b for a, b in zip(fp32, int8))
         return agreement_check(same, len(sources), min_agreement, "sentences")

@@ -246,6 +246,19 @@ def generation_settings(model, tokenizer, layout: CacheLayout, max_length: int) 
     }
 
 
+def source_batches(tokenizer, sources: list[str], max_length: int, batch_size: int):
+    """Yields ``sources`` tokenised in consecutive batches of ``batch_size`` (numpy arrays, padded, cut to
+    ``max_length``), as the served model's searches see them."""
+    for start in range(0, len(sources), batch_size):
+        yield tokenizer(
+            sources[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+
+
 def onnx_search(folder: str | Path, settings: dict, threads: int = 0):
     """Returns a Seq2SeqSearch over ``folder``'s encoder.onnx and decoder.onnx, run by ONNX Runtime on CPU."""
     from exporter.triton.models.search import Seq2SeqSearch, session_runner
@@ -366,14 +379,7 @@ def validate_beam(
     matched."""
     search = onnx_search(folder, settings)
     matches = total = 0
-    for start in range(0, len(sources), batch_size):
-        batch = tokenizer(
-            sources[start : start + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=settings["max_length"],
-            return_tensors="np",
-        )
+    for batch in source_batches(tokenizer, sources, settings["max_length"], batch_size):
         expected = pytorch_beam(model, batch["input_ids"], batch["attention_mask"], num_beams, max_new_tokens, defaults)
         got = search.beam(
             batch["input_ids"],
@@ -431,14 +437,7 @@ def validate_generation(
     """Returns the comparison of greedy search over the exported graphs with transformers' on ``sources``."""
     search = onnx_search(folder, settings)
     matches, worst = 0, 0.0
-    for start in range(0, len(sources), batch_size):
-        batch = tokenizer(
-            sources[start : start + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=settings["max_length"],
-            return_tensors="np",
-        )
+    for batch in source_batches(tokenizer, sources, settings["max_length"], batch_size):
         expected = pytorch_greedy(model, batch["input_ids"], batch["attention_mask"], max_new_tokens)
         got = search.greedy(batch["input_ids"], batch["attention_mask"], max_new_tokens)
         matches += sum(a == b for a, b in zip(got, expected))
