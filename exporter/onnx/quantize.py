@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,8 +127,7 @@ def quantize_checked(
     default: this CPU lacks 8-bit dot products). A failed check leaves the FP32 files."""
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     folder = Path(folder)
-    quantized = folder / "int8"
-    quantized.mkdir()
+    quantized = Path(tempfile.mkdtemp(prefix=".int8-", dir=folder))  # beside: the INT8 files are renamed in
     try:
         for name in files:
             quantize_file(folder / name, quantized / name, reduce_range)
@@ -255,21 +255,15 @@ def quantize_int8(
     """
     reduce_range = default_reduce_range() if reduce_range is None else reduce_range
     path = Path(path)
-    quantized = path.with_name(f"{path.stem}.int8{path.suffix}")
-    quantize_file(path, quantized, reduce_range)
-    logits = validate_onnx(model, quantized, names, relative_tolerance, reference_path=path, relative=True)
-    agreement = argmax_agreement(quantized, path, feeds) if feeds else None
-    validation = Int8Check(
-        logits.max_abs_diff,
-        logits.atol,
-        logits.shapes,
-        agreement,
-        sum(len(next(iter(f.values()))) for f in feeds or []),
-        min_agreement,
-        reduce_range,
-    )
-    if validation.passed:
-        os.replace(quantized, path)
-    else:
-        quantized.unlink()
-    return validation
+    texts = sum(len(next(iter(f.values()))) for f in feeds or [])
+
+    def check(quantized: Path) -> dict:
+        graph = quantized / path.name
+        logits = validate_onnx(model, graph, names, relative_tolerance, reference_path=path, relative=True)
+        agreement = argmax_agreement(graph, path, feeds) if feeds else None
+        validation = Int8Check(
+            logits.max_abs_diff, logits.atol, logits.shapes, agreement, texts, min_agreement, reduce_range
+        )
+        return {"validation": validation, "passed": validation.passed}
+
+    return quantize_checked(path.parent, [path.name], check, reduce_range)["validation"]
