@@ -31,6 +31,26 @@ TINY = TranslationSettings(
     warmup_steps=10,
 )
 
+# train-mt's options for TINY-sized runs (the vocabulary aside).
+TINY_OPTIONS = [
+    "--minutes",
+    "0.03",
+    "--eval-minutes",
+    "0.015",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--ffn",
+    "32",
+    "--batch-tokens",
+    "200",
+    "--warmup-steps",
+    "10",
+]
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,24 +164,9 @@ def test_train_mt_command_on_given_files(tmp_path):
         str(files["dev"]),
         "--test",
         str(files["test"]),
-        "--minutes",
-        "0.03",
-        "--eval-minutes",
-        "0.015",
         "--vocab-size",
         "120",
-        "--d-model",
-        "16",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--ffn",
-        "32",
-        "--batch-tokens",
-        "200",
-        "--warmup-steps",
-        "10",
+        *TINY_OPTIONS,
         "--json",
     ]
     result = CliRunner().invoke(main, arguments)
@@ -240,22 +245,7 @@ def test_train_mt_reads_a_raw_tsv_without_header_holds_out_dev_and_test_and_reco
         "yy",
         "--tokenizer",
         str(tmp_path / "tokenizer"),
-        "--minutes",
-        "0.03",
-        "--eval-minutes",
-        "0.015",
-        "--d-model",
-        "16",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--ffn",
-        "32",
-        "--batch-tokens",
-        "200",
-        "--warmup-steps",
-        "10",
+        *TINY_OPTIONS,
         "--json",
     ]
     result = CliRunner().invoke(main, arguments)

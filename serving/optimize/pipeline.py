@@ -71,7 +71,7 @@ def optimize(
     else:
         say("3/4 no candidate kept the quality on dev and served faster: nothing to prove on the test split")
     say(f"4/4 installing into {settings.repo}")
-    installed = install(settings, chosen, task, workshop.checkpoint, workshop.validation_texts())
+    installed = install(settings, chosen, task, workshop.checkpoint, workshop.validation_texts)
     plans_data = load_plans(settings.out / "plans.json")[1]
     result = {
         "settings": {
