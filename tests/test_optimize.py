@@ -34,6 +34,10 @@ def settings_for(tmp_path, **overrides) -> OptimizeSettings:
     return OptimizeSettings(**{**values, **overrides})
 
 
+# Two levels, two trials, any speed accepted: a tiny model's pruned speed is within the server's noise.
+TINY_RUN = dict(step=0.5, max_level=0.5, search_trials=2, test_trials=2, min_speedup=0.0)
+
+
 # --- the rules ---------------------------------------------------------------------------------------------------
 
 
@@ -228,14 +232,10 @@ def test_optimize_chooses_on_dev_proves_on_test_and_installs_the_choice(tmp_path
     # Wide enough that pruning and INT8 change the served time by more than the server's own noise.
     model_dir = make_bert(tmp_path / "bert", head_size=64)
     splits = labelled_splits(model_dir, tmp_path)
-    settings = OptimizeSettings(
+    settings = settings_for(
+        tmp_path,
         model=model_dir,
-        train=splits["train"],
-        dev=splits["dev"],
-        test=splits["test"],
-        repo=tmp_path / "repo",
-        name="best",
-        out=tmp_path / "out",
+        **splits,
         max_drop=100.0,
         step=0.25,
         max_level=0.75,
@@ -279,22 +279,7 @@ def test_optimize_on_a_language_model_prunes_distils_and_quantizes(tmp_path, gpt
     files = {name: tmp_path / f"{name}.txt" for name in ("train", "dev", "test")}
     for index, path in enumerate(files.values()):
         path.write_text("\n".join(lines[20 * index : 20 * (index + 1)]) + "\n")
-    settings = OptimizeSettings(
-        model=gpt2_dir,
-        train=files["train"],
-        dev=files["dev"],
-        test=files["test"],
-        repo=tmp_path / "repo",
-        name="lm",
-        out=tmp_path / "out",
-        max_drop=1e6,
-        step=0.5,
-        max_level=0.5,
-        search_trials=2,
-        test_trials=2,
-        seq_len=16,
-        min_speedup=0.0,
-    )  # a tiny model's pruned speed is within the server's noise
+    settings = settings_for(tmp_path, model=gpt2_dir, **files, name="lm", max_drop=1e6, seq_len=16, **TINY_RUN)
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     trials = result["search"]["trials"]
@@ -316,22 +301,7 @@ def test_optimize_on_a_translation_model_measures_bleu_and_pulls_every_lever(tmp
         sources = random_sentences(24, seed=40 + index)
         rows = [{"source": s, "target": " ".join(s.split()[::-1])} for s in sources]  # what the model learned
         files[name] = write_jsonl(tmp_path / f"{name}.jsonl", rows)
-    settings = OptimizeSettings(
-        model=model_dir,
-        train=files["train"],
-        dev=files["dev"],
-        test=files["test"],
-        repo=tmp_path / "repo",
-        name="mt",
-        out=tmp_path / "out",
-        max_drop=1000.0,
-        step=0.5,
-        max_level=0.5,
-        search_trials=2,
-        test_trials=2,
-        batch_size=4,
-        min_speedup=0.0,
-    )  # a tiny model's pruned speed is within the server's noise
+    settings = settings_for(tmp_path, model=model_dir, **files, name="mt", max_drop=1000.0, batch_size=4, **TINY_RUN)
     optimize(settings)
     result = json.loads((settings.out / "optimize.json").read_text())
     trials = result["search"]["trials"]
